@@ -1,0 +1,194 @@
+"""Headless command line: ``python -m engine ...`` (the contract in docs/architecture.md).
+
+Every command exits non-zero with a one-line reason on stderr when it cannot do what was
+asked. ``--json`` prints machine-readable output on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from engine.errors import WorkbenchError
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never hang on a network that is not there
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        from engine import Workbench
+
+        return args.handler(Workbench(), args) or 0
+    except WorkbenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="LessIsMore Workbench engine")
+    commands = parser.add_subparsers(title="commands")
+
+    demo = commands.add_parser("demo", help="add the embedded demo datasets and model presets")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+
+    datasets = commands.add_parser("datasets", help="list or import datasets").add_subparsers()
+    listing = datasets.add_parser("list", help="list datasets")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_datasets_list)
+    imp = datasets.add_parser("import", help="import a dataset folder")
+    imp.add_argument("path")
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--task", choices=["asr", "audio-classification", "text-classification"])
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(handler=cmd_datasets_import)
+
+    models = commands.add_parser("models", help="list or register models").add_subparsers()
+    listing = models.add_parser("list", help="list models")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_models_list)
+    register = models.add_parser("register", help="register a local transformers folder")
+    register.add_argument("source")
+    register.add_argument("--name", required=True)
+    register.add_argument("--json", action="store_true")
+    register.set_defaults(handler=cmd_models_register)
+
+    methods = commands.add_parser("methods", help="list PEFT methods").add_subparsers()
+    listing = methods.add_parser("list", help="list methods and their settings")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_methods_list)
+
+    train = commands.add_parser("train", help="queue a fine-tuning run")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--model", required=True)
+    train.add_argument("--method", required=True)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a method or training setting, e.g. --set r=16 --set max_steps=50")
+    train.add_argument("--wait", action="store_true", help="train in this process until the run ends")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(handler=cmd_train)
+
+    runs = commands.add_parser("runs", help="list, show, stop or resume runs").add_subparsers()
+    listing = runs.add_parser("list", help="list runs, newest first")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_runs_list)
+    show = runs.add_parser("show", help="one run's status, settings and results")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_runs_show)
+    stop = runs.add_parser("stop", help="stop a running run (or cancel a queued one)")
+    stop.add_argument("id", type=int)
+    stop.set_defaults(handler=cmd_runs_stop)
+    resume = runs.add_parser("resume", help="continue a stopped or interrupted run")
+    resume.add_argument("id", type=int)
+    resume.add_argument("--wait", action="store_true")
+    resume.add_argument("--json", action="store_true")
+    resume.set_defaults(handler=cmd_runs_resume)
+    return parser
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_demo(wb, args) -> None:
+    added = wb.install_demo()
+    emit(args, added, f"demo ready: added datasets {added['datasets'] or 'none'}, "
+                      f"models {added['models'] or 'none'}")
+
+
+def cmd_datasets_list(wb, args) -> None:
+    rows = wb.list_datasets()
+    emit(args, rows, table(rows, ["id", "name", "task", "num_items", "version"]))
+
+
+def cmd_datasets_import(wb, args) -> None:
+    dataset = wb.import_dataset(args.path, args.name, args.task)
+    emit(args, dataset, f"imported {dataset['name']}: {dataset['num_items']} items ({dataset['task']})")
+
+
+def cmd_models_list(wb, args) -> None:
+    rows = wb.list_models()
+    emit(args, rows, table(rows, ["id", "name", "family", "tasks", "is_preset", "num_parameters"]))
+
+
+def cmd_models_register(wb, args) -> None:
+    model = wb.register_model(args.source, args.name)
+    emit(args, model, f"registered {model['name']} ({model['family']})")
+
+
+def cmd_methods_list(wb, args) -> None:
+    rows = wb.list_methods()
+    emit(args, rows, table(rows, ["name", "source", "help"]))
+
+
+def cmd_train(wb, args) -> int:
+    from engine.settings import parse_assignments
+
+    method_values, training_values = wb.split_settings(args.method, parse_assignments(args.set))
+    run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
+    print(f"run {run_id} queued", file=sys.stderr)
+    return finish(wb, args, run_id)
+
+
+def cmd_runs_list(wb, args) -> None:
+    rows = wb.list_runs()
+    emit(args, rows, table(rows, ["id", "status", "method", "dataset_name", "model_name", "step",
+                                  "total_steps", "created_at"]))
+
+
+def cmd_runs_show(wb, args) -> None:
+    summary = wb.run_summary(args.id)
+    emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
+
+
+def cmd_runs_stop(wb, args) -> None:
+    outcome = wb.stop_run(args.id)
+    print(f"run {args.id}: {outcome}")
+
+
+def cmd_runs_resume(wb, args) -> int:
+    wb.resume_run(args.id)
+    print(f"run {args.id} queued to resume", file=sys.stderr)
+    return finish(wb, args, args.id)
+
+
+def finish(wb, args, run_id: int) -> int:
+    """With --wait: train here until the run ends, exit 1 unless it completed."""
+    if not args.wait:
+        emit(args, wb.run_summary(run_id), f"run {run_id} queued; the app's worker will train it "
+             "(or use --wait to train here)")
+        return 0
+    last = {"step": -1}
+
+    def progress(run: dict) -> None:
+        if run["step"] != last["step"]:
+            last["step"] = run["step"]
+            print(f"run {run_id}: step {run['step']}/{run['total_steps'] or '?'}", file=sys.stderr)
+
+    summary = wb.wait_for_run(run_id, on_progress=progress)
+    emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
+    if summary["status"] != "completed":
+        print(f"error: run {run_id} ended {summary['status']}"
+              + (f": {summary['error']}" if summary["error"] else ""), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,41 @@
+"""The embedded demo: datasets shipped in assets/demo and model presets built from configs.
+
+``install_demo`` is idempotent: what is already there is left alone, what is missing is added.
+Demo items are shared read-only with every user.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.models.presets import PRESETS, build_preset
+
+DEMO_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+DEMO_DATASETS = {
+    "demo-speech": ("asr", "Short spoken sentences with transcripts (synthetic, espeak-ng)."),
+    "demo-commands": ("audio-classification", "Ten spoken command words (synthetic, espeak-ng)."),
+    "demo-text": ("text-classification", "Short sentences labelled positive or negative."),
+}
+
+
+def install_demo(workbench) -> dict:
+    added = {"datasets": [], "models": []}
+    storage = workbench.storage
+    for name, (task, description) in DEMO_DATASETS.items():
+        if storage.find_dataset(name, workbench.owner_id) is None:
+            workbench.import_dataset(DEMO_ASSETS / name, name, task, shared=True, is_demo=True,
+                                     description=description)
+            added["datasets"].append(name)
+    for preset in PRESETS.values():
+        if storage.find_model(preset.name, workbench.owner_id) is None:
+            target = storage.files.new_dir("models", preset.name)
+            parameters = build_preset(preset, target)
+            storage.add_model({
+                "name": preset.name, "family": preset.family, "tasks": list(preset.tasks),
+                "source": f"preset:{preset.name}", "path": storage.files.relative(target),
+                "is_preset": 1, "shared": 1, "description": preset.description,
+                "num_parameters": parameters, "owner_id": workbench.owner_id,
+            })
+            added["models"].append(preset.name)
+    return added

@@ -1,0 +1,32 @@
+"""Typed errors whose message a student can act on.
+
+The page shows ``str(error)``; the log keeps the traceback. Raise the most specific one.
+"""
+
+
+class WorkbenchError(Exception):
+    """Base class: the message is written for the person using the workbench."""
+
+
+class NotFoundError(WorkbenchError):
+    """A dataset, model, method or run that does not exist (or is not yours)."""
+
+
+class DatasetError(WorkbenchError):
+    """Data that cannot be imported or used as asked."""
+
+
+class ModelError(WorkbenchError):
+    """A model that cannot be registered, loaded or used for the task."""
+
+
+class MethodError(WorkbenchError):
+    """A PEFT method that cannot be registered or applied."""
+
+
+class SettingsError(WorkbenchError):
+    """A setting with a bad value; the message names the field."""
+
+
+class RunError(WorkbenchError):
+    """A run that cannot be started, stopped or resumed in its current state."""

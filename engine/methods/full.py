@@ -1,0 +1,31 @@
+"""Full fine-tuning: every parameter trains (the quality and memory reference)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.methods.registry import MethodContext, register_method
+
+
+@dataclass
+class FullSettings:
+    """Full fine-tuning has no settings of its own; the training settings apply."""
+
+
+def apply_full(model, settings: FullSettings, context: MethodContext):
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    if context.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+METHOD = register_method(
+    name="full",
+    help="Full fine-tuning: every weight trains (most memory, the reference for quality).",
+    settings_cls=FullSettings,
+    apply=apply_full,
+    is_adapter=False,
+    idea="Update every parameter of the model with the optimizer.",
+    formula="W ← W − η ∇W L",
+)

@@ -1,0 +1,74 @@
+"""LoRA: freeze the base model, learn a low-rank update B·A beside chosen linear layers (peft)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import MethodError, SettingsError
+from engine.methods.registry import MethodContext, register_method
+from engine.settings import setting
+
+
+@dataclass
+class LoraSettings:
+    r: int = setting(8, "Rank of the update matrices: more rank, more capacity and parameters.", min=1, max=1024)
+    lora_alpha: int = setting(16, "Scaling numerator: the update is multiplied by lora_alpha / r.", min=1)
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA input during training.", min=0.0, max=0.9)
+    target_modules: str = setting(
+        "", "Comma-separated linear layer names to adapt (e.g. q_proj,v_proj); empty: the "
+        "model family's default. 'all-linear' adapts every linear layer but the head.")
+
+    def validate(self) -> None:
+        if self.target_modules.strip() and not target_list(self.target_modules):
+            raise SettingsError("target_modules must name at least one layer")
+
+
+def target_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def resolve_targets(settings: LoraSettings, context: MethodContext) -> list[str] | str:
+    """The target modules for peft, checked against the model's own linear layers."""
+    names = target_list(settings.target_modules) or context.default_target_modules
+    if names == ["all-linear"]:
+        return "all-linear"
+    available = sorted({full.rsplit(".", 1)[-1] for full in context.linear_module_names})
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise MethodError(
+            f"target_modules: this model has no layer named {', '.join(missing)}; "
+            f"valid choices: {', '.join(available)}")
+    return names
+
+
+def lora_config(settings: LoraSettings, context: MethodContext):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=resolve_targets(settings, context),
+        # Task heads are new and must train in full; peft saves them with the adapter.
+        modules_to_save=context.head_modules or None,
+        bias="none",
+    )
+
+
+def apply_lora(model, settings: LoraSettings, context: MethodContext):
+    from peft import get_peft_model
+
+    if context.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(model, lora_config(settings, context))
+
+
+METHOD = register_method(
+    name="lora",
+    help="Low-rank adapters on a frozen full-precision base model.",
+    settings_cls=LoraSettings,
+    apply=apply_lora,
+    idea="Keep every pretrained weight W frozen and learn a small update ΔW = B·A of rank r "
+         "for chosen layers; only A and B (and the task head) train.",
+    formula="h = W x + (lora_alpha / r) · B A x",
+)

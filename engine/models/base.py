@@ -1,0 +1,69 @@
+"""What a task needs from a model family: load, encode, collate, predict, score.
+
+A ``TaskModel`` is made per run from the model folder and the dataset's labels. The training
+loop and the inference code only talk to this interface, so a new family (BERT, wav2vec2)
+is one new subclass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TaskModel:
+    task: str = ""
+    family: str = ""
+    default_target_modules: list[str] = []
+    head_modules: list[str] = []  # new task heads: trained in full by PEFT methods
+    unquantized_modules: list[str] = []  # never quantised (heads, tied output layers)
+    primary_metric: str = ""
+
+    def __init__(self, model_dir: Path, labels: list[str] | None = None, **options: Any):
+        self.model_dir = Path(model_dir)
+        self.labels = list(labels or [])
+        self.options = options  # task-specific knobs, e.g. generation_max_length
+
+    def load(self, **load_kwargs: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def encode(self, item: dict, dataset_dir: Path) -> dict:
+        """One item -> model inputs (numpy / python values) plus its target."""
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list:
+        raise NotImplementedError
+
+    def reference(self, item: dict) -> Any:
+        raise NotImplementedError
+
+    def score(self, predictions: list, references: list) -> dict[str, float | None]:
+        raise NotImplementedError
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of every linear layer (plain, 4-bit or 8-bit)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}:
+            names.append(name)
+    return names
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a 4-bit weight counts its logical elements."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if hasattr(parameter, "quant_state"):  # bitsandbytes Params4bit packs two per byte
+            count = int(torch.Size(parameter.quant_state.shape).numel())
+        total += count
+        if parameter.requires_grad:
+            trainable += count
+    return trainable, total

@@ -1,0 +1,147 @@
+"""Whisper for speech recognition (encoder-decoder) and audio classification (encoder + head).
+
+The audio-classification set-up is the one of the LoRA-on-Whisper study this product
+reproduces: Whisper's encoder, mean-pooled, with a projector and a classifier on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.data.audio import load_audio
+from engine.models.base import TaskModel
+from engine.training.metrics import classification_metrics, speech_metrics
+
+
+def quiet_transformers():
+    """Loading a seq2seq checkpoint as a classifier reports every unused decoder weight;
+    that is expected here, so only errors are shown."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+class WhisperBase(TaskModel):
+    family = "whisper"
+    default_target_modules = ["q_proj", "v_proj"]
+
+    def __init__(self, model_dir: Path, labels: list[str] | None = None, **options: Any):
+        super().__init__(model_dir, labels, **options)
+        from transformers import WhisperFeatureExtractor
+
+        self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """Log-mel features padded / cut to the model's window: (n_mels, frames)."""
+        return self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate,
+                                      return_tensors="np").input_features[0]
+
+    def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
+        return self.features(load_audio(dataset_dir / item["file"]))
+
+
+class WhisperSpeechRecognition(WhisperBase):
+    task = "asr"
+    unquantized_modules = ["proj_out"]  # tied to the token embeddings
+    primary_metric = "wer"
+
+    def __init__(self, model_dir: Path, labels: list[str] | None = None, **options: Any):
+        super().__init__(model_dir, labels, **options)
+        from transformers import WhisperTokenizer
+
+        self.tokenizer = WhisperTokenizer.from_pretrained(self.model_dir)
+        self.generation_max_length = int(options.get("generation_max_length", 48))
+
+    def load(self, **load_kwargs: Any) -> nn.Module:
+        from transformers import WhisperForConditionalGeneration
+
+        quiet_transformers()
+        return WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs)
+
+    def encode(self, item: dict, dataset_dir: Path) -> dict:
+        return {"input_features": self.encode_audio(item, dataset_dir),
+                "labels": self.tokenizer(item["text"] or "").input_ids}
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        features = torch.from_numpy(np.stack([e["input_features"] for e in examples]))
+        batch = {"input_features": features}
+        if "labels" in examples[0]:
+            start = self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+            # The model prepends the start token itself when it shifts labels right.
+            sequences = [e["labels"][1:] if e["labels"][:1] == [start] else e["labels"]
+                         for e in examples]
+            width = max(len(s) for s in sequences)
+            labels = torch.full((len(sequences), width), -100, dtype=torch.long)
+            for row, sequence in enumerate(sequences):
+                labels[row, : len(sequence)] = torch.tensor(sequence)
+            batch["labels"] = labels
+        return batch
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+        features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
+        generated = model.generate(input_features=features,
+                                   max_new_tokens=self.generation_max_length)
+        return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+    def reference(self, item: dict) -> str:
+        return item["text"] or ""
+
+    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        return speech_metrics(references, predictions)
+
+
+class WhisperAudioClassification(WhisperBase):
+    task = "audio-classification"
+    head_modules = ["projector", "classifier"]
+    unquantized_modules = ["projector", "classifier"]
+    primary_metric = "accuracy"
+
+    def load(self, **load_kwargs: Any) -> nn.Module:
+        from transformers import WhisperForAudioClassification
+
+        quiet_transformers()
+        return WhisperForAudioClassification.from_pretrained(
+            self.model_dir, num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs)
+
+    def encode(self, item: dict, dataset_dir: Path) -> dict:
+        return {"input_features": self.encode_audio(item, dataset_dir),
+                "labels": self.labels.index(item["label"]) if item.get("label") is not None else -1}
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {"input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples]))}
+        if "labels" in examples[0]:
+            batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return batch
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+        features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
+        logits = model(input_features=features).logits
+        return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+
+    def reference(self, item: dict) -> int:
+        return self.labels.index(item["label"])
+
+    def score(self, predictions: list[list[float]], references: list[int]) -> dict:
+        return classification_metrics(references, np.asarray(predictions, dtype=np.float64))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _float_dtype_of(model: nn.Module) -> torch.dtype:
+    """The dtype the input features must have: the first floating parameter's (conv1)."""
+    for parameter in model.parameters():
+        if parameter.dtype.is_floating_point:
+            return parameter.dtype
+    return torch.float32

@@ -1,0 +1,113 @@
+"""Settings dataclasses: defaults, help strings, validation and ``key=value`` parsing.
+
+Every settings field carries ``metadata={"help": ...}`` and optionally ``"choices"``,
+``"min"`` / ``"max"``. The Training page builds its form from these fields and the command line
+parses ``--set key=value`` with the same types, so both stay in step with the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from engine.errors import SettingsError
+
+
+def setting(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with a default and a help text (plus ``choices``, ``min``, ``max``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def describe(settings_cls: type) -> list[dict]:
+    """One dict per field: name, type name, default, help, choices, min, max."""
+    hints = typing.get_type_hints(settings_cls)
+    return [
+        {
+            "name": f.name,
+            "type": hints[f.name].__name__,
+            "default": f.default,
+            "help": f.metadata.get("help", ""),
+            "choices": f.metadata.get("choices"),
+            "min": f.metadata.get("min"),
+            "max": f.metadata.get("max"),
+        }
+        for f in dataclasses.fields(settings_cls)
+    ]
+
+
+def build(settings_cls: type, values: dict[str, Any] | None = None, *, section: str = "") -> Any:
+    """Make ``settings_cls`` from ``values`` (strings are converted), validating every field."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SettingsError(
+            f"unknown {section + ' ' if section else ''}setting {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(known)) or 'none'}")
+    hints = typing.get_type_hints(settings_cls)
+    converted = {name: _convert(name, hints[name], value) for name, value in values.items()}
+    instance = settings_cls(**converted)
+    validate(instance)
+    return instance
+
+
+def validate(instance: Any) -> None:
+    """Check choices and bounds of every field, then the class's own ``validate()`` if any."""
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise SettingsError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if low is not None and value < low:
+            raise SettingsError(f"{f.name} must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise SettingsError(f"{f.name} must be at most {high}, got {value}")
+    check = getattr(instance, "validate", None)
+    if callable(check):
+        check()
+
+
+def as_dict(instance: Any) -> dict[str, Any]:
+    return dataclasses.asdict(instance)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """``["r=8", "learning_rate=1e-3"]`` -> ``{"r": "8", "learning_rate": "1e-3"}``."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    if isinstance(value, str) and kind is not str:
+        return _parse(name, kind, value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    _check_type(name, kind, value)
+    return value
+
+
+def _parse(name: str, kind: Any, text: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise SettingsError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+
+
+def _check_type(name: str, kind: Any, value: Any) -> None:
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise SettingsError(f"{name} must be a {kind.__name__}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Training: settings, the fine-tuning recipe, checkpoints, metrics and the worker thread."""

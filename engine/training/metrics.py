@@ -1,0 +1,41 @@
+"""Evaluation metrics: WER/CER (jiwer) for speech, accuracy/macro-F1/ROC-AUC for labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# name -> True when a larger value is better
+METRIC_DIRECTION = {"wer": False, "cer": False, "accuracy": True, "macro_f1": True, "roc_auc": True}
+
+
+def speech_metrics(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    import jiwer
+
+    # jiwer refuses empty references; an empty reference scores against a placeholder word.
+    refs = [ref.strip() or "<empty>" for ref in references]
+    hyps = [hyp.strip() for hyp in hypotheses]
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict[str, float | None]:
+    """``probabilities``: (N, C) class probabilities; ``labels``: N true class indices."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    labels_array = np.asarray(labels)
+    predicted = probabilities.argmax(axis=1)
+    num_classes = probabilities.shape[1]
+    result = {
+        "accuracy": float(accuracy_score(labels_array, predicted)),
+        "macro_f1": float(f1_score(labels_array, predicted, average="macro",
+                                   labels=list(range(num_classes)), zero_division=0)),
+        "roc_auc": None,
+    }
+    try:  # undefined when a class is missing from the references
+        if num_classes == 2:
+            result["roc_auc"] = float(roc_auc_score(labels_array, probabilities[:, 1]))
+        else:
+            result["roc_auc"] = float(roc_auc_score(labels_array, probabilities, multi_class="ovr",
+                                                    labels=list(range(num_classes))))
+    except ValueError:
+        pass
+    return result

@@ -1,0 +1,271 @@
+"""SQLite store of users, datasets, models, runs and their metrics, through sqlite-utils.
+
+One ``Storage`` per data home. It is safe to share between threads: every thread gets its own
+connection (SQLite connections must not cross threads), the database runs in WAL mode so the
+training worker can write while pages read, and a busy timeout absorbs short write contention
+from a second process (the command line next to the app).
+
+Every read of a user's items is scoped to an owner: an item is visible to its owner and, when
+``shared`` is set (the demo sets), read-only to everybody.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from storage.files import FileStore
+from storage.schema import LOCAL_USER_ID, migrations
+
+JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics"}
+TERMINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Storage:
+    """The database and file store under one data home (``LIM_HOME``)."""
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.files = FileStore(self.home)
+        self.path = self.home / "workbench.db"
+        self._local = threading.local()
+        self.db.enable_wal()
+        migrations.apply(self.db)
+
+    # ---------------------------------------------------------------- connections
+    @property
+    def db(self) -> Database:
+        """This thread's connection (made on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            db = Database(conn)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @contextmanager
+    def atomic(self) -> Iterator[Database]:
+        with self.db.atomic() as db:
+            yield db
+
+    # ---------------------------------------------------------------- helpers
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        return [_decode(row) for row in self.db.query(sql, list(params))]
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    # ---------------------------------------------------------------- users
+    def get_user(self, name: str) -> dict | None:
+        return self._one("select * from users where name = ?", [name])
+
+    # ---------------------------------------------------------------- datasets
+    def add_dataset(self, record: dict, items: list[dict]) -> int:
+        """Insert a dataset and all its items in one transaction; returns its id."""
+        record = {"owner_id": LOCAL_USER_ID, "shared": 0, "is_demo": 0, **record,
+                  "created_at": utc_now(), "num_items": len(items)}
+        with self.atomic() as db:
+            dataset_id = db["datasets"].insert(_encode(record)).last_pk
+            db["dataset_items"].insert_all(
+                ({**item, "dataset_id": dataset_id} for item in items), batch_size=500
+            )
+        return dataset_id
+
+    def find_dataset(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID) -> dict | None:
+        return self._find("datasets", name_or_id, owner_id)
+
+    def list_datasets(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
+        return self._rows(
+            "select * from datasets where owner_id = ? or shared = 1 order by id", [owner_id]
+        )
+
+    def dataset_items(self, dataset_id: int, split: str | None = None,
+                      limit: int | None = None, offset: int = 0) -> list[dict]:
+        sql, params = "select * from dataset_items where dataset_id = ?", [dataset_id]
+        if split is not None:
+            sql += " and split = ?"
+            params.append(split)
+        sql += " order by split, position"
+        if limit is not None:
+            sql += " limit ? offset ?"
+            params += [limit, offset]
+        return self._rows(sql, params)
+
+    def count_items(self, dataset_id: int) -> dict[str, int]:
+        rows = self.db.execute(
+            "select split, count(*) from dataset_items where dataset_id = ? group by split",
+            [dataset_id],
+        ).fetchall()
+        return dict(rows)
+
+    def delete_dataset(self, dataset_id: int, owner_id: int = LOCAL_USER_ID) -> dict:
+        """Remove a dataset's rows (runs keep their own copy of its name and version)."""
+        record = self._owned("datasets", dataset_id, owner_id)
+        with self.atomic() as db:
+            db.execute("delete from dataset_items where dataset_id = ?", [dataset_id])
+            db.execute("delete from datasets where id = ?", [dataset_id])
+        return record
+
+    # ---------------------------------------------------------------- models
+    def add_model(self, record: dict) -> int:
+        record = {"owner_id": LOCAL_USER_ID, "shared": 0, "is_preset": 0, **record,
+                  "created_at": utc_now()}
+        with self.atomic() as db:
+            return db["models"].insert(_encode(record)).last_pk
+
+    def find_model(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID) -> dict | None:
+        return self._find("models", name_or_id, owner_id)
+
+    def list_models(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
+        return self._rows(
+            "select * from models where owner_id = ? or shared = 1 order by id", [owner_id]
+        )
+
+    def delete_model(self, model_id: int, owner_id: int = LOCAL_USER_ID) -> dict:
+        record = self._owned("models", model_id, owner_id)
+        with self.atomic() as db:
+            db.execute("delete from models where id = ?", [model_id])
+        return record
+
+    def _find(self, table: str, name_or_id: str | int, owner_id: int) -> dict | None:
+        visible = "(owner_id = ? or shared = 1)"
+        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+            found = self._one(f"select * from {table} where id = ? and {visible}",
+                              [int(name_or_id), owner_id])
+            if found:
+                return found
+        # The owner's own item wins over a shared one of the same name.
+        return self._one(
+            f"select * from {table} where name = ? and {visible} "
+            "order by owner_id = ? desc, id limit 1",
+            [str(name_or_id), owner_id, owner_id],
+        )
+
+    def _owned(self, table: str, item_id: int, owner_id: int) -> dict:
+        record = self._one(f"select * from {table} where id = ?", [item_id])
+        if record is None or record["owner_id"] != owner_id:
+            raise PermissionError(f"no {table[:-1]} {item_id} of yours to delete")
+        return record
+
+    # ---------------------------------------------------------------- runs
+    def create_run(self, record: dict) -> int:
+        record = {"owner_id": LOCAL_USER_ID, **record, "status": "queued",
+                  "created_at": utc_now(), "step": 0, "stop_requested": 0}
+        with self.atomic() as db:
+            return db["runs"].insert(_encode(record)).last_pk
+
+    def get_run(self, run_id: int, owner_id: int | None = LOCAL_USER_ID) -> dict | None:
+        if owner_id is None:  # the worker reads any run it was given
+            return self._one("select * from runs where id = ?", [run_id])
+        return self._one("select * from runs where id = ? and owner_id = ?", [run_id, owner_id])
+
+    def list_runs(self, owner_id: int = LOCAL_USER_ID, limit: int | None = None) -> list[dict]:
+        sql = "select * from runs where owner_id = ? order by id desc"
+        params: list[Any] = [owner_id]
+        if limit is not None:
+            sql += " limit ?"
+            params.append(limit)
+        return self._rows(sql, params)
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        with self.atomic() as db:
+            db["runs"].update(run_id, _encode(fields))
+
+    def claim_next_run(self, worker: str, run_id: int | None = None) -> dict | None:
+        """Atomically move the oldest queued run (or ``run_id``) to ``running`` for ``worker``.
+
+        One UPDATE statement does the check and the change, so two workers (the app and a
+        command line) can never both claim the same run.
+        """
+        target = "?" if run_id is not None else (
+            "(select id from runs where status = 'queued' order by id limit 1)")
+        params: list[Any] = [worker, time.time(), utc_now()]
+        if run_id is not None:
+            params.append(run_id)
+        with self.atomic() as db:
+            row = db.execute(
+                "update runs set status = 'running', worker = ?, heartbeat_at = ?, "
+                "started_at = coalesce(started_at, ?), error = null "
+                f"where id = {target} and status = 'queued' returning id",
+                params,
+            ).fetchone()
+        return self.get_run(row[0], owner_id=None) if row else None
+
+    def request_stop(self, run_id: int) -> None:
+        with self.atomic() as db:
+            db.execute("update runs set stop_requested = 1 where id = ?", [run_id])
+
+    def stop_requested(self, run_id: int) -> bool:
+        row = self.db.execute("select stop_requested from runs where id = ?", [run_id]).fetchone()
+        return bool(row and row[0])
+
+    def runs_with_status(self, *statuses: str) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        return self._rows(f"select * from runs where status in ({marks}) order by id",
+                          list(statuses))
+
+    # ---------------------------------------------------------------- metrics and events
+    def add_metrics(self, run_id: int, step: int, wall_time: float, values: dict[str, float]) -> None:
+        rows = [{"run_id": run_id, "step": step, "wall_time": wall_time, "name": name,
+                 "value": float(value)} for name, value in values.items() if value is not None]
+        with self.atomic() as db:
+            # Upsert: a resumed run that replays a step replaces the point instead of duplicating it.
+            db["run_metrics"].upsert_all(rows, pk=("run_id", "name", "step"))
+
+    def delete_metrics_after(self, run_id: int, step: int) -> None:
+        with self.atomic() as db:
+            db.execute("delete from run_metrics where run_id = ? and step > ?", [run_id, step])
+
+    def metrics(self, run_id: int, names: Iterable[str] | None = None) -> list[dict]:
+        sql, params = "select * from run_metrics where run_id = ?", [run_id]
+        if names is not None:
+            names = list(names)
+            sql += f" and name in ({','.join('?' * len(names))})"
+            params += names
+        return self._rows(sql + " order by step, name", params)
+
+    def add_event(self, run_id: int, message: str, level: str = "info") -> None:
+        with self.atomic() as db:
+            db["run_events"].insert(
+                {"run_id": run_id, "time": utc_now(), "level": level, "message": message})
+
+    def events(self, run_id: int, limit: int = 200) -> list[dict]:
+        rows = self._rows(
+            "select * from run_events where run_id = ? order by id desc limit ?", [run_id, limit])
+        return rows[::-1]
+
+
+def _encode(record: dict) -> dict:
+    return {k: (json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str)
+                else v) for k, v in record.items()}
+
+
+def _decode(row: dict) -> dict:
+    row = dict(row)
+    for key in JSON_COLUMNS & row.keys():
+        if isinstance(row[key], str):
+            row[key] = json.loads(row[key])
+    return row

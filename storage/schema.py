@@ -1,0 +1,100 @@
+"""Database schema as an ordered list of sqlite-utils migrations.
+
+Add a new function decorated with ``@migrations()`` at the end to change the schema; never edit
+one that has shipped. ``migrations.apply(db)`` runs the pending ones inside a transaction each.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("lessismore")
+
+# The single local owner every item belongs to until accounts exist.
+LOCAL_USER_ID = 1
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["users"].create(
+        {"id": int, "name": str, "password_hash": str, "is_admin": int, "created_at": str},
+        pk="id",
+        not_null={"name"},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["users"].insert(
+        {"id": LOCAL_USER_ID, "name": "local", "password_hash": None, "is_admin": 1,
+         "created_at": _now_sql(db)}
+    )
+
+    db["datasets"].create(
+        {
+            "id": int, "owner_id": int, "name": str, "task": str, "path": str,
+            "version": str, "num_items": int, "splits": str, "labels": str,
+            "shared": int, "is_demo": int, "description": str, "created_at": str,
+        },
+        pk="id",
+        not_null={"owner_id", "name", "task", "path"},
+        foreign_keys=[("owner_id", "users")],
+    )
+    db["datasets"].create_index(["owner_id", "name"], unique=True)
+
+    db["dataset_items"].create(
+        {
+            "id": int, "dataset_id": int, "split": str, "position": int,
+            "file": str, "text": str, "label": str, "duration_s": float,
+        },
+        pk="id",
+        not_null={"dataset_id", "split"},
+        foreign_keys=[("dataset_id", "datasets")],
+    )
+    db["dataset_items"].create_index(["dataset_id", "split", "position"])
+
+    db["models"].create(
+        {
+            "id": int, "owner_id": int, "name": str, "family": str, "tasks": str,
+            "source": str, "path": str, "is_preset": int, "shared": int,
+            "description": str, "num_parameters": int, "created_at": str,
+        },
+        pk="id",
+        not_null={"owner_id", "name", "family", "path"},
+        foreign_keys=[("owner_id", "users")],
+    )
+    db["models"].create_index(["owner_id", "name"], unique=True)
+
+    # dataset/model ids are kept without foreign keys on purpose: a run keeps its record
+    # (and the names it was made with) after its dataset or model is deleted.
+    db["runs"].create(
+        {
+            "id": int, "owner_id": int, "status": str, "method": str, "task": str,
+            "dataset_id": int, "dataset_name": str, "dataset_version": str,
+            "model_id": int, "model_name": str, "settings": str,
+            "created_at": str, "started_at": str, "finished_at": str,
+            "step": int, "total_steps": int, "wall_time_s": float,
+            "trainable_params": int, "total_params": int, "peak_memory_mb": float,
+            "metrics": str, "adapter_dir": str, "checkpoint_dir": str, "error": str,
+            "stop_requested": int, "worker": str, "heartbeat_at": float,
+        },
+        pk="id",
+        not_null={"owner_id", "status", "method"},
+        defaults={"step": 0, "stop_requested": 0},
+        foreign_keys=[("owner_id", "users")],
+    )
+    db["runs"].create_index(["status", "id"])
+
+    db["run_metrics"].create(
+        {"run_id": int, "step": int, "wall_time": float, "name": str, "value": float},
+        pk=("run_id", "name", "step"),
+        foreign_keys=[("run_id", "runs")],
+    )
+    db["run_events"].create(
+        {"id": int, "run_id": int, "time": str, "level": str, "message": str},
+        pk="id",
+        foreign_keys=[("run_id", "runs")],
+    )
+    db["run_events"].create_index(["run_id", "id"])
+
+
+def _now_sql(db: Database) -> str:
+    return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]
