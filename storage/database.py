@@ -67,8 +67,24 @@ class Storage:
 
     @contextmanager
     def atomic(self) -> Iterator[Database]:
-        with self.db.atomic() as db:
+        """A write transaction, all or nothing.
+
+        ``BEGIN IMMEDIATE`` takes the write lock up front, so a writer waits (busy timeout)
+        for another writer instead of failing: a deferred transaction that first reads and
+        then writes cannot wait in WAL mode and fails with "database is locked" at once.
+        """
+        db = self.db
+        if db.conn.in_transaction:  # nested: a savepoint inside the open transaction
+            with db.atomic():
+                yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
             yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
 
     # ---------------------------------------------------------------- helpers
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:

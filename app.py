@@ -1,0 +1,24 @@
+"""LessIsMore Workbench: the Streamlit entry point (a router over pages/).
+
+    streamlit run app.py        # or: make run
+
+The engine is a process-wide singleton (ui.state.get_workbench); its worker thread keeps
+training when browser tabs close.
+"""
+
+import os
+
+import streamlit as st
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # presets and local models only: never hang on a hub
+
+st.set_page_config(page_title="LessIsMore Workbench", page_icon="🪶", layout="wide")
+
+pages = [
+    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
+    st.Page("pages/datasets.py", title="Datasets", icon="🎧"),
+    st.Page("pages/models.py", title="Models", icon="🧠"),
+    st.Page("pages/training.py", title="Training", icon="🏋️"),
+    st.Page("pages/compare.py", title="Compare", icon="📊"),
+]
+st.navigation(pages).run()

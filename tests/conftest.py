@@ -1,0 +1,69 @@
+"""Shared fixtures: a fresh data home per test, with the demo installed from a session copy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_template(tmp_path_factory) -> Path:
+    """A data home with the demo installed once; tests get copies of it."""
+    from engine import Workbench
+
+    home = tmp_path_factory.mktemp("demo-home")
+    workbench = Workbench(home)
+    workbench.install_demo()
+    workbench.storage.close()
+    return home
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty data home, also set as LIM_HOME."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("LIM_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def demo_home(tmp_path, demo_template, monkeypatch) -> Path:
+    """A data home holding the demo datasets and presets, also set as LIM_HOME."""
+    path = tmp_path / "home"
+    shutil.copytree(demo_template, path)
+    monkeypatch.setenv("LIM_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def workbench(demo_home):
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    yield workbench
+    workbench.shutdown()
+    workbench.storage.close()
+
+
+# Small, fast settings for real training runs on two CPU cores.
+FAST = {"max_steps": 4, "eval_steps": 0, "save_steps": 0, "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 20, "generation_max_length": 8}

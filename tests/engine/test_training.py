@@ -1,0 +1,186 @@
+"""Real training runs on the demo: learning, adapters that reload, stop, resume, the queue."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from conftest import FAST
+
+from engine.methods import register_method
+from engine.methods.full import FullSettings
+from engine.methods.registry import unregister_method
+from engine.training.recipe import FineTuneRecipe
+
+
+def wait_until(predicate, timeout=120.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+def claimed_recipe(workbench, run_id):
+    run = workbench.storage.claim_next_run("test", run_id=run_id)
+    recipe = FineTuneRecipe(workbench.storage, run, should_stop=lambda: False)
+    recipe.setup()
+    return recipe
+
+
+def first_batch(recipe, split_items):
+    data = [recipe.task_model.encode(item, recipe.dataset_dir) for item in split_items[:4]]
+    return recipe.task_model.collate(data)
+
+
+def test_qlora_run_learns_and_its_adapter_reloads_with_peft(workbench):
+    from peft import PeftModel
+    from transformers import BitsAndBytesConfig, WhisperForConditionalGeneration
+
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "qlora", {"r": 8},
+                                  {**FAST, "max_steps": 30, "learning_rate": 1e-2,
+                                   "per_device_train_batch_size": 8})
+    recipe = claimed_recipe(workbench, run_id)
+    assert type(recipe.model.base_model.model.model.encoder.layers[0].fc1).__name__ == "Linear4bit"
+    assert recipe.train() == "completed"
+
+    losses = [m["value"] for m in workbench.run_metrics(run_id, ["train/loss"])]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1  # it learned, clearly
+
+    batch = first_batch(recipe, recipe.eval_items)
+    recipe.model.eval()
+    with torch.no_grad():
+        engine_logits = recipe.model(**batch).logits
+
+    # Outside the app: plain transformers + peft, nothing from the engine.
+    adapter_dir = recipe.run_dir / "adapter"
+    assert (adapter_dir / "adapter_config.json").is_file()
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.float32,
+                                      llm_int8_skip_modules=["proj_out"])
+    base = WhisperForConditionalGeneration.from_pretrained(recipe.model_dir, device_map="cpu",
+                                                           quantization_config=quantization)
+    reloaded = PeftModel.from_pretrained(base, adapter_dir).eval()
+    with torch.no_grad():
+        reloaded_logits = reloaded(**batch).logits
+    # Loaded for inference, bitsandbytes repacks 4-bit weights for its bf16 AVX-512 CPU kernel
+    # (training keeps the plain layout), so logits agree to bf16 precision, not bit for bit.
+    torch.testing.assert_close(reloaded_logits, engine_logits, rtol=1e-2, atol=5e-3)
+
+    # ...and it transcribes exactly what the engine transcribes.
+    assert recipe.task_model.predict(reloaded, batch) == recipe.task_model.predict(recipe.model, batch)
+
+
+def test_finished_run_reports_what_a_student_needs(workbench):
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {}, FAST)
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary["error"]
+    assert set(summary["metrics"]) == {"accuracy", "macro_f1", "roc_auc"}
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+    assert summary["peak_memory_mb"] > 0 and summary["wall_time_s"] > 0
+    assert summary["step"] == summary["total_steps"] == FAST["max_steps"]
+    meta = json.loads((workbench.home / "runs" / str(run_id) / "adapter" / "workbench.json").read_text())
+    assert meta["labels"] == workbench.get_dataset("demo-commands")["labels"]
+    assert [m["name"] for m in workbench.run_metrics(run_id, ["eval/accuracy"])] == ["eval/accuracy"]
+
+
+def test_stop_saves_a_checkpoint_and_resume_finishes_without_duplicates(workbench):
+    workbench.start_worker()
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "max_steps": 400, "per_device_train_batch_size": 2})
+    wait_until(lambda: (workbench.get_run(run_id)["step"] or 0) >= 3)
+    assert workbench.stop_run(run_id) == "stopping"
+    wait_until(lambda: workbench.get_run(run_id)["status"] == "stopped")
+
+    run = workbench.get_run(run_id)
+    state = json.loads((workbench.home / run["checkpoint_dir"] / "state.json").read_text())
+    assert state["step"] == run["step"] < 400
+    assert (workbench.home / run["checkpoint_dir"] / "trainable.safetensors").is_file()
+
+    # Resume with fewer total steps left to keep the test short: change max_steps in place.
+    settings = run["settings"]
+    settings["training"]["max_steps"] = run["step"] + 3
+    workbench.storage.update_run(run_id, settings=settings, total_steps=run["step"] + 3)
+    workbench.resume_run(run_id)
+    wait_until(lambda: workbench.get_run(run_id)["status"] in ("completed", "failed"))
+    final = workbench.get_run(run_id)
+    assert final["status"] == "completed", final["error"]
+    steps = [m["step"] for m in workbench.run_metrics(run_id, ["train/loss"])]
+    assert steps == list(range(1, final["step"] + 1))  # no duplicated or missing points
+    assert any("resumed from the checkpoint" in e["message"] for e in workbench.run_events(run_id))
+
+
+def test_submitted_runs_train_one_after_the_other(workbench):
+    workbench.start_worker()
+    first = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    second = workbench.submit_run("demo-commands", "tiny-whisper", "full", {}, FAST)
+    assert workbench.get_run(second)["status"] == "queued"
+    wait_until(lambda: workbench.get_run(second)["status"] == "completed")
+    assert workbench.get_run(first)["status"] == "completed"
+    events = workbench.storage._rows("select run_id, message, id from run_events order by id")
+    first_done = next(e["id"] for e in events if e["run_id"] == first and e["message"] == "run completed")
+    second_started = next(e["id"] for e in events if e["run_id"] == second and e["message"] == "started")
+    assert first_done < second_started
+
+
+def test_a_failing_method_fails_its_run_and_the_worker_goes_on(workbench):
+    def explode(model, settings, context):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    register_method(name="explodes", help="raises", settings_cls=FullSettings, apply=explode,
+                    is_adapter=False, source="test")
+    try:
+        workbench.start_worker()
+        bad = workbench.submit_run("demo-commands", "tiny-whisper", "explodes", {}, FAST)
+        good = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+        wait_until(lambda: workbench.get_run(good)["status"] in ("completed", "failed"))
+    finally:
+        unregister_method("explodes")
+    failed = workbench.get_run(bad)
+    assert failed["status"] == "failed"
+    assert "out of memory" in failed["error"] and "per_device_train_batch_size" in failed["error"]
+    assert workbench.get_run(good)["status"] == "completed"
+
+
+def test_runs_left_running_by_a_dead_process_become_interrupted(demo_home):
+    from engine import Workbench
+
+    first = Workbench(demo_home)
+    run_id = first.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    first.storage.claim_next_run("localhost-that-is-gone:999999999:1")
+    first.storage.update_run(run_id, worker=f"{__import__('socket').gethostname()}:999999999:1")
+    second = Workbench(demo_home)  # a restart
+    assert second.get_run(run_id)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("settings, field", [
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"learning_rate": -1e-3}, "learning_rate"),
+    ({"per_device_train_batch_size": 100000}, "per_device_train_batch_size"),
+    ({"max_steps": 0}, "max_steps"),
+    ({"r": 0}, "r"),
+    ({"lr_scheduler_type": "zigzag"}, "lr_scheduler_type"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_invalid_settings_are_refused_at_submit_naming_the_field(workbench, settings, field):
+    from engine.errors import WorkbenchError
+
+    method_values, training_values = ({k: v for k, v in settings.items() if k == "r"},
+                                      {k: v for k, v in settings.items() if k != "r"})
+    with pytest.raises(WorkbenchError, match=field):
+        workbench.submit_run("demo-speech", "tiny-whisper", "qlora", method_values, training_values)
+    assert workbench.list_runs() == []
+
+
+def test_a_target_module_the_model_lacks_fails_with_the_valid_choices(workbench):
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora",
+                                  {"target_modules": "query,value"}, FAST)
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "failed"
+    assert "query" in summary["error"] and "q_proj" in summary["error"]

@@ -1,0 +1,156 @@
+"""Storage on a real SQLite file: round trips, owner scoping, atomic claims, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from storage import Storage, safe_name
+from storage.schema import LOCAL_USER_ID
+
+
+@pytest.fixture
+def storage(tmp_path):
+    store = Storage(tmp_path / "home")
+    yield store
+    store.close()
+
+
+def make_dataset(storage, name="ds", owner_id=LOCAL_USER_ID, shared=0):
+    return storage.add_dataset(
+        {"name": name, "task": "asr", "path": f"datasets/{name}", "version": "v1",
+         "splits": ["train"], "labels": [], "owner_id": owner_id, "shared": shared},
+        [{"split": "train", "position": i, "file": f"train/{i}.flac", "text": f"t{i}",
+          "label": None, "duration_s": 1.0} for i in range(3)])
+
+
+def add_user(storage, name):
+    with storage.atomic() as db:
+        return db["users"].insert({"name": name, "is_admin": 0}).last_pk
+
+
+def test_schema_is_created_in_wal_mode_and_reopens(tmp_path):
+    first = Storage(tmp_path / "home")
+    assert first.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    tables = set(first.db.table_names())
+    assert {"users", "datasets", "dataset_items", "models", "runs", "run_metrics", "run_events"} <= tables
+    first.close()
+    second = Storage(tmp_path / "home")  # migrations already applied: nothing happens twice
+    assert second.db["users"].count == 1
+    assert [m["name"] for m in second.db["_sqlite_migrations"].rows] == ["m001_initial"]
+
+
+def test_dataset_round_trip(storage):
+    dataset_id = make_dataset(storage)
+    found = storage.find_dataset("ds")
+    assert found["id"] == dataset_id and found["splits"] == ["train"] and found["num_items"] == 3
+    assert [i["text"] for i in storage.dataset_items(dataset_id, "train")] == ["t0", "t1", "t2"]
+    assert [i["text"] for i in storage.dataset_items(dataset_id, "train", limit=1, offset=1)] == ["t1"]
+    assert storage.count_items(dataset_id) == {"train": 3}
+    storage.delete_dataset(dataset_id)
+    assert storage.find_dataset("ds") is None
+    assert storage.dataset_items(dataset_id) == []
+
+
+def test_items_are_all_or_nothing(storage):
+    with pytest.raises(sqlite3.IntegrityError):
+        storage.add_dataset({"name": "bad", "task": "asr", "path": "x"},
+                            [{"split": "train", "position": 0}, {"split": None, "position": 1}])
+    assert storage.find_dataset("bad") is None
+    assert storage.db["dataset_items"].count == 0
+
+
+def test_items_are_scoped_to_their_owner(storage):
+    other = add_user(storage, "alice")
+    make_dataset(storage, "mine")
+    make_dataset(storage, "hers", owner_id=other)
+    make_dataset(storage, "public", owner_id=other, shared=1)
+    assert [d["name"] for d in storage.list_datasets(LOCAL_USER_ID)] == ["mine", "public"]
+    assert storage.find_dataset("hers", LOCAL_USER_ID) is None
+    assert storage.find_dataset("hers", other)["name"] == "hers"
+    with pytest.raises(PermissionError):
+        storage.delete_dataset(storage.find_dataset("public")["id"], LOCAL_USER_ID)
+
+
+def test_run_lifecycle_and_metrics(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {"method": {"r": 4}, "training": {}}})
+    run = storage.get_run(run_id)
+    assert run["status"] == "queued" and run["settings"]["method"] == {"r": 4}
+    storage.add_metrics(run_id, 1, 0.5, {"train/loss": 2.0})
+    storage.add_metrics(run_id, 2, 1.0, {"train/loss": 1.5})
+    storage.add_metrics(run_id, 2, 1.1, {"train/loss": 1.4})  # a replayed step replaces its point
+    assert [(m["step"], m["value"]) for m in storage.metrics(run_id)] == [(1, 2.0), (2, 1.4)]
+    storage.delete_metrics_after(run_id, 1)
+    assert [m["step"] for m in storage.metrics(run_id)] == [1]
+    storage.add_event(run_id, "hello")
+    assert [e["message"] for e in storage.events(run_id)] == ["hello"]
+    assert storage.get_run(run_id, owner_id=add_user(storage, "bob")) is None
+
+
+def test_claims_take_oldest_first_and_never_twice(storage):
+    ids = [storage.create_run({"method": "lora", "settings": {}}) for _ in range(6)]
+    claimed, lock = [], threading.Lock()
+
+    def claim(worker):
+        while True:
+            run = storage.claim_next_run(worker)
+            if run is None:
+                return
+            with lock:
+                claimed.append(run["id"])
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == ids  # every run exactly once
+    assert all(storage.get_run(i)["status"] == "running" for i in ids)
+
+
+def test_worker_writes_while_another_thread_reads(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    errors, done = [], threading.Event()
+
+    def write():
+        try:
+            for step in range(1, 201):
+                storage.add_metrics(run_id, step, step * 0.01, {"train/loss": 1.0 / step})
+                storage.update_run(run_id, step=step)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+        finally:
+            done.set()
+
+    def read():
+        last = 0
+        try:
+            while not done.is_set():
+                rows = storage.metrics(run_id)
+                assert len(rows) >= last  # never goes backwards, never half-written
+                last = len(rows)
+                storage.get_run(run_id)
+                time.sleep(0.001)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(storage.metrics(run_id)) == 200 and storage.get_run(run_id)["step"] == 200
+
+
+def test_file_store_refuses_escapes(storage):
+    assert safe_name("../../etc/passwd") == "etc-passwd"
+    assert safe_name("   ") == "item"
+    with pytest.raises(ValueError):
+        storage.files.resolve("../outside")
+    first = storage.files.new_dir("datasets", "My Set!")
+    second = storage.files.new_dir("datasets", "My Set!")
+    assert first.name == "My-Set" and second.name == "My-Set-2"
