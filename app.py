@@ -12,13 +12,13 @@ import streamlit as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # presets and local models only: never hang on a hub
 
-st.set_page_config(page_title="LessIsMore Workbench", page_icon="🪶", layout="wide")
+st.set_page_config(page_title="LessIsMore Workbench", page_icon=":material/eco:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/datasets.py", title="Datasets", icon="🎧"),
-    st.Page("pages/models.py", title="Models", icon="🧠"),
-    st.Page("pages/training.py", title="Training", icon="🏋️"),
-    st.Page("pages/compare.py", title="Compare", icon="📊"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/datasets.py", title="Datasets", icon=":material/graphic_eq:"),
+    st.Page("pages/models.py", title="Models", icon=":material/neurology:"),
+    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:"),
 ]
 st.navigation(pages).run()

@@ -7,7 +7,7 @@ from ui.charts import available_metrics, metric_figure
 from ui.state import format_duration, get_workbench, run_label
 
 wb = get_workbench()
-st.title("📊 Compare runs")
+st.title("Compare runs")
 
 runs = wb.list_runs()
 finished = [r for r in runs if r["step"]]
@@ -32,7 +32,9 @@ eval_names = available_metrics(all_rows, "eval/")
 left, right = st.columns(2)
 left.plotly_chart(metric_figure(metrics, "train/loss", x_axis), key="compare.loss")
 if eval_names:
-    name = right.selectbox("Validation metric", eval_names, key="compare.metric")
+    primary = next((n for n in ("eval/wer", "eval/accuracy") if n in eval_names), eval_names[0])
+    name = right.selectbox("Validation metric", eval_names, index=eval_names.index(primary),
+                           key="compare.metric")
     right.plotly_chart(metric_figure(metrics, name, x_axis), key="compare.eval")
 else:
     right.info("No validation metric logged yet.")

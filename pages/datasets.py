@@ -10,7 +10,7 @@ from ui.state import get_workbench
 
 PAGE_SIZE = 10
 wb = get_workbench()
-st.title("🎧 Datasets")
+st.title("Datasets")
 
 datasets = wb.list_datasets()
 if not datasets:

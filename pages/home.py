@@ -3,10 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from ui.state import STATUS_ICONS, format_duration, get_workbench
+from ui.state import format_duration, get_workbench
 
 wb = get_workbench()
-st.title("🪶 LessIsMore Workbench")
+st.title("LessIsMore Workbench")
 st.caption("Fine-tune Whisper and BERT-family models with parameter-efficient methods "
            "(QLoRA first) on modest hardware. Less memory, fewer trainable parameters.")
 
@@ -38,7 +38,7 @@ with left:
                      hide_index=True, width="stretch")
     else:
         st.info("No datasets yet. Run `python -m engine demo` (or `make run`) to add the demo sets.")
-    st.page_link("pages/datasets.py", label="Open datasets", icon="🎧")
+    st.page_link("pages/datasets.py", label="Open datasets", icon=":material/graphic_eq:")
 with right:
     st.subheader("Models")
     if models:
@@ -48,15 +48,15 @@ with right:
                                    for m in models]), hide_index=True, width="stretch")
     else:
         st.info("No models yet. The demo adds an untrained `tiny-whisper` preset.")
-    st.page_link("pages/models.py", label="Open models", icon="🧠")
+    st.page_link("pages/models.py", label="Open models", icon=":material/neurology:")
 
 st.subheader("Recent runs")
 if runs:
     st.dataframe(pd.DataFrame([{
-        "run": r["id"], "status": f"{STATUS_ICONS.get(r['status'], '')} {r['status']}",
+        "run": r["id"], "status": r["status"],
         "method": r["method"], "model": r["model_name"], "dataset": r["dataset_name"],
         "progress": f"{r['step']}/{r['total_steps'] or '?'}", "wall time": format_duration(r["wall_time_s"]),
     } for r in runs[:10]]), hide_index=True, width="stretch")
 else:
     st.info("No runs yet: start one on the Training page.")
-st.page_link("pages/training.py", label="Start a run", icon="🏋️")
+st.page_link("pages/training.py", label="Start a run", icon=":material/model_training:")

@@ -7,7 +7,7 @@ from engine.errors import WorkbenchError
 from ui.state import get_workbench
 
 wb = get_workbench()
-st.title("🧠 Models")
+st.title("Models")
 
 models = wb.list_models()
 if not models:

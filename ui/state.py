@@ -7,11 +7,22 @@ import streamlit as st
 from engine import Workbench, data_home
 
 
+_started: list[Workbench] = []
+
+
 @st.cache_resource(show_spinner="Starting the workbench…")
 def _workbench_for(home: str) -> Workbench:
     workbench = Workbench(home)
     workbench.start_worker()  # one background training thread for the whole app
+    _started.append(workbench)
     return workbench
+
+
+def shutdown_workbenches() -> None:
+    """Stop every worker this process started (tests; the app itself never needs it)."""
+    while _started:
+        _started.pop().shutdown()
+    _workbench_for.clear()
 
 
 def get_workbench() -> Workbench:
@@ -19,16 +30,23 @@ def get_workbench() -> Workbench:
     return _workbench_for(str(data_home().resolve()))
 
 
-STATUS_ICONS = {
-    "queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "stopped": "⏹️",
-    "interrupted": "⚠️", "cancelled": "🚫",
+# status -> (Material icon, badge colour)
+STATUS_BADGES = {
+    "queued": (":material/schedule:", "gray"), "running": (":material/play_arrow:", "blue"),
+    "completed": (":material/check_circle:", "green"), "failed": (":material/error:", "red"),
+    "stopped": (":material/stop_circle:", "orange"), "interrupted": (":material/warning:", "orange"),
+    "cancelled": (":material/block:", "gray"),
 }
 
 
-def run_label(run: dict) -> str:
-    icon = STATUS_ICONS.get(run["status"], "")
-    return (f"#{run['id']} {icon} {run['method']} · {run['model_name']} on {run['dataset_name']} "
-            f"({run['status']})")
+def status_badge(status: str) -> None:
+    icon, color = STATUS_BADGES.get(status, (None, "gray"))
+    st.badge(status, icon=icon, color=color)
+
+
+def run_label(run: dict, with_status: bool = True) -> str:
+    label = f"#{run['id']} {run['method']} · {run['model_name']} on {run['dataset_name']}"
+    return f"{label} ({run['status']})" if with_status else label
 
 
 def format_duration(seconds: float | None) -> str:

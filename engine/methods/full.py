@@ -13,8 +13,8 @@ class FullSettings:
 
 
 def apply_full(model, settings: FullSettings, context: MethodContext):
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+    # Every parameter the model itself leaves trainable trains; parameters a model freezes
+    # by design (Whisper's sinusoidal encoder positions) stay frozen, as in the original recipe.
     if context.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

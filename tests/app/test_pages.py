@@ -1,0 +1,137 @@
+"""Every page through Streamlit's AppTest, on a real data home with the demo installed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def app(demo_home):
+    from ui.state import shutdown_workbenches
+
+    yield AppTest.from_file(APP, default_timeout=60)
+    shutdown_workbenches()
+
+
+def open_page(app: AppTest, page: str) -> AppTest:
+    app.run()
+    app.switch_page(page).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def finished_run(demo_home, method="qlora", dataset="demo-speech") -> int:
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    run_id = workbench.submit_run(dataset, "tiny-whisper", method, {}, FAST)
+    assert workbench.wait_for_run(run_id)["status"] == "completed"
+    return run_id
+
+
+def test_home_shows_what_is_there(app):
+    app.run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Datasets"] == "3" and metrics["Models"] == "1" and metrics["Runs"] == "0"
+    assert metrics["GPU"] == "none" or "GiB" in metrics["GPU"]
+    assert any("No runs yet" in i.value for i in app.info)
+
+
+def test_datasets_page_lists_items_with_audio(app):
+    open_page(app, "pages/datasets.py")
+    assert "demo-speech" in app.dataframe[0].value["name"].tolist()
+    assert len(app.get("audio")) == 10  # one player per item on the first page
+    app.selectbox(key="datasets.selected").select("demo-text").run()
+    assert not app.exception and len(app.get("audio")) == 0
+
+
+def test_datasets_page_imports_a_folder_and_reports_errors(app, tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\ngood talk,positive\nbad talk,negative\n")
+    open_page(app, "pages/datasets.py")
+    app.text_input[0].input(str(tmp_path / "missing"))
+    app.text_input[1].input("broken")
+    app.button[-1].click().run()
+    assert "is not a folder" in app.error[0].value
+    app.text_input[0].input(str(folder))
+    app.text_input[1].input("my-texts")
+    app.button[-1].click().run()
+    assert not app.exception and "Imported my-texts" in app.success[0].value
+
+
+def test_models_page_says_presets_are_untrained(app):
+    open_page(app, "pages/models.py")
+    assert "tiny-whisper" in app.dataframe[0].value["name"].tolist()
+    assert any("untrained" in w.value for w in app.warning)
+
+
+def test_training_page_starts_a_run_and_shows_its_progress(app, demo_home):
+    from engine import Workbench
+
+    open_page(app, "pages/training.py")
+    assert app.selectbox(key="train.method").value == "qlora"
+    app.selectbox(key="train.dataset").select("demo-speech")
+    app.number_input(key="train.training.max_steps").set_value(3)
+    app.number_input(key="train.training.eval_steps").set_value(0)
+    app.number_input(key="train.training.generation_max_length").set_value(8)
+    app.number_input(key="train.qlora.r").set_value(4)
+    app.button(key="train.start").click().run()
+    assert not app.exception
+    assert "queued" in app.success[0].value
+
+    workbench = Workbench(demo_home)
+    [run] = workbench.list_runs()
+    assert run["settings"]["method"]["r"] == 4 and run["settings"]["training"]["max_steps"] == 3
+    deadline = time.monotonic() + 120
+    while workbench.get_run(run["id"])["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    app.run()
+    assert not app.exception
+    assert app.get("progress")[0].proto.value == 100  # step 3 of 3
+    assert "wer" in [m.label.lower() for m in app.metric]
+    assert len(app.get("plotly_chart")) == 2  # loss and memory
+
+
+def test_training_page_stop_button_stops_a_running_run(app, demo_home):
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "max_steps": 500, "per_device_train_batch_size": 2})
+    open_page(app, "pages/training.py")  # the app's worker picks the run up
+    deadline = time.monotonic() + 120
+    while (workbench.get_run(run_id)["step"] or 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    app.run()
+    app.button(key=f"train.stop.{run_id}").click().run()
+    while workbench.get_run(run_id)["status"] != "stopped":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    app.run()
+    assert app.button(key=f"train.resume.{run_id}")
+
+
+def test_compare_page_plots_runs_side_by_side(app, demo_home):
+    first = finished_run(demo_home, "qlora")
+    second = finished_run(demo_home, "lora")
+    open_page(app, "pages/compare.py")
+    assert app.multiselect(key="compare.runs").value == [second, first]
+    assert len(app.get("plotly_chart")) == 2
+    table = app.dataframe[0].value
+    assert table["method"].tolist() == ["lora", "qlora"] and "wer" in table.columns
+
+
+def test_compare_page_is_friendly_when_empty(app):
+    open_page(app, "pages/compare.py")
+    assert "Nothing to compare yet" in app.info[0].value

@@ -1,0 +1,90 @@
+"""A person's first session in a real browser: home -> training (start a QLoRA run, watch it
+finish) -> compare. Streamlit serves the real app; Playwright drives Debian's chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+# Without these, chromium tries to reach Google's services on a closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(demo_home):
+    port = free_port()
+    env = {**os.environ, "LIM_HOME": str(demo_home), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start: " + process.stdout.read())
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_first_session_trains_and_compares(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(server)
+        expect(page.get_by_text("LessIsMore Workbench").first).to_be_visible()
+        expect(page.get_by_test_id("stDataFrame").first).to_be_visible()  # canvas-drawn table
+        expect(page.get_by_test_id("stMetric").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+
+        page.get_by_role("link", name="Training").first.click()
+        expect(page.get_by_role("heading", name="Training")).to_be_visible()
+        for label, value in [("max_steps", "6"), ("eval_steps", "3"), ("generation_max_length", "8")]:
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+        page.get_by_role("button", name="Start").click()
+        expect(page.get_by_text("queued: it starts").first).to_be_visible()
+        # The live monitor refreshes by itself until the run completes.
+        expect(page.get_by_text("completed").first).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("step 6 / 6").first).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
+
+        page.get_by_role("link", name="Compare").first.click()
+        expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
+        expect(page.locator(".js-plotly-plot")).to_have_count(2)
+        page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+        browser.close()

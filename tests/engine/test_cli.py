@@ -1,0 +1,92 @@
+"""The command-line contract, through subprocess, on a real data home."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(home: Path, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, input=input_text,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("cli-home")
+    result = cli(home, "demo", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["models"] == ["tiny-whisper"]
+    return home
+
+
+def test_demo_is_idempotent(cli_home):
+    again = cli(cli_home, "demo", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"datasets": [], "models": []}
+
+
+def test_list_commands(cli_home):
+    datasets = json.loads(cli(cli_home, "datasets", "list", "--json").stdout)
+    assert {d["name"]: d["task"] for d in datasets} == {
+        "demo-speech": "asr", "demo-commands": "audio-classification",
+        "demo-text": "text-classification"}
+    models = json.loads(cli(cli_home, "models", "list", "--json").stdout)
+    assert [(m["name"], m["is_preset"]) for m in models] == [("tiny-whisper", 1)]
+    methods = json.loads(cli(cli_home, "methods", "list", "--json").stdout)
+    assert {"full", "lora", "qlora"} <= {m["name"] for m in methods}
+
+
+def test_train_wait_then_show(cli_home):
+    result = cli(cli_home, "train", "--dataset", "demo-speech", "--model", "tiny-whisper",
+                 "--method", "qlora", "--set", "max_steps=3", "--set", "r=4",
+                 "--set", "generation_max_length=8", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed"
+    assert summary["settings"]["method"]["r"] == 4
+    assert Path(summary["adapter_dir"], "adapter_config.json").is_file()
+    shown = json.loads(cli(cli_home, "runs", "show", str(summary["id"]), "--json").stdout)
+    for key in ("id", "status", "method", "dataset", "model", "settings", "metrics",
+                "trainable_params", "peak_memory_mb", "adapter_dir", "error"):
+        assert key in shown
+    assert set(shown["metrics"]) == {"wer", "cer"}
+    runs = json.loads(cli(cli_home, "runs", "list", "--json").stdout)
+    assert summary["id"] in [r["id"] for r in runs]
+
+
+def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
+    queued = cli(cli_home, "train", "--dataset", "demo-commands", "--model", "tiny-whisper",
+                 "--method", "lora", "--json")
+    assert queued.returncode == 0, queued.stderr
+    run_id = json.loads(queued.stdout)["id"]
+    assert json.loads(queued.stdout)["status"] == "queued"
+    stopped = cli(cli_home, "runs", "stop", str(run_id))
+    assert stopped.returncode == 0 and "cancelled" in stopped.stdout
+    assert json.loads(cli(cli_home, "runs", "show", str(run_id), "--json").stdout)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["train", "--dataset", "nope", "--model", "tiny-whisper", "--method", "qlora"], "no dataset 'nope'"),
+    (["train", "--dataset", "demo-speech", "--model", "tiny-whisper", "--method", "magic"], "unknown method"),
+    (["train", "--dataset", "demo-speech", "--model", "tiny-whisper", "--method", "qlora",
+      "--set", "learning_rate=-1"], "learning_rate"),
+    (["train", "--dataset", "demo-text", "--model", "tiny-whisper", "--method", "qlora"],
+     "cannot do text classification"),
+    (["runs", "show", "424242"], "no run 424242"),
+    (["runs", "resume", "424242"], "no run 424242"),
+    (["models", "register", "/definitely/not/here", "--name", "x"], "not a transformers model folder"),
+    (["datasets", "import", "/definitely/not/here", "--name", "x"], "is not a folder"),
+])
+def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):
+    result = cli(cli_home, *args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr

@@ -1,0 +1,81 @@
+"""Every registered method through apply -> real training steps -> save -> reload."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAST
+
+from engine.errors import MethodError
+from engine.methods import all_methods, get_method, register_method
+from engine.methods.full import FullSettings
+from engine.methods.registry import unregister_method
+from engine.training.recipe import FineTuneRecipe
+
+TASKS = {"asr": "demo-speech", "audio-classification": "demo-commands"}
+BUILT_IN = [method.name for method in all_methods() if method.source == "built-in"]
+
+
+def test_built_in_methods_are_registered():
+    assert {"full", "lora", "qlora"} <= set(BUILT_IN)
+    for method in all_methods():
+        assert method.help and method.settings_cls
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_method_trains_every_trainable_parameter_and_reloads(workbench, method, task):
+    from engine.inference import load_trained
+
+    run_id = workbench.submit_run(TASKS[task], "tiny-whisper", method, {},
+                                  {**FAST, "max_steps": 3, "learning_rate": 1e-2})
+    run = workbench.storage.claim_next_run("test", run_id=run_id)
+    recipe = FineTuneRecipe(workbench.storage, run, should_stop=lambda: False)
+    recipe.setup()
+    before = {name: p.detach().clone() for name, p in recipe.model.named_parameters() if p.requires_grad}
+    assert before, "nothing to train"
+    if method != "full":
+        assert recipe.trainable_params < recipe.total_params / 2
+        assert any("lora_" in name for name in before)
+        if task == "audio-classification":  # the new head trains in full
+            assert any("classifier" in name for name in before)
+    assert recipe.train() == "completed"
+
+    unchanged = [name for name, p in recipe.model.named_parameters()
+                 if p.requires_grad and torch.equal(before[name], p.detach())]
+    assert unchanged == []  # no silently cut gradient anywhere
+
+    data = [recipe.task_model.encode(item, recipe.dataset_dir) for item in recipe.eval_items[:3]]
+    batch = recipe.task_model.collate(data)
+    recipe.model.eval()
+    with torch.no_grad():
+        expected = recipe.model(**batch).logits
+    _, reloaded = load_trained(workbench, run_id)
+    with torch.no_grad():
+        actual = reloaded(**batch).logits
+    # 4-bit inference on CPU uses a bf16 kernel (see test_training); the others are exact.
+    tolerance = dict(rtol=1e-2, atol=5e-3) if method.startswith("qlora") else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(actual, expected, **tolerance)
+
+
+def test_register_refuses_bad_names_and_duplicates():
+    with pytest.raises(MethodError, match="lowercase"):
+        register_method(name="Bad Name", help="x", settings_cls=FullSettings, apply=lambda m, s, c: m)
+    with pytest.raises(MethodError, match="already registered"):
+        register_method(name="lora", help="x", settings_cls=FullSettings, apply=lambda m, s, c: m)
+    with pytest.raises(MethodError, match="available"):
+        get_method("nope")
+
+
+def test_a_registered_method_is_listed_with_its_settings(workbench):
+    register_method(name="noop-test", help="does nothing", settings_cls=FullSettings,
+                    apply=lambda m, s, c: m, source="test")
+    try:
+        names = [m["name"] for m in workbench.list_methods()]
+        assert "noop-test" in names
+    finally:
+        unregister_method("noop-test")
+    qlora = next(m for m in workbench.list_methods() if m["name"] == "qlora")
+    fields = {f["name"]: f for f in qlora["settings"]}
+    assert fields["r"]["default"] == 8 and fields["r"]["help"]
+    assert fields["bnb_4bit_quant_type"]["choices"] == ["nf4", "fp4"]
