@@ -57,8 +57,8 @@ SENTENCES = [
     "turn the kitchen light on",
 ]
 COMMANDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-SPEECH_PER_SENTENCE = (4, 1)     # (train, validation) clips per sentence
-COMMAND_PER_WORD = (14, 4)       # (train, validation) clips per word
+SPEECH_PER_SENTENCE = (3, 1)     # (train, validation) clips per sentence
+COMMAND_PER_WORD = (12, 3)       # (train, validation) clips per word
 SPEECH_SECONDS = (0.5, 4.5)
 COMMAND_SECONDS = (0.3, 1.5)
 TEXT_PER_LABEL = (100, 25)       # (train, validation) sentences per label
