@@ -22,7 +22,7 @@ from engine import settings as settings_lib
 from engine.errors import DatasetError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import all_methods, get_method
 from engine.training.settings import TrainingSettings
-from storage import LOCAL_USER_ID, TERMINAL_STATUSES, Storage
+from storage import LOCAL_USER_ID, Storage
 
 DEFAULT_HOME = "data"
 
@@ -310,9 +310,6 @@ class Workbench:
         self.get_run(run_id)
         run_until_done(self.storage, int(run_id), on_progress=on_progress)
         return self.run_summary(run_id)
-
-    def is_finished(self, run: dict) -> bool:
-        return run["status"] in TERMINAL_STATUSES or run["status"] == "cancelled"
 
     # ------------------------------------------------------------------ system
     def system_info(self) -> dict:

@@ -75,6 +75,9 @@ def monitor(run_id: int) -> None:
                         help="On a GPU: peak CUDA memory allocated. On a CPU: peak resident "
                              "memory of the whole app process (libraries included).")
         cols[-1].metric("wall time", format_duration(run["wall_time_s"]))
+        share = 100 * run["trainable_params"] / max(1, run["total_params"])
+        st.caption(f"{run['trainable_params']:,} of {run['total_params']:,} parameters trained "
+                   f"({share:.2f} %).")
         st.caption(f"Adapter folder: `{wb.run_summary(run_id)['adapter_dir']}` — loads with "
                    "`PeftModel.from_pretrained(base_model, folder)`.")
     elif run["trainable_params"]:

@@ -3,8 +3,8 @@
 No torch and no streamlit here; the engine is the only caller.
 """
 
-from storage.database import TERMINAL_STATUSES, Storage, utc_now
+from storage.database import Storage, utc_now
 from storage.files import FileStore, safe_name
 from storage.schema import LOCAL_USER_ID
 
-__all__ = ["Storage", "FileStore", "safe_name", "utc_now", "LOCAL_USER_ID", "TERMINAL_STATUSES"]
+__all__ = ["Storage", "FileStore", "safe_name", "utc_now", "LOCAL_USER_ID"]

@@ -27,7 +27,6 @@ from storage.files import FileStore
 from storage.schema import LOCAL_USER_ID, migrations
 
 JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics"}
-TERMINAL_STATUSES = ("completed", "failed", "stopped", "interrupted")
 
 
 def utc_now() -> str:
@@ -93,10 +92,6 @@ class Storage:
     def _one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
         rows = self._rows(sql, params)
         return rows[0] if rows else None
-
-    # ---------------------------------------------------------------- users
-    def get_user(self, name: str) -> dict | None:
-        return self._one("select * from users where name = ?", [name])
 
     # ---------------------------------------------------------------- datasets
     def add_dataset(self, record: dict, items: list[dict]) -> int:

@@ -71,14 +71,18 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                            peak_memory_mb=recipe.memory.peak_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
         return status
-    except BaseException as error:  # a failing run must never take the worker down
+    except (KeyboardInterrupt, SystemExit):
+        # The process is being stopped (Ctrl-C on train --wait): the run can be resumed.
+        storage.update_run(run_id, status="interrupted")
+        storage.add_event(run_id, "the process training this run was stopped; resume it to "
+                          "continue from its last checkpoint", "warning")
+        raise
+    except Exception as error:  # a failing run must never take the worker down
         message = failure_message(run, error)
         storage.update_run(run_id, status="failed", error=message, finished_at=utc_now())
         storage.add_event(run_id, message, "error")
         storage.add_event(run_id, traceback.format_exc(), "debug")
         logger.exception("run %s failed", run_id)
-        if isinstance(error, (KeyboardInterrupt, SystemExit)):
-            raise
         return "failed"
     finally:
         if torch.cuda.is_available():

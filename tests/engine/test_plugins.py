@@ -1,0 +1,76 @@
+"""A third-party method found through its entry point, as pip would install it."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+from conftest import FAST
+
+from engine.methods import ENTRY_POINT_GROUP, registry
+
+PLUGIN = '''
+from dataclasses import dataclass, field
+
+from engine.methods import Method
+
+
+@dataclass
+class HeadOnlySettings:
+    unfreeze_layer_norms: bool = field(default=False, metadata={"help": "Also train layer norms."})
+
+
+def apply(model, settings, context):
+    for name, parameter in model.named_parameters():
+        head = any(part in name for part in context.head_modules)
+        parameter.requires_grad_(head or (settings.unfreeze_layer_norms and "layer_norm" in name))
+    return model
+
+
+METHOD = Method(name="head-only", help="Train only the task head.", settings_cls=HeadOnlySettings,
+                apply=apply, is_adapter=False, source="my-method")
+'''
+
+
+def install_fake_distribution(site, monkeypatch):
+    """What `pip install my-method` leaves in site-packages: the module and its dist-info."""
+    site.mkdir()
+    (site / "my_method.py").write_text(PLUGIN)
+    info = site / "my_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nhead-only = my_method:METHOD\n")
+    monkeypatch.syspath_prepend(str(site))
+
+
+def test_entry_point_plugin_is_listed_and_trains(workbench, tmp_path, monkeypatch):
+    install_fake_distribution(tmp_path / "site", monkeypatch)
+    [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "head-only"]
+    try:
+        registry.load_plugin(entry)
+        listed = {m["name"]: m for m in workbench.list_methods()}
+        assert listed["head-only"]["source"] == "my-method"
+        assert listed["head-only"]["settings"][0]["name"] == "unfreeze_layer_norms"
+        run_id = workbench.submit_run("demo-commands", "tiny-whisper", "head-only",
+                                      {"unfreeze_layer_norms": True}, FAST)
+        summary = workbench.wait_for_run(run_id)
+        assert summary["status"] == "completed", summary["error"]
+        assert 0 < summary["trainable_params"] < summary["total_params"] / 2
+    finally:
+        registry.unregister_method("head-only")
+        sys.modules.pop("my_method", None)
+
+
+def test_a_broken_plugin_is_skipped(tmp_path, monkeypatch, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_method.py").write_text("raise ImportError('needs a missing library')\n")
+    info = site / "broken_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nbroken = broken_method:METHOD\n")
+    monkeypatch.syspath_prepend(str(site))
+    [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "broken"]
+    registry.load_plugin(entry)
+    assert "broken" not in {m.name for m in registry.all_methods()}
+    assert "needs a missing library" in caplog.text
