@@ -1,0 +1,1 @@
+"""Datasets: audio decoding and importers for the audiofolder layout and text tables."""

@@ -1,0 +1,38 @@
+"""Reading audio as 16 kHz mono float32, the form every audio model here consumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import DatasetError
+
+SAMPLE_RATE = 16_000
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg"}
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``path`` to mono float32 at ``sample_rate`` (resampling when needed)."""
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, ...
+        raise DatasetError(f"cannot read audio file {Path(path).name}: {error}") from error
+    mono = samples.mean(axis=1)  # (frames, channels) -> (frames,)
+    if rate != sample_rate:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def duration_seconds(path: str | Path) -> float:
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+    except Exception as error:
+        raise DatasetError(f"cannot read audio file {Path(path).name}: {error}") from error
+    return info.frames / info.samplerate
