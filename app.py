@@ -10,7 +10,7 @@ import os
 
 import streamlit as st
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # presets and local models only: never hang on a hub
+
 
 st.set_page_config(page_title="LessIsMore Workbench", page_icon=":material/eco:", layout="wide")
 

@@ -16,7 +16,6 @@ from engine.errors import WorkbenchError
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never hang on a network that is not there
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

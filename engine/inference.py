@@ -37,7 +37,7 @@ def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel
                             default_target_modules=task_model.default_target_modules,
                             head_modules=task_model.head_modules,
                             unquantized_modules=task_model.unquantized_modules,
-                            linear_module_names=[], device=device)
+                            linear_module_names=[], device=device, model_dir=base_dir)
     load_kwargs = method.load_kwargs(method_settings, context)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:

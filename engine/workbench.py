@@ -152,33 +152,48 @@ class Workbench:
             raise NotFoundError(f"no model {name_or_id!r}; models: {names}")
         return model
 
-    def register_model(self, source: str | Path, name: str, *, description: str = "") -> dict:
-        """Register a local transformers folder (copied into the data home)."""
-        import json
+    def register_model(self, source: str | Path, name: str, *, description: str = "",
+                       shared: bool = False) -> dict:
+        """Register a model from a local folder, an installed package or a hub id."""
+        from engine.models import SUPPORTED_FAMILIES, tasks_of_family
+        from engine.models.sources import fetch, read_model_type, resolve_source
 
-        from engine.models import tasks_of_family
-
-        folder = Path(source)
-        if not (folder / "config.json").is_file():
-            raise ModelError(f"{source} is not a transformers model folder (no config.json); "
-                             "registering from the hub comes with the Models page")
+        if not name.strip():
+            raise ModelError("a model needs a name")
         if self.storage.find_model(name, self.owner_id) is not None:
             raise ModelError(f"a model named {name!r} already exists; choose another name")
-        family = json.loads((folder / "config.json").read_text()).get("model_type", "")
-        if not tasks_of_family(family):
-            raise ModelError(f"model type {family!r} is not supported yet; supported: whisper")
+        origin = resolve_source(str(source))
+        if origin.kind != "hub":
+            family = read_model_type(Path(origin.location))
+            if not tasks_of_family(family):
+                raise ModelError(f"model type {family!r} is not supported yet; supported: "
+                                 f"{', '.join(SUPPORTED_FAMILIES)}")
         target = self.storage.files.new_dir("models", name)
         try:
-            shutil.copytree(folder, target, dirs_exist_ok=True)
+            fetch(origin, target)
+            family = read_model_type(target)
+            if not tasks_of_family(family):
+                raise ModelError(f"model type {family!r} is not supported yet; supported: "
+                                 f"{', '.join(SUPPORTED_FAMILIES)}")
             model_id = self.storage.add_model({
                 "name": name, "family": family, "tasks": tasks_of_family(family),
-                "source": str(source), "path": self.storage.files.relative(target),
-                "description": description, "owner_id": self.owner_id,
+                "source": origin.describe(), "path": self.storage.files.relative(target),
+                "description": description, "owner_id": self.owner_id, "shared": int(shared),
+                "num_parameters": count_parameters_on_disk(target),
             })
         except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # nothing half-registered remains
             raise
         return self.storage.find_model(model_id, self.owner_id)
+
+    def packaged_models(self) -> list[dict]:
+        """Installed packages that ship a supported model folder, and whether it is registered."""
+        from engine.models import tasks_of_family
+        from engine.models.sources import packaged_models
+
+        registered = {m["source"] for m in self.list_models()}
+        return [{**found, "registered": f"package:{found['package']}" in registered}
+                for found in packaged_models() if tasks_of_family(found["model_type"])]
 
     def delete_model(self, name_or_id: str | int) -> None:
         model = self.get_model(name_or_id)
@@ -329,6 +344,19 @@ class Workbench:
                            "memory_used_gb": round((total - free) / 2**30, 2),
                            "memory_total_gb": round(total / 2**30, 2)}
         return info
+
+
+def count_parameters_on_disk(folder: Path) -> int:
+    """Parameters in a folder's safetensors files, read from their headers (nothing loaded)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(str(weights), "pt") as handle:
+            total += sum(prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    return total
 
 
 def content_version(folder: Path, items: list[dict]) -> str:

@@ -26,6 +26,10 @@ METHOD = register_method(
     settings_cls=FullSettings,
     apply=apply_full,
     is_adapter=False,
-    idea="Update every parameter of the model with the optimizer.",
-    formula="W ← W − η ∇W L",
+    idea="Update every parameter of the model with the optimizer. It is the reference every "
+         "parameter-efficient method is measured against.",
+    formula="W ← W − η · AdamW(∇_W L)",
+    advantages="The most capacity: best quality when data is plentiful and far from pretraining.",
+    limitations="Gradients and two AdamW states for every weight: about 4x the model's own memory "
+                "in fp32; a full model copy per task.",
 )

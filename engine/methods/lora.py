@@ -17,6 +17,14 @@ class LoraSettings:
     target_modules: str = setting(
         "", "Comma-separated linear layer names to adapt (e.g. q_proj,v_proj); empty: the "
         "model family's default. 'all-linear' adapts every linear layer but the head.")
+    use_rslora: bool = setting(False, "Rank-stabilised LoRA: scale by lora_alpha / sqrt(r), "
+                               "which keeps high ranks learning.")
+    use_dora: bool = setting(False, "DoRA: learn each weight's magnitude and direction "
+                             "separately (more compute, often better at low rank).")
+    init_lora_weights: str = setting(
+        "default", "How A and B start: default (B = 0, so training starts from the base model), "
+        "gaussian, pissa (principal singular vectors of W; needs a full-precision base), "
+        "olora (orthonormal, QR of W).", choices=["default", "gaussian", "pissa", "olora"])
 
     def validate(self) -> None:
         if self.target_modules.strip() and not target_list(self.target_modules):
@@ -41,10 +49,11 @@ def resolve_targets(settings: LoraSettings, context: MethodContext) -> list[str]
     return names
 
 
-def lora_config(settings: LoraSettings, context: MethodContext):
+def lora_config(settings: LoraSettings, context: MethodContext, config_cls=None, **extra):
     from peft import LoraConfig
 
-    return LoraConfig(
+    init = {"default": True}.get(settings.init_lora_weights, settings.init_lora_weights)
+    return (config_cls or LoraConfig)(
         r=settings.r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
@@ -52,6 +61,10 @@ def lora_config(settings: LoraSettings, context: MethodContext):
         # Task heads are new and must train in full; peft saves them with the adapter.
         modules_to_save=context.head_modules or None,
         bias="none",
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+        init_lora_weights=init,
+        **extra,
     )
 
 
@@ -69,6 +82,11 @@ METHOD = register_method(
     settings_cls=LoraSettings,
     apply=apply_lora,
     idea="Keep every pretrained weight W frozen and learn a small update ΔW = B·A of rank r "
-         "for chosen layers; only A and B (and the task head) train.",
-    formula="h = W x + (lora_alpha / r) · B A x",
+         "for chosen layers. Only A and B (and the task head) train, and the update can be merged "
+         "into W afterwards, so inference costs nothing extra.",
+    formula="h = W x + (lora_alpha / r) · B A x,   A ∈ R^{r×k}, B ∈ R^{d×r}",
+    advantages="Trains ~0.1-5 % of the parameters; optimizer state shrinks accordingly; adapters "
+               "are megabytes; several adapters can share one base.",
+    limitations="The frozen base still sits in memory at full precision; rank and targets need "
+                "choosing; a little below full fine-tuning on tasks far from pretraining.",
 )

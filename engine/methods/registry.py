@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from engine.errors import MethodError
@@ -35,6 +36,8 @@ class MethodContext:
     device: str = "cpu"
     compute_dtype: str = "float32"
     gradient_checkpointing: bool = False
+    model_dir: Path | None = None  # the base model's folder (LoftQ reads the original weights)
+    total_steps: int = 0  # optimizer steps the run will take (AdaLoRA schedules ranks with it)
 
 
 def no_load_kwargs(settings: Any, context: MethodContext) -> dict:
@@ -49,6 +52,8 @@ class Method:
     apply: Callable[[Any, Any, MethodContext], Any]
     load_kwargs: Callable[[Any, MethodContext], dict] = no_load_kwargs
     is_adapter: bool = True  # saves a PEFT adapter folder (False: a full transformers model)
+    # Called after every optimizer step, before gradients are cleared (AdaLoRA's rank update).
+    on_optimizer_step: Callable[[Any, int], None] | None = None
     source: str = "built-in"
     extra: dict = field(default_factory=dict)  # idea, formula, pros, cons (Methods page)
 
@@ -59,7 +64,8 @@ _loaded = False
 
 def register_method(*, name: str, help: str, settings_cls: type, apply: Callable,
                     load_kwargs: Callable | None = None, is_adapter: bool = True,
-                    source: str = "built-in", **extra: Any) -> Method:
+                    on_optimizer_step: Callable | None = None, source: str = "built-in",
+                    **extra: Any) -> Method:
     """Add a method to the registry; refuses bad names and duplicates."""
     if not _NAME.match(name or ""):
         raise MethodError(f"method name {name!r} must be lowercase letters, digits and '-', "
@@ -71,7 +77,7 @@ def register_method(*, name: str, help: str, settings_cls: type, apply: Callable
         raise MethodError(f"method {name!r}: apply must be callable")
     method = Method(name=name, help=help, settings_cls=settings_cls, apply=apply,
                     load_kwargs=load_kwargs or no_load_kwargs, is_adapter=is_adapter,
-                    source=source, extra=extra)
+                    on_optimizer_step=on_optimizer_step, source=source, extra=extra)
     _REGISTRY[name] = method
     return method
 
@@ -99,7 +105,7 @@ def ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    from engine.methods import builtin  # noqa: F401  (registers full, lora, qlora)
+    from engine.methods import builtin  # noqa: F401  (registers the built-in methods)
 
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         load_plugin(entry)

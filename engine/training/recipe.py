@@ -97,6 +97,10 @@ class FineTuneRecipe:
                                          dataset["labels"],
                                          generation_max_length=cfg.generation_max_length)
 
+        self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
+            cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
+
         torch.manual_seed(cfg.seed)  # new heads and LoRA weights start the same on every run
         context = MethodContext(
             task=dataset["task"], family=model_record["family"],
@@ -104,7 +108,8 @@ class FineTuneRecipe:
             head_modules=self.task_model.head_modules,
             unquantized_modules=self.task_model.unquantized_modules,
             linear_module_names=[], device=self.device,
-            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing=cfg.gradient_checkpointing, model_dir=self.model_dir,
+            total_steps=self.total_steps,
         )
         load_kwargs = self.method.load_kwargs(self.method_settings, context)
         model = self.task_model.load(**load_kwargs)
@@ -119,9 +124,6 @@ class FineTuneRecipe:
         if self.trainable_params == 0:
             raise RuntimeError(f"method {self.method.name!r} left no parameter to train")
 
-        self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
-            cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
                                            lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         from transformers import get_scheduler
@@ -208,6 +210,8 @@ class FineTuneRecipe:
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.method.on_optimizer_step is not None:
+            self.method.on_optimizer_step(self.model, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
@@ -259,10 +263,10 @@ class FineTuneRecipe:
         out = self.run_dir / "adapter"
         shutil.rmtree(out, ignore_errors=True)
         self.model.save_pretrained(out)
-        if not self.method.is_adapter:  # a full model also needs its processor files
+        if not self.method.is_adapter:  # a full model also needs its tokenizer / processor files
             for source in self.model_dir.iterdir():
-                if source.name in {"tokenizer.json", "tokenizer_config.json", "processor_config.json",
-                                   "preprocessor_config.json"}:
+                if source.is_file() and not (out / source.name).exists() and source.suffix not in {
+                        ".safetensors", ".bin", ".pt", ".pth"}:
                     shutil.copy2(source, out / source.name)
         (out / "workbench.json").write_text(json.dumps({
             "run_id": self.run_id, "method": self.method.name, "task": self.task_model.task,

