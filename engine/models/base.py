@@ -32,6 +32,25 @@ class TaskModel:
     def load(self, **load_kwargs: Any) -> nn.Module:
         raise NotImplementedError
 
+    def build_from_config(self) -> nn.Module:
+        """The same architecture with fresh weights (built on fake tensors for estimates)."""
+        raise NotImplementedError
+
+    def fake_batch(self, batch_size: int, *, sequence_length: int | None = None,
+                   seconds: float | None = None, label_tokens: int = 32) -> dict[str, torch.Tensor]:
+        """A batch of the right shapes (random values) for ``batch_size`` examples."""
+        raise NotImplementedError
+
+    def config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model_dir)
+
+    def label_kwargs(self) -> dict:
+        labels = self.labels or ["a", "b"]
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)}}
+
     def encode(self, item: dict, dataset_dir: Path) -> dict:
         """One item -> model inputs (numpy / python values) plus its target."""
         raise NotImplementedError

@@ -34,6 +34,11 @@ class Classification(TaskModel):
     def auto_class(self):
         raise NotImplementedError
 
+    def build_from_config(self) -> nn.Module:
+        config = self.config()
+        config.update(self.label_kwargs())
+        return self.auto_class().from_config(config)
+
     def label_index(self, item: dict) -> int:
         return self.labels.index(item["label"]) if item.get("label") is not None else -1
 
@@ -77,6 +82,12 @@ class TextClassification(Classification):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer.pad(examples, return_tensors="pt"))
+
+    def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
+        length = sequence_length or self.max_length
+        return {"input_ids": torch.randint(0, len(self.tokenizer), (batch_size, length)),
+                "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+                "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
 
 class RobertaTextClassification(TextClassification):
@@ -124,6 +135,20 @@ class SpeechEncoderClassification(Classification):
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
         return batch
+
+    def build_from_config(self) -> nn.Module:
+        config = self.config()
+        # SpecAugment and LayerDrop draw random numbers the fake tensors cannot branch on;
+        # the masks change no tensor sizes, so the estimate does without them.
+        config.update({**self.label_kwargs(), "mask_time_prob": 0.0, "mask_feature_prob": 0.0,
+                       "layerdrop": 0.0})  # and every layer runs: the worst case
+        return self.auto_class().from_config(config)
+
+    def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
+        samples = int((seconds or 1.0) * 16_000)
+        # No attention mask: its lengths are data-dependent; equal-length clips need none.
+        return {"input_values": torch.randn(batch_size, samples),
+                "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:

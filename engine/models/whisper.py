@@ -45,6 +45,11 @@ class WhisperBase(TaskModel):
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
         return self.features(load_audio(dataset_dir / item["file"]))
 
+    def fake_features(self, batch_size: int) -> torch.Tensor:
+        # Whisper always sees its whole window (padded), whatever the clip length.
+        return torch.randn(batch_size, self.feature_extractor.feature_size,
+                           self.feature_extractor.nb_max_frames)
+
 
 class WhisperSpeechRecognition(WhisperBase):
     task = "asr"
@@ -63,6 +68,15 @@ class WhisperSpeechRecognition(WhisperBase):
 
         quiet_transformers()
         return WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs)
+
+    def build_from_config(self) -> nn.Module:
+        from transformers import WhisperForConditionalGeneration
+
+        return WhisperForConditionalGeneration(self.config())
+
+    def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
+        return {"input_features": self.fake_features(batch_size),
+                "labels": torch.randint(0, len(self.tokenizer), (batch_size, label_tokens))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
         return {"input_features": self.encode_audio(item, dataset_dir),
@@ -111,6 +125,17 @@ class WhisperAudioClassification(WhisperBase):
             self.model_dir, num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
             label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs)
+
+    def build_from_config(self) -> nn.Module:
+        from transformers import WhisperForAudioClassification
+
+        config = self.config()
+        config.update(self.label_kwargs())
+        return WhisperForAudioClassification(config)
+
+    def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
+        return {"input_features": self.fake_features(batch_size),
+                "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
         return {"input_features": self.encode_audio(item, dataset_dir),
