@@ -18,6 +18,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/datasets.py", title="Datasets", icon=":material/graphic_eq:"),
     st.Page("pages/models.py", title="Models", icon=":material/neurology:"),
+    st.Page("pages/methods.py", title="Methods", icon=":material/tune:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:"),
 ]

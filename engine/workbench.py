@@ -202,6 +202,40 @@ class Workbench:
         self.storage.delete_model(model["id"], self.owner_id)
         self.storage.files.remove(model["path"])
 
+    def task_model(self, model: str | int, task: str | None = None, labels: list[str] | None = None):
+        """The engine's view of a registered model for one of its tasks (no weights loaded)."""
+        from engine.models import task_model_for
+
+        record = self.get_model(model)
+        task = task or record["tasks"][0]
+        return task_model_for(record["family"], task, self.storage.files.resolve(record["path"]),
+                              labels or ["a", "b"])
+
+    def model_architecture(self, model: str | int, task: str | None = None) -> dict:
+        from engine.models.inspect import architecture
+
+        return architecture(self.task_model(model, task))
+
+    def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
+                        method_settings: dict[str, dict] | None = None, batch_size: int = 8,
+                        seconds: float = 5.0, sequence_length: int = 64, labels: int = 2,
+                        precision: str = "fp32") -> dict[str, dict | str]:
+        """Memory (MiB, by part) one training step needs with each method, from a dry run on
+        fake tensors in a child process; a method without an estimate maps to the reason."""
+        from engine.models.memory import estimate_in_subprocess
+
+        record = self.get_model(model)
+        for name in methods:
+            get_method(name)  # unknown names fail here, with the list of methods
+        return estimate_in_subprocess({
+            "family": record["family"], "task": task or record["tasks"][0],
+            "model_dir": str(self.storage.files.resolve(record["path"])),
+            "labels": [f"class-{i}" for i in range(max(2, labels))],
+            "methods": [{"name": m, "settings": (method_settings or {}).get(m, {})} for m in methods],
+            "batch_size": batch_size, "seconds": seconds, "sequence_length": sequence_length,
+            "precision": precision,
+        })
+
     # ------------------------------------------------------------------ methods and settings
     def list_methods(self) -> list[dict]:
         return [{"name": m.name, "help": m.help, "source": m.source, "is_adapter": m.is_adapter,

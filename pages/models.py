@@ -1,9 +1,12 @@
-"""Models: registered models and presets, register a local folder, delete."""
+"""Models: what is registered, what it is made of, what a run will cost; register and delete."""
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from engine.errors import WorkbenchError
+from engine.models import TASK_NAMES
+from ui.estimates import estimates_for, memory_figure
 from ui.state import get_workbench
 
 wb = get_workbench()
@@ -11,23 +14,71 @@ st.title("Models")
 
 models = wb.list_models()
 if not models:
-    st.info("No models yet. `python -m engine demo` adds the untrained `tiny-whisper` preset.")
+    st.info("No models yet. `python -m engine demo` adds the presets; register one below.")
 else:
     st.dataframe(pd.DataFrame([{
         "name": m["name"], "family": m["family"], "tasks": ", ".join(m["tasks"] or []),
         "parameters": m["num_parameters"],
-        "kind": "⚠️ untrained preset (random weights)" if m["is_preset"] else "registered",
+        "kind": "untrained preset (random weights)" if m["is_preset"] else "pretrained",
         "source": m["source"],
     } for m in models]), hide_index=True, width="stretch")
     if any(m["is_preset"] for m in models):
         st.warning("Presets are **untrained**: their weights are random. They make the whole loop "
-                   "run offline in seconds, so losses fall but transcripts stay poor. Register a "
+                   "run offline in seconds, so losses fall but predictions stay poor. Use a "
                    "pretrained model for real results.")
-    name = st.selectbox("Details", [m["name"] for m in models], key="models.selected")
+
+    name = st.selectbox("Inspect a model", [m["name"] for m in models], key="models.selected")
     model = wb.get_model(name)
     st.markdown(model["description"] or "")
-    st.json({k: model[k] for k in ("name", "family", "tasks", "num_parameters", "source", "path")},
-            expanded=False)
+    task = st.radio("Task", model["tasks"], horizontal=True, format_func=TASK_NAMES.get,
+                    key="models.task")
+    info = wb.model_architecture(name, task)
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Architecture")
+        st.dataframe(pd.DataFrame({"": list(info["summary"]), "value": [str(v) for v in info["summary"].values()]}),
+                     hide_index=True, width="stretch")
+        st.caption(f"{info['parameters']:,} parameters for {TASK_NAMES[task]}.")
+    with right:
+        components = info["components"]
+        figure = go.Figure(go.Bar(x=list(components.values()), y=list(components), orientation="h"))
+        figure.update_layout(title="Parameters per component", height=320,
+                             margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(autorange="reversed"))
+        st.plotly_chart(figure, key="models.components")
+
+    st.subheader("Linear layers a method can target")
+    st.dataframe(pd.DataFrame([{
+        "layer name": layer, "count": count,
+        "role": "default LoRA target" if layer in info["default_target_modules"] else (
+            "task head (trained in full)" if layer in info["head_modules"] else ""),
+    } for layer, count in info["linear_layers"].items()]), hide_index=True, width="stretch")
+
+    st.subheader("What a run will need")
+    audio = task in ("asr", "audio-classification")
+    c1, c2, c3 = st.columns(3)
+    batch = c1.number_input("Batch size", 1, 512, 8, key="models.batch")
+    length = c2.number_input("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
+                             key="models.length",
+                             help="Whisper always pads to its window; other models use this length.")
+    precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",
+                             help="bf16: autocast as training on a recent GPU does.")
+    methods = tuple(m["name"] for m in wb.list_methods())
+    if st.button("Estimate memory for every method", key="models.estimate"):
+        st.session_state["models.estimates"] = (name, task, estimates_for(
+            name, methods, task, int(batch), float(length), int(length), precision))
+    saved = st.session_state.get("models.estimates")
+    if saved and saved[:2] == (name, task):
+        results = saved[2]
+        st.plotly_chart(memory_figure(results), key="models.memory")
+        st.dataframe(pd.DataFrame([{
+            "method": method, "trainable params": r["trainable_params"] if isinstance(r, dict) else None,
+            "total MiB": round(r["total_mb"], 1) if isinstance(r, dict) else None,
+            "note": "" if isinstance(r, dict) else r,
+        } for method, r in results.items()]), hide_index=True, width="stretch")
+        st.caption("A dry run of one training step on fake tensors (nothing is allocated). "
+                   "Checked against measured peaks in the test suite.")
+
     if model["owner_id"] == wb.owner_id and not model["shared"]:
         @st.dialog("Delete model?")
         def confirm_delete(model_name: str) -> None:
@@ -40,15 +91,29 @@ else:
             confirm_delete(name)
 
 st.divider()
-st.subheader("Register a local model folder")
-st.caption("A folder in transformers format (config.json, weights, processor files).")
+st.subheader("Register a model")
+packaged = [p for p in wb.packaged_models() if not p["registered"]]
+for found in packaged:
+    col_text, col_button = st.columns([4, 1])
+    col_text.markdown(f"Installed package **{found['package']}** ships a pretrained "
+                      f"`{found['model_type']}` model.")
+    if col_button.button("Register", key=f"models.package.{found['package']}"):
+        try:
+            with st.spinner("Copying the model…"):
+                wb.register_model(f"package:{found['package']}", found["package"])
+            st.rerun()
+        except WorkbenchError as error:
+            st.error(str(error))
+st.caption("A local folder in transformers format, an installed package that ships one, or a "
+           "Hugging Face hub id such as `openai/whisper-tiny` (needs a network; safetensors only).")
 with st.form("models.register"):
-    folder = st.text_input("Folder on this machine")
+    source = st.text_input("Folder, package or hub id")
     new_name = st.text_input("Name")
     submitted = st.form_submit_button("Register")
 if submitted:
     try:
-        registered = wb.register_model(folder, new_name)
+        with st.spinner("Registering…"):
+            registered = wb.register_model(source, new_name)
         st.success(f"Registered {registered['name']} ({registered['family']}).")
     except WorkbenchError as error:
         st.error(str(error))

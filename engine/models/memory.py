@@ -98,10 +98,12 @@ class MemoryEstimate:
 
 def estimate_training_memory(task_model, method, method_settings, *, batch_size: int,
                              sequence_length: int | None = None, seconds: float | None = None,
-                             label_tokens: int = 32, gradient_checkpointing: bool = False) -> MemoryEstimate:
+                             label_tokens: int = 32, gradient_checkpointing: bool = False,
+                             precision: str = "fp32") -> MemoryEstimate:
     """Dry-run one optimizer step of ``method`` on ``task_model``'s model with a fake batch.
 
-    ``seconds`` sets the audio length (audio models), ``sequence_length`` the tokens (text).
+    ``seconds`` sets the audio length (audio models), ``sequence_length`` the tokens (text);
+    ``precision`` "bf16" runs the step under bf16 autocast, as training on a GPU does.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -110,7 +112,7 @@ def estimate_training_memory(task_model, method, method_settings, *, batch_size:
 
     quantized_bits = {"qlora": 4, "qlora-8bit": 8}.get(method.name)
     return _dry_run(task_model, method, method_settings, quantized_bits, batch_size,
-                    sequence_length, seconds, label_tokens, gradient_checkpointing)
+                    sequence_length, seconds, label_tokens, gradient_checkpointing, precision)
 
 
 def _apply_structure(apply, model, settings, context):
@@ -125,7 +127,7 @@ def _apply_structure(apply, model, settings, context):
 
 
 def _dry_run(task_model, method, method_settings, quantized_bits, batch_size, sequence_length,
-             seconds, label_tokens, gradient_checkpointing) -> MemoryEstimate:
+             seconds, label_tokens, gradient_checkpointing, precision) -> MemoryEstimate:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from engine.methods import MethodContext
@@ -169,8 +171,11 @@ def _dry_run(task_model, method, method_settings, quantized_bits, batch_size, se
                                       label_tokens=label_tokens)
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
         model.train()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         with TensorMemoryTracker(list(model.parameters()) + list(model.buffers())) as tracker:
-            model(**batch).loss.backward()
+            with autocast:
+                loss = model(**batch).loss
+            loss.backward()
             optimizer.step()
             gradients = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
             optimizer_state = sum(t.numel() * t.element_size() for state in optimizer.state.values()
@@ -269,3 +274,61 @@ def _model_tensor_bytes(model) -> int:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
     return total
+
+
+# ---------------------------------------------------------------------- out-of-process use
+# Dry runs on fake tensors have crashed the interpreter in garbage collection when other
+# threads were alive (a Streamlit app, a training worker). The app therefore asks a short-lived
+# child process (``python -m engine.models.memory``) for estimates: a crash there costs one
+# estimate, never the app.
+
+def estimate_in_subprocess(request: dict, timeout: float = 300) -> dict[str, dict | str]:
+    """``request``: family, task, model_dir, labels, methods [{name, settings}], batch_size,
+    seconds, sequence_length, precision. Returns method -> estimate dict or reason text."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "engine.models.memory"], input=json.dumps(request),
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    except subprocess.TimeoutExpired:
+        return {m["name"]: f"no estimate: took longer than {timeout:.0f} s" for m in request["methods"]}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    results = json.loads(lines[-1]) if lines else {}
+    for method in request["methods"]:
+        results.setdefault(method["name"], f"no estimate: the estimator stopped (exit {done.returncode})")
+    return results
+
+
+def _main() -> None:
+    import json
+    import sys
+    import warnings
+    from pathlib import Path
+
+    from engine import settings as settings_lib
+    from engine.methods import get_method
+    from engine.models import task_model_for
+
+    warnings.filterwarnings("ignore")
+    request = json.loads(sys.stdin.read())
+    task_model = task_model_for(request["family"], request["task"], Path(request["model_dir"]),
+                                request["labels"])
+    results = {}
+    for entry in request["methods"]:
+        try:
+            method = get_method(entry["name"])
+            settings = settings_lib.build(method.settings_cls, entry.get("settings"), section=method.name)
+            results[method.name] = estimate_training_memory(
+                task_model, method, settings, batch_size=request["batch_size"],
+                seconds=request["seconds"], sequence_length=request["sequence_length"],
+                precision=request["precision"]).as_dict()
+        except Exception as error:  # one method's failure must not lose the others
+            results[entry["name"]] = f"no estimate: {type(error).__name__}: {str(error).splitlines()[0]}"
+        print(json.dumps(results), flush=True)  # partial results survive a later crash
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,62 @@
+"""What a model is made of: a summary of its config, parameters per component, linear layers.
+
+The model is built from its config with empty (meta) weights, so inspecting even a large model
+reads no weights and allocates next to nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import torch
+
+# config attribute -> label, first one present wins per row
+SUMMARY_FIELDS = [
+    ("model_type", "family"),
+    ("encoder_layers", "encoder layers"), ("decoder_layers", "decoder layers"),
+    ("num_hidden_layers", "layers"), ("d_model", "hidden size"), ("hidden_size", "hidden size"),
+    ("encoder_attention_heads", "attention heads"), ("num_attention_heads", "attention heads"),
+    ("vocab_size", "vocabulary"), ("num_mel_bins", "mel bins"),
+    ("max_source_positions", "audio positions"), ("max_position_embeddings", "max tokens"),
+]
+
+
+def architecture(task_model) -> dict:
+    """Config summary, parameter counts per component and the linear layers a method can target."""
+    from accelerate import init_empty_weights
+
+    config = task_model.config()
+    summary = {}
+    for attribute, label in SUMMARY_FIELDS:
+        value = getattr(config, attribute, None)
+        if value is not None and label not in summary:
+            summary[label] = value
+    with init_empty_weights():  # parameters on the meta device; buffers stay real (small)
+        model = task_model.build_from_config()
+        components: dict[str, int] = defaultdict(int)
+        for name, parameter in model.named_parameters():
+            components[component_of(name)] += parameter.numel()
+        linear = Counter(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear))
+    if window := getattr(getattr(task_model, "feature_extractor", None), "chunk_length", None):
+        summary["audio window (s)"] = window
+    return {
+        "summary": summary,
+        "parameters": sum(components.values()),
+        "components": dict(sorted(components.items(), key=lambda kv: -kv[1])),
+        "linear_layers": dict(sorted(linear.items())),
+        "default_target_modules": task_model.default_target_modules,
+        "head_modules": task_model.head_modules,
+    }
+
+
+def component_of(parameter_name: str) -> str:
+    """'model.encoder.layers.3.fc1.weight' -> 'encoder'; 'classifier.weight' -> 'classifier'."""
+    parts = [p for p in parameter_name.split(".")[:-1] if p not in {"model", "bert", "wav2vec2", "hubert",
+                                                                      "roberta", "distilbert"}]
+    if not parts:
+        return "other"
+    if parts[0] in {"encoder", "decoder"} and len(parts) > 1 and parts[1] in {"embed_tokens", "embed_positions",
+                                                                              "conv1", "conv2", "layer_norm"}:
+        return f"{parts[0]} {parts[1].replace('_', ' ')}"
+    return parts[0].replace("_", " ")

@@ -1,0 +1,55 @@
+"""Methods: every registered PEFT method, its idea and formula, and what it costs on a model.
+
+Generated from the plugins' own metadata, so a newly installed plugin appears here too.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from engine.models import TASK_NAMES
+from ui.estimates import estimates_for, memory_figure
+from ui.state import get_workbench
+
+wb = get_workbench()
+st.title("Methods")
+st.caption("Parameter-efficient fine-tuning techniques side by side. Built-in and installed "
+           "plugins are listed the same way (see docs/plugins.md to add your own).")
+
+methods = wb.list_methods()
+models = wb.list_models()
+if models:
+    c1, c2, c3 = st.columns(3)
+    model = c1.selectbox("On model", [m["name"] for m in models], key="methods.model")
+    record = wb.get_model(model)
+    task = c2.selectbox("Task", record["tasks"], format_func=TASK_NAMES.get, key="methods.task")
+    batch = c3.number_input("Batch size", 1, 512, 8, key="methods.batch")
+    results = estimates_for(model, tuple(m["name"] for m in methods), task, int(batch), 5.0, 64, "fp32")
+    st.plotly_chart(memory_figure(results), key="methods.memory")
+else:
+    results = {}
+    st.info("Register a model (or run `python -m engine demo`) to see costs on a real architecture.")
+
+table = []
+for method in methods:
+    cost = results.get(method["name"])
+    table.append({
+        "method": method["name"], "what it does": method["help"], "source": method["source"],
+        "trainable params": cost["trainable_params"] if isinstance(cost, dict) else None,
+        "est. memory (MiB)": round(cost["total_mb"], 1) if isinstance(cost, dict) else None,
+    })
+st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+
+for method in methods:
+    with st.expander(f"**{method['name']}** — {method['help']}"):
+        if method.get("idea"):
+            st.markdown(method["idea"])
+        if method.get("formula"):
+            st.code(method["formula"], language=None)
+        left, right = st.columns(2)
+        left.markdown(f"**Advantages**  \n{method.get('advantages', '–')}")
+        right.markdown(f"**Limitations**  \n{method.get('limitations', '–')}")
+        settings = method["settings"]
+        if settings:
+            st.dataframe(pd.DataFrame([{"setting": f["name"], "default": str(f["default"]),
+                                        "help": f["help"]} for f in settings]),
+                         hide_index=True, width="stretch")

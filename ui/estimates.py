@@ -1,0 +1,37 @@
+"""Cached memory estimates and the figure that shows them (shared by Models and Methods)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine.errors import WorkbenchError
+from ui.state import get_workbench
+
+PARTS = [("weights_mb", "base weights"), ("trainable_mb", "trainable weights"),
+         ("gradients_mb", "gradients"), ("optimizer_mb", "optimizer state"),
+         ("activations_mb", "activations")]
+
+
+@st.cache_data(show_spinner="Dry-running one training step per method…", max_entries=64)
+def estimates_for(model: str, methods: tuple[str, ...], task: str, batch_size: int, seconds: float,
+                  sequence_length: int, precision: str) -> dict[str, dict | str]:
+    """method -> estimate, or the reason there is none."""
+    try:
+        return get_workbench().estimate_memory(model, list(methods), task=task, batch_size=batch_size,
+                                               seconds=seconds, sequence_length=sequence_length,
+                                               precision=precision)
+    except WorkbenchError as error:
+        return {method: f"no estimate: {error}" for method in methods}
+
+
+def memory_figure(results: dict[str, dict | str]) -> go.Figure:
+    """Stacked bars: where each method's memory goes."""
+    methods = [m for m, r in results.items() if isinstance(r, dict)]
+    figure = go.Figure()
+    for key, label in PARTS:
+        figure.add_trace(go.Bar(name=label, x=methods, y=[results[m][key] for m in methods]))
+    figure.update_layout(barmode="stack", height=360, yaxis_title="MiB",
+                         title="Estimated memory of one training step",
+                         margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    return figure
