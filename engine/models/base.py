@@ -68,6 +68,18 @@ class TaskModel:
         raise NotImplementedError
 
 
+def tie_like_pretrained(model: nn.Module) -> nn.Module:
+    """Share tied weights (Whisper's proj_out and its token embedding) as from_pretrained does;
+    a model built from its config keeps two separate tensors otherwise."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return model
+    for target, source in (getattr(model, "_tied_weights_keys", None) or {}).items():
+        parent, _, name = target.rpartition(".")
+        setattr(model.get_submodule(parent), name, model.get_parameter(source))
+    return model
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
     """Qualified names of every linear layer (plain, 4-bit or 8-bit)."""
     names = []

@@ -10,6 +10,8 @@ from collections import Counter, defaultdict
 
 import torch
 
+from engine.models.base import tie_like_pretrained
+
 # config attribute -> label, first one present wins per row
 SUMMARY_FIELDS = [
     ("model_type", "family"),
@@ -33,11 +35,13 @@ def architecture(task_model) -> dict:
             summary[label] = value
     with init_empty_weights():  # parameters on the meta device; buffers stay real (small)
         model = task_model.build_from_config()
-        components: dict[str, int] = defaultdict(int)
-        for name, parameter in model.named_parameters():
-            components[component_of(name)] += parameter.numel()
-        linear = Counter(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear))
+    # init_empty_weights re-wraps every parameter assigned in its context, undoing ties: tie here.
+    tie_like_pretrained(model)
+    components: dict[str, int] = defaultdict(int)
+    for name, parameter in model.named_parameters():
+        components[component_of(name)] += parameter.numel()
+    linear = Counter(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear))
     if window := getattr(getattr(task_model, "feature_extractor", None), "chunk_length", None):
         summary["audio window (s)"] = window
     return {

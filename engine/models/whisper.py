@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.data.audio import load_audio
-from engine.models.base import TaskModel
+from engine.models.base import TaskModel, tie_like_pretrained
 from engine.training.metrics import classification_metrics, speech_metrics
 
 
@@ -45,6 +45,13 @@ class WhisperBase(TaskModel):
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
         return self.features(load_audio(dataset_dir / item["file"]))
 
+    @staticmethod
+    def keep_positions_fixed(model: nn.Module) -> nn.Module:
+        """Whisper's encoder positions are fixed sinusoids (WhisperEncoder freezes them), but a
+        model loaded by from_pretrained comes back with them trainable; freeze them again."""
+        model.get_encoder().embed_positions.requires_grad_(False)
+        return model
+
     def fake_features(self, batch_size: int) -> torch.Tensor:
         # Whisper always sees its whole window (padded), whatever the clip length.
         return torch.randn(batch_size, self.feature_extractor.feature_size,
@@ -67,12 +74,13 @@ class WhisperSpeechRecognition(WhisperBase):
         from transformers import WhisperForConditionalGeneration
 
         quiet_transformers()
-        return WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs)
+        return self.keep_positions_fixed(
+            WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs))
 
     def build_from_config(self) -> nn.Module:
         from transformers import WhisperForConditionalGeneration
 
-        return WhisperForConditionalGeneration(self.config())
+        return tie_like_pretrained(WhisperForConditionalGeneration(self.config()))
 
     def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
         return {"input_features": self.fake_features(batch_size),
@@ -121,10 +129,10 @@ class WhisperAudioClassification(WhisperBase):
         from transformers import WhisperForAudioClassification
 
         quiet_transformers()
-        return WhisperForAudioClassification.from_pretrained(
+        return self.keep_positions_fixed(WhisperForAudioClassification.from_pretrained(
             self.model_dir, num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
-            label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs)
+            label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs))
 
     def build_from_config(self) -> nn.Module:
         from transformers import WhisperForAudioClassification

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from conftest import FAST
 
@@ -59,6 +61,50 @@ def test_entry_point_plugin_is_listed_and_trains(workbench, tmp_path, monkeypatc
     finally:
         registry.unregister_method("head-only")
         sys.modules.pop("my_method", None)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lim-head-only"
+
+
+def test_the_documented_example_plugin_installs_with_pip_and_trains(workbench, tmp_path, monkeypatch):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                   check=True, capture_output=True, timeout=300)
+    monkeypatch.syspath_prepend(str(target))
+    [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "head-only"]
+    try:
+        registry.load_plugin(entry)
+        method = {m["name"]: m for m in workbench.list_methods()}["head-only"]
+        assert method["source"] == "lim-head-only" and method["idea"]
+        run_id = workbench.submit_run("demo-text", "tiny-bert", "head-only",
+                                      {"unfreeze_layer_norms": True}, FAST)
+        summary = workbench.wait_for_run(run_id)
+        assert summary["status"] == "completed", summary["error"]
+        assert 0 < summary["trainable_params"] < summary["total_params"] / 10
+    finally:
+        registry.unregister_method("head-only")
+        sys.modules.pop("lim_head_only", None)
+
+
+def test_a_plugin_that_raises_fails_its_run_with_its_name(workbench, tmp_path, monkeypatch):
+    def broken(model, settings, context):
+        raise ValueError("tensor shapes disagree")
+
+    from engine.methods import register_method
+    from engine.methods.full import FullSettings
+
+    register_method(name="shaky", help="raises", settings_cls=FullSettings, apply=broken,
+                    source="shaky-plugin")
+    try:
+        run_id = workbench.submit_run("demo-text", "tiny-bert", "shaky", {}, FAST)
+        summary = workbench.wait_for_run(run_id)
+        good = workbench.wait_for_run(workbench.submit_run("demo-text", "tiny-bert", "lora", {}, FAST))
+    finally:
+        registry.unregister_method("shaky")
+    assert summary["status"] == "failed" and "shaky" in summary["error"]
+    assert "tensor shapes disagree" in summary["error"]
+    assert good["status"] == "completed"
 
 
 def test_a_broken_plugin_is_skipped(tmp_path, monkeypatch, caplog):
