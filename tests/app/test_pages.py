@@ -135,3 +135,34 @@ def test_compare_page_plots_runs_side_by_side(app, demo_home):
 def test_compare_page_is_friendly_when_empty(app):
     open_page(app, "pages/compare.py")
     assert "Nothing to compare yet" in app.info[0].value
+
+
+def test_models_page_shows_architecture_and_estimates_memory(app):
+    open_page(app, "pages/models.py")
+    app.selectbox(key="models.selected").select("tiny-whisper").run()
+    assert not app.exception
+    layers = app.dataframe[2].value
+    assert "q_proj" in layers["layer name"].tolist()
+    assert "default LoRA target" in layers["role"].tolist()
+    app.button(key="models.estimate").click().run()
+    assert not app.exception
+    estimates = app.dataframe[-1].value.set_index("method")
+    assert {"full", "lora", "qlora"} <= set(estimates.index)
+    assert estimates.loc["qlora", "total MiB"] < estimates.loc["full", "total MiB"]
+    assert len(app.get("plotly_chart")) == 2  # components and memory
+
+
+def test_models_page_registers_a_local_folder(app, demo_home):
+    open_page(app, "pages/models.py")
+    app.text_input[0].input(str(demo_home / "models" / "tiny-bert"))
+    app.text_input[1].input("my-bert")
+    app.button[-1].click().run()
+    assert not app.exception and "Registered my-bert" in app.success[0].value
+
+
+def test_methods_page_lists_every_method_with_its_cost(app):
+    open_page(app, "pages/methods.py")
+    table = app.dataframe[0].value.set_index("method")
+    assert {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3"} <= set(table.index)
+    assert table.loc["ia3", "trainable params"] < table.loc["lora", "trainable params"] < table.loc["full", "trainable params"]
+    assert len(app.expander) >= 7 and len(app.get("plotly_chart")) == 1
