@@ -198,6 +198,13 @@ class Workbench:
             self.storage.files.remove(f"{dataset['path']}/{item['file']}")
         return self.get_dataset(dataset["id"])
 
+    def dataset_report_lines(self, name_or_id: str | int) -> list[str]:
+        """The import report kept with a dataset, as text."""
+        from engine.data.validation import report_from_dict
+
+        report = self.get_dataset(name_or_id)["report"]
+        return report_from_dict(report).lines() if report else ["(imported before reports were kept)"]
+
     def dataset_history(self, name_or_id: str | int) -> list[dict]:
         return self.storage.dataset_changes(self.get_dataset(name_or_id)["id"])
 

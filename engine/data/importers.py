@@ -92,18 +92,22 @@ def read_saved_dataset(path: Path) -> SourceTable:
         loaded = datasets.load_from_disk(str(path))
     except Exception as error:  # corrupt arrow files, unknown versions, ...
         raise DatasetError(f"{path.name} looks like a saved Hugging Face dataset but cannot be read: {error}") from error
+    datasets.disable_progress_bars()
     parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
     rows, columns = [], []
     for split_name, part in parts:
+        class_names = {}
         for name, feature in part.features.items():
             if isinstance(feature, datasets.Audio):
                 part = part.cast_column(name, datasets.Audio(decode=False))  # bytes, no torchcodec
             if isinstance(feature, datasets.ClassLabel):
-                part = part.cast_column(name, datasets.Value("string"))  # names, not numbers
+                class_names[name] = feature.names  # labels by name, not number
         columns = columns or list(part.column_names)
         split = SPLIT_ALIASES.get(split_name.lower(), "train")
-        rows += [{**row, "_split": split, "_base": path, "_where": f"{split_name} row {i + 1}"}
-                 for i, row in enumerate(part)]
+        for i, row in enumerate(part):
+            for name, names in class_names.items():
+                row[name] = names[row[name]] if row[name] is not None and row[name] >= 0 else None
+            rows.append({**row, "_split": split, "_base": path, "_where": f"{split_name} row {i + 1}"})
     return SourceTable("save_to_disk", rows, columns)
 
 

@@ -152,7 +152,7 @@ def _write_audio(item: dict, destination: Path) -> None:
         samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
                                        dtype="float32", always_2d=True)
     except Exception as error:  # the header was fine at check time but the data is damaged
-        raise DatasetError(f"{item['where']}: the audio is damaged and cannot be decoded ({error}); "
+        raise DatasetError(f"{item['source_name']} ({item['where']}): the audio is damaged and cannot be decoded ({error}); "
                            "remove it or convert it, then import again") from error
     mono = samples.mean(axis=1)  # (frames, channels) -> (frames,)
     if rate != SAMPLE_RATE:

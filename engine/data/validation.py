@@ -78,7 +78,7 @@ class ImportReport:
         kept = self.rows - len(self.blocking)
         text = f"{self.rows} rows read as {self.task} ({self.layout}): {kept} items usable"
         if self.blocking:
-            text += f", {len(self.blocking)} would be skipped"
+            text += f", {len(self.blocking)} left out"
         return text
 
     def lines(self, limit: int = 5) -> list[str]:
@@ -94,6 +94,13 @@ class ImportReport:
     def to_dict(self) -> dict:
         return {"task": self.task, "layout": self.layout, "columns": self.columns, "rows": self.rows,
                 "split_counts": self.split_counts, "problems": [asdict(p) for p in self.problems]}
+
+
+def report_from_dict(data: dict) -> ImportReport:
+    """The report back from its stored form (``ImportReport.to_dict``)."""
+    problems = [Problem(**p) for p in data.get("problems", [])]
+    return ImportReport(data["task"], data["layout"], data["columns"], data.get("rows", 0), problems,
+                        data.get("split_counts", {}))
 
 
 def check_rows(table: SourceTable, columns: ColumnChoice, root: Path,
