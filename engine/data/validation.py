@@ -194,7 +194,7 @@ def _duplicate(item: dict, first_seen: dict):
 
 
 def _check_classes(items: list[dict], columns: ColumnChoice, report: ImportReport, rules: Rules) -> None:
-    if columns.label is None:
+    if columns.label is None or not items:  # no items at all: the caller says so
         return
     counts = Counter(item["label"] for item in items)
     if len(counts) < 2:
