@@ -227,6 +227,9 @@ class Workbench:
         dataset = self.get_dataset(name_or_id)
         if dataset["owner_id"] != self.owner_id:
             raise DatasetError(f"{dataset['name']} is shared with you read-only; it cannot be {doing}")
+        if dataset["is_demo"] and doing == "changed":
+            raise DatasetError(f"{dataset['name']} is a read-only demo set; export it and import the "
+                               "zip under a new name to edit a copy")
         return dataset
 
     def _item(self, dataset: dict, item_id: int) -> dict:
