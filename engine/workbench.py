@@ -129,7 +129,17 @@ class Workbench:
         source = Path(path).expanduser()
         if not source.exists():
             raise DatasetError(f"{source} is not a folder or file on this machine; check the path")
-        return prepare_import(source, self._staging(), options, ImportLimits())
+        # only a file save_upload made (staging/upload-*/file) is ours to clean up afterwards
+        uploaded = (source.is_file() and source.parent.name.startswith("upload-")
+                    and source.resolve().parent.parent == self._staging().resolve())
+        try:
+            plan = prepare_import(source, self._staging(), options, ImportLimits())
+        except BaseException:
+            if uploaded:  # a failed check of an upload leaves nothing behind either
+                shutil.rmtree(source.parent, ignore_errors=True)
+            raise
+        plan.upload = source.parent if uploaded else None
+        return plan
 
     def commit_import(self, plan: ImportPlan, name: str, *, on_progress: Progress | None = None,
                       shared: bool = False, is_demo: bool = False, description: str = "") -> dict:

@@ -56,6 +56,7 @@ class ImportPlan:
     items: list[dict]
     report: ImportReport
     options: ImportOptions
+    upload: Path | None = None           # the uploaded file's folder, if it came as an upload
 
 
 def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None = None,
@@ -130,7 +131,9 @@ def content_version(fingerprints) -> str:
 
 
 def discard(plan: ImportPlan) -> None:
+    """Remove what the plan staged (unpacked archive, uploaded file); safe to call twice."""
     discard_staging(plan.staging)
+    discard_staging(plan.upload)
 
 
 def discard_staging(staging: Path | None) -> None:
