@@ -221,8 +221,11 @@ class Workbench:
     def export_dataset(self, name_or_id: str | int, out_dir: str | Path | None = None) -> Path:
         """A zip in the audiofolder layout (text sets: <split>.csv) with every edit applied."""
         dataset = self.get_dataset(name_or_id)
-        folder = Path(out_dir) if out_dir is not None else self._staging()
+        folder = Path(out_dir) if out_dir is not None else self._staging() / "exports"
         folder.mkdir(parents=True, exist_ok=True)
+        if out_dir is None:  # one export per dataset is kept for download; older ones go
+            for old in folder.glob(f"{safe_name(dataset['name'])}-{'[0-9a-f]' * 12}.zip"):
+                old.unlink()
         out = folder / f"{safe_name(dataset['name'])}-{dataset['version']}.zip"
         return export_zip(self.storage.files.resolve(dataset["path"]), dataset["task"],
                           self.storage.dataset_items(dataset["id"]), out)
