@@ -124,7 +124,8 @@ class Workbench:
         return save_upload(self._staging() / f"upload-{uuid.uuid4().hex[:12]}", filename, stream,
                            ImportLimits())
 
-    def check_import(self, path: str | Path, options: ImportOptions | None = None) -> ImportPlan:
+    def check_import(self, path: str | Path, options: ImportOptions | None = None,
+                     on_progress: Progress | None = None) -> ImportPlan:
         """Read and check a folder, zip or table: the plan holds the items and the report."""
         source = Path(path).expanduser()
         if not source.exists():
@@ -133,7 +134,7 @@ class Workbench:
         uploaded = (source.is_file() and source.parent.name.startswith("upload-")
                     and source.resolve().parent.parent == self._staging().resolve())
         try:
-            plan = prepare_import(source, self._staging(), options, ImportLimits())
+            plan = prepare_import(source, self._staging(), options, ImportLimits(), on_progress)
         except BaseException:
             if uploaded:  # a failed check of an upload leaves nothing behind either
                 shutil.rmtree(source.parent, ignore_errors=True)
@@ -163,6 +164,13 @@ class Workbench:
             raise
         discard(plan)
         return self.storage.find_dataset(dataset_id, self.owner_id)
+
+    def recheck_import(self, plan: ImportPlan, options: ImportOptions,
+                       on_progress: Progress | None = None) -> ImportPlan:
+        """Check the same source again with other choices (task, columns, splits)."""
+        again = prepare_import(plan.source, self._staging(), options, ImportLimits(), on_progress)
+        again.staging, again.upload = plan.staging, plan.upload  # the staged files carry over
+        return again
 
     def discard_import(self, plan: ImportPlan) -> None:
         discard(plan)

@@ -185,11 +185,16 @@ def _choose_source(wb, limits: ImportLimits) -> None:
         if not uploaded and not (path or "").strip():
             st.warning("Choose a file to upload or type a path first.")
             return
-        with st.spinner("Reading and checking every item…"):
-            source = wb.save_upload(uploaded.name, uploaded) if uploaded else path.strip()
-            st.session_state["datasets.plan"] = wb.check_import(source, options)
-            st.session_state["datasets.import.name"] = _slug(Path(uploaded.name if uploaded else path.strip()).stem)
+        progress = st.progress(0.0, text="Reading and checking every item…")
+        source = wb.save_upload(uploaded.name, uploaded) if uploaded else path.strip()
+        st.session_state["datasets.plan"] = wb.check_import(source, options, _progress_to(progress))
+        st.session_state["datasets.options"] = options
+        st.session_state["datasets.import.name"] = _slug(Path(uploaded.name if uploaded else path.strip()).stem)
         st.rerun()
+
+
+def _progress_to(bar):
+    return lambda done, total, what: bar.progress(done / total, text=f"{done:,} / {total:,}: {what}")
 
 
 def _options_form() -> ImportOptions:
@@ -218,6 +223,7 @@ def _review_plan(wb, plan) -> None:
                 f"text `{chosen.text}`, label `{chosen.label}` · splits "
                 + ", ".join(f"{k} {v}" for k, v in plan.report.split_counts.items()))
     report_view(plan.report)
+    _change_choices(wb, plan)
     name = st.text_input("Name", key="datasets.import.name")
     skipped = len(plan.report.blocking)
     go = st.button(f"Import {len(plan.items):,} items" + (f", skipping {skipped}" if skipped else ""),
@@ -227,12 +233,31 @@ def _review_plan(wb, plan) -> None:
         st.rerun()
     if go:
         progress = st.progress(0.0, text="Converting audio to 16 kHz mono…")
-        imported = wb.commit_import(plan, name, on_progress=lambda done, total, what: progress.progress(
-            done / total, text=f"{done:,} / {total:,}: {what}"))
+        imported = wb.commit_import(plan, name, on_progress=_progress_to(progress))
         st.session_state.pop("datasets.plan")
         st.session_state["datasets.flash"] = (f"Imported {imported['name']}: {imported['num_items']:,} "
                                               f"items ({imported['task']}).")
         st.rerun()
+
+
+def _change_choices(wb, plan) -> None:
+    """Task and columns as detected, changeable from the columns the source really has."""
+    with st.expander("Change the task or the columns"):
+        columns = [None, *plan.table.columns]
+        current = plan.columns
+        cols = st.columns(4)
+        tasks = list(TASK_CHOICES.values())[1:]
+        task = cols[0].selectbox("Task", tasks, index=tasks.index(current.task), key="datasets.recheck.task")
+        picked = [col.selectbox(f"{role} column", columns, index=columns.index(value),
+                                format_func=lambda c: c or "(none)", key=f"datasets.recheck.{role}")
+                  for col, role, value in zip(cols[1:], ("audio", "text", "label"),
+                                              (current.audio, current.text, current.label))]
+        if st.button("Check again", key="datasets.recheck"):
+            options = st.session_state.get("datasets.options") or ImportOptions()
+            options.task, options.audio_column, options.text_column, options.label_column = task, *picked
+            progress = st.progress(0.0, text="Checking again…")
+            st.session_state["datasets.plan"] = wb.recheck_import(plan, options, _progress_to(progress))
+            st.rerun()
 
 
 def _row(item: dict, dataset: dict) -> dict:

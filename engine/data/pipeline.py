@@ -60,7 +60,7 @@ class ImportPlan:
 
 
 def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None = None,
-                   limits: ImportLimits | None = None) -> ImportPlan:
+                   limits: ImportLimits | None = None, on_progress: Progress | None = None) -> ImportPlan:
     """Read and check everything; write nothing except the unpacked archive under staging."""
     options = options or ImportOptions()
     staging = None
@@ -77,7 +77,7 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
         columns = choose_columns(table, task, options.audio_column, options.text_column,
                                  options.label_column)
         root = source if source.is_dir() else source.parent
-        items, report = check_rows(table, columns, root, options.rules)
+        items, report = check_rows(table, columns, root, options.rules, on_progress)
         if not items:
             raise DatasetError("none of the items can be imported:\n" + "\n".join(report.lines()))
         note = assign_splits(items, options.splits, options.validation_fraction,

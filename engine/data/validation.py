@@ -103,8 +103,8 @@ def report_from_dict(data: dict) -> ImportReport:
                         data.get("split_counts", {}))
 
 
-def check_rows(table: SourceTable, columns: ColumnChoice, root: Path,
-               rules: Rules | None = None) -> tuple[list[dict], ImportReport]:
+def check_rows(table: SourceTable, columns: ColumnChoice, root: Path, rules: Rules | None = None,
+               on_progress=None) -> tuple[list[dict], ImportReport]:
     """Candidate items (without the bad ones) and the report of everything found."""
     rules = rules or Rules()
     report = ImportReport(columns.task, table.layout, {"audio": columns.audio, "text": columns.text,
@@ -114,7 +114,9 @@ def check_rows(table: SourceTable, columns: ColumnChoice, root: Path,
         report.problems.append(Problem("unknown_columns", "columns", f"{', '.join(columns.unknown)} "
                                        "not used for this task; they are left out of the dataset", False))
     items, first_seen = [], {}
-    for row in table.rows:
+    for number, row in enumerate(table.rows, start=1):
+        if on_progress and (number % 50 == 0 or number == len(table.rows)):
+            on_progress(number, len(table.rows), row["_where"])
         item, problem = _check_row(row, columns, root.resolve(), rules)
         if problem is None:
             problem = _duplicate(item, first_seen)

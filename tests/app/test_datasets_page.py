@@ -139,3 +139,22 @@ def test_export_offers_a_zip_download(app):
     app.button(key="datasets.export").click().run()
     assert not app.exception, app.exception
     assert app.get("download_button")
+
+
+def test_columns_can_be_changed_and_checked_again(app, demo_home):
+    rows = "sentence,label,notes\n" + "".join(f"s{i},{'a' if i % 2 else 'b'},note {i}\n" for i in range(10))
+    open_datasets(app)
+    app.get("file_uploader")[0].upload("table.csv", rows.encode(), "text/csv")
+    app.button(key="datasets.check").click().run()
+    assert not app.exception, app.exception
+    assert app.selectbox(key="datasets.recheck.text").value == "sentence"
+    assert any("notes not used" in str(df.value) for df in app.dataframe)
+    app.selectbox(key="datasets.recheck.text").select("notes")
+    app.button(key="datasets.recheck").click().run()
+    assert not app.exception, app.exception
+    assert app.selectbox(key="datasets.recheck.text").value == "notes"
+    app.button(key="datasets.import.go").click().run()
+    assert not app.exception, app.exception
+    texts = [i["text"] for i in workbench(demo_home).dataset_items("table", limit=None)]
+    assert sorted(texts)[:2] == ["note 0", "note 1"]
+    assert not list((demo_home / "staging").iterdir())
