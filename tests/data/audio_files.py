@@ -1,4 +1,5 @@
-"""Makers of real audio and table files for the dataset tests (no mocks, no fixtures on disk)."""
+"""Makers of real audio and table files for the dataset tests (made at test time, none checked in),
+and the empty-workbench fixture (imported by the test modules: a conftest here would shadow tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 
 
@@ -45,3 +47,13 @@ def class_folder(root: Path, labels=("yes", "no"), per_class: int = 6) -> Path:
         for i in range(per_class):
             write_audio(root / label / f"{label}{i}.flac", freq=300 + 40 * i + 700 * c)
     return root
+
+
+@pytest.fixture
+def workbench_empty(home):
+    """A workbench on a fresh, empty data home (no demo)."""
+    from engine import Workbench
+
+    workbench = Workbench(home)
+    yield workbench
+    workbench.storage.close()

@@ -8,7 +8,7 @@ import zipfile
 import pandas as pd
 import pytest
 import soundfile
-from audio_files import class_folder, speech_folder, write_audio, write_csv
+from audio_files import class_folder, speech_folder, write_audio, write_csv, workbench_empty  # noqa: F401 (fixture)
 
 from engine.data.pipeline import ImportOptions
 from engine.errors import DatasetError

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 import soundfile
-from audio_files import class_folder, speech_folder, write_audio, write_csv
+from audio_files import class_folder, speech_folder, write_audio, write_csv, workbench_empty  # noqa: F401 (fixture)
 
 from engine.errors import DatasetError, NotFoundError
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile
-from audio_files import write_audio, write_csv
+from audio_files import write_audio, write_csv, workbench_empty  # noqa: F401 (fixture)
 
 from engine.errors import DatasetError
 
