@@ -51,5 +51,5 @@ def spectrogram(view: dict) -> go.Figure:
                                   colorscale="Viridis", colorbar=dict(title="dB"),
                                   hovertemplate="%{x:.2f} s, %{y:.0f} Hz: %{z:.0f} dB<extra></extra>"))
     figure.update_layout(title="log-mel spectrogram (what the model hears)", xaxis_title="seconds",
-                         yaxis_title="Hz (mel scale)", **LAYOUT)
+                         yaxis_title="frequency (Hz, mel bands)", **LAYOUT)
     return figure
