@@ -23,8 +23,9 @@ from engine.data.archives import ImportLimits, save_upload
 from engine.data.export import export_zip
 from engine.data.importers import SPLITS
 from engine.data.inspect import audio_view, dataset_stats
-from engine.data.pipeline import (ImportOptions, ImportPlan, Progress, content_version, discard,
-                                  prepare_import, write_dataset)
+from engine.data.pipeline import (ImportOptions, ImportPlan, Progress, clean_stale_staging,
+                                  content_version, discard, prepare_import, version_after_change,
+                                  write_dataset)
 from engine.errors import DatasetError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import all_methods, get_method
 from engine.training.settings import TrainingSettings
@@ -127,6 +128,7 @@ class Workbench:
     def check_import(self, path: str | Path, options: ImportOptions | None = None,
                      on_progress: Progress | None = None) -> ImportPlan:
         """Read and check a folder, zip or table: the plan holds the items and the report."""
+        clean_stale_staging(self._staging())
         source = Path(path).expanduser()
         if not source.exists():
             raise DatasetError(f"{source} is not a folder or file on this machine; check the path")
@@ -262,16 +264,8 @@ class Workbench:
     def _change_item(self, dataset: dict, item_id: int, action: str, fields: dict) -> None:
         from engine.data.export import write_metadata
 
-        fingerprints = []
-        for row_id, *fingerprint in self.storage.item_fingerprints(dataset["id"]):
-            if row_id == item_id:
-                if action == "remove":
-                    continue
-                split, file, text, label, content_hash = fingerprint
-                fingerprint = [split, file, fields.get("text", text), fields.get("label", label),
-                               content_hash]
-            fingerprints.append(tuple(fingerprint))
-        self.storage.change_item(dataset["id"], item_id, action, fields, content_version(fingerprints))
+        version = version_after_change(self.storage.item_fingerprints(dataset["id"]), item_id, action, fields)
+        self.storage.change_item(dataset["id"], item_id, action, fields, version)
         write_metadata(self.storage.files.resolve(dataset["path"]), dataset["task"],
                        self.storage.dataset_items(dataset["id"]))
 

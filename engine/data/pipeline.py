@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,6 +129,30 @@ def content_version(fingerprints) -> str:
     for fingerprint in fingerprints:
         digest.update(repr(tuple(fingerprint)).encode())
     return digest.hexdigest()[:12]
+
+
+def version_after_change(fingerprints, item_id: int, action: str, fields: dict) -> str:
+    """The version a dataset will have once item ``item_id`` is edited (``fields``) or removed.
+
+    ``fingerprints`` are ``(id, split, file, text, label, content_hash)`` rows in version order."""
+    changed = []
+    for row_id, split, file, text, label, content_hash in fingerprints:
+        if row_id == item_id:
+            if action == "remove":
+                continue
+            text, label = fields.get("text", text), fields.get("label", label)
+        changed.append((split, file, text, label, content_hash))
+    return content_version(changed)
+
+
+def clean_stale_staging(staging_root: Path, max_age_s: float = 24 * 3600) -> None:
+    """Remove uploads and unpacked archives left by sessions that never came back."""
+    if not staging_root.is_dir():
+        return
+    cutoff = time.time() - max_age_s
+    for entry in staging_root.iterdir():
+        if entry.name.startswith(("upload-", "unzip-")) and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def discard(plan: ImportPlan) -> None:

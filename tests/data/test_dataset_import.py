@@ -164,3 +164,37 @@ def test_a_failure_while_writing_leaves_nothing_behind(workbench_empty, tmp_path
     assert workbench_empty.storage.find_dataset("half") is None
     assert workbench_empty.storage.db["dataset_items"].count == 0
     assert not any((workbench_empty.home / "datasets").iterdir())
+
+
+def test_staged_files_left_by_abandoned_checks_are_cleaned_after_a_day(workbench_empty, tmp_path):
+    import io
+    import os
+    import time
+
+    upload = workbench_empty.save_upload("old.csv", io.BytesIO(b"text,label\n"))
+    fresh = workbench_empty.save_upload("new.csv", io.BytesIO(b"text,label\n"))
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(upload.parent, (two_days_ago, two_days_ago))
+    rows = [["text", "label"]] + [[f"t{i}", "a" if i % 2 else "b"] for i in range(6)]
+    workbench_empty.discard_import(workbench_empty.check_import(write_csv(tmp_path / "t.csv", rows)))
+    assert not upload.parent.exists() and fresh.exists()
+
+
+def test_the_command_line_imports_a_zip_with_new_seeded_splits(home, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = class_folder(tmp_path / "zipped" / "words", per_class=10)
+    archive = tmp_path / "words.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in folder.rglob("*"):
+            bundle.write(path, path.relative_to(folder.parent).as_posix())
+    done = subprocess.run([sys.executable, "-m", "engine", "datasets", "import", str(archive), "--name", "words",
+                           "--splits", "new", "--seed", "3", "--json"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout[done.stdout.index("{"):])
+    assert printed["task"] == "audio-classification" and printed["num_items"] == 20
+    assert "importing 20/20" in done.stderr
+    assert "made new splits stratified by label with seed 3" in str(printed["report"])
