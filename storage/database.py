@@ -26,7 +26,7 @@ from sqlite_utils import Database
 from storage.files import FileStore
 from storage.schema import LOCAL_USER_ID, migrations
 
-JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics"}
+JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after"}
 
 
 def utc_now() -> str:
@@ -137,8 +137,74 @@ class Storage:
         record = self._owned("datasets", dataset_id, owner_id)
         with self.atomic() as db:
             db.execute("delete from dataset_items where dataset_id = ?", [dataset_id])
+            db.execute("delete from dataset_changes where dataset_id = ?", [dataset_id])
             db.execute("delete from datasets where id = ?", [dataset_id])
         return record
+
+    def search_items(self, dataset_id: int, split: str | None = None, query: str = "",
+                     label: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        """One page of items matching a search (text, label or file name) and the total count.
+
+        Paginated in SQL: a page of a 100,000-item dataset reads 50 rows, never the table."""
+        where, params = _item_filter(dataset_id, split, query, label)
+        total = self.db.execute(f"select count(*) from dataset_items where {where}", params).fetchone()[0]
+        rows = self._rows(f"select * from dataset_items where {where} order by split, position "
+                          "limit ? offset ?", [*params, limit, offset])
+        return rows, total
+
+    def get_item(self, dataset_id: int, item_id: int) -> dict | None:
+        return self._one("select * from dataset_items where id = ? and dataset_id = ?", [item_id, dataset_id])
+
+    def change_item(self, dataset_id: int, item_id: int, action: str, fields: dict,
+                    new_version: str) -> None:
+        """Edit (``fields``) or remove an item, recording before/after, all or nothing."""
+        before = self.get_item(dataset_id, item_id)
+        with self.atomic() as db:
+            if action == "remove":
+                db.execute("delete from dataset_items where id = ?", [item_id])
+            else:
+                db["dataset_items"].update(item_id, fields)
+            old_version = db.execute("select version from datasets where id = ?", [dataset_id]).fetchone()[0]
+            db.execute("update datasets set version = ?, num_items = (select count(*) from dataset_items "
+                       "where dataset_id = ?) where id = ?", [new_version, dataset_id, dataset_id])
+            db["dataset_changes"].insert(_encode({
+                "dataset_id": dataset_id, "item_id": item_id, "time": utc_now(), "action": action,
+                "before": {k: before[k] for k in ("split", "file", "text", "label")},
+                "after": fields or None, "version_before": old_version, "version_after": new_version}))
+
+    def dataset_changes(self, dataset_id: int, limit: int = 100) -> list[dict]:
+        return self._rows("select * from dataset_changes where dataset_id = ? order by id desc limit ?",
+                          [dataset_id, limit])
+
+    def item_fingerprints(self, dataset_id: int) -> Iterator[tuple]:
+        """(id, split, file, text, label, content_hash) of every item, in order: a version's input."""
+        yield from self.db.execute(
+            "select id, split, file, text, label, content_hash from dataset_items where dataset_id = ? "
+            "order by split, file, text, label, content_hash", [dataset_id])
+
+    def item_stats(self, dataset_id: int, bucket_s: float) -> dict:
+        """Aggregates for the dataset page, computed in SQL (no full-table load)."""
+        def grouped(sql: str, params: list) -> list[tuple]:
+            return self.db.execute(sql, params).fetchall()
+
+        where = "dataset_id = ?"
+        return {
+            "splits": dict(grouped(f"select split, count(*) from dataset_items where {where} "
+                                   "group by split", [dataset_id])),
+            "totals": self._one(f"select count(*) as items, sum(duration_s) as seconds, "
+                                f"min(duration_s) as shortest, max(duration_s) as longest "
+                                f"from dataset_items where {where}", [dataset_id]),
+            "durations": grouped(f"select cast(duration_s / ? as int), count(*) from dataset_items "
+                                 f"where {where} and duration_s is not null group by 1 order by 1",
+                                 [bucket_s, dataset_id]),
+            "labels": grouped(f"select label, split, count(*) from dataset_items where {where} "
+                              "and label is not null group by label, split order by label", [dataset_id]),
+            "text_words": grouped(f"select length(trim(text)) - length(replace(trim(text), ' ', '')) + 1, "
+                                  f"count(*) from dataset_items where {where} and text is not null "
+                                  "group by 1 order by 1", [dataset_id]),
+            "formats": grouped(f"select sample_rate, channels, count(*) from dataset_items where {where} "
+                               "and sample_rate is not null group by 1, 2 order by 3 desc", [dataset_id]),
+        }
 
     # ---------------------------------------------------------------- models
     def add_model(self, record: dict) -> int:
@@ -267,6 +333,22 @@ class Storage:
         rows = self._rows(
             "select * from run_events where run_id = ? order by id desc limit ?", [run_id, limit])
         return rows[::-1]
+
+
+def _item_filter(dataset_id: int, split: str | None, query: str, label: str | None) -> tuple[str, list]:
+    where, params = ["dataset_id = ?"], [dataset_id]
+    if split:
+        where.append("split = ?")
+        params.append(split)
+    if label is not None:
+        where.append("label = ?")
+        params.append(label)
+    if query.strip():
+        pattern = "%" + query.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(text like ? escape '\\' or label like ? escape '\\' or source_name like ? "
+                     "escape '\\' or file like ? escape '\\')")
+        params += [pattern] * 4
+    return " and ".join(where), params
 
 
 def _encode(record: dict) -> dict:

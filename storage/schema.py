@@ -96,5 +96,21 @@ def m001_initial(db: Database) -> None:
     db["run_events"].create_index(["run_id", "id"])
 
 
+@migrations()
+def m002_datasets_item_history(db: Database) -> None:
+    """What an item was made from (original rate, channels, file, content hash) and its edits."""
+    items = db["dataset_items"]
+    for column, kind in (("source_name", str), ("sample_rate", int), ("channels", int),
+                         ("content_hash", str), ("original_file", str)):
+        items.add_column(column, kind)
+    db["datasets"].add_column("report", str)
+    db["dataset_changes"].create(
+        {"id": int, "dataset_id": int, "item_id": int, "time": str, "action": str,
+         "before": str, "after": str, "version_before": str, "version_after": str},
+        pk="id",
+    )  # deleted with its dataset (Storage.delete_dataset); no foreign key keeps deletes simple
+    db["dataset_changes"].create_index(["dataset_id", "id"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

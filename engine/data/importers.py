@@ -1,84 +1,255 @@
-"""Turn a folder on disk into dataset items: audiofolder layout and text tables.
+"""Read what a student brings into one table of rows, whatever its layout.
 
-An importer returns ``(task, items, labels)``; each item is a dict with ``split``,
-``position``, ``file`` (relative to the dataset folder, audio only), ``text``, ``label`` and
-``duration_s``. The caller copies files and writes the database rows in one transaction.
+    table = read_source(Path("my-data"))       # a folder, or one .csv/.jsonl/.parquet file
+    columns = choose_columns(table)            # detected task and columns (overridable)
+
+Layouts understood:
+- audiofolder: audio files + ``metadata.csv`` / ``metadata.jsonl`` with ``file_name`` and
+  ``transcription`` or ``label``, at the top or in ``train/``, ``validation/``, ``test/``;
+- audio files in per-class subfolders (the folder name is the label), optionally under split folders;
+- a CSV / JSONL / Parquet table (or ``train.csv``, ``validation.csv``, ...) of text + label, or of
+  audio paths + transcripts;
+- a folder written by ``datasets.save_to_disk`` (audio or text).
+
+Every row keeps where it came from (``_split``, ``_base`` for relative audio paths, ``_where``
+for messages). Which column plays which role is decided afterwards, by ``choose_columns``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.data.audio import AUDIO_SUFFIXES, duration_seconds
+from engine.data.audio import AUDIO_SUFFIXES
 from engine.errors import DatasetError
 
 TASKS = ("asr", "audio-classification", "text-classification")
 SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+AUDIO_COLUMNS = ("file_name", "audio", "path", "audio_path", "audio_file", "file", "filename")
+TEXT_COLUMNS = ("transcription", "transcript", "sentence", "text", "normalized_text")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "intent", "target")
+INTERNAL = ("_split", "_base", "_where")
 
 
-def read_audiofolder(root: Path) -> tuple[str, list[dict], list[str]]:
-    """Items of an audiofolder dataset: ``<split>/metadata.csv`` with ``file_name`` and
-    ``transcription`` (speech recognition) or ``label`` (audio classification)."""
-    split_dirs = [root / split for split in SPLITS if (root / split / "metadata.csv").is_file()]
-    if not split_dirs and (root / "metadata.csv").is_file():
-        split_dirs = [root]  # a single folder: everything is train
-    if not split_dirs:
-        raise DatasetError(f"{root.name}: no metadata.csv found (expected train/metadata.csv "
-                           "and validation/metadata.csv, or metadata.csv at the top)")
-    items, task = [], None
-    for split_dir in split_dirs:
-        split = split_dir.name if split_dir != root else "train"
-        rows = _read_csv(split_dir / "metadata.csv")
-        columns = set(rows[0]) if rows else set()
-        split_task = "asr" if "transcription" in columns else (
-            "audio-classification" if "label" in columns else None)
-        if "file_name" not in columns or split_task is None:
-            raise DatasetError(f"{split_dir.name}/metadata.csv needs columns file_name and "
-                               f"transcription or label; found {', '.join(sorted(columns))}")
-        if task not in (None, split_task):
-            raise DatasetError("all splits must have the same columns (transcription or label)")
-        task = split_task
-        for position, row in enumerate(rows):
-            audio = split_dir / row["file_name"]
-            if audio.suffix.lower() not in AUDIO_SUFFIXES or not audio.is_file():
-                raise DatasetError(f"{split}/{row['file_name']}: missing or not an audio file")
-            items.append({
-                "split": split, "position": position,
-                "file": audio.relative_to(root).as_posix(),
-                "text": row.get("transcription"), "label": row.get("label"),
-                "duration_s": round(duration_seconds(audio), 3),
-            })
-    labels = sorted({item["label"] for item in items if item["label"] is not None})
-    return task, items, labels
+@dataclass
+class SourceTable:
+    layout: str                      # e.g. "audiofolder", "class folders", "table", "save_to_disk"
+    rows: list[dict]
+    columns: list[str]
+    notes: list[str] = field(default_factory=list)  # how the source was read (shown in the report)
+    class_folders: bool = False
 
 
-def read_text_table(root: Path) -> tuple[str, list[dict], list[str]]:
-    """Items of ``<split>.csv`` files with ``text`` and ``label`` columns."""
-    tables = [root / f"{split}.csv" for split in SPLITS if (root / f"{split}.csv").is_file()]
-    if not tables:
-        raise DatasetError(f"{root.name}: no train.csv / validation.csv found")
-    items = []
-    for table in tables:
-        rows = _read_csv(table)
-        if rows and not {"text", "label"} <= set(rows[0]):
-            raise DatasetError(f"{table.name} needs columns text and label; "
-                               f"found {', '.join(rows[0])}")
-        items += [{"split": table.stem, "position": i, "file": None, "text": row["text"],
-                   "label": row["label"], "duration_s": None} for i, row in enumerate(rows)]
-    labels = sorted({item["label"] for item in items})
-    return "text-classification", items, labels
+@dataclass
+class ColumnChoice:
+    task: str
+    audio: str | None
+    text: str | None
+    label: str | None
+    unknown: list[str]
 
 
-def read_dataset_folder(root: Path) -> tuple[str, list[dict], list[str]]:
-    if any((root / f"{split}.csv").is_file() for split in SPLITS):
-        return read_text_table(root)
-    return read_audiofolder(root)
+def read_source(path: Path) -> SourceTable:
+    """All rows of the dataset at ``path`` (a folder or a single table file)."""
+    if path.is_file():
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise DatasetError(f"{path.name}: expected a folder, a .zip, or a .csv / .jsonl / .parquet table")
+        return _table_source([(None, path)])
+    if not path.is_dir():
+        raise DatasetError(f"{path} is not a folder or a file on this machine")
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return read_saved_dataset(path)
+    split_dirs = _split_dirs(path)
+    metadata = [(split, _metadata_file(folder)) for split, folder in split_dirs]
+    if any(found for _, found in metadata):
+        return _table_source([(split, found) for split, found in metadata if found], "audiofolder")
+    tables = [(SPLIT_ALIASES.get(p.stem.lower()), p) for p in sorted(path.iterdir())
+              if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES]
+    if tables:
+        return _table_source(tables)
+    rows = [row for split, folder in split_dirs for row in _class_folder_rows(folder, split)]
+    if rows:
+        return SourceTable("class folders", rows, ["file_name", "label"], class_folders=True)
+    raise DatasetError(f"{path.name}: found no metadata.csv / metadata.jsonl, no table of text or audio "
+                       "paths, and no audio files in per-class subfolders; see 'Bring your own data' "
+                       "in the README for the layouts the workbench reads")
 
 
-def _read_csv(path: Path) -> list[dict]:
+def read_saved_dataset(path: Path) -> SourceTable:
+    """A folder from ``datasets.save_to_disk``; audio columns come back as undecoded bytes."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path.name} is not UTF-8 text; save it as UTF-8 and import again") from None
+        import datasets
+    except ImportError:
+        raise DatasetError("reading a saved Hugging Face dataset needs the 'datasets' package "
+                           "(pip install -r requirements.txt)") from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:  # corrupt arrow files, unknown versions, ...
+        raise DatasetError(f"{path.name} looks like a saved Hugging Face dataset but cannot be read: {error}") from error
+    datasets.disable_progress_bars()
+    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
+    rows, columns = [], []
+    for split_name, part in parts:
+        class_names = {}
+        for name, feature in part.features.items():
+            if isinstance(feature, datasets.Audio):
+                part = part.cast_column(name, datasets.Audio(decode=False))  # bytes, no torchcodec
+            if isinstance(feature, datasets.ClassLabel):
+                class_names[name] = feature.names  # labels by name, not number
+        columns = columns or list(part.column_names)
+        split = SPLIT_ALIASES.get(split_name.lower(), "train")
+        for i, row in enumerate(part):
+            for name, names in class_names.items():
+                row[name] = names[row[name]] if row[name] is not None and row[name] >= 0 else None
+            rows.append({**row, "_split": split, "_base": path, "_where": f"{split_name} row {i + 1}"})
+    return SourceTable("save_to_disk", rows, columns)
+
+
+def choose_columns(table: SourceTable, task: str | None = None, audio: str | None = None,
+                   text: str | None = None, label: str | None = None) -> ColumnChoice:
+    """Detect the task and the column of each role; anything given explicitly wins."""
+    if task is not None and task not in TASKS:
+        raise DatasetError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    for given in (audio, text, label):
+        if given is not None and given not in table.columns:
+            raise DatasetError(f"there is no column {given!r}; columns: {', '.join(table.columns)}")
+    audio = audio or _first(table.columns, AUDIO_COLUMNS)
+    text = text or _first(table.columns, TEXT_COLUMNS)
+    label = label or _first(table.columns, LABEL_COLUMNS)
+    if task is None:
+        task = ("asr" if audio and text else "audio-classification" if audio and label
+                else "text-classification" if text and label else None)
+    if task is None:
+        raise DatasetError(f"cannot tell what to learn from columns {', '.join(table.columns)}: name "
+                           "them file_name + transcription (speech), file_name + label (audio classes) "
+                           "or text + label (text classes), or choose the columns yourself")
+    needed = {"asr": {"audio": audio, "transcript": text},
+              "audio-classification": {"audio": audio, "label": label},
+              "text-classification": {"text": text, "label": label}}[task]
+    missing = [role for role, column in needed.items() if column is None]
+    if missing:
+        raise DatasetError(f"a {task} dataset needs a column for {' and '.join(missing)}; "
+                           f"columns found: {', '.join(table.columns) or 'none'}")
+    if task == "audio-classification":
+        text = None
+    if task == "asr":
+        label = None
+    if task == "text-classification":
+        audio = None
+    used = {audio, text, label}
+    unknown = [c for c in table.columns if c not in used]
+    return ColumnChoice(task, audio, text, label, unknown)
+
+
+# ---------------------------------------------------------------------------- layouts
+def _split_dirs(root: Path) -> list[tuple[str | None, Path]]:
+    found = [(SPLIT_ALIASES[p.name.lower()], p) for p in sorted(root.iterdir())
+             if p.is_dir() and p.name.lower() in SPLIT_ALIASES]
+    return found or [(None, root)]
+
+
+def _metadata_file(folder: Path) -> Path | None:
+    for name in ("metadata.csv", "metadata.jsonl"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _class_folder_rows(folder: Path, split: str | None) -> list[dict]:
+    rows = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for audio in sorted(class_dir.rglob("*")):
+            if audio.is_file() and audio.suffix.lower() in AUDIO_SUFFIXES:
+                relative = audio.relative_to(folder).as_posix()
+                rows.append({"file_name": relative, "label": class_dir.name, "_split": split,
+                             "_base": folder, "_where": relative})
+    return rows
+
+
+def _table_source(tables: list[tuple[str | None, Path]], layout: str = "table") -> SourceTable:
+    rows, columns, notes = [], [], []
+    for split, table in tables:
+        table_rows, table_columns, note = read_table(table)
+        if note:
+            notes.append(note)
+        columns += [c for c in table_columns if c not in columns]
+        prefix = table.relative_to(table.parent.parent).as_posix() if split and layout == "audiofolder" else table.name
+        rows += [{**row, "_split": split, "_base": table.parent, "_where": f"{prefix} row {i + 2 if table.suffix == '.csv' else i + 1}"}
+                 for i, row in enumerate(table_rows)]
+    return SourceTable(layout, rows, columns, notes)
+
+
+def read_table(path: Path) -> tuple[list[dict], list[str], str | None]:
+    """Rows, columns and a note on how the file was read, for .csv, .jsonl and .parquet."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    # surrogateescape keeps undecodable bytes as marks the validator reports row by row
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    return _read_csv(path, text)
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[dict], list[str], str | None]:
+    header = text.split("\n", 1)[0]
+    delimiter, note = ",", None
+    if "," not in header:
+        for candidate, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if candidate in header:
+                delimiter = candidate
+                note = f"{path.name} separates columns with {name}, not commas; read it that way"
+                break
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if not columns:
+        raise DatasetError(f"{path.name} is empty; it needs a header line naming its columns")
+    if any(_undecodable(c) for c in columns):
+        raise DatasetError(f"the header of {path.name} is not UTF-8 text; open it in a spreadsheet and "
+                           "save it as 'CSV UTF-8', then import again")
+    reader.fieldnames = columns
+    rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    return rows, columns, note
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str], str | None]:
+    rows, columns = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{path.name} line {number} is not valid JSON ({error.msg}); each line "
+                               "must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path.name} line {number} is not a JSON object")
+        rows.append(row)
+        columns += [c for c in row if c not in columns]
+    return rows, columns, None
+
+
+def _read_parquet(path: Path) -> tuple[list[dict], list[str], str | None]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several kinds
+        raise DatasetError(f"{path.name} is not a readable Parquet file: {error}") from error
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.to_dict("records"), [str(c) for c in frame.columns], None
+
+
+def _undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[c] for c in candidates if c in lowered), None)

@@ -45,29 +45,6 @@ def test_home_shows_what_is_there(app):
     assert any("No runs yet" in i.value for i in app.info)
 
 
-def test_datasets_page_lists_items_with_audio(app):
-    open_page(app, "pages/datasets.py")
-    assert "demo-speech" in app.dataframe[0].value["name"].tolist()
-    assert len(app.get("audio")) == 10  # one player per item on the first page
-    app.selectbox(key="datasets.selected").select("demo-text").run()
-    assert not app.exception and len(app.get("audio")) == 0
-
-
-def test_datasets_page_imports_a_folder_and_reports_errors(app, tmp_path):
-    folder = tmp_path / "texts"
-    folder.mkdir()
-    (folder / "train.csv").write_text("text,label\ngood talk,positive\nbad talk,negative\n")
-    open_page(app, "pages/datasets.py")
-    app.text_input[0].input(str(tmp_path / "missing"))
-    app.text_input[1].input("broken")
-    app.button[-1].click().run()
-    assert "is not a folder" in app.error[0].value
-    app.text_input[0].input(str(folder))
-    app.text_input[1].input("my-texts")
-    app.button[-1].click().run()
-    assert not app.exception and "Imported my-texts" in app.success[0].value
-
-
 def test_models_page_says_presets_are_untrained(app):
     open_page(app, "pages/models.py")
     assert "tiny-whisper" in app.dataframe[0].value["name"].tolist()

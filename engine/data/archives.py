@@ -1,0 +1,134 @@
+"""Uploads and zip archives, unpacked without trusting them.
+
+    limits = ImportLimits()                          # from LIM_* environment variables
+    saved = save_upload(staging, "course.zip", stream, limits)
+    folder = extract_zip(saved, staging / "unpacked", limits)
+
+A zip from a course page can hold ``../`` paths, absolute paths, symbolic links or a few KB that
+inflate to gigabytes. ``extract_zip`` checks every entry *before* writing anything and writes
+with its own byte counter, so a lying size header cannot get past the limits either.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from engine.errors import DatasetError
+from storage import safe_name
+
+MB = 1024 * 1024
+CHUNK = 1 * MB
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass
+class ImportLimits:
+    """Ceilings on what an import may bring in (settable through LIM_* environment variables)."""
+
+    max_upload_mb: int = field(default_factory=lambda: _env_int("LIM_MAX_UPLOAD_MB", 2048))
+    max_unpacked_mb: int = field(default_factory=lambda: _env_int("LIM_MAX_UNPACKED_MB", 8192))
+    max_files: int = field(default_factory=lambda: _env_int("LIM_MAX_FILES", 200_000))
+
+
+def save_upload(staging: Path, filename: str, stream: BinaryIO, limits: ImportLimits) -> Path:
+    """Copy an uploaded file into ``staging`` under a safe name, refusing it past the size limit."""
+    staging.mkdir(parents=True, exist_ok=True)
+    name = PurePosixPath(filename.replace("\\", "/")).name
+    stem, dot, suffix = name.rpartition(".")
+    target = staging / (f"{safe_name(stem)}.{safe_name(suffix)}" if dot else safe_name(name))
+    written, limit = 0, limits.max_upload_mb * MB
+    with target.open("wb") as out:
+        while chunk := stream.read(CHUNK):
+            written += len(chunk)
+            if written > limit:
+                out.close()
+                target.unlink()
+                raise DatasetError(f"{name} is larger than the upload limit of {limits.max_upload_mb} MB; "
+                                   "point the workbench at the folder on this machine instead, or raise "
+                                   "LIM_MAX_UPLOAD_MB")
+            out.write(chunk)
+    return target
+
+
+def extract_zip(archive: Path, target: Path, limits: ImportLimits) -> Path:
+    """Unpack ``archive`` into ``target`` (new) safely; returns the dataset's top folder."""
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = _checked_members(bundle, limits)
+            target.mkdir(parents=True, exist_ok=False)
+            try:
+                _write_members(bundle, members, target, limits)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+    except zipfile.BadZipFile:
+        raise DatasetError(f"{archive.name} is not a zip archive (or it is damaged); "
+                           "make it again with a zip tool and upload it again") from None
+    return single_top_folder(target)
+
+
+def single_top_folder(folder: Path) -> Path:
+    """Zips made by dragging a folder hold one folder: step into it (ignoring macOS debris)."""
+    entries = [p for p in folder.iterdir() if p.name not in ("__MACOSX", ".DS_Store")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def _checked_members(bundle: zipfile.ZipFile, limits: ImportLimits) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    infos = bundle.infolist()
+    files = [info for info in infos if not info.is_dir()]
+    if len(files) > limits.max_files:
+        raise DatasetError(f"the archive holds {len(files)} files, more than the limit of "
+                           f"{limits.max_files}; split it into smaller archives or raise LIM_MAX_FILES")
+    declared = sum(info.file_size for info in files)
+    if declared > limits.max_unpacked_mb * MB:
+        raise DatasetError(f"the archive would unpack to {declared / MB:,.0f} MB, more than the limit of "
+                           f"{limits.max_unpacked_mb} MB; it may be a zip bomb, or raise LIM_MAX_UNPACKED_MB")
+    checked = []
+    for info in files:
+        if _is_link(info):
+            raise DatasetError(f"the archive holds a link ({info.filename}); links are refused because "
+                               "they can point outside the dataset: zip the real files instead")
+        checked.append((info, _safe_member_path(info.filename)))
+    return checked
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
+        raise DatasetError(f"the archive holds an unsafe path ({name}) that points outside the "
+                           "dataset folder; it was refused and nothing was unpacked")
+    return path
+
+
+def _is_link(info: zipfile.ZipInfo) -> bool:
+    mode = info.external_attr >> 16
+    return stat.S_ISLNK(mode)
+
+
+def _write_members(bundle, members, target: Path, limits: ImportLimits) -> None:
+    written, limit = 0, limits.max_unpacked_mb * MB
+    for info, relative in members:
+        destination = target.joinpath(*relative.parts)
+        if not destination.resolve().is_relative_to(target.resolve()):  # belt and braces
+            raise DatasetError(f"the archive entry {info.filename} points outside the dataset folder")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with bundle.open(info) as source, destination.open("wb") as out:
+            # Count real bytes: a bomb can declare small sizes in its headers.
+            while chunk := source.read(CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise DatasetError(f"the archive unpacks to more than {limits.max_unpacked_mb} MB; "
+                                       "it may be a zip bomb, or raise LIM_MAX_UNPACKED_MB")
+                out.write(chunk)
