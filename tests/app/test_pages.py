@@ -40,7 +40,7 @@ def test_home_shows_what_is_there(app):
     app.run()
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Datasets"] == "3" and metrics["Models"] == "1" and metrics["Runs"] == "0"
+    assert metrics["Datasets"] == "3" and metrics["Models"] == "4" and metrics["Runs"] == "0"
     assert metrics["GPU"] == "none" or "GiB" in metrics["GPU"]
     assert any("No runs yet" in i.value for i in app.info)
 
