@@ -311,6 +311,40 @@ class Workbench:
         run_until_done(self.storage, int(run_id), on_progress=on_progress)
         return self.run_summary(run_id)
 
+    # ------------------------------------------------------------------ export, compare, tags
+    def export_run(self, run_id: int, format: str, out: str | Path, on_progress=None) -> Path:
+        """Write run ``run_id`` as ``adapter`` (zip + model card), ``merged`` (a transformers
+        folder) or ``onnx`` (graphs checked with onnxruntime) to ``out``; returns the path."""
+        from engine.export import export_run
+
+        return export_run(self, run_id, format, out, on_progress)
+
+    def adapter_zip(self, run_id: int) -> bytes:
+        """The adapter zip of ``export_run(..., "adapter")`` in memory (for a download button)."""
+        from engine.export import adapter_zip_bytes, run_artifacts
+
+        return adapter_zip_bytes(run_artifacts(self, run_id))
+
+    def compare_runs(self, run_ids: list[int]) -> list[dict]:
+        """One row per run: results, costs (memory, parameters, adapter bytes, throughput)
+        and settings, for the Compare page and its CSV."""
+        from engine.compare import comparison_row
+
+        return [comparison_row(self, self.get_run(run_id)) for run_id in run_ids]
+
+    def metric_series(self, run_id: int, name: str) -> dict:
+        """One metric of one run as columns: ``{"step": [...], "wall_time": [...], "value": [...]}``."""
+        return self.storage.metric_series(self.get_run(run_id)["id"], name)
+
+    def tag_run(self, run_id: int, tags: list[str] | str) -> list[str]:
+        """Replace a run's tags (comma-separated text or a list); returns the clean tags."""
+        from engine.compare import clean_tags
+
+        run = self.get_run(run_id)
+        cleaned = clean_tags(tags)
+        self.storage.update_run(run["id"], tags=cleaned)
+        return cleaned
+
     # ------------------------------------------------------------------ system
     def system_info(self) -> dict:
         import psutil

@@ -96,5 +96,11 @@ def m001_initial(db: Database) -> None:
     db["run_events"].create_index(["run_id", "id"])
 
 
+
+@migrations()
+def m002_compare_run_tags(db: Database) -> None:
+    """Free-form tags on runs (a JSON list), to group and filter runs on the Compare page."""
+    db["runs"].add_column("tags", str)
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]
