@@ -345,6 +345,42 @@ class Workbench:
         self.storage.update_run(run["id"], tags=cleaned)
         return cleaned
 
+    # ------------------------------------------------------------------ playground
+    def playground_runs(self, model: str | int) -> list[dict]:
+        """Completed runs of ``model`` whose adapter (or full model) is on disk, newest first."""
+        name = self.get_model(model)["name"]
+        return [run for run in self.list_runs()
+                if run["model_name"] == name and run["status"] == "completed" and run["adapter_dir"]
+                and self.storage.files.resolve(run["adapter_dir"]).is_dir()]
+
+    def predict(self, item: dict, folder: str | Path | None = None, *, model: str | int,
+                task: str, run_id: int | None = None, labels: list[str] | None = None,
+                cache=None) -> dict:
+        """One prediction for the playground: ``item`` is ``{"file": ...}`` under ``folder``
+        or ``{"text": ...}``. ``run_id=None`` asks the base model. Models stay loaded in
+        ``cache`` (an ``engine.inference.ModelCache``) between calls."""
+        from engine.inference import ModelCache, predict_item
+
+        if cache is None:
+            cache = self.__dict__.setdefault("_model_cache", ModelCache())
+        loads_before = cache.loads
+        loaded = cache.get(self, model, run_id, task=task, labels=labels)
+        result = predict_item(loaded, item, Path(folder or self.home))
+        result.update(labels=loaded.task_model.labels, task=loaded.task_model.task,
+                      loaded_now=cache.loads > loads_before, load_s=loaded.load_s)
+        return result
+
+    def predict_audio(self, audio: bytes, filename: str, **options) -> dict:
+        """``predict`` for uploaded or recorded audio bytes (written to a temporary folder)."""
+        import tempfile
+
+        from storage import safe_name
+
+        with tempfile.TemporaryDirectory(prefix="lim-playground-") as folder:
+            name = safe_name(Path(filename).name) or "audio.wav"
+            (Path(folder) / name).write_bytes(audio)
+            return self.predict({"file": name}, folder, **options)
+
     # ------------------------------------------------------------------ system
     def system_info(self) -> dict:
         import psutil
