@@ -336,6 +336,9 @@ class Workbench:
         """One metric of one run as columns: ``{"step": [...], "wall_time": [...], "value": [...]}``."""
         return self.storage.metric_series(self.get_run(run_id)["id"], name)
 
+    def run_metric_names(self, run_id: int) -> list[str]:
+        return self.storage.metric_names(self.get_run(run_id)["id"])
+
     def tag_run(self, run_id: int, tags: list[str] | str) -> list[str]:
         """Replace a run's tags (comma-separated text or a list); returns the clean tags."""
         from engine.compare import clean_tags
