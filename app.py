@@ -20,5 +20,6 @@ pages = [
     st.Page("pages/models.py", title="Models", icon=":material/neurology:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/mic:"),
 ]
 st.navigation(pages).run()

@@ -356,6 +356,15 @@ class Workbench:
                 if run["model_name"] == name and run["status"] == "completed" and run["adapter_dir"]
                 and self.storage.files.resolve(run["adapter_dir"]).is_dir()]
 
+    def playground_labels(self, run_id: int) -> list[str]:
+        """The class names a run was trained with (empty for speech recognition)."""
+        from engine.inference import run_labels
+
+        run = self.get_run(run_id)
+        if not run["adapter_dir"]:
+            return []
+        return run_labels(self, run, self.storage.files.resolve(run["adapter_dir"]))
+
     def predict(self, item: dict, folder: str | Path | None = None, *, model: str | int,
                 task: str, run_id: int | None = None, labels: list[str] | None = None,
                 cache=None) -> dict:
