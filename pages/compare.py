@@ -45,11 +45,12 @@ if not candidates:
 ids = [r["id"] for r in candidates]
 by_id = {r["id"]: r for r in runs}
 default = [r["id"] for r in candidates if r["status"] == "completed"][:3] or ids[:2]
-if st.session_state.get("compare.runs"):  # keep only what the filters still allow; when
-    allowed = [i for i in st.session_state["compare.runs"] if i in ids]  # nothing is left,
-    st.session_state["compare.runs"] = allowed or default  # start again from the default
-chosen = st.multiselect("Runs", ids, default=default, key="compare.runs",
-                        format_func=lambda i: run_label(by_id[i]))
+# The selection lives in session state (no widget default): keep what the filters still
+# allow, and start again from the default when they removed every chosen run.
+previous = st.session_state.get("compare.runs")
+selection = default if previous is None else [i for i in previous if i in ids]
+st.session_state["compare.runs"] = selection if selection or not previous else default
+chosen = st.multiselect("Runs", ids, key="compare.runs", format_func=lambda i: run_label(by_id[i]))
 
 with st.expander("Tag runs", icon=":material/sell:"):
     t_run, t_tags, t_save = st.columns([2, 3, 1], vertical_alignment="bottom")
@@ -134,11 +135,12 @@ with export:
     if st.button("Render charts as PNG and SVG", icon=":material/image:", key="compare.images"):
         with st.spinner("Rendering the charts with a headless browser…"):
             try:
-                st.session_state["compare.images.zip"] = chart_images_zip(figures)
+                st.session_state["compare.images.zip"] = (chosen, chart_images_zip(figures))
             except Exception as error:  # kaleido needs a Chrome; say what is missing
                 st.error(f"Could not render images: {error}. kaleido needs Chrome or Chromium "
                          "(set BROWSER_PATH); each chart's camera icon still saves a PNG.")
-    if "compare.images.zip" in st.session_state:
-        st.download_button("Charts (PNG + SVG, zip)", st.session_state["compare.images.zip"],
+    rendered_for, images = st.session_state.get("compare.images.zip", (None, None))
+    if rendered_for == chosen:  # images of another selection would mislead
+        st.download_button("Charts (PNG + SVG, zip)", images,
                            file_name="comparison-charts.zip", mime="application/zip",
                            key="compare.images.download")

@@ -133,3 +133,20 @@ def test_compare_page_is_friendly_when_filters_match_nothing(compare):
     app.multiselect(key="compare.f.status").select("completed").run()
     app.multiselect(key="compare.runs").set_value([]).run()
     assert any("Pick at least one run" in i.value for i in app.info)
+
+
+def test_every_chart_renders_to_png_and_svg(compare, downloads):
+    import zipfile
+
+    app, ids = compare
+    app.multiselect(key="compare.runs").set_value(ids[:2]).run()
+    app.button(key="compare.images").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    with zipfile.ZipFile(io.BytesIO(downloads["comparison-charts.zip"])) as archive:
+        names = set(archive.namelist())
+        charts = {"training_loss", "validation_metric", "peak_memory_mb", "trainable_params",
+                  "adapter_bytes", "samples_per_second", "final_metric", "quality_vs_memory"}
+        assert names == {f"{c}.{fmt}" for c in charts for fmt in ("png", "svg")}
+        assert archive.read("quality_vs_memory.png").startswith(b"\x89PNG")
+        svg = archive.read("peak_memory_mb.svg").decode()
+        assert svg.startswith("<svg") and f"#{ids[0]} qlora" in svg
