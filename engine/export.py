@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from engine import settings as settings_lib
 from engine.errors import ExportError, WorkbenchError
-from engine.methods import MethodContext, get_method
+from engine.inference import method_load_kwargs
+from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
 
 FORMATS = ("adapter", "merged", "onnx")
@@ -225,14 +225,7 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
     task_model = task_model_for(artifacts.family, s["task"], artifacts.base_dir, artifacts.labels)
     say("loading the base model in full precision")
     base = task_model.load()
-    method = get_method(s["method"])
-    method_settings = settings_lib.build(method.settings_cls, s["settings"]["method"])
-    context = MethodContext(task=s["task"], family=artifacts.family,
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules,
-                            linear_module_names=[], device="cpu")
-    load_kwargs = method.load_kwargs(method_settings, context)
+    load_kwargs = method_load_kwargs(get_method(s["method"]), s["settings"]["method"], task_model)
     if "quantization_config" in load_kwargs:
         say("dequantising the 4-bit base the adapter was trained on")
         copy_dequantized_weights(task_model.load(**load_kwargs), base)

@@ -45,17 +45,22 @@ def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel
         return task_model, task_model.load().to(device).eval()
     task_model = task_model_for(model_record["family"], run["task"], base_dir, labels,
                                 generation_max_length=run["settings"]["training"]["generation_max_length"])
-    method_settings = settings_lib.build(method.settings_cls, run["settings"]["method"])
-    context = MethodContext(task=run["task"], family=model_record["family"],
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules,
-                            linear_module_names=[], device=device)
-    load_kwargs = method.load_kwargs(method_settings, context)
+    load_kwargs = method_load_kwargs(method, run["settings"]["method"], task_model, device)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
         base = base.to(device)
     return task_model, load_adapter(base, adapter_dir).eval()
+
+
+def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, device: str = "cpu") -> dict:
+    """How the run's method loads its base model (4-bit options for qlora, nothing for lora)."""
+    settings = settings_lib.build(method.settings_cls, method_settings)
+    context = MethodContext(task=task_model.task, family=task_model.family,
+                            default_target_modules=task_model.default_target_modules,
+                            head_modules=task_model.head_modules,
+                            unquantized_modules=task_model.unquantized_modules,
+                            linear_module_names=[], device=device)
+    return method.load_kwargs(settings, context)
 
 
 def run_labels(workbench, run: dict, adapter_dir: Path) -> list[str]:
