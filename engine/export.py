@@ -17,8 +17,10 @@ than what an adapter on different (unquantised) weights would.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,16 +120,31 @@ def write_adapter_zip(artifacts: RunArtifacts, path: Path) -> Path:
 
 def adapter_zip_bytes(artifacts: RunArtifacts) -> bytes:
     """The adapter folder and a model card, zipped under one top folder (``adapter/``)."""
-    import io
+    return zip_folder_bytes(artifacts.adapter_dir, "adapter", {"README.md": model_card(artifacts)})
 
+
+def zip_folder_bytes(folder: Path, top: str, extra: dict[str, str] | None = None) -> bytes:
+    """Every regular file of ``folder`` under ``top/`` in a zip, plus ``extra`` text files.
+    Names come from our own folders, never from a user; symlinks are skipped."""
+    extra = extra or {}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(artifacts.adapter_dir.rglob("*")):
-            if file.is_symlink() or not file.is_file() or file.name == "README.md":
-                continue  # only real files; names come from our own folder, never from a user
-            archive.write(file, f"adapter/{file.relative_to(artifacts.adapter_dir).as_posix()}")
-        archive.writestr("adapter/README.md", model_card(artifacts))
+        for file in sorted(folder.rglob("*")):
+            if file.is_symlink() or not file.is_file() or file.name in extra:
+                continue
+            archive.write(file, f"{top}/{file.relative_to(folder).as_posix()}")
+        for name, text in extra.items():
+            archive.writestr(f"{top}/{name}", text)
     return buffer.getvalue()
+
+
+def export_zip_bytes(workbench, run_id: int, format: str, on_progress: Progress | None = None) -> bytes:
+    """An export as one zip for a download button: the adapter zip, or the exported folder."""
+    if format == "adapter":
+        return adapter_zip_bytes(run_artifacts(workbench, run_id))
+    with tempfile.TemporaryDirectory(prefix="lim-export-") as scratch:
+        folder = export_run(workbench, run_id, format, Path(scratch) / format, on_progress)
+        return zip_folder_bytes(folder, f"run-{run_id}-{format}")
 
 
 def model_card(artifacts: RunArtifacts, merged: bool = False) -> str:

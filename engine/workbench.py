@@ -319,11 +319,12 @@ class Workbench:
 
         return export_run(self, run_id, format, out, on_progress)
 
-    def adapter_zip(self, run_id: int) -> bytes:
-        """The adapter zip of ``export_run(..., "adapter")`` in memory (for a download button)."""
-        from engine.export import adapter_zip_bytes, run_artifacts
+    def export_zip(self, run_id: int, format: str, on_progress=None) -> bytes:
+        """``export_run`` as one zip in memory, for a download button (the folder formats
+        are exported to a temporary folder and zipped)."""
+        from engine.export import export_zip_bytes
 
-        return adapter_zip_bytes(run_artifacts(self, run_id))
+        return export_zip_bytes(self, run_id, format, on_progress)
 
     def compare_runs(self, run_ids: list[int]) -> list[dict]:
         """One row per run: results, costs (memory, parameters, adapter bytes, throughput)

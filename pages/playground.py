@@ -16,6 +16,25 @@ if not models:
     st.info("No model yet: `python -m engine demo` adds the tiny-whisper preset.")
     st.stop()
 
+
+
+def prepare_export(run_id: int, fmt: str, title: str) -> None:
+    """A button that builds the export (minutes for big models, with progress), then a
+    download button for it; the zip is kept for this run only."""
+    key = f"play.export.{fmt}"
+    if st.button(f"Prepare {title}", key=key, icon=":material/build:"):
+        with st.status(f"Exporting the {title}…", expanded=True) as status:
+            try:
+                st.session_state[f"{key}.zip"] = (run_id, wb.export_zip(run_id, fmt, status.write))
+                status.update(label=f"The {title} is ready", state="complete", expanded=False)
+            except WorkbenchError as error:
+                status.update(label=f"Export failed: {error}", state="error")
+    ready_for, data = st.session_state.get(f"{key}.zip", (None, None))
+    if ready_for == run_id:
+        st.download_button(f"Download the {title} (zip)", data, file_name=f"run-{run_id}-{fmt}.zip",
+                           mime="application/zip", icon=":material/download:", key=f"{key}.download")
+
+
 # ---------------------------------------------------------------------- model, run, task
 m_col, r_col = st.columns(2)
 model_name = m_col.selectbox("Model", [m["name"] for m in models], key="play.model")
@@ -28,6 +47,20 @@ run = runs.get(run_id)
 if run is None and not runs:
     st.caption("No finished run of this model yet: train one on the **Training** page to see "
                "the difference it makes.")
+if run:
+    with st.expander(f"Take run #{run['id']} home", icon=":material/download:"):
+        st.caption("The adapter as a PEFT folder with a model card; the adapter merged into the "
+                   "base as a plain transformers model; or that model as ONNX graphs checked with "
+                   "onnxruntime. `python -m engine runs export` does the same headless.")
+        export_columns = st.columns(3)
+        export_columns[0].download_button(
+            "Adapter (zip + model card)", lambda: wb.export_zip(run["id"], "adapter"),
+            file_name=f"run-{run['id']}-adapter.zip", mime="application/zip",
+            icon=":material/download:", key="play.export.adapter")
+        for column, fmt, title in ((export_columns[1], "merged", "merged model"),
+                                   (export_columns[2], "onnx", "ONNX")):
+            with column:
+                prepare_export(run["id"], fmt, title)
 task = run["task"] if run else st.selectbox("Task", model["tasks"], format_func=TASK_NAMES.get,
                                             key="play.task")
 datasets = [d for d in wb.list_datasets() if d["task"] == task]

@@ -9,26 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from seeded_runs import SEEDED, STEPS, seed_runs
+from page_fixtures import downloads  # noqa: F401  (a fixture)
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture
-def downloads(monkeypatch):
-    """What the page hands to download buttons: a spy on Streamlit's in-memory media store."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    seen: dict[str, bytes] = {}
-    original = MemoryMediaFileStorage.load_and_get_id
-
-    def spy(self, path_or_data, mimetype, kind, filename=None):
-        if filename:
-            seen[filename] = path_or_data if isinstance(path_or_data, bytes) else path_or_data.encode()
-        return original(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
-    return seen
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FAST
+from page_fixtures import downloads  # noqa: F401  (a fixture)
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -86,3 +87,19 @@ def test_a_recording_is_transcribed_by_the_base_model(app, demo_home):
     assert [h.value for h in app.subheader] == ["Base model"]
     assert any(m.value.startswith("> ") for m in app.markdown)
     assert any(c.value.startswith("latency") for c in app.caption)
+
+
+def test_a_run_can_be_taken_home_as_a_merged_model(app, demo_home, downloads, tmp_path):
+    import zipfile
+
+    from transformers import WhisperForAudioClassification
+
+    run_id = finished_run(demo_home, "demo-commands", "lora")
+    open_playground(app)
+    app.selectbox(key="play.run").select(run_id).run()
+    app.button(key="play.export.merged").click().run()
+    assert not app.exception, app.exception
+    with zipfile.ZipFile(io.BytesIO(downloads[f"run-{run_id}-merged.zip"])) as archive:
+        archive.extractall(tmp_path)
+    merged = WhisperForAudioClassification.from_pretrained(tmp_path / f"run-{run_id}-merged")
+    assert merged.config.num_labels == 10
