@@ -17,7 +17,6 @@ if not models:
     st.stop()
 
 
-
 def prepare_export(run_id: int, fmt: str, title: str) -> None:
     """A button that builds the export (minutes for big models, with progress), then a
     download button for it; the zip is kept for this run only."""
