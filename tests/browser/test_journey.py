@@ -55,7 +55,7 @@ def server(demo_home):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_first_session_trains_and_compares(server):
+def test_first_session_trains_and_compares(server, demo_home):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -93,9 +93,12 @@ def test_first_session_trains_and_compares(server):
 
         page.get_by_role("link", name="Playground").first.click()
         expect(page.get_by_role("heading", name="Playground")).to_be_visible()
-        page.get_by_text("none: base model only").click()
+        page.get_by_role("combobox", name="Fine-tuned run").click()
         page.get_by_role("option").filter(has_text="qlora").first.click()
-        page.get_by_role("tabpanel").get_by_role("button").first.click()  # the first demo item
+        from engine import Workbench
+
+        first_item = Workbench(demo_home).dataset_items("demo-speech", "validation", limit=1)[0]
+        page.get_by_role("button", name=first_item["text"][:28]).first.click()  # a demo item
         expect(page.get_by_role("heading", name="Fine-tuned: run #1 (qlora)")).to_be_visible()
         expect(page.get_by_text("latency")).to_have_count(2)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
