@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", action="store_true")
     resume.add_argument("--json", action="store_true")
     resume.set_defaults(handler=cmd_runs_resume)
+    export = runs.add_parser("export", help="export a finished run: adapter zip, merged model or ONNX")
+    export.add_argument("id", type=int)
+    export.add_argument("--format", required=True, choices=["adapter", "merged", "onnx"])
+    export.add_argument("--out", required=True, help="a .zip file or folder (adapter), "
+                        "a new or empty folder (merged, onnx)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=cmd_runs_export)
     return parser
 
 
@@ -194,6 +201,13 @@ def cmd_runs_resume(wb, args) -> int:
     wb.resume_run(args.id)
     print(f"run {args.id} queued to resume", file=sys.stderr)
     return finish(wb, args, args.id)
+
+
+def cmd_runs_export(wb, args) -> None:
+    path = wb.export_run(args.id, args.format, args.out,
+                         on_progress=lambda message: print(f"run {args.id}: {message}", file=sys.stderr))
+    emit(args, {"id": args.id, "format": args.format, "path": str(path)},
+         f"exported run {args.id} ({args.format}) to {path}")
 
 
 def finish(wb, args, run_id: int) -> int:

@@ -30,3 +30,7 @@ class SettingsError(WorkbenchError):
 
 class RunError(WorkbenchError):
     """A run that cannot be started, stopped or resumed in its current state."""
+
+
+class ExportError(WorkbenchError):
+    """A run that cannot be exported (no adapter yet, a bad output path, a failed conversion)."""

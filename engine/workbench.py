@@ -497,6 +497,89 @@ class Workbench:
         run_until_done(self.storage, int(run_id), on_progress=on_progress)
         return self.run_summary(run_id)
 
+    # ------------------------------------------------------------------ export, compare, tags
+    def export_run(self, run_id: int, format: str, out: str | Path, on_progress=None) -> Path:
+        """Write run ``run_id`` as ``adapter`` (zip + model card), ``merged`` (a transformers
+        folder) or ``onnx`` (graphs checked with onnxruntime) to ``out``; returns the path."""
+        from engine.export import export_run
+
+        return export_run(self, run_id, format, out, on_progress)
+
+    def export_zip(self, run_id: int, format: str, on_progress=None) -> bytes:
+        """``export_run`` as one zip in memory, for a download button (the folder formats
+        are exported to a temporary folder and zipped)."""
+        from engine.export import export_zip_bytes
+
+        return export_zip_bytes(self, run_id, format, on_progress)
+
+    def compare_runs(self, run_ids: list[int]) -> list[dict]:
+        """One row per run: results, costs (memory, parameters, adapter bytes, throughput)
+        and settings, for the Compare page and its CSV."""
+        from engine.compare import comparison_row
+
+        return [comparison_row(self, self.get_run(run_id)) for run_id in run_ids]
+
+    def metric_series(self, run_id: int, name: str) -> dict:
+        """One metric of one run as columns: ``{"step": [...], "wall_time": [...], "value": [...]}``."""
+        return self.storage.metric_series(self.get_run(run_id)["id"], name)
+
+    def run_metric_names(self, run_id: int) -> list[str]:
+        return self.storage.metric_names(self.get_run(run_id)["id"])
+
+    def tag_run(self, run_id: int, tags: list[str] | str) -> list[str]:
+        """Replace a run's tags (comma-separated text or a list); returns the clean tags."""
+        from engine.compare import clean_tags
+
+        run = self.get_run(run_id)
+        cleaned = clean_tags(tags)
+        self.storage.update_run(run["id"], tags=cleaned)
+        return cleaned
+
+    # ------------------------------------------------------------------ playground
+    def playground_runs(self, model: str | int) -> list[dict]:
+        """Completed runs of ``model`` whose adapter (or full model) is on disk, newest first."""
+        name = self.get_model(model)["name"]
+        return [run for run in self.list_runs()
+                if run["model_name"] == name and run["status"] == "completed" and run["adapter_dir"]
+                and self.storage.files.resolve(run["adapter_dir"]).is_dir()]
+
+    def playground_labels(self, run_id: int) -> list[str]:
+        """The class names a run was trained with (empty for speech recognition)."""
+        from engine.inference import run_labels
+
+        run = self.get_run(run_id)
+        if not run["adapter_dir"]:
+            return []
+        return run_labels(self, run, self.storage.files.resolve(run["adapter_dir"]))
+
+    def predict(self, item: dict, folder: str | Path | None = None, *, model: str | int,
+                task: str, run_id: int | None = None, labels: list[str] | None = None,
+                cache=None) -> dict:
+        """One prediction for the playground: ``item`` is ``{"file": ...}`` under ``folder``
+        or ``{"text": ...}``. ``run_id=None`` asks the base model. Models stay loaded in
+        ``cache`` (an ``engine.inference.ModelCache``) between calls."""
+        from engine.inference import ModelCache, predict_item
+
+        if cache is None:
+            cache = self.__dict__.setdefault("_model_cache", ModelCache())
+        loads_before = cache.loads
+        loaded = cache.get(self, model, run_id, task=task, labels=labels)
+        result = predict_item(loaded, item, Path(folder or self.home))
+        result.update(labels=loaded.task_model.labels, task=loaded.task_model.task,
+                      loaded_now=cache.loads > loads_before, load_s=loaded.load_s)
+        return result
+
+    def predict_audio(self, audio: bytes, filename: str, **options) -> dict:
+        """``predict`` for uploaded or recorded audio bytes (written to a temporary folder)."""
+        import tempfile
+
+        from storage import safe_name
+
+        with tempfile.TemporaryDirectory(prefix="lim-playground-") as folder:
+            name = safe_name(Path(filename).name) or "audio.wav"
+            (Path(folder) / name).write_bytes(audio)
+            return self.predict({"file": name}, folder, **options)
+
     # ------------------------------------------------------------------ system
     def system_info(self) -> dict:
         import psutil

@@ -26,7 +26,8 @@ from sqlite_utils import Database
 from storage.files import FileStore
 from storage.schema import LOCAL_USER_ID, migrations
 
-JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after"}
+JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after",
+                "tags"}
 
 
 def utc_now() -> str:
@@ -323,6 +324,19 @@ class Storage:
             sql += f" and name in ({','.join('?' * len(names))})"
             params += names
         return self._rows(sql + " order by step, name", params)
+
+    def metric_series(self, run_id: int, name: str) -> dict[str, list]:
+        """One metric of one run as three columns in step order (the primary key's index
+        serves this query, so long runs read only their own rows)."""
+        rows = self.db.execute(
+            "select step, wall_time, value from run_metrics where run_id = ? and name = ? "
+            "order by step", [run_id, name]).fetchall()
+        steps, walls, values = (list(column) for column in zip(*rows)) if rows else ([], [], [])
+        return {"step": steps, "wall_time": walls, "value": values}
+
+    def metric_names(self, run_id: int) -> list[str]:
+        return [row[0] for row in self.db.execute(
+            "select distinct name from run_metrics where run_id = ? order by name", [run_id])]
 
     def add_event(self, run_id: int, message: str, level: str = "info") -> None:
         with self.atomic() as db:

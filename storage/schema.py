@@ -112,5 +112,11 @@ def m002_datasets_item_history(db: Database) -> None:
     db["dataset_changes"].create_index(["dataset_id", "id"])
 
 
+@migrations()
+def m003_compare_run_tags(db: Database) -> None:
+    """Free-form tags on runs (a JSON list), to group and filter runs on the Compare page."""
+    db["runs"].add_column("tags", str)
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

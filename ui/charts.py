@@ -1,4 +1,4 @@
-"""Plotly figures of run metrics (pure functions of metric rows: easy to test)."""
+"""Plotly figures of run metrics and comparisons (pure functions of plain data: easy to test)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,85 @@ def available_metrics(rows: list[dict], prefix: str) -> list[str]:
         if row["name"].startswith(prefix):
             seen[row["name"]] += 1
     return sorted(seen)
+
+
+# ---------------------------------------------------------------------- comparison figures
+BAR_CHARTS = {  # column of engine.compare rows -> (title, axis label)
+    "peak_memory_mb": ("Peak memory", "MiB"),
+    "trainable_params": ("Trainable parameters", "parameters"),
+    "adapter_bytes": ("Adapter size on disk", "bytes"),
+    "samples_per_second": ("Throughput", "training samples / s"),
+    "final_metric": ("Final validation metric", ""),
+}
+
+
+def series_figure(series_by_run: dict[str, dict], title: str, x: str = "wall_time",
+                  height: int = 340) -> go.Figure:
+    """One line per run from ``{"step": [...], "wall_time": [...], "value": [...]}`` columns
+    (already downsampled by the caller)."""
+    figure = go.Figure()
+    for label, columns in series_by_run.items():
+        if columns["value"]:
+            figure.add_trace(go.Scatter(
+                x=columns[x], y=columns["value"], name=label,
+                mode="lines+markers" if len(columns["value"]) < 30 else "lines"))
+    figure.update_layout(
+        title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+        xaxis_title="wall time (s)" if x == "wall_time" else "step",
+        legend=dict(orientation="h", yanchor="bottom", y=-0.35))
+    return figure
+
+
+def bar_figure(rows: list[dict], column: str, labels: dict[int, str], height: int = 300) -> go.Figure:
+    """One bar per run of ``column`` (runs without a value are left out, not drawn as 0)."""
+    title, unit = BAR_CHARTS[column]
+    present = [row for row in rows if row.get(column) is not None]
+    if column == "final_metric":
+        names = sorted({row["metric"] for row in present if row.get("metric")})
+        title = f"Final validation {' / '.join(n.upper() if len(n) <= 3 else n for n in names)}"
+        unit = "lower is better" if names and all(n in ("wer", "cer") for n in names) else ""
+    figure = go.Figure(go.Bar(x=[labels[row["run"]] for row in present],
+                              y=[row[column] for row in present],
+                              marker_color=[method_colour(row["method"]) for row in present],
+                              text=[compact_number(row[column]) for row in present],
+                              textposition="auto"))
+    figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                         yaxis_title=unit, showlegend=False)
+    return figure
+
+
+def quality_memory_figure(rows: list[dict], labels: dict[int, str], height: int = 420) -> go.Figure:
+    """The "less is more" chart: final metric against peak memory, one point per run."""
+    figure = go.Figure()
+    present = [row for row in rows if row.get("final_metric") is not None and row.get("peak_memory_mb")]
+    for method in sorted({row["method"] for row in present}):
+        mine = [row for row in present if row["method"] == method]
+        figure.add_trace(go.Scatter(
+            x=[row["peak_memory_mb"] for row in mine], y=[row["final_metric"] for row in mine],
+            mode="markers+text", name=method, text=[labels[row["run"]] for row in mine],
+            textposition="top center", marker=dict(size=14, color=method_colour(method))))
+    metrics = sorted({row["metric"] for row in present if row.get("metric")})
+    lower_better = bool(metrics) and all(m in ("wer", "cer") for m in metrics)
+    figure.update_layout(
+        title="Less is more: quality against peak memory", height=height,
+        margin=dict(l=10, r=10, t=40, b=10), xaxis_title="peak memory (MiB)",
+        yaxis_title=f"{' / '.join(metrics) or 'metric'} ({'lower' if lower_better else 'higher'} is better)")
+    return figure
+
+
+METHOD_COLOURS = {"qlora": "#2ca02c", "lora": "#1f77b4", "full": "#d62728"}
+_PALETTE = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e"]
+
+
+def method_colour(method: str) -> str:
+    """A stable colour per method, so the same method looks the same on every chart."""
+    if method in METHOD_COLOURS:
+        return METHOD_COLOURS[method]
+    return _PALETTE[sum(map(ord, method)) % len(_PALETTE)]
+
+
+def compact_number(value: float) -> str:
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"

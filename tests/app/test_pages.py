@@ -104,9 +104,10 @@ def test_compare_page_plots_runs_side_by_side(app, demo_home):
     second = finished_run(demo_home, "lora")
     open_page(app, "pages/compare.py")
     assert app.multiselect(key="compare.runs").value == [second, first]
-    assert len(app.get("plotly_chart")) == 2
-    table = app.dataframe[0].value
-    assert table["method"].tolist() == ["lora", "qlora"] and "wer" in table.columns
+    assert len(app.get("plotly_chart")) == 8  # two curves, five bars, quality vs memory
+    table = app.dataframe[1].value  # results (the settings table comes first)
+    assert table["method"].tolist() == ["lora", "qlora"] and "final_wer" in table.columns
+    assert (table["adapter_bytes"] > 0).all() and (table["samples_per_second"] > 0).all()
 
 
 def test_compare_page_is_friendly_when_empty(app):

@@ -1,5 +1,5 @@
 """A person's first session in a real browser: home -> training (start a QLoRA run, watch it
-finish) -> compare. Streamlit serves the real app; Playwright drives Debian's chromium."""
+finish) -> compare -> playground. Streamlit serves the real app; Playwright drives Debian's chromium."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def server(demo_home):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_first_session_trains_and_compares(server):
+def test_first_session_trains_and_compares(server, demo_home):
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -86,6 +86,20 @@ def test_first_session_trains_and_compares(server):
 
         page.get_by_role("link", name="Compare").first.click()
         expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
-        expect(page.locator(".js-plotly-plot")).to_have_count(2)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()  # the Curves tab
+        page.get_by_role("tab", name="Less is more").click()
+        expect(page.get_by_text("Less is more: quality against peak memory")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "compare.png"), full_page=True)
+
+        page.get_by_role("link", name="Playground").first.click()
+        expect(page.get_by_role("heading", name="Playground")).to_be_visible()
+        page.get_by_role("combobox", name="Fine-tuned run").click()
+        page.get_by_role("option").filter(has_text="qlora").first.click()
+        from engine import Workbench
+
+        first_item = Workbench(demo_home).dataset_items("demo-speech", "validation", limit=1)[0]
+        page.get_by_role("button", name=first_item["text"][:28]).first.click()  # a demo item
+        expect(page.get_by_role("heading", name="Fine-tuned: run #1 (qlora)")).to_be_visible()
+        expect(page.get_by_text("latency")).to_have_count(2)
+        page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
         browser.close()

@@ -40,8 +40,8 @@ def test_schema_is_created_in_wal_mode_and_reopens(tmp_path):
     first.close()
     second = Storage(tmp_path / "home")  # migrations already applied: nothing happens twice
     assert second.db["users"].count == 1
-    names = [m["name"] for m in second.db["_sqlite_migrations"].rows]
-    assert names[0] == "m001_initial" and len(names) == len(set(names))
+    applied = [m["name"] for m in second.db["_sqlite_migrations"].rows]
+    assert applied[0] == "m001_initial" and len(applied) == len(set(applied))  # each once
 
 
 def test_dataset_round_trip(storage):
@@ -155,3 +155,10 @@ def test_file_store_refuses_escapes(storage):
     first = storage.files.new_dir("datasets", "My Set!")
     second = storage.files.new_dir("datasets", "My Set!")
     assert first.name == "My-Set" and second.name == "My-Set-2"
+
+
+def test_runs_get_a_tags_column_that_round_trips_as_a_list(storage):
+    assert "tags" in storage.db["runs"].columns_dict
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    storage.update_run(run_id, tags=["baseline", "r16"])
+    assert storage.get_run(run_id)["tags"] == ["baseline", "r16"]

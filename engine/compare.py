@@ -1,0 +1,91 @@
+"""What the Compare page shows about each run: results, costs and settings, as flat rows.
+
+``comparison_row(workbench, run)`` gives one flat dict per run (the CSV export writes exactly
+these); ``differing_settings(rows)`` names the settings that differ between the chosen runs.
+No streamlit here: the page and the tests share this code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from engine.errors import SettingsError
+from engine.training.metrics import METRIC_DIRECTION
+
+SAMPLES_PER_SECOND = "train/samples_per_second"
+_TAG = re.compile(r"^[\w][\w .:+-]{0,39}$")
+
+
+def clean_tags(tags: list[str] | str) -> list[str]:
+    """Stripped, de-duplicated tags in the order given; refuses odd characters."""
+    items = tags.split(",") if isinstance(tags, str) else list(tags)
+    cleaned: list[str] = []
+    for tag in (str(item).strip() for item in items):
+        if not tag:
+            continue
+        if not _TAG.match(tag):
+            raise SettingsError(f"tag {tag!r}: use up to 40 letters, digits, spaces or . : + - _")
+        if tag not in cleaned:
+            cleaned.append(tag)
+    return cleaned
+
+
+def folder_bytes(folder: Path | None) -> int | None:
+    """Bytes on disk of every regular file under ``folder`` (None when there is none)."""
+    if folder is None or not folder.is_dir():
+        return None
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def throughput(workbench, run: dict) -> float | None:
+    """Training samples per second: the logged metric when the run has it, else worked out
+    from steps x batch size x gradient accumulation / wall time."""
+    logged = workbench.storage.metric_series(run["id"], SAMPLES_PER_SECOND)["value"]
+    if logged:
+        return float(sum(logged) / len(logged))
+    training = (run["settings"] or {}).get("training", {})
+    if not run["step"] or not run["wall_time_s"]:
+        return None
+    samples = (run["step"] * training.get("per_device_train_batch_size", 1)
+               * training.get("gradient_accumulation_steps", 1))
+    return samples / run["wall_time_s"]
+
+
+def primary_metric(run: dict) -> tuple[str | None, float | None]:
+    """The run's headline validation metric: WER for speech, accuracy for labels."""
+    metrics = run["metrics"] or {}
+    for name in ("wer", "accuracy", *METRIC_DIRECTION):
+        if metrics.get(name) is not None:
+            return name, float(metrics[name])
+    return None, None
+
+
+def comparison_row(workbench, run: dict) -> dict:
+    adapter = workbench.storage.files.resolve(run["adapter_dir"]) if run["adapter_dir"] else None
+    metric_name, metric_value = primary_metric(run)
+    row = {
+        "run": run["id"], "status": run["status"], "method": run["method"],
+        "model": run["model_name"], "dataset": run["dataset_name"],
+        "dataset_version": run["dataset_version"], "tags": ", ".join(run.get("tags") or []),
+        "metric": metric_name, "final_metric": metric_value,
+        **{f"final_{name}": value for name, value in (run["metrics"] or {}).items()},
+        "trainable_params": run["trainable_params"], "total_params": run["total_params"],
+        "peak_memory_mb": run["peak_memory_mb"], "adapter_bytes": folder_bytes(adapter),
+        "samples_per_second": throughput(workbench, run), "wall_time_s": run["wall_time_s"],
+        "steps": run["step"],
+    }
+    for section, values in (run["settings"] or {}).items():
+        for name, value in values.items():
+            row[f"{section}.{name}"] = value
+    return row
+
+
+def setting_columns(rows: list[dict]) -> list[str]:
+    return sorted({key for row in rows for key in row if key.startswith(("method.", "training."))})
+
+
+def differing_settings(rows: list[dict]) -> list[str]:
+    """Settings whose value is not the same in every row (a missing value counts as one)."""
+    return [column for column in setting_columns(rows)
+            if len({repr(row.get(column)) for row in rows}) > 1]

@@ -1,0 +1,162 @@
+"""Playground: try a model before and after fine-tuning on a demo item, a file or your voice."""
+
+import streamlit as st
+
+from engine.errors import WorkbenchError
+from engine.models import TASK_NAMES
+from ui.playground import get_model_cache, show_answer
+from ui.state import get_workbench, run_label
+
+wb = get_workbench()
+cache = get_model_cache()
+st.title("Playground")
+
+models = wb.list_models()
+if not models:
+    st.info("No model yet: `python -m engine demo` adds the tiny-whisper preset.")
+    st.stop()
+
+
+def prepare_export(run_id: int, fmt: str, title: str) -> None:
+    """A button that builds the export (minutes for big models, with progress), then a
+    download button for it; the zip is kept for this run only."""
+    key = f"play.export.{fmt}"
+    if st.button(f"Prepare {title}", key=key, icon=":material/build:"):
+        with st.status(f"Exporting the {title}…", expanded=True) as status:
+            try:
+                st.session_state[f"{key}.zip"] = (run_id, wb.export_zip(run_id, fmt, status.write))
+                status.update(label=f"The {title} is ready", state="complete", expanded=False)
+            except WorkbenchError as error:
+                status.update(label=f"Export failed: {error}", state="error")
+    ready_for, data = st.session_state.get(f"{key}.zip", (None, None))
+    if ready_for == run_id:
+        st.download_button(f"Download the {title} (zip)", data, file_name=f"run-{run_id}-{fmt}.zip",
+                           mime="application/zip", icon=":material/download:", key=f"{key}.download")
+
+
+# ---------------------------------------------------------------------- model, run, task
+m_col, r_col = st.columns(2)
+model_name = m_col.selectbox("Model", [m["name"] for m in models], key="play.model")
+model = wb.get_model(model_name)
+runs = {r["id"]: r for r in wb.playground_runs(model_name)}
+run_id = r_col.selectbox("Fine-tuned run", [None, *runs], key="play.run",
+                         format_func=lambda i: "none: base model only" if i is None else run_label(runs[i], False),
+                         help="Completed runs of this model whose adapter is on disk.")
+run = runs.get(run_id)
+if run is None and not runs:
+    st.caption("No finished run of this model yet: train one on the **Training** page to see "
+               "the difference it makes.")
+if run:
+    with st.expander(f"Take run #{run['id']} home", icon=":material/download:"):
+        st.caption("The adapter as a PEFT folder with a model card; the adapter merged into the "
+                   "base as a plain transformers model; or that model as ONNX graphs checked with "
+                   "onnxruntime. `python -m engine runs export` does the same headless.")
+        export_columns = st.columns(3)
+        export_columns[0].download_button(
+            "Adapter (zip + model card)", lambda: wb.export_zip(run["id"], "adapter"),
+            file_name=f"run-{run['id']}-adapter.zip", mime="application/zip",
+            icon=":material/download:", key="play.export.adapter")
+        for column, fmt, title in ((export_columns[1], "merged", "merged model"),
+                                   (export_columns[2], "onnx", "ONNX")):
+            with column:
+                prepare_export(run["id"], fmt, title)
+task = run["task"] if run else st.selectbox("Task", model["tasks"], format_func=TASK_NAMES.get,
+                                            key="play.task")
+datasets = [d for d in wb.list_datasets() if d["task"] == task]
+if model["is_preset"]:
+    st.caption("⚠️ The preset is untrained (random weights): the base model's answers are noise; "
+               "a short run on the demo makes them better, not good.")
+
+# ---------------------------------------------------------------------- input
+labels: list[str] = []
+if run:
+    labels = wb.playground_labels(run["id"])
+elif task != "asr" and datasets:
+    labels = datasets[0]["labels"]
+
+
+def choose_demo_item() -> None:
+    if not datasets:
+        st.info(f"No {TASK_NAMES[task]} dataset to take items from.")
+        return
+    names = [d["name"] for d in datasets]
+    default = names.index(run["dataset_name"]) if run and run["dataset_name"] in names else 0
+    dataset = wb.get_dataset(st.selectbox("Dataset", names, index=default, key=f"play.dataset.{task}"))
+    items = wb.dataset_items(dataset["name"], "validation", limit=12)
+    if not items:
+        st.info(f"{dataset['name']} has no validation items.")
+        return
+    grid = st.columns(4)
+    for index, item in enumerate(items):
+        caption = item["label"] or (item["text"] or "")[:28] or f"item {item['position']}"
+        if grid[index % 4].button(caption, key=f"play.item.{dataset['id']}.{item['id']}",
+                                  icon=":material/play_arrow:", width="stretch"):
+            path = wb.item_file(dataset, item)
+            st.session_state["play.input"] = {
+                "kind": "item", "modality": "audio", "folder": str(path.parent), "item": {"file": path.name},
+                "reference": item["label"] or item["text"], "source": f"{dataset['name']} #{item['id']}"}
+
+
+def upload_or_record(kind: str) -> None:
+    if kind == "upload":
+        audio = st.file_uploader("Audio file", type=["wav", "flac", "mp3", "ogg"], key="play.upload")
+    else:
+        audio = st.audio_input("Record a few seconds", key="play.record")
+    if audio is not None:
+        st.session_state["play.input"] = {"kind": "audio", "modality": "audio", "bytes": audio.getvalue(),
+                                          "name": audio.name, "reference": None,
+                                          "source": audio.name}
+
+
+if task == "text-classification":
+    sentence = st.text_input("A sentence", key="play.text", placeholder="Type something to classify")
+    if sentence.strip():
+        st.session_state["play.input"] = {"kind": "item", "modality": "text", "folder": None, "item": {"text": sentence},
+                                          "reference": None, "source": "typed"}
+else:
+    demo_tab, upload_tab, record_tab = st.tabs(["Demo items", "Upload a file", "Record"])
+    with demo_tab:
+        choose_demo_item()
+    with upload_tab:
+        upload_or_record("upload")
+    with record_tab:
+        upload_or_record("record")
+
+chosen = st.session_state.get("play.input")
+if chosen and chosen["modality"] != ("text" if task == "text-classification" else "audio"):
+    chosen = None  # an input for another kind of model
+if not chosen:
+    st.info("Pick a demo item, upload a file or record yourself to hear what the models make of it.")
+    st.stop()
+
+# ---------------------------------------------------------------------- answers
+if chosen["kind"] == "audio":
+    st.audio(chosen["bytes"])
+elif chosen.get("folder"):
+    st.audio(f"{chosen['folder']}/{chosen['item']['file']}")
+st.markdown(f"**Input:** {chosen['source']}"
+            + (f" · **reference:** {chosen['reference']}" if chosen["reference"] else ""))
+
+
+def answer(for_run: int | None) -> dict:
+    options = dict(model=model_name, task=task, run_id=for_run, labels=labels, cache=cache)
+    if chosen["kind"] == "audio":
+        return wb.predict_audio(chosen["bytes"], chosen["name"], **options)
+    return wb.predict(chosen["item"], chosen["folder"], **options)
+
+
+columns = st.columns(2 if run else 1)
+targets = [(None, "Base model")] + ([(run["id"], f"Fine-tuned: run #{run['id']} ({run['method']})")]
+                                   if run else [])
+for column, (target, title) in zip(columns, targets):
+    with column:
+        st.subheader(title)
+        try:
+            with st.spinner("Loading the model (once; then it stays loaded)…"):
+                show_answer(answer(target), key=f"play.answer.{target}")
+        except WorkbenchError as error:
+            st.error(str(error))
+        if target is None and task != "asr":
+            st.caption("The base model's classifier head is untrained: its answer is a coin toss.")
+st.caption(f"Models loaded: {len(cache.keys())} · {cache.used_bytes() / 2**20:.1f} MiB of a "
+           f"{cache.budget_bytes / 2**20:.0f} MiB budget (least recently used go first).")

@@ -1,0 +1,66 @@
+"""Downsampling keeps what a reader looks for: first and last points, extremes, order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ui.downsample import minmax_downsample
+
+
+def random_series(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    kind = rng.integers(4)
+    steps = np.cumsum(rng.integers(1, 5, size=length)).astype(float)
+    if kind == 0:
+        values = rng.normal(size=length)
+    elif kind == 1:
+        values = np.cumsum(rng.normal(size=length))  # a random walk
+    elif kind == 2:
+        values = np.exp(-steps / steps[-1] * 5) + rng.normal(scale=0.01, size=length)  # a loss
+    else:
+        values = np.full(length, 3.0)
+        values[rng.integers(length)] = 50.0  # one spike in a flat line
+    return steps, values
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_downsampled_series_keeps_ends_extremes_and_order(seed):
+    rng = np.random.default_rng(seed)
+    length = int(rng.integers(1, 30_000))
+    buckets = int(rng.integers(1, 400))
+    x, y = random_series(rng, length)
+
+    dx, dy = minmax_downsample(x, y, buckets)
+
+    assert len(dx) == len(dy) <= max(length, 2 * buckets + 2)
+    assert (dx[0], dy[0]) == (x[0], y[0])
+    assert (dx[-1], dy[-1]) == (x[-1], y[-1])
+    assert dy.max() == y.max() and dy.min() == y.min()
+    assert np.all(np.diff(dx) > 0)  # still in order, no point twice
+    originals = dict(zip(x.tolist(), y.tolist()))
+    assert all(originals[a] == b for a, b in zip(dx.tolist(), dy.tolist()))  # real points only
+
+
+def test_short_series_come_back_unchanged():
+    x, y = np.arange(10.0), np.arange(10.0) ** 2
+    dx, dy = minmax_downsample(x, y, buckets=10)
+    assert dx.tolist() == x.tolist() and dy.tolist() == y.tolist()
+
+
+def test_a_long_series_shrinks_to_the_bucket_budget():
+    x = np.arange(100_000.0)
+    dx, _ = minmax_downsample(x, np.sin(x / 1000), buckets=500)
+    assert 500 <= len(dx) <= 1002
+
+
+def test_nan_values_do_not_hide_the_extremes():
+    y = np.linspace(0, 1, 5000)
+    y[100:200] = np.nan
+    y[150] = -7.0
+    _, dy = minmax_downsample(np.arange(5000.0), y, buckets=20)
+    assert -7.0 in dy.tolist() and 1.0 in dy.tolist()
+
+
+def test_mismatched_inputs_are_refused():
+    with pytest.raises(ValueError):
+        minmax_downsample([1, 2, 3], [1, 2])
