@@ -26,25 +26,14 @@ CASES = [  # (model, dataset, method, batch)
 
 
 def measure(workbench, model, task, labels, method, batch, device) -> float:
+    """Peak memory of one real training step with a batch of the estimate's shape."""
     from engine import settings as settings_lib
-    from engine.methods import MethodContext, get_method
-    from engine.models import linear_module_names
-    from engine.models.memory import measure_training_memory_mb
+    from engine.methods import get_method
+    from engine.models.memory import load_with_method, measure_training_memory_mb
 
     task_model = workbench.task_model(model, task, labels)
     method_obj = get_method(method)
-    settings = settings_lib.build(method_obj.settings_cls, {})
-    context = MethodContext(task=task, family=task_model.family,
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules, linear_module_names=[],
-                            model_dir=task_model.model_dir, total_steps=100, device=device)
-    load_kwargs = method_obj.load_kwargs(settings, context)
-    loaded = task_model.load(**load_kwargs)
-    if "device_map" not in load_kwargs:
-        loaded = loaded.to(device)
-    context.linear_module_names = linear_module_names(loaded)
-    trained = method_obj.apply(loaded, settings, context)
+    trained = load_with_method(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}), device)
     batch_tensors = {k: v.to(device) for k, v in task_model.fake_batch(batch, seconds=1.0, sequence_length=32).items()}
     return measure_training_memory_mb(trained, batch_tensors)
 

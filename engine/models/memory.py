@@ -223,6 +223,24 @@ def _largest_dequantized_bytes(quantized: dict) -> int:
     return max((p.numel() * 4 for p in quantized.values()), default=0)
 
 
+def load_with_method(task_model, method, settings, device: str = "cpu"):
+    """The real model a run of ``method`` trains: base loaded as the method loads it, then applied."""
+    from engine.methods import MethodContext
+    from engine.models.base import linear_module_names
+
+    context = MethodContext(task=task_model.task, family=task_model.family,
+                            default_target_modules=task_model.default_target_modules,
+                            head_modules=task_model.head_modules,
+                            unquantized_modules=task_model.unquantized_modules, linear_module_names=[],
+                            model_dir=task_model.model_dir, total_steps=100, device=device)
+    load_kwargs = method.load_kwargs(settings, context)
+    model = task_model.load(**load_kwargs)
+    if "device_map" not in load_kwargs:
+        model = model.to(device)
+    context.linear_module_names = linear_module_names(model)
+    return method.apply(model, settings, context)
+
+
 def measure_training_memory_mb(model, batch: dict, lr: float = 1e-4) -> float:
     """Measured peak tensor memory of one real forward/backward/AdamW step, in MiB.
 

@@ -90,9 +90,8 @@ MEMORY_CASES = [
 def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(workbench, model, dataset,
                                                                   method, batch):
     from engine import settings as settings_lib
-    from engine.methods import MethodContext, get_method
-    from engine.models import linear_module_names
-    from engine.models.memory import measure_training_memory_mb
+    from engine.methods import get_method
+    from engine.models.memory import load_with_method, measure_training_memory_mb
 
     task = workbench.get_dataset(dataset)["task"]
     labels = workbench.get_dataset(dataset)["labels"]
@@ -103,15 +102,7 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(workbench, mod
     # The real thing: load, apply, one step on a batch of the same shape, measured.
     task_model = workbench.task_model(model, task, labels)
     method_obj = get_method(method)
-    settings = settings_lib.build(method_obj.settings_cls, {})
-    context = MethodContext(task=task, family=task_model.family,
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules, linear_module_names=[],
-                            model_dir=task_model.model_dir, total_steps=100)
-    loaded = task_model.load(**method_obj.load_kwargs(settings, context))
-    context.linear_module_names = linear_module_names(loaded)
-    trained = method_obj.apply(loaded, settings, context)
+    trained = load_with_method(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}))
     torch.manual_seed(0)
     measured = measure_training_memory_mb(trained, task_model.fake_batch(batch, seconds=1.0, sequence_length=32))
     assert estimate["trainable_params"] == sum(p.numel() for p in trained.parameters() if p.requires_grad)

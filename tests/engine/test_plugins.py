@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -34,19 +35,20 @@ METHOD = Method(name="head-only", help="Train only the task head.", settings_cls
 '''
 
 
-def install_fake_distribution(site, monkeypatch):
-    """What `pip install my-method` leaves in site-packages: the module and its dist-info."""
-    site.mkdir()
-    (site / "my_method.py").write_text(PLUGIN)
-    info = site / "my_method-0.1.dist-info"
+def install_fake_distribution(site, monkeypatch, module: str, code: str, entry: str):
+    """What `pip install` leaves in site-packages: the module and its dist-info."""
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(code)
+    info = site / f"{module}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-method\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nhead-only = my_method:METHOD\n")
+    name = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry} = {module}:METHOD\n")
     monkeypatch.syspath_prepend(str(site))
 
 
 def test_entry_point_plugin_is_listed_and_trains(workbench, tmp_path, monkeypatch):
-    install_fake_distribution(tmp_path / "site", monkeypatch)
+    install_fake_distribution(tmp_path / "site", monkeypatch, "my_method", PLUGIN, "head-only")
     [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "head-only"]
     try:
         registry.load_plugin(entry)
@@ -67,9 +69,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lim-head-only"
 
 
 def test_the_documented_example_plugin_installs_with_pip_and_trains(workbench, tmp_path, monkeypatch):
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "lim-head-only"
+    shutil.copytree(EXAMPLE, source)  # setuptools builds in the source folder: keep the repo clean
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(target), str(EXAMPLE)],
+                    "--no-build-isolation", "--target", str(target), str(source)],
                    check=True, capture_output=True, timeout=300)
     monkeypatch.syspath_prepend(str(target))
     [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "head-only"]
@@ -108,14 +111,8 @@ def test_a_plugin_that_raises_fails_its_run_with_its_name(workbench, tmp_path, m
 
 
 def test_a_broken_plugin_is_skipped(tmp_path, monkeypatch, caplog):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "broken_method.py").write_text("raise ImportError('needs a missing library')\n")
-    info = site / "broken_method-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-method\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nbroken = broken_method:METHOD\n")
-    monkeypatch.syspath_prepend(str(site))
+    install_fake_distribution(tmp_path / "site", monkeypatch, "broken_method",
+                              "raise ImportError('needs a missing library')\n", "broken")
     [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "broken"]
     registry.load_plugin(entry)
     assert "broken" not in {m.name for m in registry.all_methods()}
