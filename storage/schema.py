@@ -96,5 +96,16 @@ def m001_initial(db: Database) -> None:
     db["run_events"].create_index(["run_id", "id"])
 
 
+@migrations()
+def m002_runs_queue_position(db: Database) -> None:
+    """The queue's order: a worker claims the queued run with the lowest position (then id).
+
+    Existing runs get their id as position, so the order they were submitted in is kept.
+    """
+    db["runs"].add_column("queue_position", int)
+    db.execute("update runs set queue_position = id")
+    db["runs"].create_index(["status", "queue_position", "id"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]
