@@ -12,6 +12,7 @@ import json
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,8 +40,10 @@ def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
     """Metrics and predictions of ``model`` on ``items`` (the model's mode is restored)."""
     was_training = model.training
     model.eval()
+    # Its own generator: a loader draws a seed when iterated, which must not move the global
+    # RNG that dropout and masking use (evaluation happens at different points of a resume).
     loader = DataLoader(ItemDataset(items, task_model, dataset_dir), batch_size=batch_size,
-                        collate_fn=task_model.collate)
+                        collate_fn=task_model.collate, generator=torch.Generator())
     predictions = []
     try:
         with autocast:

@@ -178,8 +178,12 @@ class FineTuneRecipe:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
             batches = self.epoch_batches(epoch)[offset:]
             # num_workers=0: batches are built in this thread, so the masking draws come from
-            # the one RNG stream a checkpoint saves.
-            loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train)
+            # the one RNG stream a checkpoint saves. Each new DataLoader iterator draws a base
+            # seed; from the global generator that draw would happen at a different point in
+            # a resumed run (it starts a loader mid-epoch) and shift every later dropout mask,
+            # so the loader gets a generator of its own.
+            loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
+                                generator=torch.Generator().manual_seed(self.config.seed))
             for indices, batch in zip(batches, loader):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 with self.autocast():

@@ -178,9 +178,11 @@ def test_invalid_settings_are_refused_at_submit_naming_the_field(workbench, sett
     assert workbench.list_runs() == []
 
 
-def test_a_target_module_the_model_lacks_fails_with_the_valid_choices(workbench):
-    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora",
-                                  {"target_modules": "query,value"}, FAST)
-    summary = workbench.wait_for_run(run_id)
-    assert summary["status"] == "failed"
-    assert "query" in summary["error"] and "q_proj" in summary["error"]
+def test_a_target_module_the_model_lacks_is_refused_with_the_valid_choices(workbench):
+    from engine.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="query") as refused:
+        workbench.submit_run("demo-speech", "tiny-whisper", "lora",
+                             {"target_modules": "query,value"}, FAST)
+    assert "q_proj" in str(refused.value)  # the valid choices come with the refusal
+    assert workbench.list_runs() == []
