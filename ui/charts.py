@@ -43,3 +43,28 @@ def available_metrics(rows: list[dict], prefix: str) -> list[str]:
         if row["name"].startswith(prefix):
             seen[row["name"]] += 1
     return sorted(seen)
+
+
+def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
+                      height: int = 280) -> go.Figure:
+    """Several metrics of one run (``names``: metric -> legend label) against step."""
+    figure = go.Figure()
+    for name, label in names.items():
+        xs, ys = series(rows, name, x)
+        if xs:
+            figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
+                                        name=label))
+    figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis_title=x.replace("_", " "), showlegend=len(names) > 1,
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.4))
+    return figure
+
+
+def confusion_figure(labels: list[str], matrix: list[list[int]], height: int = 420) -> go.Figure:
+    """A confusion-matrix heatmap: true label down, predicted label across."""
+    figure = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues",
+                                  text=matrix, texttemplate="%{text}", showscale=False,
+                                  hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    figure.update_layout(title="confusion matrix", height=height, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
+    return figure
