@@ -243,8 +243,12 @@ class Workbench:
             TrainingSettings, training_settings, section="training"))
         self._check_splits(dataset_record, training_values)
         task_model_cls = TASK_MODELS[(model_record["family"], dataset_record["task"])]
-        outline = outline_for(self.storage.files.resolve(model_record["path"]),
-                              dataset_record["task"], dataset_record["labels"])
+        try:
+            outline = outline_for(self.storage.files.resolve(model_record["path"]),
+                                  dataset_record["task"], dataset_record["labels"])
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
+                             "register the model folder again") from error
         check_target_modules(method_obj_settings, outline, task_model_cls)
         return {"dataset": dataset_record, "model": model_record,
                 "method_settings": settings_lib.as_dict(method_obj_settings),

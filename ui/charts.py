@@ -48,12 +48,10 @@ def available_metrics(rows: list[dict], prefix: str) -> list[str]:
 def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
                       height: int = 280) -> go.Figure:
     """Several metrics of one run (``names``: metric -> legend label) against step."""
-    figure = go.Figure()
-    for name, label in names.items():
-        xs, ys = series(rows, name, x)
-        if xs:
-            figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
-                                        name=label))
+    lines = [(label, *series(rows, name, x)) for name, label in names.items()]
+    figure = go.Figure([go.Scatter(x=xs, y=ys, name=label,
+                                   mode="lines+markers" if len(xs) < 30 else "lines")
+                        for label, xs, ys in lines if xs])
     figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis_title=x.replace("_", " "), showlegend=len(names) > 1,
                          legend=dict(orientation="h", yanchor="bottom", y=-0.4))
