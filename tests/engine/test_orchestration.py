@@ -255,3 +255,26 @@ def test_many_readers_while_the_worker_writes(workbench):
     assert errors == []
     assert workbench.get_run(run_id)["status"] == "completed"
     assert "running" in observations and len(observations) > 8
+
+
+def test_queue_commands_on_the_command_line(workbench, demo_home):
+    import json
+
+    first = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {"r": 4}, FAST)
+    env = {**os.environ, "LIM_HOME": str(demo_home)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+
+    cloned = cli("runs", "clone", str(first), "--set", "r=16", "--json")
+    assert cloned.returncode == 0, cloned.stderr
+    clone_id = json.loads(cloned.stdout)["id"]
+    assert workbench.get_run(clone_id)["settings"]["method"]["r"] == 16
+    listed = cli("runs", "queue", "--json")
+    assert [row["id"] for row in json.loads(listed.stdout)] == [first, clone_id]
+    assert cli("runs", "cancel", str(first)).returncode == 0
+    assert workbench.get_run(first)["status"] == "cancelled"
+    refused = cli("runs", "cancel", str(first))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == f"error: run {first} is cancelled; only queued runs can be cancelled (stop a running one)"
