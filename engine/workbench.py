@@ -229,7 +229,7 @@ class Workbench:
         memory estimate (``memory``: estimate_mb, free_mb, fits, message). Raises a
         ``WorkbenchError`` naming the field for a configuration that cannot train."""
         from engine.models import TASK_MODELS, TASK_NAMES
-        from engine.training.preflight import check_target_modules, outline_for
+        from engine.training.preflight import check_target_modules, memory_check, outline_for
 
         dataset_record = self.get_dataset(dataset)
         model_record = self.get_model(model)
@@ -253,8 +253,8 @@ class Workbench:
         return {"dataset": dataset_record, "model": model_record,
                 "method_settings": settings_lib.as_dict(method_obj_settings),
                 "training_settings": training_values,
-                "memory": self._memory_check(method, method_obj_settings, training_values,
-                                             outline, task_model_cls)}
+                "memory": memory_check(method, method_obj_settings, training_values,
+                                       outline, task_model_cls)}
 
     def _check_splits(self, dataset_record: dict, training: dict) -> None:
         counts = self.storage.count_items(dataset_record["id"])
@@ -267,25 +267,6 @@ class Workbench:
         if training["early_stopping_patience"] and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
                                 f"{dataset_record['name']}'s validation split has no items")
-
-    def _memory_check(self, method: str, method_settings, training: dict, outline,
-                      task_model_cls) -> dict:
-        import torch
-
-        from engine.training.memory import free_memory_mb
-        from engine.training.preflight import memory_plan
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        plan = memory_plan(method, method_settings, training, outline, task_model_cls, device)
-        free = free_memory_mb(device)
-        fits = plan["total_mb"] <= free
-        message = (f"estimated memory {plan['total_mb']:,.0f} MiB on {device}, "
-                   f"{free:,.0f} MiB free")
-        if not fits:
-            message = (f"this configuration will probably not fit: {message}. Lower "
-                       "per_device_train_batch_size, turn on gradient_checkpointing or use qlora")
-        return {"estimate_mb": plan["total_mb"], "free_mb": free, "fits": fits, "device": device,
-                "breakdown": plan, "message": message}
 
     def estimate_run(self, dataset: str | int, model: str | int, method: str,
                      method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
@@ -302,36 +283,11 @@ class Workbench:
                                {**run["settings"]["training"], **training_changes})
 
     def queue(self) -> list[dict]:
-        """Queued runs in the order they will train: position, and an estimate of how long
-        each takes and when it starts (from the speed of earlier runs of the same model and
-        method on this machine; None until one has trained)."""
-        running = self.storage.runs_with_status("running")
-        wait = sum(self._seconds_left(run) or 0.0 for run in running)
-        rows = []
-        for position, run in enumerate(self.storage.queued_runs(), start=1):
-            duration = self._seconds_left(run)
-            rows.append({"position": position, "id": run["id"], "method": run["method"],
-                         "model": run["model_name"], "dataset": run["dataset_name"],
-                         "mine": run["owner_id"] == self.owner_id, "step": run["step"],
-                         "estimated_duration_s": duration,
-                         "estimated_start_in_s": wait})
-            wait = None if wait is None or duration is None else wait + duration
-        return rows
+        """Queued runs in the order they will train, with position and time estimates
+        (``engine.training.queue.queue_rows``)."""
+        from engine.training.queue import queue_rows
 
-    def _seconds_left(self, run: dict) -> float | None:
-        total = run["total_steps"] or run["settings"]["training"].get("max_steps") or 0
-        if total <= 0:
-            return None
-        if run["step"] and run["wall_time_s"]:
-            per_step = run["wall_time_s"] / run["step"]
-        else:
-            row = self.storage.db.execute(
-                "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
-                "model_id = ? and method = ? and step > 0", [run["model_id"], run["method"]]).fetchone()
-            if not row or not row[1]:
-                return None
-            per_step = row[0] / row[1]
-        return per_step * max(0, total - (run["step"] or 0))
+        return queue_rows(self.storage, self.owner_id)
 
     def move_run(self, run_id: int, position: int) -> list[int]:
         """Move a queued run to ``position`` (1 = next to train); returns the queue's ids."""

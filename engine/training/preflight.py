@@ -114,3 +114,22 @@ def memory_plan(method: str, method_settings, training: dict, outline: ModelOutl
 
 def outline_for(model_dir: Path, task: str, labels: list[str] | None) -> ModelOutline:
     return model_outline(str(model_dir), task, len(labels or []))
+
+
+def memory_check(method: str, method_settings, training: dict, outline: ModelOutline,
+                 task_model_cls) -> dict:
+    """The estimate against the memory free now: estimate_mb, free_mb, fits, a message."""
+    import torch
+
+    from engine.training.memory import free_memory_mb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = memory_plan(method, method_settings, training, outline, task_model_cls, device)
+    free = free_memory_mb(device)
+    fits = plan["total_mb"] <= free
+    message = f"estimated memory {plan['total_mb']:,.0f} MiB on {device}, {free:,.0f} MiB free"
+    if not fits:
+        message = (f"this configuration will probably not fit: {message}. Lower "
+                   "per_device_train_batch_size, turn on gradient_checkpointing or use qlora")
+    return {"estimate_mb": plan["total_mb"], "free_mb": free, "fits": fits, "device": device,
+            "breakdown": plan, "message": message}
