@@ -246,7 +246,7 @@ class Workbench:
         try:
             outline = outline_for(self.storage.files.resolve(model_record["path"]),
                                   dataset_record["task"], dataset_record["labels"])
-        except (OSError, ValueError, KeyError) as error:
+        except Exception as error:  # any failure here is the model folder's, said as such
             raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
                              "register the model folder again") from error
         check_target_modules(method_obj_settings, outline, task_model_cls)

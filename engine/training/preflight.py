@@ -1,8 +1,8 @@
 """Checks made at submit, before anything trains: target modules and a memory estimate.
 
-The model is built on the meta device from its config (``accelerate.init_empty_weights``): no
-weights are read, so listing its linear layers and counting parameters takes well under a
-second even for large models.
+The model is built on the meta device from its config (``with torch.device("meta")``): no
+weights are read or allocated, so listing its linear layers and counting parameters takes well
+under a second even for large models.
 """
 
 from __future__ import annotations
@@ -13,11 +13,15 @@ from pathlib import Path
 
 from engine.methods.registry import MethodContext
 
-AUTO_CLASSES = {
-    "asr": "AutoModelForSpeechSeq2Seq",
-    "audio-classification": "AutoModelForAudioClassification",
-    "text-classification": "AutoModelForSequenceClassification",
-}
+
+
+def auto_class(task: str):
+    """The transformers auto class that builds a model for ``task`` from its config."""
+    from transformers import (AutoModelForAudioClassification, AutoModelForSequenceClassification,
+                              AutoModelForSpeechSeq2Seq)
+
+    return {"asr": AutoModelForSpeechSeq2Seq, "audio-classification": AutoModelForAudioClassification,
+            "text-classification": AutoModelForSequenceClassification}[task]
 
 
 @dataclass(frozen=True)
@@ -38,15 +42,20 @@ class ModelOutline:
 
 @functools.lru_cache(maxsize=16)
 def model_outline(model_dir: str, task: str, num_labels: int = 2) -> ModelOutline:
-    import transformers
-    from accelerate import init_empty_weights
+    # Imported by name, not as attributes of the lazy ``transformers`` module: in the app
+    # that attribute lookup failed (AttributeError: no attribute 'AutoConfig').
+    import torch
     from torch import nn
+    from transformers import AutoConfig
 
-    config = transformers.AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
     if task != "asr":
         config.num_labels = max(2, num_labels)
-    with init_empty_weights():
-        model = getattr(transformers, AUTO_CLASSES[task]).from_config(config)
+    # Not accelerate.init_empty_weights(): it patches nn.Module for the whole process, so a
+    # model the worker thread loads meanwhile gets meta weights and its run fails. The
+    # torch.device context is a torch-function mode, which is per thread.
+    with torch.device("meta"):
+        model = auto_class(task).from_config(config)
     linear = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
               if isinstance(m, nn.Linear)}
     own = {name: sum(p.numel() for p in m.parameters(recurse=False)) for name, m in model.named_modules()}

@@ -278,3 +278,28 @@ def test_queue_commands_on_the_command_line(workbench, demo_home):
     refused = cli("runs", "cancel", str(first))
     assert refused.returncode == 1
     assert refused.stderr.strip() == f"error: run {first} is cancelled; only queued runs can be cancelled (stop a running one)"
+
+
+def test_submit_checks_leave_models_other_threads_build_alone(workbench):
+    """The form estimates memory while the worker loads a model: the weightless copy made for
+    the checks must not turn the worker's weights into meta tensors (it once did)."""
+    from engine.training.preflight import model_outline
+
+    stop, wrong = threading.Event(), []
+
+    def build_layers():
+        while not stop.is_set():
+            layer = torch.nn.Linear(16, 16)
+            if layer.weight.device.type != "cpu":
+                wrong.append(layer.weight.device.type)
+
+    builder = threading.Thread(target=build_layers)
+    builder.start()
+    try:
+        for _ in range(15):
+            model_outline.cache_clear()
+            workbench.estimate_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)
+    finally:
+        stop.set()
+        builder.join(30)
+    assert wrong == []
