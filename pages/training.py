@@ -39,20 +39,20 @@ def watch_select() -> int:
 
 def run_buttons(run: dict) -> None:
     run_id, status = run["id"], run["status"]
-    buttons = st.columns(6)
+    buttons = iter(st.columns(6))
     if status in ("queued", "running"):
-        if buttons[0].button("Stop", key=f"train.stop.{run_id}",
+        if next(buttons).button("Stop", key=f"train.stop.{run_id}",
                              help="Saves a checkpoint within one step and ends the run as stopped; "
                                   "a queued run is cancelled."):
             wb.stop_run(run_id)
             st.toast(f"Stopping run #{run_id}…")
     if status in ("stopped", "interrupted", "failed"):
-        if buttons[0].button("Resume", key=f"train.resume.{run_id}",
+        if next(buttons).button("Resume", key=f"train.resume.{run_id}",
                              help="Continues from the last checkpoint with optimizer, scheduler "
                                   "and random state."):
             wb.resume_run(run_id)
             st.toast(f"Run #{run_id} queued to resume")
-    if buttons[1].button("Clone", key=f"train.clone.{run_id}",
+    if next(buttons).button("Clone", key=f"train.clone.{run_id}",
                          help="Open the New run form with this run's settings, to change some."):
         st.session_state["train.clone_from"] = run_id
         st.rerun()
