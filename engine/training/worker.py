@@ -1,9 +1,9 @@
 """The job queue's worker: one thread that trains queued runs one at a time, in queue order.
 
 The queue lives in the database (runs with status ``queued``, ordered by ``queue_position``),
-so the app, the command line and a restarted process all see the same queue. Claiming a run is one atomic UPDATE, so two
-workers never train the same run. Stop requests are stored too: any process may ask, the
-worker notices at the next step.
+so the app, the command line and a restarted process all see the same queue. Claiming a run
+is one atomic UPDATE, so two workers never train the same run, nor two runs on one host at
+once. Stop requests are stored too: any process may ask, the worker notices at the next step.
 """
 
 from __future__ import annotations
