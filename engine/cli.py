@@ -111,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "a new or empty folder (merged, onnx)")
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=cmd_runs_export)
+    queue = runs.add_parser("queue", help="queued runs in the order they will train")
+    queue.add_argument("--json", action="store_true")
+    queue.set_defaults(handler=cmd_runs_queue)
+    move = runs.add_parser("move", help="move a queued run to another queue position")
+    move.add_argument("id", type=int)
+    move.add_argument("--to", type=int, required=True, metavar="POSITION", help="1 = next to train")
+    move.set_defaults(handler=cmd_runs_move)
+    cancel = runs.add_parser("cancel", help="take a queued run out of the queue")
+    cancel.add_argument("id", type=int)
+    cancel.set_defaults(handler=cmd_runs_cancel)
+    clone = runs.add_parser("clone", help="queue a copy of a run, with changed settings")
+    clone.add_argument("id", type=int)
+    clone.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    clone.add_argument("--wait", action="store_true")
+    clone.add_argument("--json", action="store_true")
+    clone.set_defaults(handler=cmd_runs_clone)
     return parser
 
 
@@ -208,6 +224,30 @@ def cmd_runs_export(wb, args) -> None:
                          on_progress=lambda message: print(f"run {args.id}: {message}", file=sys.stderr))
     emit(args, {"id": args.id, "format": args.format, "path": str(path)},
          f"exported run {args.id} ({args.format}) to {path}")
+
+
+def cmd_runs_queue(wb, args) -> None:
+    rows = wb.queue()
+    emit(args, rows, table(rows, ["position", "id", "method", "model", "dataset",
+                                  "estimated_duration_s", "estimated_start_in_s"]))
+
+
+def cmd_runs_move(wb, args) -> None:
+    order = wb.move_run(args.id, args.to)
+    print(f"run {args.id} is now number {order.index(args.id) + 1} in the queue")
+
+
+def cmd_runs_cancel(wb, args) -> None:
+    wb.cancel_run(args.id)
+    print(f"run {args.id}: cancelled")
+
+
+def cmd_runs_clone(wb, args) -> int:
+    from engine.settings import parse_assignments
+
+    run_id = wb.clone_run(args.id, parse_assignments(args.set))
+    print(f"run {run_id} queued (a clone of run {args.id})", file=sys.stderr)
+    return finish(wb, args, run_id)
 
 
 def finish(wb, args, run_id: int) -> int:

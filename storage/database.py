@@ -253,7 +253,12 @@ class Storage:
         record = {"owner_id": LOCAL_USER_ID, **record, "status": "queued",
                   "created_at": utc_now(), "step": 0, "stop_requested": 0}
         with self.atomic() as db:
+            record["queue_position"] = self._next_queue_position(db)
             return db["runs"].insert(_encode(record)).last_pk
+
+    @staticmethod
+    def _next_queue_position(db: Database) -> int:
+        return db.execute("select coalesce(max(queue_position), 0) + 1 from runs").fetchone()[0]
 
     def get_run(self, run_id: int, owner_id: int | None = LOCAL_USER_ID) -> dict | None:
         if owner_id is None:  # the worker reads any run it was given
@@ -273,24 +278,57 @@ class Storage:
             db["runs"].update(run_id, _encode(fields))
 
     def claim_next_run(self, worker: str, run_id: int | None = None) -> dict | None:
-        """Atomically move the oldest queued run (or ``run_id``) to ``running`` for ``worker``.
+        """Atomically move the first queued run (or ``run_id``) to ``running`` for ``worker``.
 
-        One UPDATE statement does the check and the change, so two workers (the app and a
-        command line) can never both claim the same run.
+        The queue is ordered by ``queue_position``, then id. One UPDATE statement does the
+        check and the change, so two workers (the app and a command line) can never both claim
+        the same run; it also refuses while another run is ``running`` on the same host, so
+        the app and a ``train --wait`` never train two runs on one device at once.
         """
         target = "?" if run_id is not None else (
-            "(select id from runs where status = 'queued' order by id limit 1)")
+            "(select id from runs where status = 'queued' order by queue_position, id limit 1)")
+        host = worker.split(":", 1)[0]
         params: list[Any] = [worker, time.time(), utc_now()]
         if run_id is not None:
             params.append(run_id)
+        params.append(f"{host}:%")
         with self.atomic() as db:
             row = db.execute(
                 "update runs set status = 'running', worker = ?, heartbeat_at = ?, "
                 "started_at = coalesce(started_at, ?), error = null "
-                f"where id = {target} and status = 'queued' returning id",
+                f"where id = {target} and status = 'queued' and not exists ("
+                "select 1 from runs where status = 'running' and worker like ?) returning id",
                 params,
             ).fetchone()
         return self.get_run(row[0], owner_id=None) if row else None
+
+    def queued_runs(self, owner_id: int | None = None) -> list[dict]:
+        """Queued runs in the order a worker will take them (everybody's: one device)."""
+        rows = self._rows("select * from runs where status = 'queued' order by queue_position, id")
+        return rows if owner_id is None else [r for r in rows if r["owner_id"] == owner_id]
+
+    def requeue_run(self, run_id: int, **fields: Any) -> None:
+        """Put a run back at the end of the queue (resume)."""
+        with self.atomic() as db:
+            fields = {**fields, "status": "queued",
+                      "queue_position": self._next_queue_position(db)}
+            db["runs"].update(run_id, _encode(fields))
+
+    def move_in_queue(self, run_id: int, position: int) -> list[int]:
+        """Move a queued run to 1-based ``position`` among queued runs; returns the new order."""
+        with self.atomic() as db:
+            order = [row[0] for row in db.execute(
+                "select id from runs where status = 'queued' order by queue_position, id")]
+            if run_id not in order:
+                raise ValueError(f"run {run_id} is not queued")
+            order.remove(run_id)
+            order.insert(max(0, min(position - 1, len(order))), run_id)
+            # Renumber the queued runs after every non-queued position, so the order is total.
+            base = db.execute("select coalesce(max(queue_position), 0) from runs "
+                              "where status != 'queued'").fetchone()[0]
+            for offset, queued_id in enumerate(order, start=1):
+                db.execute("update runs set queue_position = ? where id = ?", [base + offset, queued_id])
+        return order
 
     def request_stop(self, run_id: int) -> None:
         with self.atomic() as db:

@@ -118,5 +118,16 @@ def m003_compare_run_tags(db: Database) -> None:
     db["runs"].add_column("tags", str)
 
 
+@migrations()
+def m004_runs_queue_position(db: Database) -> None:
+    """The queue's order: a worker claims the queued run with the lowest position (then id).
+
+    Existing runs get their id as position, so the order they were submitted in is kept.
+    """
+    db["runs"].add_column("queue_position", int)
+    db.execute("update runs set queue_position = id")
+    db["runs"].create_index(["status", "queue_position", "id"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

@@ -125,3 +125,26 @@ def compact_number(value: float) -> str:
         if abs(value) >= limit:
             return f"{value / limit:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
+                      height: int = 280) -> go.Figure:
+    """Several metrics of one run (``names``: metric -> legend label) against step."""
+    lines = [(label, *series(rows, name, x)) for name, label in names.items()]
+    figure = go.Figure([go.Scatter(x=xs, y=ys, name=label,
+                                   mode="lines+markers" if len(xs) < 30 else "lines")
+                        for label, xs, ys in lines if xs])
+    figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis_title=x.replace("_", " "), showlegend=len(names) > 1,
+                         legend=dict(orientation="h", yanchor="bottom", y=-0.4))
+    return figure
+
+
+def confusion_figure(labels: list[str], matrix: list[list[int]], height: int = 420) -> go.Figure:
+    """A confusion-matrix heatmap: true label down, predicted label across."""
+    figure = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues",
+                                  text=matrix, texttemplate="%{text}", showscale=False,
+                                  hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    figure.update_layout(title="confusion matrix", height=height, margin=dict(l=10, r=10, t=40, b=10),
+                         xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
+    return figure

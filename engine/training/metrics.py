@@ -39,3 +39,21 @@ def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict
     except ValueError:
         pass
     return result
+
+
+def item_speech_errors(reference: str, hypothesis: str) -> dict[str, float]:
+    """WER and CER of one transcript (for the per-example table)."""
+    import jiwer
+
+    ref, hyp = reference.strip() or "<empty>", hypothesis.strip()
+    return {"wer": float(jiwer.wer(ref, hyp)), "cer": float(jiwer.cer(ref, hyp))}
+
+
+def confusion_counts(labels: list[str], rows: list[dict]) -> list[list[int]]:
+    """``matrix[true][predicted]`` counts over per-example rows with label names."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for row in rows:
+        if row["reference"] in index and row["prediction"] in index:
+            matrix[index[row["reference"]]][index[row["prediction"]]] += 1
+    return matrix

@@ -1,10 +1,14 @@
 """The fine-tuning recipe: one run from its stored record to a saved adapter.
 
-Protocol (as in torchtune's recipes): ``setup()`` loads data, model and method and restores a
-checkpoint when there is one; ``train()`` runs optimizer steps, writing metrics and events to
-storage as it goes, and returns the final status; ``evaluate()`` scores a split; ``save()``
-writes the adapter (or full model). The worker thread calls these; nothing here knows about
-threads or pages.
+Protocol (as in torchtune's recipes): ``setup()`` loads data, model and method and restores the
+newest checkpoint when there is one; ``train()`` runs optimizer steps, writing metrics and
+events to storage as it goes, and returns the final status; ``finish()`` scores the test split
+and writes the per-example table; ``save()`` writes the adapter (or full model). The worker
+thread calls these; nothing here knows about threads or pages.
+
+Resuming is exact: the batches of an epoch are a pure function of ``seed`` and the epoch, and
+a checkpoint holds weights, optimizer, scheduler, gradient scaler, callback and RNG state, so
+a stopped and resumed run logs the losses an uninterrupted one logs.
 """
 
 from __future__ import annotations
@@ -14,55 +18,28 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
-import psutil
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
 from engine.methods import MethodContext, get_method
 from engine.models import count_parameters, linear_module_names, task_model_for
-from engine.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.augment import SpecAugment
+from engine.training.callbacks import EarlyStopping, TimeLimit
+from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
+from engine.training.monitoring import MemoryMeter, Throughput, system_sample
 from engine.training.settings import TrainingSettings
 from storage import Storage
 
-
-class ItemDataset(Dataset):
-    """Dataset items encoded on the fly by the task model (audio decoded per access)."""
-
-    def __init__(self, items: list[dict], task_model, dataset_dir: Path):
-        self.items, self.task_model, self.dataset_dir = items, task_model, dataset_dir
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.task_model.encode(self.items[index], self.dataset_dir)
+__all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
 
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class MemoryMeter:
-    """Memory in use now and at peak: CUDA allocations on a GPU, process RSS on a CPU."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.process = psutil.Process()
-        self.peak_mb = 0.0
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-
-    def sample(self) -> float:
-        if self.device.startswith("cuda"):
-            now = torch.cuda.memory_allocated() / 2**20
-            self.peak_mb = max(self.peak_mb, torch.cuda.max_memory_allocated() / 2**20)
-        else:
-            now = self.process.memory_info().rss / 2**20
-            self.peak_mb = max(self.peak_mb, now)
-        return now
 
 
 class FineTuneRecipe:
@@ -87,28 +64,54 @@ class FineTuneRecipe:
         if dataset is None or model_record is None:
             gone = "dataset" if dataset is None else "model"
             raise RuntimeError(f"the {gone} of this run was deleted; it cannot train any more")
+        self.model_record = model_record
         self.dataset_dir = self.storage.files.resolve(dataset["path"])
         self.model_dir = self.storage.files.resolve(model_record["path"])
         self.train_items = self.storage.dataset_items(dataset["id"], "train")
         self.eval_items = self.storage.dataset_items(dataset["id"], "validation")
+        self.test_items = self.storage.dataset_items(dataset["id"], "test")
         if not self.train_items:
             raise RuntimeError("the dataset has no items in its train split")
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
                                          dataset["labels"],
                                          generation_max_length=cfg.generation_max_length)
+        self.count_steps()
+        self.model = self.build_model()
+        self.trainable_params, self.total_params = count_parameters(self.model)
+        if self.trainable_params == 0:
+            raise RuntimeError(f"method {self.method.name!r} left no parameter to train")
+        self.build_optimization()
+        self.early_stopping = EarlyStopping(f"{self.task_model.primary_metric}",
+                                            cfg.early_stopping_patience)
+        self.step, self.micro_batches, self.wall_offset = 0, 0, float(self.run.get("wall_time_s") or 0)
+        self.restore()
+        self.augment = SpecAugment(cfg.freq_mask_param, cfg.time_mask_param) if (
+            cfg.spec_augment and dataset["task"] != "text-classification") else None
+        self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir)
+        self.memory = MemoryMeter(self.device)
+        self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
+                                trainable_params=self.trainable_params, total_params=self.total_params)
+        self.log(f"{self.method.name} on {model_record['name']} ({self.device}): "
+                 f"{self.trainable_params:,} of {self.total_params:,} parameters train; "
+                 f"{len(self.train_items)} train / {len(self.eval_items)} validation / "
+                 f"{len(self.test_items)} test items; {self.total_steps} steps")
 
+    def count_steps(self) -> None:
+        """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
+        cfg = self.config
         self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
             cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
 
-        torch.manual_seed(cfg.seed)  # new heads and LoRA weights start the same on every run
+    def build_model(self) -> torch.nn.Module:
+        torch.manual_seed(self.config.seed)  # new heads and LoRA weights start the same every run
         context = MethodContext(
-            task=dataset["task"], family=model_record["family"],
+            task=self.task_model.task, family=self.model_record["family"],
             default_target_modules=self.task_model.default_target_modules,
             head_modules=self.task_model.head_modules,
             unquantized_modules=self.task_model.unquantized_modules,
             linear_module_names=[], device=self.device,
-            gradient_checkpointing=cfg.gradient_checkpointing, model_dir=self.model_dir,
+            gradient_checkpointing=self.config.gradient_checkpointing, model_dir=self.model_dir,
             total_steps=self.total_steps,
         )
         load_kwargs = self.method.load_kwargs(self.method_settings, context)
@@ -117,44 +120,46 @@ class FineTuneRecipe:
             model = model.to(self.device)
         context.linear_module_names = linear_module_names(model)
         try:
-            self.model = self.method.apply(model, self.method_settings, context)
+            return self.method.apply(model, self.method_settings, context)
+        except (torch.OutOfMemoryError, MemoryError):
+            raise  # the worker explains these with numbers and advice
         except Exception as error:
             raise type(error)(f"method {self.method.name!r} failed to apply: {error}") from error
-        self.trainable_params, self.total_params = count_parameters(self.model)
-        if self.trainable_params == 0:
-            raise RuntimeError(f"method {self.method.name!r} left no parameter to train")
 
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                           lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    def build_optimization(self) -> None:
         from transformers import get_scheduler
 
+        cfg = self.config
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
+                                           lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=cfg.warmup_steps,
                                        num_training_steps=self.total_steps)
-        self.step, self.micro_batches, self.wall_offset = 0, 0, float(self.run.get("wall_time_s") or 0)
-        if has_checkpoint(self.run_dir):
-            state = load_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler)
-            self.step, self.micro_batches = state["step"], state["micro_batches"]
-            self.wall_offset = state["wall_time"]
-            # Points logged after the checkpoint are replayed by this resume; drop the old ones.
-            self.storage.delete_metrics_after(self.run_id, self.step)
-            self.log(f"resumed from the checkpoint at step {self.step}")
-        self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir)
-        self.memory = MemoryMeter(self.device)
-        self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
-                                trainable_params=self.trainable_params, total_params=self.total_params)
-        self.log(f"{self.method.name} on {model_record['name']} ({self.device}): "
-                 f"{self.trainable_params:,} of {self.total_params:,} parameters train; "
-                 f"{len(self.train_items)} train / {len(self.eval_items)} validation items; "
-                 f"{self.total_steps} steps")
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = (torch.amp.GradScaler(self.device.split(":")[0])
+                       if cfg.precision == "fp16" else None)
+
+    def restore(self) -> None:
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            return
+        state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.step, self.micro_batches = state["step"], state["micro_batches"]
+        self.wall_offset = state["wall_time"]
+        self.early_stopping.load_state_dict(state.get("early_stopping") or {})
+        # Points logged after the checkpoint are replayed by this resume; drop the old ones.
+        self.storage.delete_metrics_after(self.run_id, self.step)
+        self.log(f"resumed from the checkpoint at step {self.step}")
 
     # ------------------------------------------------------------------ training
     def autocast(self):
         precision = self.config.precision
-        use_bf16 = precision == "bf16" or (
-            precision == "auto" and self.device == "cuda" and torch.cuda.is_bf16_supported())
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
-                              enabled=use_bf16)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if precision == "auto" and self.device == "cuda" and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The shuffled batches of one epoch: a pure function of seed and epoch, so a resumed
@@ -164,98 +169,154 @@ class FineTuneRecipe:
         size = self.config.per_device_train_batch_size
         return [order[i: i + size] for i in range(0, len(order), size)]
 
+    def collate_train(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.task_model.collate(examples)
+        return self.augment(batch) if self.augment is not None else batch
+
     def train(self) -> str:
         cfg = self.config
         accumulation = cfg.gradient_accumulation_steps
         started = time.perf_counter()
+        time_limit, throughput = TimeLimit(cfg.max_time_minutes), Throughput()
         self.model.train()
         running_loss, seen_in_step = 0.0, 0
         while self.step < self.total_steps:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
-            loader = DataLoader(self.train_data, batch_sampler=self.epoch_batches(epoch)[offset:],
-                                collate_fn=self.task_model.collate)
-            for batch in loader:
+            batches = self.epoch_batches(epoch)[offset:]
+            # num_workers=0: batches are built in this thread, so the masking draws come from
+            # the one RNG stream a checkpoint saves. Each new DataLoader iterator draws a base
+            # seed; from the global generator that draw would happen at a different point in
+            # a resumed run (it starts a loader mid-epoch) and shift every later dropout mask,
+            # so the loader gets a generator of its own.
+            loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
+                                generator=torch.Generator().manual_seed(self.config.seed))
+            for indices, batch in zip(batches, loader):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 with self.autocast():
                     loss = self.model(**batch).loss
-                (loss / accumulation).backward()
+                scaled = loss / accumulation
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 running_loss += loss.item()
                 seen_in_step += 1
                 self.micro_batches += 1
+                throughput.add(len(indices), sum(self.train_items[i]["duration_s"] or 0 for i in indices))
                 if self.micro_batches % accumulation:
                     continue
                 grad_norm = self.optimizer_step()
                 self.step += 1
                 wall = self.wall_offset + time.perf_counter() - started
-                self.record_step(wall, running_loss / seen_in_step, grad_norm)
+                self.record_step(wall, running_loss / seen_in_step, grad_norm, throughput.take())
                 running_loss, seen_in_step = 0.0, 0
-                if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
-                    self.evaluate_and_record(wall_start=started)
-                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
-                    self.checkpoint(self.wall_offset + time.perf_counter() - started)
-                if self.should_stop():
-                    self.checkpoint(self.wall_offset + time.perf_counter() - started)
-                    self.log(f"stopped at step {self.step} of {self.total_steps}; checkpoint saved")
-                    return "stopped"
+                outcome = self.after_step(started, time_limit)
+                if outcome is not None:
+                    return outcome
                 if self.step >= self.total_steps:
                     break
-        final = self.evaluate_and_record(wall_start=started)
-        self.save()
-        self.storage.update_run(self.run_id, metrics=final)
+        self.finish(started)
         return "completed"
 
-    def optimizer_step(self) -> float:
+    def after_step(self, started: float, time_limit: TimeLimit) -> str | None:
+        """Evaluate, checkpoint, and decide whether the run ends here (a status) or goes on."""
+        cfg = self.config
+        wall = lambda: self.wall_offset + time.perf_counter() - started  # noqa: E731
+        early = False
+        if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
+            early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
+        if early:
+            self.log(f"early stopping at step {self.step}: validation "
+                     f"{self.early_stopping.metric} has not improved for "
+                     f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4f})")
+            self.finish(started)
+            return "completed"
+        if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+            self.checkpoint(wall())
+        if self.should_stop():
+            self.checkpoint(wall())
+            self.log(f"stopped at step {self.step} of {self.total_steps}; checkpoint saved")
+            return "stopped"
+        if time_limit.reached() and self.step < self.total_steps:
+            self.checkpoint(wall())
+            self.log(f"time limit of {cfg.max_time_minutes:g} minutes reached at step {self.step}; "
+                     "checkpoint saved, resume to continue", "warning")
+            return "stopped"
+        return None
+
+    def optimizer_step(self) -> float | None:
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         if self.method.on_optimizer_step is not None:
             self.method.on_optimizer_step(self.model, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return grad_norm if math.isfinite(grad_norm) else None
 
-    def record_step(self, wall: float, loss: float, grad_norm: float) -> None:
+    def record_step(self, wall: float, loss: float, grad_norm: float | None, rates: dict) -> None:
         memory_mb = self.memory.sample()
         self.storage.add_metrics(self.run_id, self.step, wall, {
             "train/loss": loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": grad_norm, "system/memory_mb": memory_mb,
+            "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
+            **system_sample(self.device),
         })
         self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
                                 heartbeat_at=time.time(), peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
-        save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler,
-                        {"step": self.step, "micro_batches": self.micro_batches, "wall_time": wall})
-        self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(self.run_dir / "checkpoint"),
+        folder = save_checkpoint(
+            self.run_dir, self.model, self.optimizer, self.scheduler,
+            {"step": self.step, "micro_batches": self.micro_batches, "wall_time": wall,
+             "early_stopping": self.early_stopping.state_dict()},
+            scaler=self.scaler, keep=self.config.save_total_limit)
+        self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
                                 wall_time_s=wall)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, items: list[dict]) -> tuple[dict, list]:
         """Metrics and predictions of the current model on ``items``."""
-        was_training = self.model.training
-        self.model.eval()
-        data = ItemDataset(items, self.task_model, self.dataset_dir)
-        loader = DataLoader(data, batch_size=self.config.per_device_eval_batch_size,
-                            collate_fn=self.task_model.collate)
-        predictions = []
-        with self.autocast():
-            for batch in loader:
-                predictions += self.task_model.predict(self.model, batch)
-        self.model.train(was_training)
-        references = [self.task_model.reference(item) for item in items]
-        return self.task_model.score(predictions, references), predictions
+        return evaluate(self.model, self.task_model, items, self.dataset_dir,
+                        self.config.per_device_eval_batch_size, self.autocast())
 
     def evaluate_and_record(self, wall_start: float) -> dict:
         if not self.eval_items:
             return {}
-        metrics, _ = self.evaluate(self.eval_items)
+        metrics, predictions = self.evaluate(self.eval_items)
+        self.last_validation = (metrics, predictions)
         wall = self.wall_offset + time.perf_counter() - wall_start
         self.storage.add_metrics(self.run_id, self.step, wall,
                                  {f"eval/{name}": value for name, value in metrics.items()})
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None)
         self.log(f"step {self.step}: validation {shown}")
         return metrics
+
+    def finish(self, started: float) -> None:
+        """The last validation point, the final score on the test split, the adapter."""
+        validation = self.evaluate_and_record(wall_start=started)
+        if self.test_items:
+            split, items, fell_back = "test", self.test_items, False
+            final, predictions = self.evaluate(self.test_items)
+            wall = self.wall_offset + time.perf_counter() - started
+            self.storage.add_metrics(self.run_id, self.step, wall,
+                                     {f"test/{name}": value for name, value in final.items()})
+        elif self.eval_items:
+            split, items, fell_back = "validation", self.eval_items, True
+            final, predictions = validation, self.last_validation[1]
+            self.log("this dataset has no test split: the final scores are on the validation "
+                     "split, which also guided training (early stopping); treat them as optimistic")
+        else:
+            split, items, fell_back, final, predictions = None, [], True, {}, []
+            self.log("no test or validation split: the run has no final score", "warning")
+        if split:
+            rows = per_example_rows(self.task_model, items, predictions)
+            write_evaluation(self.run_dir, self.task_model, split, fell_back, final, rows)
+        self.save()
+        self.storage.update_run(self.run_id, metrics=final)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> Path:

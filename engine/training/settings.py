@@ -1,4 +1,9 @@
-"""Training settings shared by every method; names follow transformers' TrainingArguments."""
+"""Training settings shared by every method; names follow transformers' TrainingArguments.
+
+Every field has a default and a help text: the Training page builds its form from them and
+``--set key=value`` parses them. ``validate()`` refuses combinations no run could train with,
+so a bad value is answered at submit, naming the field, never as a traceback mid-run.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +27,24 @@ class TrainingSettings:
     warmup_steps: int = setting(0, "Steps of linear warmup from 0 to the learning rate.", min=0)
     weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).", min=0.0)
-    seed: int = setting(42, "Seed for weights of new heads, data order and dropout.", min=0)
+    seed: int = setting(42, "Seed for weights of new heads, data order, dropout and masking.", min=0)
     eval_steps: int = setting(20, "Evaluate on the validation split every N steps (0: only at the end).", min=0)
+    early_stopping_patience: int = setting(
+        0, "Stop when the validation metric (WER for speech, accuracy for labels) has not "
+        "improved for this many evaluations in a row (0: never stop early). Needs eval_steps > 0.",
+        min=0)
     save_steps: int = setting(20, "Save a resumable checkpoint every N steps (0: only on stop).", min=0)
+    save_total_limit: int = setting(2, "Checkpoints to keep (the newest); 0: keep all.", min=0)
     precision: str = setting("auto", "Compute precision: auto is bf16 autocast on a GPU that "
-                             "supports it, fp32 on CPU.", choices=["auto", "fp32", "bf16"])
+                             "supports it, fp32 on CPU; fp16 uses a gradient scaler.",
+                             choices=["auto", "fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less memory, ~30% slower.")
+    spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
+                                 "time spans of the log-mel features while training (never at evaluation).")
+    freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0)
+    time_mask_param: int = setting(40, "SpecAugment: longest time span masked (frames, 10 ms each).", min=0)
+    max_time_minutes: float = setting(0.0, "Stop with a checkpoint after this many minutes of "
+                                      "training (resume continues); 0: no time limit.")
     generation_max_length: int = setting(48, "Longest transcript generated at evaluation (speech recognition).",
                                          min=1, max=448)
 
@@ -36,3 +53,9 @@ class TrainingSettings:
             raise SettingsError(f"learning_rate must be greater than 0, got {self.learning_rate}")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
             raise SettingsError("max_steps must be positive, or num_train_epochs greater than 0")
+        if self.max_time_minutes < 0:
+            raise SettingsError(f"max_time_minutes must be a positive number of minutes from the "
+                                f"start (0: no limit); {self.max_time_minutes} is a time limit in the past")
+        if self.early_stopping_patience and not self.eval_steps:
+            raise SettingsError("early_stopping_patience needs eval_steps > 0: early stopping "
+                                "watches the validation metric")

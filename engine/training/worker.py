@@ -1,9 +1,9 @@
-"""The job queue's worker: one thread that trains queued runs one at a time, oldest first.
+"""The job queue's worker: one thread that trains queued runs one at a time, in queue order.
 
-The queue lives in the database (runs with status ``queued``), so the app, the command line
-and a restarted process all see the same queue. Claiming a run is one atomic UPDATE, so two
-workers never train the same run. Stop requests are stored too: any process may ask, the
-worker notices at the next step.
+The queue lives in the database (runs with status ``queued``, ordered by ``queue_position``),
+so the app, the command line and a restarted process all see the same queue. Claiming a run
+is one atomic UPDATE, so two workers never train the same run, nor two runs on one host at
+once. Stop requests are stored too: any process may ask, the worker notices at the next step.
 """
 
 from __future__ import annotations
@@ -40,16 +40,26 @@ def worker_is_alive(worker: str | None) -> bool:
     return pid == os.getpid() or psutil.pid_exists(pid)
 
 
-def failure_message(run: dict, error: BaseException) -> str:
+def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
     """A message a student can act on, for any exception a run may raise."""
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
-        return ("out of memory: lower per_device_train_batch_size (and raise "
-                "gradient_accumulation_steps to keep the effective batch), turn on "
-                "gradient_checkpointing, or use qlora for a 4-bit base model. "
-                f"Details: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    from engine.training.memory import is_out_of_memory, out_of_memory_message
+
+    if is_out_of_memory(error):
+        return out_of_memory_message(error, device, (run.get("settings") or {}).get("training"),
+                                     run.get("method", ""))
     if isinstance(error, WorkbenchError):
         return str(error)
     return f"{type(error).__name__} in method {run['method']!r}: {error}"
+
+
+def recover_interrupted(storage: Storage) -> list[int]:
+    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``."""
+    lost = [run for run in storage.runs_with_status("running") if not worker_is_alive(run["worker"])]
+    for run in lost:
+        storage.update_run(run["id"], status="interrupted")
+        storage.add_event(run["id"], "the process training this run ended; "
+                          "resume it to continue from its last checkpoint", "warning")
+    return [run["id"] for run in lost]
 
 
 def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None = None) -> str:
@@ -77,8 +87,8 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
         storage.add_event(run_id, "the process training this run was stopped; resume it to "
                           "continue from its last checkpoint", "warning")
         raise
-    except Exception as error:  # a failing run must never take the worker down
-        message = failure_message(run, error)
+    except Exception as error:  # (MemoryError too) a failing run must never take the worker down
+        message = failure_message(run, error, "cuda" if torch.cuda.is_available() else "cpu")
         storage.update_run(run_id, status="failed", error=message, finished_at=utc_now())
         storage.add_event(run_id, message, "error")
         storage.add_event(run_id, traceback.format_exc(), "debug")
@@ -131,6 +141,8 @@ class Worker:
         while not self._shutdown.is_set():
             run = self.storage.claim_next_run(name)
             if run is None:
+                # A run left running by a process that died blocks this device's queue.
+                recover_interrupted(self.storage)
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
                 continue
@@ -157,6 +169,7 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
         if run["status"] not in ("queued", "running"):
             return run
         if run["status"] == "queued":
+            recover_interrupted(storage)
             claimed = storage.claim_next_run(name)
             if claimed is not None:
                 execute_run(storage, claimed)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from storage import Storage, safe_name
-from storage.schema import LOCAL_USER_ID
+from storage.schema import LOCAL_USER_ID, migrations
 
 
 @pytest.fixture
@@ -41,7 +41,26 @@ def test_schema_is_created_in_wal_mode_and_reopens(tmp_path):
     second = Storage(tmp_path / "home")  # migrations already applied: nothing happens twice
     assert second.db["users"].count == 1
     applied = [m["name"] for m in second.db["_sqlite_migrations"].rows]
-    assert applied[0] == "m001_initial" and len(applied) == len(set(applied))  # each once
+    assert applied[0] == "m001_initial" and len(applied) == len(set(applied))
+    assert migrations.pending(second.db) == []
+
+
+def test_queue_position_migration_keeps_the_order_of_an_older_database(tmp_path):
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    path = tmp_path / "home"
+    path.mkdir()
+    old = Database(path / "workbench.db")
+    only_first = Migrations("lessismore")
+    only_first(name="m001_initial")(migrations._migrations[0].fn)
+    only_first.apply(old)
+    for _ in range(3):
+        old["runs"].insert({"owner_id": 1, "status": "queued", "method": "lora"})
+    old.close()
+    upgraded = Storage(path)  # applies the newer migrations, m004 among them
+    assert [r["id"] for r in upgraded.queued_runs()] == [1, 2, 3]
+    assert upgraded.claim_next_run("h:1:1")["id"] == 1
 
 
 def test_dataset_round_trip(storage):

@@ -1,0 +1,104 @@
+"""Scoring a model on a split, and the per-example table of the final evaluation.
+
+After training the recipe scores the test split (the validation split when the dataset has
+no test split, and says so) and stores, in ``runs/<id>/``:
+  evaluation.json     split, whether it fell back, metrics, labels, confusion matrix
+  predictions.jsonl   one row per example (reference vs prediction), worst first
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from engine.training.metrics import confusion_counts, item_speech_errors
+
+EVALUATION_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+class ItemDataset(Dataset):
+    """Dataset items encoded on the fly by the task model (audio decoded per access)."""
+
+    def __init__(self, items: list[dict], task_model, dataset_dir: Path):
+        self.items, self.task_model, self.dataset_dir = items, task_model, dataset_dir
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.task_model.encode(self.items[index], self.dataset_dir)
+
+
+def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
+             batch_size: int, autocast: AbstractContextManager) -> tuple[dict, list]:
+    """Metrics and predictions of ``model`` on ``items`` (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    # Its own generator: a loader draws a seed when iterated, which must not move the global
+    # RNG that dropout and masking use (evaluation happens at different points of a resume).
+    loader = DataLoader(ItemDataset(items, task_model, dataset_dir), batch_size=batch_size,
+                        collate_fn=task_model.collate, generator=torch.Generator())
+    predictions = []
+    try:
+        with autocast:
+            for batch in loader:
+                predictions += task_model.predict(model, batch)
+    finally:
+        model.train(was_training)
+    references = [task_model.reference(item) for item in items]
+    return task_model.score(predictions, references), predictions
+
+
+def per_example_rows(task_model, items: list[dict], predictions: list) -> list[dict]:
+    """Reference vs prediction per example, sorted worst first.
+
+    Speech: per-item WER then CER, highest first. Labels: wrong predictions first, the most
+    confident mistakes at the top (those are the ones worth listening to).
+    """
+    rows = []
+    for item, prediction in zip(items, predictions):
+        row = {"split": item["split"], "position": item["position"], "file": item.get("file")}
+        if task_model.task == "asr":
+            row.update(reference=task_model.reference(item), prediction=prediction,
+                       **item_speech_errors(task_model.reference(item), prediction))
+        else:
+            best = max(range(len(prediction)), key=prediction.__getitem__)
+            row.update(reference=item["label"] if item.get("label") is not None else item.get("text"),
+                       prediction=task_model.labels[best], confidence=float(prediction[best]))
+            row["correct"] = row["reference"] == row["prediction"]
+        rows.append(row)
+    if task_model.task == "asr":
+        rows.sort(key=lambda r: (-r["wer"], -r["cer"], r["position"]))
+    else:
+        rows.sort(key=lambda r: (r["correct"], -r["confidence"], r["position"]))
+    return rows
+
+
+def write_evaluation(run_dir: Path, task_model, split: str, fell_back: bool, metrics: dict,
+                     rows: list[dict]) -> dict:
+    summary = {"split": split, "fell_back_to_validation": fell_back, "metrics": metrics,
+               "task": task_model.task, "labels": task_model.labels, "num_examples": len(rows),
+               "confusion": confusion_counts(task_model.labels, rows) if task_model.task != "asr" else None}
+    with (run_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    (run_dir / EVALUATION_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def read_evaluation(run_dir: Path) -> dict | None:
+    """The stored final evaluation with its rows, or None before a run has finished."""
+    path = run_dir / EVALUATION_FILE
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    predictions = run_dir / PREDICTIONS_FILE
+    summary["rows"] = ([json.loads(line) for line in predictions.read_text().splitlines() if line]
+                       if predictions.is_file() else [])
+    return summary

@@ -1,0 +1,40 @@
+"""The queue as users see it: position, and how long each queued run will take and wait.
+
+Estimates come from the speed of this machine: a run that has trained steps uses its own
+seconds per step; a queued one uses earlier completed runs of the same model and method. With
+neither, the estimate is None (shown as "–"), never a guess dressed as a number.
+"""
+
+from __future__ import annotations
+
+from storage import Storage
+
+
+def queue_rows(storage: Storage, owner_id: int) -> list[dict]:
+    """Every queued run (one device: everybody's queue), in the order a worker takes them."""
+    wait = sum(seconds_left(storage, run) or 0.0 for run in storage.runs_with_status("running"))
+    rows = []
+    for position, run in enumerate(storage.queued_runs(), start=1):
+        duration = seconds_left(storage, run)
+        rows.append({"position": position, "id": run["id"], "method": run["method"],
+                     "model": run["model_name"], "dataset": run["dataset_name"],
+                     "mine": run["owner_id"] == owner_id, "step": run["step"],
+                     "estimated_duration_s": duration, "estimated_start_in_s": wait})
+        wait = None if wait is None or duration is None else wait + duration
+    return rows
+
+
+def seconds_left(storage: Storage, run: dict) -> float | None:
+    total = run["total_steps"] or run["settings"]["training"].get("max_steps") or 0
+    if total <= 0:
+        return None  # an epoch-based run that has not started: its step count is not known yet
+    if run["step"] and run["wall_time_s"]:
+        per_step = run["wall_time_s"] / run["step"]
+    else:
+        row = storage.db.execute(
+            "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
+            "model_id = ? and method = ? and step > 0", [run["model_id"], run["method"]]).fetchone()
+        if not row or not row[1]:
+            return None
+        per_step = row[0] / row[1]
+    return per_step * max(0, total - (run["step"] or 0))

@@ -1,0 +1,110 @@
+"""The Training page: clone, queue controls, the final evaluation, many tabs watching a run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from conftest import FAST
+from streamlit.testing.v1 import AppTest
+from test_pages import APP, app, finished_run, open_page  # noqa: F401  (fixture)
+
+
+def test_clone_opens_the_form_filled_with_the_runs_settings(app, demo_home):  # noqa: F811
+    from engine import Workbench
+
+    source = finished_run(demo_home, "qlora")
+    workbench = Workbench(demo_home)
+    settings = workbench.get_run(source)["settings"]
+    open_page(app, "pages/training.py")
+    app.button(key=f"train.clone.{source}").click().run()
+    assert not app.exception
+    prefix = f"train.clone{source}"
+    assert app.selectbox(key=f"{prefix}.method").value == "qlora"
+    assert app.number_input(key=f"{prefix}.training.max_steps").value == settings["training"]["max_steps"]
+    assert app.number_input(key=f"{prefix}.qlora.r").value == settings["method"]["r"]
+    app.number_input(key=f"{prefix}.qlora.r").set_value(16)
+    app.button(key="train.start").click().run()
+    assert not app.exception and "queued" in app.success[0].value
+    clone = workbench.list_runs()[0]
+    assert clone["id"] != source
+    assert clone["settings"]["method"] == {**settings["method"], "r": 16}
+    assert clone["settings"]["training"] == settings["training"]
+
+
+def test_queue_can_be_reordered_and_cancelled_with_a_confirmation(app, demo_home):  # noqa: F811
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    blocker = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    # A run "training" in this very process holds the device, so the queue stays put.
+    workbench.storage.claim_next_run(f"{socket.gethostname()}:{os.getpid()}:0", run_id=blocker)
+    a, b, c = (workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST) for _ in range(3))
+    open_page(app, "pages/training.py")
+    assert app.dataframe[0].value["run"].tolist() == [a, b, c]
+    app.selectbox(key="train.queue.run").select(c)
+    app.number_input(key="train.queue.position").set_value(1)
+    app.button(key="train.queue.move").click().run()
+    assert [row["id"] for row in workbench.queue()] == [c, a, b]
+
+    app.selectbox(key="train.queue.run").select(a)
+    app.button(key="train.queue.cancel").click().run()
+    assert workbench.get_run(a)["status"] == "queued"  # nothing happens before confirming
+    assert any(f"Cancel run #{a}?" in w.value for w in app.warning)
+    app.button(key="train.queue.confirm_yes").click().run()
+    assert not app.exception
+    assert workbench.get_run(a)["status"] == "cancelled"
+    assert [row["id"] for row in workbench.queue()] == [c, b]
+    workbench.storage.update_run(blocker, status="completed")
+
+
+def test_classification_run_shows_its_evaluation_and_confusion_matrix(app, demo_home):  # noqa: F811
+    run_id = finished_run(demo_home, "lora", dataset="demo-commands")
+    open_page(app, "pages/training.py")
+    assert any("no test split" in i.value for i in app.info)
+    examples = app.dataframe[0].value  # the monitor comes first, the list of all runs last
+    assert list(examples.columns[:4]) == ["reference", "prediction", "confidence", "correct"]
+    wrong = examples[~examples["correct"]]
+    assert examples["correct"].tolist() == sorted(examples["correct"].tolist())  # mistakes first
+    assert wrong["confidence"].tolist() == sorted(wrong["confidence"].tolist(), reverse=True)
+    assert len(examples) == 30  # the whole validation split (no test split in the demo)
+    assert any("confusion matrix" in chart.proto.spec for chart in app.get("plotly_chart"))
+
+
+def test_many_tabs_watch_a_training_run(demo_home):
+    from engine import Workbench
+    from ui.state import shutdown_workbenches
+
+    workbench = Workbench(demo_home)
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "max_steps": 5000, "per_device_train_batch_size": 2})
+    tabs = [AppTest.from_file(APP, default_timeout=60) for _ in range(3)]
+    try:
+        for tab in tabs:
+            open_page(tab, "pages/training.py")  # the first one starts the app's worker
+        deadline = time.monotonic() + 300
+        while (workbench.get_run(run_id)["step"] or 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        for _ in range(3):  # three rounds of every tab rendering while the worker writes
+            for tab in tabs:
+                tab.run()
+                assert not tab.exception, tab.exception
+                assert tab.get("progress")[0].proto.value < 100
+        assert workbench.get_run(run_id)["status"] == "running"
+        workbench.stop_run(run_id)
+        while workbench.get_run(run_id)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        step = workbench.get_run(run_id)["step"]
+        for tab in tabs:
+            tab.run()
+            assert not tab.exception
+            assert tab.button(key=f"train.resume.{run_id}")
+            assert f"step {step} / 5000" in tab.get("progress")[0].proto.text
+        steps = [m["step"] for m in workbench.run_metrics(run_id, ["train/loss"])]
+        assert steps == list(range(1, step + 1))  # watching never wrote anything
+        assert len(workbench.list_runs()) == 1
+    finally:
+        shutdown_workbenches()

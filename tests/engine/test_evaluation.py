@@ -1,0 +1,52 @@
+"""The final evaluation: the test split when there is one, rows worst first, confusion matrix."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from conftest import FAST
+
+from engine.training.evaluation import per_example_rows
+from engine.training.metrics import confusion_counts
+
+
+def test_speech_rows_carry_per_item_error_rates_worst_first():
+    asr = SimpleNamespace(task="asr", reference=lambda item: item["text"])
+    items = [{"split": "test", "position": i, "file": f"{i}.flac", "text": text}
+             for i, text in enumerate(["open the door", "turn it off", "play music"])]
+    rows = per_example_rows(asr, items, ["open the door", "turn off", "stop now please"])
+    assert [r["position"] for r in rows] == [2, 1, 0]
+    assert rows[0]["wer"] == pytest.approx(3 / 2) and rows[1]["wer"] == pytest.approx(1 / 3)
+    assert rows[2]["wer"] == 0 and rows[2]["cer"] == 0
+
+
+def test_classification_rows_put_confident_mistakes_first_and_count_confusions():
+    labels = ["no", "yes"]
+    model = SimpleNamespace(task="audio-classification", labels=labels)
+    items = [{"split": "test", "position": i, "label": label} for i, label in enumerate(["yes", "no", "yes", "no"])]
+    probabilities = [[0.2, 0.8], [0.6, 0.4], [0.9, 0.1], [0.45, 0.55]]
+    rows = per_example_rows(model, items, probabilities)
+    assert [(r["position"], r["correct"]) for r in rows] == [(2, False), (3, False), (0, True), (1, True)]
+    assert rows[0]["prediction"] == "no" and rows[0]["confidence"] == pytest.approx(0.9)
+    assert confusion_counts(labels, rows) == [[1, 1], [1, 1]]
+
+
+def test_a_dataset_with_a_test_split_is_scored_on_it(workbench, tmp_path):
+    source = workbench.home / workbench.get_dataset("demo-commands")["path"]
+    folder = tmp_path / "with-test"
+    shutil.copytree(source, folder)
+    shutil.copytree(folder / "validation", folder / "test")
+    workbench.import_dataset(folder, "commands-with-test")
+    run_id = workbench.submit_run("commands-with-test", "tiny-whisper", "lora", {}, FAST)
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary["error"]
+    result = workbench.run_evaluation(run_id)
+    assert result["split"] == "test" and not result["fell_back_to_validation"]
+    assert len(result["rows"]) == workbench.dataset_split_counts("commands-with-test")["test"]
+    assert sum(map(sum, result["confusion"])) == len(result["rows"])
+    test_points = {m["name"]: m["value"] for m in workbench.run_metrics(run_id) if m["name"].startswith("test/")}
+    assert test_points["test/accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+    correct = sum(row["correct"] for row in result["rows"])
+    assert summary["metrics"]["accuracy"] == pytest.approx(correct / len(result["rows"]))
