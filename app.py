@@ -6,7 +6,6 @@ The engine is a process-wide singleton (ui.state.get_workbench); its worker thre
 training when browser tabs close.
 """
 
-import os
 
 import streamlit as st
 

@@ -1,7 +1,9 @@
 """What a model is made of: a summary of its config, parameters per component, linear layers.
 
-The model is built from its config with empty (meta) weights, so inspecting even a large model
-reads no weights and allocates next to nothing.
+The model is built from its config on the meta device (``with torch.device("meta")``, which
+holds for this thread only), so inspecting even a large model reads no weights and allocates
+nothing. accelerate's ``init_empty_weights`` is avoided on purpose: it patches ``nn.Module`` for
+the whole process, and a training worker thread would then build its model on meta too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ SUMMARY_FIELDS = [
 
 def architecture(task_model) -> dict:
     """Config summary, parameter counts per component and the linear layers a method can target."""
-    from accelerate import init_empty_weights
 
     config = task_model.config()
     summary = {}
@@ -33,10 +34,8 @@ def architecture(task_model) -> dict:
         value = getattr(config, attribute, None)
         if value is not None and label not in summary:
             summary[label] = value
-    with init_empty_weights():  # parameters on the meta device; buffers stay real (small)
-        model = task_model.build_from_config()
-    # init_empty_weights re-wraps every parameter assigned in its context, undoing ties: tie here.
-    tie_like_pretrained(model)
+    with torch.device("meta"):
+        model = tie_like_pretrained(task_model.build_from_config())
     components: dict[str, int] = defaultdict(int)
     for name, parameter in model.named_parameters():
         components[component_of(name)] += parameter.numel()

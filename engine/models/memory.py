@@ -105,10 +105,7 @@ def estimate_training_memory(task_model, method, method_settings, *, batch_size:
     ``seconds`` sets the audio length (audio models), ``sequence_length`` the tokens (text);
     ``precision`` "bf16" runs the step under bf16 autocast, as training on a GPU does.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from engine.methods import MethodContext
-    from engine.models.base import linear_module_names
 
     quantized_bits = {"qlora": 4, "qlora-8bit": 8}.get(method.name)
     return _dry_run(task_model, method, method_settings, quantized_bits, batch_size,

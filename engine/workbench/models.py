@@ -1,0 +1,145 @@
+"""Models (register, inspect, estimate memory) and PEFT methods with their settings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from engine import settings as settings_lib
+from engine.errors import ModelError, NotFoundError, SettingsError
+from engine.methods import all_methods, get_method
+from engine.training.settings import TrainingSettings
+
+
+
+class ModelsMixin:
+    # ------------------------------------------------------------------ models
+    def list_models(self) -> list[dict]:
+        return self.storage.list_models(self.owner_id)
+
+    def get_model(self, name_or_id: str | int) -> dict:
+        model = self.storage.find_model(name_or_id, self.owner_id)
+        if model is None:
+            names = ", ".join(m["name"] for m in self.list_models()) or "none yet"
+            raise NotFoundError(f"no model {name_or_id!r}; models: {names}")
+        return model
+
+    def register_model(self, source: str | Path, name: str, *, description: str = "",
+                       shared: bool = False) -> dict:
+        """Register a model from a local folder, an installed package or a hub id."""
+        from engine.models import SUPPORTED_FAMILIES, tasks_of_family
+        from engine.models.sources import fetch, read_model_type, resolve_source
+
+        if not name.strip():
+            raise ModelError("a model needs a name")
+        if self.storage.find_model(name, self.owner_id) is not None:
+            raise ModelError(f"a model named {name!r} already exists; choose another name")
+        origin = resolve_source(str(source))
+        if origin.kind != "hub":
+            family = read_model_type(Path(origin.location))
+            if not tasks_of_family(family):
+                raise ModelError(f"model type {family!r} is not supported yet; supported: "
+                                 f"{', '.join(SUPPORTED_FAMILIES)}")
+        target = self.storage.files.new_dir("models", name)
+        try:
+            fetch(origin, target)
+            family = read_model_type(target)
+            if not tasks_of_family(family):
+                raise ModelError(f"model type {family!r} is not supported yet; supported: "
+                                 f"{', '.join(SUPPORTED_FAMILIES)}")
+            model_id = self.storage.add_model({
+                "name": name, "family": family, "tasks": tasks_of_family(family),
+                "source": origin.describe(), "path": self.storage.files.relative(target),
+                "description": description, "owner_id": self.owner_id, "shared": int(shared),
+                "num_parameters": count_parameters_on_disk(target),
+            })
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)  # nothing half-registered remains
+            raise
+        return self.storage.find_model(model_id, self.owner_id)
+
+    def packaged_models(self) -> list[dict]:
+        """Installed packages that ship a supported model folder, and whether it is registered."""
+        from engine.models import tasks_of_family
+        from engine.models.sources import packaged_models
+
+        registered = {m["source"] for m in self.list_models()}
+        return [{**found, "registered": f"package:{found['package']}" in registered}
+                for found in packaged_models() if tasks_of_family(found["model_type"])]
+
+    def delete_model(self, name_or_id: str | int) -> None:
+        model = self.get_model(name_or_id)
+        if model["owner_id"] != self.owner_id:
+            raise ModelError(f"{model['name']} is shared with you read-only; it cannot be deleted")
+        self.storage.delete_model(model["id"], self.owner_id)
+        self.storage.files.remove(model["path"])
+
+    def task_model(self, model: str | int, task: str | None = None, labels: list[str] | None = None):
+        """The engine's view of a registered model for one of its tasks (no weights loaded)."""
+        from engine.models import task_model_for
+
+        record = self.get_model(model)
+        task = task or record["tasks"][0]
+        return task_model_for(record["family"], task, self.storage.files.resolve(record["path"]),
+                              labels or ["a", "b"])
+
+    def model_architecture(self, model: str | int, task: str | None = None) -> dict:
+        from engine.models.inspect import architecture
+
+        return architecture(self.task_model(model, task))
+
+    def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
+                        method_settings: dict[str, dict] | None = None, batch_size: int = 8,
+                        seconds: float = 5.0, sequence_length: int = 64, labels: int = 2,
+                        precision: str = "fp32") -> dict[str, dict | str]:
+        """Memory (MiB, by part) one training step needs with each method, from a dry run on
+        fake tensors in a child process; a method without an estimate maps to the reason."""
+        from engine.models.memory import estimate_in_subprocess
+
+        record = self.get_model(model)
+        for name in methods:
+            get_method(name)  # unknown names fail here, with the list of methods
+        return estimate_in_subprocess({
+            "family": record["family"], "task": task or record["tasks"][0],
+            "model_dir": str(self.storage.files.resolve(record["path"])),
+            "labels": [f"class-{i}" for i in range(max(2, labels))],
+            "methods": [{"name": m, "settings": (method_settings or {}).get(m, {})} for m in methods],
+            "batch_size": batch_size, "seconds": seconds, "sequence_length": sequence_length,
+            "precision": precision,
+        })
+
+    # ------------------------------------------------------------------ methods and settings
+    def list_methods(self) -> list[dict]:
+        return [{"name": m.name, "help": m.help, "source": m.source, "is_adapter": m.is_adapter,
+                 "settings": settings_lib.describe(m.settings_cls), **m.extra}
+                for m in all_methods()]
+
+    def training_settings_schema(self) -> list[dict]:
+        return settings_lib.describe(TrainingSettings)
+
+    def split_settings(self, method: str, values: dict[str, Any]) -> tuple[dict, dict]:
+        """Route flat ``key=value`` settings to the method or the training settings."""
+        method_fields = {f["name"] for f in settings_lib.describe(get_method(method).settings_cls)}
+        training_fields = {f["name"] for f in self.training_settings_schema()}
+        unknown = sorted(set(values) - method_fields - training_fields)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting {', '.join(unknown)}; {method} settings: "
+                f"{', '.join(sorted(method_fields)) or 'none'}; training settings: "
+                f"{', '.join(sorted(training_fields))}")
+        return ({k: v for k, v in values.items() if k in method_fields},
+                {k: v for k, v in values.items() if k in training_fields})
+
+
+def count_parameters_on_disk(folder: Path) -> int:
+    """Parameters in a folder's safetensors files, read from their headers (nothing loaded)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(str(weights), "pt") as handle:
+            total += sum(prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    return total

@@ -1,0 +1,237 @@
+"""Runs: submit, queue, watch, stop, resume, clone, evaluate, export, compare and tag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine import settings as settings_lib
+from engine.errors import ModelError, NotFoundError, RunError, SettingsError
+from engine.methods import get_method
+from engine.training.settings import TrainingSettings
+from storage import utc_now
+
+
+
+class RunsMixin:
+    # ------------------------------------------------------------------ runs
+    def submit_run(self, dataset: str | int, model: str | int, method: str,
+                   method_settings: dict | None = None, training_settings: dict | None = None) -> int:
+        """Validate everything that can be checked before training, then queue the run."""
+        plan = self.check_run(dataset, model, method, method_settings, training_settings)
+        dataset_record, model_record = plan["dataset"], plan["model"]
+        run_id = self.storage.create_run({
+            "owner_id": self.owner_id, "method": method, "task": dataset_record["task"],
+            "dataset_id": dataset_record["id"], "dataset_name": dataset_record["name"],
+            "dataset_version": dataset_record["version"], "model_id": model_record["id"],
+            "model_name": model_record["name"],
+            "settings": {"method": plan["method_settings"], "training": plan["training_settings"]},
+        })
+        self.storage.add_event(run_id, "queued")
+        if not plan["memory"]["fits"]:
+            self.storage.add_event(run_id, plan["memory"]["message"], "warning")
+        if self.worker is not None:
+            self.worker.wake()
+        return run_id
+
+    def check_run(self, dataset: str | int, model: str | int, method: str,
+                  method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
+        """Every check ``submit_run`` makes, without queueing: the validated settings and the
+        memory estimate (``memory``: estimate_mb, free_mb, fits, message). Raises a
+        ``WorkbenchError`` naming the field for a configuration that cannot train."""
+        from engine.models import TASK_MODELS, TASK_NAMES
+        from engine.training.preflight import check_target_modules, memory_check, outline_for
+
+        dataset_record = self.get_dataset(dataset)
+        model_record = self.get_model(model)
+        method_obj = get_method(method)
+        if dataset_record["task"] not in (model_record["tasks"] or []):
+            raise RunError(
+                f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
+                f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
+        method_obj_settings = settings_lib.build(method_obj.settings_cls, method_settings, section=method)
+        training_values = settings_lib.as_dict(settings_lib.build(
+            TrainingSettings, training_settings, section="training"))
+        self._check_splits(dataset_record, training_values)
+        task_model_cls = TASK_MODELS[(model_record["family"], dataset_record["task"])]
+        try:
+            outline = outline_for(self.storage.files.resolve(model_record["path"]),
+                                  dataset_record["task"], dataset_record["labels"])
+        except Exception as error:  # any failure here is the model folder's, said as such
+            raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
+                             "register the model folder again") from error
+        check_target_modules(method_obj_settings, outline, task_model_cls)
+        return {"dataset": dataset_record, "model": model_record,
+                "method_settings": settings_lib.as_dict(method_obj_settings),
+                "training_settings": training_values,
+                "memory": memory_check(method, method_obj_settings, training_values,
+                                       outline, task_model_cls)}
+
+    def _check_splits(self, dataset_record: dict, training: dict) -> None:
+        counts = self.storage.count_items(dataset_record["id"])
+        if not counts.get("train"):
+            raise SettingsError(f"{dataset_record['name']} has no items in its train split; "
+                                "add training examples or choose another dataset")
+        if training["per_device_train_batch_size"] > counts["train"]:
+            raise SettingsError(f"per_device_train_batch_size ({training['per_device_train_batch_size']}) "
+                                f"is larger than the train split ({counts['train']} items)")
+        if training["early_stopping_patience"] and not counts.get("validation"):
+            raise SettingsError(f"early_stopping_patience needs a validation split, and "
+                                f"{dataset_record['name']}'s validation split has no items")
+
+    def estimate_run(self, dataset: str | int, model: str | int, method: str,
+                     method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
+        """The memory estimate for a configuration (see ``check_run``)."""
+        return self.check_run(dataset, model, method, method_settings, training_settings)["memory"]
+
+    def clone_run(self, run_id: int, changes: dict[str, Any] | None = None) -> int:
+        """Queue a new run with this run's dataset, model, method and settings, plus ``changes``
+        (flat ``key=value`` settings, e.g. ``{"r": 16}``)."""
+        run = self.get_run(run_id)
+        method_changes, training_changes = self.split_settings(run["method"], dict(changes or {}))
+        return self.submit_run(run["dataset_id"], run["model_id"], run["method"],
+                               {**run["settings"]["method"], **method_changes},
+                               {**run["settings"]["training"], **training_changes})
+
+    def queue(self) -> list[dict]:
+        """Queued runs in the order they will train, with position and time estimates
+        (``engine.training.queue.queue_rows``)."""
+        from engine.training.queue import queue_rows
+
+        return queue_rows(self.storage, self.owner_id)
+
+    def move_run(self, run_id: int, position: int) -> list[int]:
+        """Move a queued run to ``position`` (1 = next to train); returns the queue's ids."""
+        run = self.get_run(run_id)
+        if run["status"] != "queued":
+            raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be moved")
+        if position < 1:
+            raise SettingsError(f"position must be 1 or more, got {position}")
+        order = self.storage.move_in_queue(run["id"], position)
+        self.storage.add_event(run["id"], f"moved to position {order.index(run['id']) + 1} in the queue")
+        return order
+
+    def cancel_run(self, run_id: int) -> None:
+        """Take a queued run out of the queue (it ends ``cancelled``)."""
+        run = self.get_run(run_id)
+        if run["status"] != "queued":
+            raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be "
+                           "cancelled (stop a running one)")
+        self.storage.update_run(run["id"], status="cancelled", finished_at=utc_now())
+        self.storage.add_event(run["id"], "cancelled before it started")
+
+    def run_evaluation(self, run_id: int) -> dict | None:
+        """The final evaluation of a finished run: split, metrics, per-example rows (worst
+        first), confusion matrix for classification; None before it has one."""
+        from engine.training.evaluation import read_evaluation
+
+        run = self.get_run(run_id)
+        return read_evaluation(self.storage.files.home / "runs" / str(run["id"]))
+
+    def list_runs(self, limit: int | None = None) -> list[dict]:
+        return self.storage.list_runs(self.owner_id, limit)
+
+    def get_run(self, run_id: int) -> dict:
+        run = self.storage.get_run(int(run_id), self.owner_id)
+        if run is None:
+            raise NotFoundError(f"no run {run_id}")
+        return run
+
+    def run_metrics(self, run_id: int, names: list[str] | None = None) -> list[dict]:
+        return self.storage.metrics(self.get_run(run_id)["id"], names)
+
+    def run_events(self, run_id: int, limit: int = 200) -> list[dict]:
+        return self.storage.events(self.get_run(run_id)["id"], limit)
+
+    def run_summary(self, run_id: int) -> dict:
+        """What ``runs show --json`` prints: the contract's fields plus progress."""
+        run = self.get_run(run_id)
+        adapter = self.storage.files.resolve(run["adapter_dir"]) if run["adapter_dir"] else None
+        return {
+            "id": run["id"], "status": run["status"], "method": run["method"], "task": run["task"],
+            "dataset": run["dataset_name"], "dataset_version": run["dataset_version"],
+            "dataset_exists": self.storage.find_dataset(run["dataset_id"], self.owner_id) is not None,
+            "model": run["model_name"], "settings": run["settings"], "metrics": run["metrics"] or {},
+            "trainable_params": run["trainable_params"], "total_params": run["total_params"],
+            "peak_memory_mb": run["peak_memory_mb"], "wall_time_s": run["wall_time_s"],
+            "step": run["step"], "total_steps": run["total_steps"],
+            "adapter_dir": str(adapter) if adapter else None, "error": run["error"],
+            "created_at": run["created_at"], "started_at": run["started_at"],
+            "finished_at": run["finished_at"], "queue_position": self._queue_position(run),
+        }
+
+    def _queue_position(self, run: dict) -> int | None:
+        if run["status"] != "queued":
+            return None
+        return [r["id"] for r in self.storage.queued_runs()].index(run["id"]) + 1
+
+    def stop_run(self, run_id: int) -> str:
+        """Queued: cancelled at once. Running: stops at the next step with a checkpoint."""
+        run = self.get_run(run_id)
+        if run["status"] == "queued":
+            self.cancel_run(run["id"])
+            return "cancelled"
+        if run["status"] != "running":
+            raise RunError(f"run {run['id']} is {run['status']}; only queued or running runs can be stopped")
+        self.storage.request_stop(run["id"])
+        if self.worker is not None:
+            self.worker.request_stop(run["id"])
+        self.storage.add_event(run["id"], "stop requested")
+        return "stopping"
+
+    def resume_run(self, run_id: int) -> None:
+        """Queue a stopped, interrupted or failed run again; it continues from its checkpoint."""
+        run = self.get_run(run_id)
+        if run["status"] not in ("stopped", "interrupted", "failed"):
+            raise RunError(f"run {run['id']} is {run['status']}; only stopped, interrupted or "
+                           "failed runs can be resumed")
+        self.storage.requeue_run(run["id"], stop_requested=0, error=None, finished_at=None)
+        self.storage.add_event(run["id"], "queued to resume")
+        if self.worker is not None:
+            self.worker.wake()
+
+    def wait_for_run(self, run_id: int, on_progress=None) -> dict:
+        """Train in this process until the run ends (the CLI's ``--wait``)."""
+        from engine.training.worker import run_until_done
+
+        self.get_run(run_id)
+        run_until_done(self.storage, int(run_id), on_progress=on_progress)
+        return self.run_summary(run_id)
+
+    # ------------------------------------------------------------------ export, compare, tags
+    def export_run(self, run_id: int, format: str, out: str | Path, on_progress=None) -> Path:
+        """Write run ``run_id`` as ``adapter`` (zip + model card), ``merged`` (a transformers
+        folder) or ``onnx`` (graphs checked with onnxruntime) to ``out``; returns the path."""
+        from engine.export import export_run
+
+        return export_run(self, run_id, format, out, on_progress)
+
+    def export_zip(self, run_id: int, format: str, on_progress=None) -> bytes:
+        """``export_run`` as one zip in memory, for a download button (the folder formats
+        are exported to a temporary folder and zipped)."""
+        from engine.export import export_zip_bytes
+
+        return export_zip_bytes(self, run_id, format, on_progress)
+
+    def compare_runs(self, run_ids: list[int]) -> list[dict]:
+        """One row per run: results, costs (memory, parameters, adapter bytes, throughput)
+        and settings, for the Compare page and its CSV."""
+        from engine.compare import comparison_row
+
+        return [comparison_row(self, self.get_run(run_id)) for run_id in run_ids]
+
+    def metric_series(self, run_id: int, name: str) -> dict:
+        """One metric of one run as columns: ``{"step": [...], "wall_time": [...], "value": [...]}``."""
+        return self.storage.metric_series(self.get_run(run_id)["id"], name)
+
+    def run_metric_names(self, run_id: int) -> list[str]:
+        return self.storage.metric_names(self.get_run(run_id)["id"])
+
+    def tag_run(self, run_id: int, tags: list[str] | str) -> list[str]:
+        """Replace a run's tags (comma-separated text or a list); returns the clean tags."""
+        from engine.compare import clean_tags
+
+        run = self.get_run(run_id)
+        cleaned = clean_tags(tags)
+        self.storage.update_run(run["id"], tags=cleaned)
+        return cleaned
