@@ -86,7 +86,7 @@ def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
     (["models", "register", "openai/whisper-tiny", "--name", "w"], "offline mode is on"),
     (["runs", "show", "424242"], "no run 424242"),
     (["runs", "resume", "424242"], "no run 424242"),
-    (["models", "register", "/definitely/not/here", "--name", "x"], "not a transformers model folder"),
+    (["models", "register", "/definitely/not/here", "--name", "x"], "not a folder, an installed model package or a hub id"),
     (["datasets", "import", "/definitely/not/here", "--name", "x"], "is not a folder"),
 ])
 def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):

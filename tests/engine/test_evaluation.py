@@ -37,7 +37,9 @@ def test_a_dataset_with_a_test_split_is_scored_on_it(workbench, tmp_path):
     source = workbench.home / workbench.get_dataset("demo-commands")["path"]
     folder = tmp_path / "with-test"
     shutil.copytree(source, folder)
-    shutil.copytree(folder / "validation", folder / "test")
+    # The validation clips become the test split (copying them would make duplicates, which
+    # the importer refuses): train + test, so evaluation must use test.
+    (folder / "validation").rename(folder / "test")
     workbench.import_dataset(folder, "commands-with-test")
     run_id = workbench.submit_run("commands-with-test", "tiny-whisper", "lora", {}, FAST)
     summary = workbench.wait_for_run(run_id)
