@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 def seed(home: Path, runs: int, points: int) -> list[int]:
     from engine import Workbench
+    from engine.training.worker import store_display_series
 
     workbench = Workbench(home)
     workbench.install_demo()
@@ -51,6 +52,7 @@ def seed(home: Path, runs: int, points: int) -> list[int]:
             run_id, status="completed", step=points, total_steps=points, wall_time_s=points * 0.02,
             trainable_params=10_000 * (1 + index), total_params=330_000, peak_memory_mb=300 + 40 * index,
             metrics={"wer": 0.4 + index / 100})
+        store_display_series(workbench.storage, run_id)  # what the worker does when a run ends
         ids.append(run_id)
     workbench.storage.close()
     return ids

@@ -372,6 +372,24 @@ class Storage:
         steps, walls, values = (list(column) for column in zip(*rows)) if rows else ([], [], [])
         return {"step": steps, "wall_time": walls, "value": values}
 
+    def stored_series(self, run_id: int, name: str) -> dict | None:
+        row = self.db.execute("select last_step, points from run_series where run_id = ? and name = ?",
+                              [run_id, name]).fetchone()
+        return {"last_step": row[0], "columns": json.loads(row[1])} if row else None
+
+    def store_series(self, run_id: int, name: str, last_step: int, columns: dict) -> None:
+        with self.atomic() as db:
+            db["run_series"].upsert({"run_id": run_id, "name": name, "last_step": last_step,
+                                     "points": json.dumps(columns)}, pk=("run_id", "name"))
+
+    def stored_series_names(self, run_id: int, last_step: int) -> list[str] | None:
+        """The metric names stored for this run at ``last_step``, or None when not (yet) stored."""
+        rows = self.db.execute("select name, last_step from run_series where run_id = ? order by name",
+                               [run_id]).fetchall()
+        if not rows or any(step != last_step for _, step in rows):
+            return None
+        return [name for name, _ in rows]
+
     def metric_names(self, run_id: int) -> list[str]:
         return [row[0] for row in self.db.execute(
             "select distinct name from run_metrics where run_id = ? order by name", [run_id])]

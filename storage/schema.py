@@ -129,5 +129,15 @@ def m004_runs_queue_position(db: Database) -> None:
     db["runs"].create_index(["status", "queue_position", "id"])
 
 
+
+@migrations()
+def m005_runs_display_series(db: Database) -> None:
+    """Each finished run's metric series, downsampled once for display (engine/series.py)."""
+    db["run_series"].create(
+        {"run_id": int, "name": str, "last_step": int, "points": str},
+        pk=("run_id", "name"),
+    )
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

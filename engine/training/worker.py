@@ -95,8 +95,19 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
         logger.exception("run %s failed", run_id)
         return "failed"
     finally:
+        store_display_series(storage, run_id)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def store_display_series(storage: Storage, run_id: int) -> None:
+    """Downsample the ended run's series once, for the Compare page; never fails the run."""
+    from engine.series import store_run_series
+
+    try:
+        store_run_series(storage, run_id)
+    except Exception:  # a missing display cache only costs the page a recomputation
+        logger.exception("could not store the display series of run %s", run_id)
 
 
 class Worker:

@@ -225,7 +225,16 @@ class RunsMixin:
         return self.storage.metric_series(self.get_run(run_id)["id"], name)
 
     def run_metric_names(self, run_id: int) -> list[str]:
-        return self.storage.metric_names(self.get_run(run_id)["id"])
+        run = self.get_run(run_id)
+        stored = self.storage.stored_series_names(run["id"], run["step"] or 0)
+        return stored if stored is not None else self.storage.metric_names(run["id"])
+
+    def display_series(self, run_id: int, name: str) -> dict[str, list]:
+        """One metric downsampled for charts; stored when the run ended (engine/series.py)."""
+        from engine.series import display_series
+
+        run = self.get_run(run_id)
+        return display_series(self.storage, run["id"], name, run["step"] or 0)
 
     def tag_run(self, run_id: int, tags: list[str] | str) -> list[str]:
         """Replace a run's tags (comma-separated text or a list); returns the clean tags."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ui.downsample import minmax_downsample
+from engine.series import minmax_downsample
 
 
 def random_series(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,3 +64,37 @@ def test_nan_values_do_not_hide_the_extremes():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError):
         minmax_downsample([1, 2, 3], [1, 2])
+
+
+def test_an_ended_run_stores_its_display_series_and_the_page_reads_them(workbench):
+    from conftest import FAST
+
+    from engine.series import kept_indices
+
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {**FAST, "max_steps": 6})
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed"
+    names = workbench.storage.metric_names(run_id)
+    assert workbench.storage.stored_series_names(run_id, 6) == names  # stored when it ended
+    assert workbench.run_metric_names(run_id) == names
+    stored = workbench.storage.stored_series(run_id, "train/loss")
+    raw = workbench.storage.metric_series(run_id, "train/loss")
+    keep = kept_indices(np.asarray(raw["value"]), 500)
+    assert stored["last_step"] == 6
+    assert stored["columns"]["value"] == np.asarray(raw["value"])[keep].tolist()
+    assert workbench.display_series(run_id, "train/loss") == stored["columns"]
+
+
+def test_a_run_that_moved_on_is_downsampled_again(workbench):
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {"max_steps": 5000})
+    storage = workbench.storage
+    for step in range(1, 3001):
+        storage.add_metrics(run_id, step, step * 0.1, {"train/loss": 1.0 / step})
+    storage.update_run(run_id, step=3000)
+    first = workbench.display_series(run_id, "train/loss")
+    assert first["step"][0] == 1 and first["step"][-1] == 3000 and len(first["step"]) <= 1002
+    storage.add_metrics(run_id, 3001, 300.1, {"train/loss": 9.0})  # a resumed run's new spike
+    storage.update_run(run_id, step=3001)
+    again = workbench.display_series(run_id, "train/loss")
+    assert again["step"][-1] == 3001 and 9.0 in again["value"]
+    assert storage.stored_series(run_id, "train/loss")["last_step"] == 3001

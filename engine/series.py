@@ -50,3 +50,32 @@ def kept_indices(values: np.ndarray, buckets: int) -> np.ndarray:
     chosen = np.concatenate([[0, count - 1], np.minimum(lows, count - 1),
                              np.minimum(highs, count - 1)])
     return np.unique(chosen)  # sorted, without duplicates
+
+
+# ---------------------------------------------------------------------- stored display series
+# A finished run's series never change, so the worker downsamples each of them once, when the
+# run ends, and stores the result (table run_series). The Compare page then reads ~1,000 points
+# per metric instead of every step; a run that has moved on since (resumed, still running) is
+# recomputed on read and stored again.
+
+def display_series(storage, run_id: int, name: str, last_step: int,
+                   buckets: int = DEFAULT_BUCKETS) -> dict[str, list]:
+    """``{"step", "wall_time", "value"}`` of one metric, downsampled, stored for ``last_step``."""
+    stored = storage.stored_series(run_id, name)
+    if stored is not None and stored["last_step"] == last_step:
+        return stored["columns"]
+    columns = storage.metric_series(run_id, name)
+    if columns["value"]:
+        keep = kept_indices(np.asarray(columns["value"], dtype=np.float64), buckets)
+        columns = {key: np.asarray(values)[keep].tolist() for key, values in columns.items()}
+    storage.store_series(run_id, name, last_step, columns)
+    return columns
+
+
+def store_run_series(storage, run_id: int) -> list[str]:
+    """Downsample and store every metric of a run (the worker calls this when a run ends)."""
+    last_step = storage.get_run(run_id, owner_id=None)["step"] or 0
+    names = storage.metric_names(run_id)
+    for name in names:
+        display_series(storage, run_id, name, last_step)
+    return names
