@@ -103,3 +103,19 @@ def test_a_run_can_be_taken_home_as_a_merged_model(app, demo_home, downloads, tm
         archive.extractall(tmp_path)
     merged = WhisperForAudioClassification.from_pretrained(tmp_path / f"run-{run_id}-merged")
     assert merged.config.num_labels == 10
+
+
+def test_a_typed_sentence_goes_through_a_text_model(app, demo_home):
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    run_id = workbench.submit_run("demo-text", "tiny-bert", "lora", {}, FAST)
+    assert workbench.wait_for_run(run_id)["status"] == "completed"
+    open_playground(app)
+    app.selectbox(key="play.model").select("tiny-bert").run()
+    app.selectbox(key="play.run").select(run_id).run()
+    app.text_input(key="play.text").input("the lecture was great").run()
+    assert not app.exception, app.exception
+    titles = [h.value for h in app.subheader]
+    assert titles == ["Base model", f"Fine-tuned: run #{run_id} (lora)"]
+    assert len(app.get("plotly_chart")) == 2  # positive / negative probabilities per model

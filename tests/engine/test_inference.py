@@ -82,3 +82,27 @@ def test_cache_evicts_the_least_recently_used_model_past_its_budget(trained):
     tiny.get(workbench, "tiny-whisper", speech)
     tiny.get(workbench, "tiny-whisper", commands)
     assert [key[2] for key in tiny.keys()] == [commands]
+
+
+def test_a_text_model_predicts_a_typed_sentence_like_evaluation_did(workbench):
+    """The playground's text path: a typed sentence through the same encode/collate/predict."""
+    from conftest import FAST
+
+    from engine.training.recipe import FineTuneRecipe
+
+    run_id = workbench.submit_run("demo-text", "tiny-bert", "lora", {}, {**FAST, "max_steps": 3})
+    run = workbench.storage.claim_next_run("test", run_id=run_id)
+    recipe = FineTuneRecipe(workbench.storage, run, should_stop=lambda: False)
+    recipe.setup()
+    assert recipe.train() == "completed"
+    items = recipe.eval_items[:4]
+    _, expected = recipe.evaluate(items)
+    cache = ModelCache()
+    for item, probabilities in zip(items, expected):
+        got = workbench.predict({"text": item["text"]}, model="tiny-bert", task="text-classification",
+                                run_id=run_id, cache=cache)
+        np.testing.assert_allclose(got["output"], probabilities, rtol=1e-5, atol=1e-6)
+        assert got["labels"] == ["negative", "positive"]
+    base = workbench.predict({"text": "the lecture was great"}, model="tiny-bert",
+                             task="text-classification", labels=["negative", "positive"], cache=cache)
+    assert len(base["output"]) == 2 and abs(sum(base["output"]) - 1) < 1e-5
