@@ -58,6 +58,15 @@ class ClassifierGraph(nn.Module):
         return self.model(input_features=input_features).logits  # (B, labels)
 
 
+class TextClassifierGraph(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, labels)
+
+
 def require_onnx() -> None:
     try:
         import onnx  # noqa: F401
@@ -73,9 +82,15 @@ def write_onnx(artifacts: RunArtifacts, folder: Path, say: Progress) -> Path:
     task_model, model = merged_model(artifacts, say)
     model = model.float().eval()
     model.config.use_cache = False
-    features = sample_features(task_model)
-    graphs = speech_graphs(model, features) if artifacts.summary["task"] == "asr" else \
-        classifier_graphs(model, features)
+    task = artifacts.summary["task"]
+    if task == "text-classification":
+        graphs = text_graphs(model, task_model)
+    elif not hasattr(task_model, "feature_extractor") or not hasattr(task_model, "features"):
+        raise ExportError(f"ONNX export covers Whisper and text classifiers; for this "
+                          f"{task_model.family} model export the merged folder instead")
+    else:
+        features = sample_features(task_model)
+        graphs = speech_graphs(model, features) if task == "asr" else classifier_graphs(model, features)
     manifest = {"task": artifacts.summary["task"], "run_id": artifacts.summary["id"],
                 "tolerance": PARITY_TOLERANCE, "graphs": {}}
     for name, (module, inputs, dynamic) in graphs.items():
@@ -128,6 +143,18 @@ def classifier_graphs(model: nn.Module, features: torch.Tensor) -> dict:
     batch = Dim("batch", min=1, max=1024)
     return {"model": (ClassifierGraph(model).eval(), {"input_features": features},
                       {"input_features": {0: batch}})}
+
+
+def text_graphs(model: nn.Module, task_model) -> dict:
+    from torch.export import Dim
+
+    tokens = task_model.tokenizer(["a short sentence to export", "and another one"], padding=True,
+                                  return_tensors="pt")
+    batch = Dim("batch", min=1, max=1024)
+    length = Dim("length", min=2, max=model.config.max_position_embeddings)
+    inputs = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+    return {"model": (TextClassifierGraph(model).eval(), inputs,
+                      {name: {0: batch, 1: length} for name in inputs})}
 
 
 def export_graph(module: nn.Module, inputs: dict, dynamic: dict, path: Path) -> None:

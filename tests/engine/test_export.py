@@ -203,3 +203,32 @@ def test_cli_exports_a_run_and_fails_with_one_line(trained, tmp_path):
         failed = cli(workbench.home, *args)
         assert failed.returncode == 1
         assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+
+
+def test_a_full_fine_tune_exports_as_adapter_zip_merged_folder_and_onnx(workbench, tmp_path):
+    """Full fine-tuning saves a whole model, not an adapter: every format still loads outside."""
+    import zipfile
+
+    import numpy as np
+    import onnxruntime
+    from conftest import FAST
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_id = workbench.submit_run("demo-text", "tiny-bert", "full", {}, {**FAST, "max_steps": 3})
+    assert workbench.wait_for_run(run_id)["status"] == "completed"
+    archive = workbench.export_run(run_id, "adapter", tmp_path / "run.zip")
+    with zipfile.ZipFile(archive) as bundle:
+        assert any(name.endswith("model.safetensors") for name in bundle.namelist())
+    merged = workbench.export_run(run_id, "merged", tmp_path / "merged")
+    model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    tokens = AutoTokenizer.from_pretrained(merged)(["the lecture was great"], return_tensors="pt")
+    with torch.no_grad():
+        torch_logits = model(**tokens).logits.numpy()
+    expected = workbench.predict({"text": "the lecture was great"}, model="tiny-bert",
+                                 task="text-classification", run_id=run_id)["output"]
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(torch_logits), -1)[0].numpy(),
+                               expected, rtol=1e-4, atol=1e-5)
+    onnx_dir = workbench.export_run(run_id, "onnx", tmp_path / "onnx")
+    session = onnxruntime.InferenceSession(str(next(onnx_dir.glob("*.onnx"))))
+    feeds = {i.name: tokens[i.name].numpy() for i in session.get_inputs() if i.name in tokens}
+    np.testing.assert_allclose(session.run(None, feeds)[0], torch_logits, rtol=1e-4, atol=1e-4)
