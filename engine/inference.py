@@ -55,11 +55,7 @@ def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel
 def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, device: str = "cpu") -> dict:
     """How the run's method loads its base model (4-bit options for qlora, nothing for lora)."""
     settings = settings_lib.build(method.settings_cls, method_settings)
-    context = MethodContext(task=task_model.task, family=task_model.family,
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules,
-                            linear_module_names=[], device=device, model_dir=task_model.model_dir)
+    context = MethodContext.for_task_model(task_model, device=device)
     return method.load_kwargs(settings, context)
 
 

@@ -39,6 +39,16 @@ class MethodContext:
     model_dir: Path | None = None  # the base model's folder (LoftQ reads the original weights)
     total_steps: int = 0  # optimizer steps the run will take (AdaLoRA schedules ranks with it)
 
+    @classmethod
+    def for_task_model(cls, task_model: Any, **overrides: Any) -> "MethodContext":
+        """The context a TaskModel (instance or class) implies; ``overrides`` set the rest."""
+        values = dict(task=task_model.task, family=task_model.family,
+                      default_target_modules=list(task_model.default_target_modules),
+                      head_modules=list(task_model.head_modules),
+                      unquantized_modules=list(task_model.unquantized_modules),
+                      linear_module_names=[], model_dir=getattr(task_model, "model_dir", None))
+        return cls(**{**values, **overrides})
+
 
 def no_load_kwargs(settings: Any, context: MethodContext) -> dict:
     return {}

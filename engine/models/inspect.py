@@ -8,7 +8,9 @@ the whole process, and a training worker thread would then build its model on me
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import torch
 
@@ -23,6 +25,15 @@ SUMMARY_FIELDS = [
     ("vocab_size", "vocabulary"), ("num_mel_bins", "mel bins"),
     ("max_source_positions", "audio positions"), ("max_position_embeddings", "max tokens"),
 ]
+
+
+@functools.lru_cache(maxsize=32)
+def cached_architecture(family: str, task: str, model_dir: str, config_mtime: float) -> dict:
+    """``architecture`` once per model folder and task (the config's mtime keys a re-registered
+    folder anew), so a page rerun does not rebuild the skeleton or reload the tokenizer."""
+    from engine.models import task_model_for
+
+    return architecture(task_model_for(family, task, Path(model_dir), ["a", "b"]))
 
 
 def architecture(task_model) -> dict:

@@ -132,12 +132,9 @@ def _dry_run(task_model, method, method_settings, quantized_bits, batch_size, se
 
     with FakeTensorMode(allow_non_fake_inputs=True):  # shapes and sizes only: nothing allocated
         model = task_model.build_from_config()
-        context = MethodContext(
-            task=task_model.task, family=task_model.family,
-            default_target_modules=task_model.default_target_modules,
-            head_modules=task_model.head_modules, unquantized_modules=task_model.unquantized_modules,
-            linear_module_names=linear_module_names(model), gradient_checkpointing=gradient_checkpointing,
-            model_dir=task_model.model_dir, total_steps=100)
+        context = MethodContext.for_task_model(
+            task_model, linear_module_names=linear_module_names(model),
+            gradient_checkpointing=gradient_checkpointing, total_steps=100)
         quantized = set() if quantized_bits is None else _quantizable(model, task_model.unquantized_modules)
         base = {id(p): p for p in model.parameters()}
         weights = _weight_bytes(model, quantized, quantized_bits)
@@ -225,11 +222,7 @@ def load_with_method(task_model, method, settings, device: str = "cpu"):
     from engine.methods import MethodContext
     from engine.models.base import linear_module_names
 
-    context = MethodContext(task=task_model.task, family=task_model.family,
-                            default_target_modules=task_model.default_target_modules,
-                            head_modules=task_model.head_modules,
-                            unquantized_modules=task_model.unquantized_modules, linear_module_names=[],
-                            model_dir=task_model.model_dir, total_steps=100, device=device)
+    context = MethodContext.for_task_model(task_model, total_steps=100, device=device)
     load_kwargs = method.load_kwargs(settings, context)
     model = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:

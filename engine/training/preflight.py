@@ -73,10 +73,8 @@ def check_target_modules(method_settings, outline: ModelOutline, task_model_cls)
         return
     from engine.methods.lora import resolve_targets
 
-    context = MethodContext(task=task_model_cls.task, family=task_model_cls.family,
-                            default_target_modules=task_model_cls.default_target_modules,
-                            head_modules=task_model_cls.head_modules,
-                            linear_module_names=outline.linear_module_names)
+    context = MethodContext.for_task_model(task_model_cls,
+                                           linear_module_names=outline.linear_module_names)
     resolve_targets(method_settings, context)
 
 

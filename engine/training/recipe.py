@@ -105,15 +105,9 @@ class FineTuneRecipe:
 
     def build_model(self) -> torch.nn.Module:
         torch.manual_seed(self.config.seed)  # new heads and LoRA weights start the same every run
-        context = MethodContext(
-            task=self.task_model.task, family=self.model_record["family"],
-            default_target_modules=self.task_model.default_target_modules,
-            head_modules=self.task_model.head_modules,
-            unquantized_modules=self.task_model.unquantized_modules,
-            linear_module_names=[], device=self.device,
-            gradient_checkpointing=self.config.gradient_checkpointing, model_dir=self.model_dir,
-            total_steps=self.total_steps,
-        )
+        context = MethodContext.for_task_model(
+            self.task_model, family=self.model_record["family"], device=self.device,
+            gradient_checkpointing=self.config.gradient_checkpointing, total_steps=self.total_steps)
         load_kwargs = self.method.load_kwargs(self.method_settings, context)
         model = self.task_model.load(**load_kwargs)
         if "device_map" not in load_kwargs:

@@ -85,9 +85,12 @@ class ModelsMixin:
                               labels or ["a", "b"])
 
     def model_architecture(self, model: str | int, task: str | None = None) -> dict:
-        from engine.models.inspect import architecture
+        from engine.models.inspect import cached_architecture
 
-        return architecture(self.task_model(model, task))
+        record = self.get_model(model)
+        folder = self.storage.files.resolve(record["path"])
+        return cached_architecture(record["family"], task or record["tasks"][0], str(folder),
+                                   (folder / "config.json").stat().st_mtime)
 
     def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
                         method_settings: dict[str, dict] | None = None, batch_size: int = 8,
