@@ -71,9 +71,14 @@ def lora_config(settings: LoraSettings, context: MethodContext, config_cls=None,
 def apply_lora(model, settings: LoraSettings, context: MethodContext):
     from peft import get_peft_model
 
+    from engine.methods.fast_lora import fuse_lora
+
     if context.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(model, lora_config(settings, context))
+    peft_model = get_peft_model(model, lora_config(settings, context))
+    if getattr(settings, "kernels", "peft") == "fused":
+        fuse_lora(peft_model)
+    return peft_model
 
 
 METHOD = register_method(

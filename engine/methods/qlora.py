@@ -28,6 +28,10 @@ class QLoraSettings(LoraSettings):
     bnb_4bit_compute_dtype: str = setting(
         "auto", "dtype the 4-bit weights are dequantised to for matmuls; auto: bfloat16 on a "
         "GPU that supports it, else float32.", choices=["auto", "float32", "bfloat16", "float16"])
+    upcast_frozen: bool = setting(
+        False, "Cast the frozen non-quantised weights (norms, convolutions, embeddings) to fp32 "
+        "as peft's prepare_model_for_kbit_training does. Off: they stay in the compute dtype and "
+        "a bf16 run needs no autocast (faster, less memory; the benchmarks compare both).")
 
 
 def compute_dtype(settings: QLoraSettings, context: MethodContext) -> torch.dtype:
@@ -60,15 +64,23 @@ def quantization_kwargs(settings: QLoraSettings, context: MethodContext) -> dict
         # Heads are trained in full, so they stay in full precision.
         llm_int8_skip_modules=context.unquantized_modules,
     )
-    return {"quantization_config": config, "device_map": context.device}
+    kwargs = {"quantization_config": config, "device_map": context.device}
+    if not settings.upcast_frozen:  # load the frozen rest straight in the compute dtype
+        kwargs["dtype"] = compute_dtype(settings, context)
+    return kwargs
 
 
 def apply_qlora(model, settings: QLoraSettings, context: MethodContext):
     from peft import prepare_model_for_kbit_training
 
-    # Casts the non-quantised parameters (norms, convs, embeddings) to fp32 for stable
-    # training and freezes the base; checkpointing is applied by apply_lora when asked.
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    from engine.methods.fast_lora import run_in_dtype
+
+    if settings.upcast_frozen:
+        # peft's recipe: freeze the base and cast the non-quantised parameters (norms, convs,
+        # embeddings) to fp32; training then runs under autocast.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.requires_grad_(False)
     keep_training_layout(model)
     loftq = settings.init_lora_weights == "loftq"
     if loftq:  # LoRA starts at default; LoftQ then replaces A and B from the original weights
@@ -80,6 +92,9 @@ def apply_qlora(model, settings: QLoraSettings, context: MethodContext):
         if settings.bnb_4bit_quant_type != "nf4":
             raise MethodError("init_lora_weights=loftq works with bnb_4bit_quant_type=nf4 only")
         replace_lora_weights_loftq(peft_model, model_path=str(context.model_dir / "model.safetensors"))
+    dtype = compute_dtype(settings, context)
+    if not settings.upcast_frozen and dtype != torch.float32:
+        run_in_dtype(peft_model, dtype, context.head_modules)
     return peft_model
 
 

@@ -18,7 +18,6 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -32,7 +31,9 @@ from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
 from engine.training.monitoring import MemoryMeter, Throughput, system_sample
+from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.settings import TrainingSettings
+from engine.training.step import TrainStep
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
@@ -40,6 +41,27 @@ __all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_training_model(task_model, method, method_settings, *, family: str, device: str,
+                         seed: int, total_steps: int, gradient_checkpointing: bool = False):
+    """Load the base model the way ``method`` needs it and apply the method: what a run trains
+    (the speed benchmark builds its engine models with this too)."""
+    torch.manual_seed(seed)  # new heads and LoRA weights start the same every run
+    context = MethodContext.for_task_model(
+        task_model, family=family, device=device,
+        gradient_checkpointing=gradient_checkpointing, total_steps=total_steps)
+    load_kwargs = method.load_kwargs(method_settings, context)
+    model = task_model.load(**load_kwargs)
+    if "device_map" not in load_kwargs:
+        model = model.to(device)
+    context.linear_module_names = linear_module_names(model)
+    try:
+        return method.apply(model, method_settings, context)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise  # the worker explains these with numbers and advice
+    except Exception as error:
+        raise type(error)(f"method {method.name!r} failed to apply: {error}") from error
 
 
 class FineTuneRecipe:
@@ -104,34 +126,36 @@ class FineTuneRecipe:
             cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
 
     def build_model(self) -> torch.nn.Module:
-        torch.manual_seed(self.config.seed)  # new heads and LoRA weights start the same every run
-        context = MethodContext.for_task_model(
-            self.task_model, family=self.model_record["family"], device=self.device,
-            gradient_checkpointing=self.config.gradient_checkpointing, total_steps=self.total_steps)
-        load_kwargs = self.method.load_kwargs(self.method_settings, context)
-        model = self.task_model.load(**load_kwargs)
-        if "device_map" not in load_kwargs:
-            model = model.to(self.device)
-        context.linear_module_names = linear_module_names(model)
-        try:
-            return self.method.apply(model, self.method_settings, context)
-        except (torch.OutOfMemoryError, MemoryError):
-            raise  # the worker explains these with numbers and advice
-        except Exception as error:
-            raise type(error)(f"method {self.method.name!r} failed to apply: {error}") from error
+        return build_training_model(self.task_model, self.method, self.method_settings,
+                                    family=self.model_record["family"], device=self.device,
+                                    seed=self.config.seed, total_steps=self.total_steps,
+                                    gradient_checkpointing=self.config.gradient_checkpointing)
 
     def build_optimization(self) -> None:
-        from transformers import get_scheduler
-
         cfg = self.config
-        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad],
-                                           lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer,
-                                       num_warmup_steps=cfg.warmup_steps,
-                                       num_training_steps=self.total_steps)
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
-        self.scaler = (torch.amp.GradScaler(self.device.split(":")[0])
-                       if cfg.precision == "fp16" else None)
+        plan = self.plan_memory() if cfg.memory_budget_gb > 0 else None
+        if plan is None and cfg.gradient_checkpointing:
+            apply_checkpointing(self.model, True)
+        self.trainer = TrainStep(
+            self.model, cfg, self.device, self.total_steps,
+            on_optimizer_step=self.method.on_optimizer_step,
+            micro_batch=plan.micro_batch if plan else 0, offload=plan.offload if plan else False)
+        self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
+        self.scaler = self.trainer.scaler
+
+    def plan_memory(self) -> MemoryPlan:
+        """Choose micro-batch, checkpointing and offload for the memory budget, on a batch of
+        the longest training items (their shapes bound every later batch's)."""
+        size = self.config.per_device_train_batch_size
+        longest = sorted(self.train_items, key=lambda item: -(item.get("duration_s") or 0)
+                         - len(item.get("text") or ""))[:size]
+        batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
+                                         for item in longest])
+        plan = plan_memory(self.model, batch, budget_gib=self.config.memory_budget_gb)
+        apply_checkpointing(self.model, plan.checkpoint)
+        self.memory_plan = plan
+        self.log(plan.describe())
+        return plan
 
     def restore(self) -> None:
         folder = latest_checkpoint(self.run_dir)
@@ -147,13 +171,7 @@ class FineTuneRecipe:
 
     # ------------------------------------------------------------------ training
     def autocast(self):
-        precision = self.config.precision
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        if precision == "auto" and self.device == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+        return self.trainer.autocast()
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The shuffled batches of one epoch: a pure function of seed and epoch, so a resumed
@@ -185,12 +203,7 @@ class FineTuneRecipe:
             loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
                                 generator=torch.Generator().manual_seed(self.config.seed))
             for indices, batch in zip(batches, loader):
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                with self.autocast():
-                    loss = self.model(**batch).loss
-                scaled = loss / accumulation
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                running_loss += loss.item()
+                running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
                 seen_in_step += 1
                 self.micro_batches += 1
                 throughput.add(len(indices), sum(self.train_items[i]["duration_s"] or 0 for i in indices))
@@ -199,7 +212,7 @@ class FineTuneRecipe:
                 grad_norm = self.optimizer_step()
                 self.step += 1
                 wall = self.wall_offset + time.perf_counter() - started
-                self.record_step(wall, running_loss / seen_in_step, grad_norm, throughput.take())
+                self.record_step(wall, float(running_loss) / seen_in_step, grad_norm, throughput.take())
                 running_loss, seen_in_step = 0.0, 0
                 outcome = self.after_step(started, time_limit)
                 if outcome is not None:
@@ -236,21 +249,7 @@ class FineTuneRecipe:
         return None
 
     def optimizer_step(self) -> float | None:
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        if self.method.on_optimizer_step is not None:
-            self.method.on_optimizer_step(self.model, self.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm if math.isfinite(grad_norm) else None
+        return self.trainer.optimizer_step(self.step + 1)
 
     def record_step(self, wall: float, loss: float, grad_norm: float | None, rates: dict) -> None:
         memory_mb = self.memory.sample()

@@ -39,6 +39,11 @@ class TrainingSettings:
                              "supports it, fp32 on CPU; fp16 uses a gradient scaler.",
                              choices=["auto", "fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less memory, ~30% slower.")
+    memory_budget_gb: float = setting(
+        0.0, "Fit training into this much accelerator memory (GiB; 0: no cap). A planner picks "
+        "the micro-batch (gradients of the split batch are summed, so results match), which "
+        "layers recompute their activations, and activation offload to host memory, and logs "
+        "what it chose. It overrides gradient_checkpointing.", min=0.0)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0)

@@ -1,0 +1,104 @@
+"""One optimizer step of a run: forward, backward, clipping, AdamW, schedule.
+
+The recipe (engine/training/recipe.py) drives a ``TrainStep`` from stored runs, and the speed
+benchmark (benchmarks/train_speed.py) drives the very same object with synthetic batches, so
+what the benchmark times is what a run executes.
+
+A batch is split into ``micro_batch``-sized chunks when a memory plan asks for it (each chunk's
+loss weighted by its share of the batch, so the gradient equals the whole batch's); activation
+offload keeps what backward needs in pinned host memory.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from engine.training.settings import TrainingSettings
+
+__all__ = ["TrainStep", "autocast_dtype"]
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "auto" and device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    return dtype
+
+
+class TrainStep:
+    def __init__(self, model: torch.nn.Module, config: TrainingSettings, device: str,
+                 total_steps: int, *, on_optimizer_step=None, micro_batch: int = 0,
+                 offload: bool = False):
+        from transformers import get_scheduler
+
+        self.model, self.config, self.device = model, config, device
+        self.on_optimizer_step = on_optimizer_step
+        self.micro_batch, self.offload = micro_batch, offload
+        # A method that put the frozen base in bf16 (lim_pure_dtype) runs without autocast.
+        self.pure_dtype = getattr(model, "lim_pure_dtype", None)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        fused = device.startswith("cuda") and all(p.is_cuda and p.is_floating_point()
+                                                  for p in self.parameters)
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate,
+                                           weight_decay=config.weight_decay,
+                                           **({"fused": True} if fused else {}))
+        self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=config.warmup_steps,
+                                       num_training_steps=total_steps)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = (torch.amp.GradScaler(device.split(":")[0])
+                       if config.precision == "fp16" and self.pure_dtype is None else None)
+
+    def autocast(self):
+        dtype = None if self.pure_dtype is not None else autocast_dtype(self.config.precision,
+                                                                         self.device)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        moved = {}
+        for key, value in batch.items():
+            value = value.to(self.device, non_blocking=True)
+            if self.pure_dtype is not None and value.is_floating_point():
+                value = value.to(self.pure_dtype)
+            moved[key] = value
+        return moved
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
+        """Loss of ``batch`` (detached), its gradient added with ``weight`` (1 / accumulation)."""
+        batch = self.to_device(batch)
+        size = next(iter(batch.values())).shape[0]
+        chunk = self.micro_batch if 0 < self.micro_batch < size else size
+        total = torch.zeros((), device=self.device)
+        for start in range(0, size, chunk):
+            part = {k: v[start: start + chunk] for k, v in batch.items()}
+            share = part[next(iter(part))].shape[0] / size
+            offload = (torch.autograd.graph.save_on_cpu(pin_memory=self.device.startswith("cuda"))
+                       if self.offload else nullcontext())
+            with offload, self.autocast():
+                loss = self.model(**part).loss
+            scaled = loss * (share * weight)
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += loss.detach().float() * share
+        return total
+
+    def optimizer_step(self, step: int) -> float | None:
+        """Clip, step, schedule; ``step`` is the number of the step being completed."""
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.on_optimizer_step is not None:
+            self.on_optimizer_step(self.model, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm if math.isfinite(grad_norm) else None
