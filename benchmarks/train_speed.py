@@ -77,28 +77,32 @@ SUITES = {
     "cpu": [
         Case("tiny-whisper", "qlora", batch=4, steps=3, warmup=1),
         Case("tiny-whisper", "qlora", batch=4, steps=3, warmup=1, audio="short"),
-        Case("tiny-whisper", "qlora", batch=4, steps=3, warmup=1, engine={"memory_budget_gb": 0.02},
-             label="memory plan 20 MB", sides=("engine",)),
+        Case("tiny-whisper", "qlora", batch=4, steps=3, warmup=1, engine={"memory_budget_gb": 0.05},
+             label="memory plan 50 MB", sides=("engine",)),
     ],
     "gpu": [
         Case("whisper-small", "qlora"),
+        Case("whisper-small", "qlora", engine={"memory_budget_gb": 2.67}, sides=("engine",),
+             label="planned for the reference's 2.67 GiB"),
         Case("whisper-large-v3", "qlora", steps=6),
+        Case("whisper-large-v3", "qlora", steps=6, engine={"memory_budget_gb": 7.38}, sides=("engine",),
+             label="planned for the reference's 7.38 GiB"),
         Case("whisper-large-v3", "qlora", steps=6, memory_cap_gb=4.0, engine={"memory_budget_gb": 4.0},
-             label="memory-first 4 GiB", sides=("engine",)),
+             label="memory-first, 4 GiB cap", sides=("engine",)),
         Case("whisper-small", "qlora", audio="short"),
         Case("whisper-small", "lora"),
     ],
     "ablation": [
-        Case("whisper-small", "qlora", sides=("engine",), label="peft layers, fp32 upcast, all checkpointed",
-             engine={"kernels": "peft", "upcast_frozen": True, "checkpoint": "all"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="+ bf16 frozen base (no autocast)",
-             engine={"kernels": "peft", "checkpoint": "all"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="+ fused LoRA",
+        Case("whisper-small", "qlora", sides=("engine",), label="A: peft layers, fp32 upcast, autocast",
+             engine={"kernels": "peft", "upcast_frozen": True, "checkpoint": "all", "compile": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="B: A + bf16 frozen base, no autocast",
+             engine={"kernels": "peft", "checkpoint": "all", "compile": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="C: B + fused LoRA",
+             engine={"checkpoint": "all", "compile": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="D: C + compiled layers (default)",
              engine={"checkpoint": "all"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="+ no checkpointing",
+        Case("whisper-small", "qlora", sides=("engine",), label="E: D without checkpointing",
              engine={"checkpoint": "none"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="+ compiled layers",
-             engine={"checkpoint": "none", "compile": True}),
     ],
 }
 
@@ -321,7 +325,7 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     from engine.training.planner import apply_checkpointing, plan_memory
     from engine.training.recipe import build_training_model
     from engine.training.settings import TrainingSettings
-    from engine.training.step import TrainStep
+    from engine.training.step import TrainStep, compile_layers, wants_compile
 
     options = dict(case.engine)
     short = case.audio == "short"
@@ -355,12 +359,15 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
         # Default: checkpoint every layer only where the reference's memory would be exceeded
         # otherwise; the ablation names the policy explicitly.
         apply_checkpointing(model, {"all": True, "none": False}[options.get("checkpoint", "all")])
-    if options.get("compile"):
-        from engine.training.planner import find_stacks
+    if wants_compile(options.get("compile", "auto"), device):
+        compile_layers(model)
+    if device == "cuda":  # as a run's DataLoader does (and the reference's Trainer)
+        batches = [{k: (v.pin_memory() if hasattr(v, "pin_memory") else v) for k, v in b.items()}
+                   for b in batches]
+    from engine.training.planner import estimate_for
 
-        for stack in find_stacks(model):
-            for layer in stack.layers:
-                layer.compile(dynamic=False)
+    estimated = estimate_for(model, {k: batches[0][k] for k in ("input_features", "labels")},
+                             micro or case.batch, checkpoint_policy(model), offload)
     trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload)
     model.train()
 
@@ -372,7 +379,14 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     losses, elapsed = _timed_loop(step, batches, total_steps, case.warmup, device)
     frames = (sum(b["input_features"].shape[-1] for b in batches) / len(batches)) if short else window
     return {"losses": losses, "train_s": elapsed, "frames_per_sample": int(frames),
-            "plan": plan.as_dict() if plan else None}
+            "plan": plan.as_dict() if plan else None, "estimated_gib": estimated}
+
+
+def checkpoint_policy(model) -> dict[str, int]:
+    from engine.training.planner import find_stacks
+
+    return {s.name: sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in s.layers)
+            for s in find_stacks(model)}
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -100,6 +100,9 @@ def _fusable(module: nn.Module) -> bool:
     """A peft LoRA linear layer running plain LoRA with exactly one adapter."""
     if not (hasattr(module, "lora_A") and hasattr(module, "base_layer")):
         return False
+    if not (type(module).__module__.startswith("peft.tuners.lora")
+            and type(module).__name__ in {"Linear", "Linear4bit"}):
+        return False  # AdaLoRA's SVD layers, embeddings, convolutions, 8-bit bases
     base = module.base_layer
     plain = type(base) is nn.Linear or type(base).__name__ == "Linear4bit"
     return (plain and len(module.active_adapters) == 1 and not getattr(module, "lora_variant", {})

@@ -25,6 +25,11 @@ class LoraSettings:
         "default", "How A and B start: default (B = 0, so training starts from the base model), "
         "gaussian, pissa (principal singular vectors of W; needs a full-precision base), "
         "olora (orthonormal, QR of W).", choices=["default", "gaussian", "pissa", "olora"])
+    kernels: str = setting(
+        "fused", "fused: the engine's LoRA autograd (one base matmul and one in-place LoRA update "
+        "per layer, 4-bit weights dequantised only inside the op); peft: peft's own layers "
+        "(for comparison). DoRA and multi-adapter layers always use peft's.",
+        choices=["fused", "peft"])
 
     def validate(self) -> None:
         if self.target_modules.strip() and not target_list(self.target_modules):

@@ -171,13 +171,9 @@ def estimate_peak_bytes(model: nn.Module, stacks: list[Stack], micro: int,
     return int(fixed + micro * per_sample)
 
 
-def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib: float,
-                vocab_size: int | None = None) -> MemoryPlan:
-    """The fastest plan whose estimated peak fits ``budget_gib`` (raises when none does).
-
-    ``batch`` is a full-size batch of the longest items (it gives the batch size and the
-    per-sample shapes).
-    """
+def _shapes(model: nn.Module, batch: dict, vocab_size: int | None = None) -> tuple[list[Stack], int]:
+    """The model's stacks with their token counts for ``batch``, and the per-sample bytes
+    outside the stacks (inputs, logits)."""
     stacks = find_stacks(model)
     tokens = sample_tokens(model, batch)
     for stack in stacks:
@@ -186,12 +182,30 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
     for stack in stacks:
         if stack.name == "decoder" and encoder is not None:
             stack.cross_tokens = encoder.tokens
-    batch_size = next(iter(batch.values())).shape[0]
     elem = _elem_bytes(model)
     extra = sum(v[0].numel() * (4 + elem) for v in batch.values() if v.is_floating_point())
     if "labels" in batch and batch["labels"].dim() == 2:
         vocab = vocab_size or getattr(getattr(model, "config", None), "vocab_size", 0) or 0
         extra += batch["labels"].shape[-1] * vocab * (2 * elem + 8)
+    return stacks, extra
+
+
+def estimate_for(model: nn.Module, batch: dict, micro: int, checkpoint: dict[str, int],
+                 offload: bool = False) -> float:
+    """Estimated peak (GiB) of training ``model`` on micro-batches of ``batch``'s shapes."""
+    stacks, extra = _shapes(model, batch)
+    return estimate_peak_bytes(model, stacks, micro, checkpoint, offload, extra) / GIB
+
+
+def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib: float,
+                vocab_size: int | None = None) -> MemoryPlan:
+    """The fastest plan whose estimated peak fits ``budget_gib`` (raises when none does).
+
+    ``batch`` is a full-size batch of the longest items (it gives the batch size and the
+    per-sample shapes).
+    """
+    stacks, extra = _shapes(model, batch, vocab_size)
+    batch_size = next(iter(batch.values())).shape[0]
     budget = budget_gib * GIB * SAFETY
     total_flops = 2 * sum(_layer_flops(s) * len(s.layers) for s in stacks) or 1.0
     micros = sorted({max(1, -(-batch_size // 2**k)) for k in range(0, batch_size.bit_length() + 1)},

@@ -33,7 +33,7 @@ from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, 
 from engine.training.monitoring import MemoryMeter, Throughput, system_sample
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.settings import TrainingSettings
-from engine.training.step import TrainStep
+from engine.training.step import TrainStep, compile_layers, wants_compile
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
@@ -136,6 +136,9 @@ class FineTuneRecipe:
         plan = self.plan_memory() if cfg.memory_budget_gb > 0 else None
         if plan is None and cfg.gradient_checkpointing:
             apply_checkpointing(self.model, True)
+        if wants_compile(cfg.compile_layers, self.device):
+            self.log(f"compiling {compile_layers(self.model)} layers with torch.compile "
+                     "(the first steps are slower while it compiles)")
         self.trainer = TrainStep(
             self.model, cfg, self.device, self.total_steps,
             on_optimizer_step=self.method.on_optimizer_step,
@@ -201,7 +204,8 @@ class FineTuneRecipe:
             # a resumed run (it starts a loader mid-epoch) and shift every later dropout mask,
             # so the loader gets a generator of its own.
             loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
-                                generator=torch.Generator().manual_seed(self.config.seed))
+                                generator=torch.Generator().manual_seed(self.config.seed),
+                                pin_memory=self.device.startswith("cuda"))
             for indices, batch in zip(batches, loader):
                 running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
                 seen_in_step += 1

@@ -44,6 +44,11 @@ class TrainingSettings:
         "the micro-batch (gradients of the split batch are summed, so results match), which "
         "layers recompute their activations, and activation offload to host memory, and logs "
         "what it chose. It overrides gradient_checkpointing.", min=0.0)
+    compile_layers: str = setting(
+        "auto", "Compile each transformer layer with torch.compile (fuses norms, activations and "
+        "residual adds; far fewer kernel launches). auto: on a CUDA GPU, off on a CPU (where "
+        "compiling takes longer than a short run saves). The first steps are slower while it "
+        "compiles.", choices=["auto", "on", "off"])
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0)

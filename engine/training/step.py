@@ -18,7 +18,25 @@ import torch
 
 from engine.training.settings import TrainingSettings
 
-__all__ = ["TrainStep", "autocast_dtype"]
+__all__ = ["TrainStep", "autocast_dtype", "compile_layers", "wants_compile"]
+
+
+def wants_compile(setting: str, device: str) -> bool:
+    return setting == "on" or (setting == "auto" and device.startswith("cuda"))
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile every repeated transformer layer in place (checkpointing included: the
+    checkpoint wrapper is traced as part of the layer). Identical layers share one compiled
+    graph. Returns the number of layers compiled."""
+    from engine.training.planner import find_stacks
+
+    count = 0
+    for stack in find_stacks(model):
+        for layer in stack.layers:
+            layer.compile(dynamic=False)
+            count += 1
+    return count
 
 
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
