@@ -18,7 +18,8 @@ on the CPU (docs/benchmarks.md, tests/engine/test_planner.py):
   at a time (one layer's activations live at once);
 * a cross-attention layer (Whisper's decoder) also keeps k and v of the encoder's tokens;
 * weights, gradients and AdamW state are the model's real tensors plus 12 bytes per trainable
-  parameter; logits cost (2·elem + 8) bytes per vocabulary entry per label token.
+  parameter; logits cost (2·elem + 8) bytes per vocabulary entry per label token, and are
+  gone before the layers' backward needs its working set, so the larger of the two counts.
 """
 
 from __future__ import annotations
@@ -154,8 +155,12 @@ def _layer_flops(stack: Stack) -> float:
 
 def estimate_peak_bytes(model: nn.Module, stacks: list[Stack], micro: int,
                         checkpoint: dict[str, int], offload: bool,
-                        extra_per_sample: int = 0) -> int:
+                        extra_per_sample: tuple[int, int] | int = 0) -> int:
+    """Estimated peak bytes: weights and optimizer state, plus per sample the inputs, what the
+    layers keep, and the larger of the logits (alive from the loss until the top layer's
+    backward) and one layer's backward working set (recomputed activations and gradients)."""
     elem = _elem_bytes(model)
+    inputs, logits = extra_per_sample if isinstance(extra_per_sample, tuple) else (extra_per_sample, 0)
     weights, trainable, largest_dequant = _model_bytes(model)
     fixed = weights + trainable * 12 + 2 * largest_dequant
     kept = 0
@@ -165,13 +170,13 @@ def estimate_peak_bytes(model: nn.Module, stacks: list[Stack], micro: int,
         ckpt = checkpoint.get(stack.name, 0)
         kept_stack = ckpt * stack.tokens * stack.d * elem + (len(stack.layers) - ckpt) * full
         kept += 0 if offload else kept_stack
-        # backward of one layer: its activations (recomputed or kept) plus gradient buffers
         transient = max(transient, full + 4 * stack.tokens * stack.d * elem)
-    per_sample = kept + transient + extra_per_sample
+    per_sample = inputs + kept + max(logits, transient)
     return int(fixed + micro * per_sample)
 
 
-def _shapes(model: nn.Module, batch: dict, vocab_size: int | None = None) -> tuple[list[Stack], int]:
+def _shapes(model: nn.Module, batch: dict,
+            vocab_size: int | None = None) -> tuple[list[Stack], tuple[int, int]]:
     """The model's stacks with their token counts for ``batch``, and the per-sample bytes
     outside the stacks (inputs, logits)."""
     stacks = find_stacks(model)
@@ -183,11 +188,12 @@ def _shapes(model: nn.Module, batch: dict, vocab_size: int | None = None) -> tup
         if stack.name == "decoder" and encoder is not None:
             stack.cross_tokens = encoder.tokens
     elem = _elem_bytes(model)
-    extra = sum(v[0].numel() * (4 + elem) for v in batch.values() if v.is_floating_point())
+    inputs = sum(v[0].numel() * (4 + elem) for v in batch.values() if v.is_floating_point())
+    logits = 0
     if "labels" in batch and batch["labels"].dim() == 2:
         vocab = vocab_size or getattr(getattr(model, "config", None), "vocab_size", 0) or 0
-        extra += batch["labels"].shape[-1] * vocab * (2 * elem + 8)
-    return stacks, extra
+        logits = batch["labels"].shape[-1] * vocab * (2 * elem + 8)
+    return stacks, (inputs, logits)
 
 
 def estimate_for(model: nn.Module, batch: dict, micro: int, checkpoint: dict[str, int],
@@ -214,11 +220,14 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
     for stack in stacks:
         n = len(stack.layers)
         options.append(sorted({0, n // 4, n // 2, (3 * n) // 4, n}))
+    # Offloading to host memory only helps where activations live in device memory.
+    on_device = any(p.device.type != "cpu" for p in model.parameters())
+    offload_options = (False, True) if on_device else (False,)
     best = None
     for micro in micros:
         for counts in itertools.product(*options) if stacks else [()]:
             checkpoint = {s.name: c for s, c in zip(stacks, counts)}
-            for offload in (False, True):
+            for offload in offload_options:
                 peak = estimate_peak_bytes(model, stacks, micro, checkpoint, offload, extra)
                 if peak > budget:
                     continue
@@ -235,10 +244,11 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
                     best = (key, micro, checkpoint, offload, peak)
     if best is None:
         smallest = estimate_peak_bytes(model, stacks, 1, {s.name: len(s.layers) for s in stacks},
-                                       True, extra)
+                                       on_device, extra)
         raise SettingsError(
             f"memory_budget_gb={budget_gib:g} is too small for this model: even one example at a "
-            f"time with every layer checkpointed and activations offloaded needs about "
+            f"time with every layer checkpointed{' and activations offloaded' if on_device else ''} "
+            f"needs about "
             f"{smallest / SAFETY / GIB:.2f} GiB; raise the budget or use a smaller model / qlora")
     (speed, negative_peak), micro, checkpoint, offload, peak = best
     return MemoryPlan(batch_size=batch_size, micro_batch=micro, checkpoint=checkpoint,

@@ -26,16 +26,30 @@ def wants_compile(setting: str, device: str) -> bool:
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """torch.compile every repeated transformer layer in place (checkpointing included: the
-    checkpoint wrapper is traced as part of the layer). Identical layers share one compiled
-    graph. Returns the number of layers compiled."""
+    """torch.compile the forward of every repeated transformer layer (with its checkpoint
+    wrapper, so a checkpointed layer recomputes compiled code). Identical layers share one
+    compiled graph. Inputs are made contiguous before the compiled region: Whisper's first
+    encoder layer gets a permuted tensor, and a graph traced on one layout must not see
+    another. Returns the number of layers compiled."""
+    import torch._dynamo
+
     from engine.training.planner import find_stacks
+
+    def contiguous(module, args, kwargs):
+        fix = lambda v: v.contiguous() if torch.is_tensor(v) else v  # noqa: E731
+        return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
 
     count = 0
     for stack in find_stacks(model):
         for layer in stack.layers:
-            layer.compile(dynamic=False)
+            if hasattr(layer, "_lim_compiled"):
+                continue
+            layer.register_forward_pre_hook(contiguous, with_kwargs=True)
+            layer.forward = torch.compile(layer.forward, dynamic=False)
+            layer._lim_compiled = True
             count += 1
+    # Checkpointed and plain layers, train and eval, encoder and decoder: a handful of graphs.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return count
 
 
@@ -57,6 +71,11 @@ class TrainStep:
         self.micro_batch, self.offload = micro_batch, offload
         # A method that put the frozen base in bf16 (lim_pure_dtype) runs without autocast.
         self.pure_dtype = getattr(model, "lim_pure_dtype", None)
+        # No key/value cache while training: non-checkpointed decoder layers would otherwise
+        # keep every layer's cross-attention keys and values (generation turns it back on).
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(getattr(base, "config", None), "use_cache", False):
+            base.config.use_cache = False
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         fused = device.startswith("cuda") and all(p.is_cuda and p.is_floating_point()
                                                   for p in self.parameters)

@@ -1,0 +1,134 @@
+"""The engine's fast training path: fused LoRA autograd, the memory planner, the speed benchmark.
+
+All on the CPU with tiny models: the fused op against the formula it implements, the engine's
+loss against the reference recipe's (Seq2SeqTrainer + peft + bitsandbytes) step by step, the
+planner's choices against measured peaks, and the benchmark runner end to end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import train_speed
+from engine.methods.fast_lora import LoraLinearFunction, fused_layers
+from engine.models.memory import measure_training_memory_mb
+from engine.training.planner import apply_checkpointing, estimate_for, plan_memory
+from engine.errors import SettingsError
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_lora_op_matches_its_formula(dropout, bias):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 16, bias=bias)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    a = torch.randn(4, 24, requires_grad=True)
+    b = torch.randn(16, 4, requires_grad=True)
+    torch.manual_seed(1)
+    out = LoraLinearFunction.apply(x, a, b, base, 0.5, dropout, True)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    fused = (out.detach(), x.grad.clone(), a.grad.clone(), b.grad.clone())
+
+    x.grad = a.grad = b.grad = None
+    torch.manual_seed(1)  # the same mask: the op draws it with native_dropout
+    flat = x.reshape(-1, 24)
+    dropped = torch.native_dropout(flat, dropout, True)[0] if dropout else flat
+    expected = (base(flat) + 0.5 * dropped @ a.t() @ b.t()).view(3, 5, 16)
+    expected.backward(grad)
+    torch.testing.assert_close(fused[0], expected.detach())
+    for got, want in zip(fused[1:], (x.grad, a.grad, b.grad)):
+        torch.testing.assert_close(got, want)
+
+
+def _one_measure(side: str, case, model_dir):
+    return train_speed.measure(side, case, model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    return train_speed.prepare_model("tiny-whisper", tmp_path_factory.mktemp("bench"), "cpu")
+
+
+def test_engine_loss_equals_the_reference_recipe(tiny_whisper):
+    """Same seed, same batches, same LoRA init: the fused fp32 path on the CPU logs the losses
+    the Seq2SeqTrainer + peft + bitsandbytes recipe logs (which rounds them to 4 decimals)."""
+    case = train_speed.Case("tiny-whisper", "qlora", batch=2, steps=3, warmup=1, lora_dropout=0.0,
+                            learning_rate=1e-2)
+    reference = _one_measure("reference", case, tiny_whisper)
+    engine = _one_measure("engine", case, tiny_whisper)
+    assert len(reference["losses"]) == len(engine["losses"]) == 4
+    assert reference["losses"][0] != reference["losses"][-1]  # training moved the loss
+    for ref, got in zip(reference["losses"], engine["losses"]):
+        assert got == pytest.approx(ref, abs=2e-4)
+
+
+def _tiny_qlora_model(model_dir):
+    from engine import settings as settings_lib
+    from engine.methods import get_method
+    from engine.models.whisper import WhisperSpeechRecognition
+    from engine.training.recipe import build_training_model
+
+    task_model = WhisperSpeechRecognition(model_dir)
+    method = get_method("qlora")
+    settings = settings_lib.build(method.settings_cls, {"r": 8}, section="qlora")
+    model = build_training_model(task_model, method, settings, family="whisper", device="cpu",
+                                 seed=0, total_steps=10)
+    return model
+
+
+def _batch(batch_size=8, frames=500, tokens=40):
+    return {"input_features": torch.randn(batch_size, 80, frames),
+            "labels": torch.randint(0, 400, (batch_size, tokens))}
+
+
+def test_fused_layers_replace_peft_forward(tiny_whisper):
+    model = _tiny_qlora_model(tiny_whisper)
+    names = fused_layers(model)
+    assert names and all(n.endswith(("q_proj", "v_proj")) for n in names)
+
+
+def test_planner_choices_fit_the_budget(tiny_whisper):
+    """For budgets between 'everything at once' and 'almost nothing', the plan's measured peak
+    (a real forward/backward/AdamW step on the CPU, micro-batched as planned) stays within it."""
+    model = _tiny_qlora_model(tiny_whisper)
+    batch = _batch()
+    roomy = estimate_for(model, batch, 8, {"encoder": 0, "decoder": 0})
+    tight = estimate_for(model, batch, 1, {"encoder": 2, "decoder": 2})
+    assert tight < roomy
+    generous = plan_memory(model, batch, budget_gib=roomy * 2)
+    assert generous.micro_batch == 8 and not any(generous.checkpoint.values())
+    assert not generous.offload
+    for budget in (roomy * 0.9, (roomy + tight) / 2, tight * 1.3):
+        plan = plan_memory(model, batch, budget_gib=budget)
+        assert plan.estimated_gib <= budget
+        apply_checkpointing(model, plan.checkpoint)
+        peak = 0.0
+        for start in range(0, 8, plan.micro_batch):
+            part = {k: v[start: start + plan.micro_batch] for k, v in batch.items()}
+            peak = max(peak, measure_training_memory_mb(model, part))
+        assert peak / 1024 <= budget, (plan.describe(), peak)
+        assert "micro-batch" in plan.describe()
+    with pytest.raises(SettingsError, match="too small"):
+        plan_memory(model, batch, budget_gib=tight / 100)
+
+
+def test_benchmark_runner_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = train_speed.main(["--suite", "cpu", "--cases", "0,2", "--steps", "1",
+                             "--json", str(out), "--cache", str(tmp_path / "models")])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    sides = {(row["case_id"], row["side"]) for row in data["runs"]}
+    assert sides == {(0, "reference"), (0, "engine"), (1, "engine")}
+    for row in data["runs"]:
+        assert row["samples_per_s"] > 0 and row["peak_gib"] > 0 and len(row["losses"]) == 2
+    assert data["runs"][-1]["plan"]["micro_batch"] >= 1
+    table = printed.strip().splitlines()
+    assert table[-4].startswith("| model | method")  # the table comes last
+    assert "× reference" in printed and "tiny-whisper" in table[-1]
