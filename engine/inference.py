@@ -40,16 +40,22 @@ def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel
     labels = run_labels(workbench, run, adapter_dir)
     method = get_method(run["method"])
     base_dir = workbench.storage.files.resolve(model_record["path"])
+    options = task_options(run["settings"]["training"])
     if not method.is_adapter:
-        task_model = task_model_for(model_record["family"], run["task"], adapter_dir, labels)
+        task_model = task_model_for(model_record["family"], run["task"], adapter_dir, labels, **options)
         return task_model, task_model.load().to(device).eval()
-    task_model = task_model_for(model_record["family"], run["task"], base_dir, labels,
-                                generation_max_length=run["settings"]["training"]["generation_max_length"])
+    task_model = task_model_for(model_record["family"], run["task"], base_dir, labels, **options)
     load_kwargs = method_load_kwargs(method, run["settings"]["method"], task_model, device)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
         base = base.to(device)
     return task_model, load_adapter(base, adapter_dir).eval()
+
+
+def task_options(training: dict) -> dict:
+    """The task options a run trained with (runs older than a setting get its default)."""
+    return {"generation_max_length": training.get("generation_max_length", 48),
+            "audio_padding": training.get("audio_padding", "30s")}
 
 
 def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, device: str = "cpu") -> dict:

@@ -292,7 +292,8 @@ def _model_tensor_bytes(model) -> int:
 
 def estimate_in_subprocess(request: dict, timeout: float = 300) -> dict[str, dict | str]:
     """``request``: family, task, model_dir, labels, methods [{name, settings}], batch_size,
-    seconds, sequence_length, precision. Returns method -> estimate dict or reason text."""
+    seconds, sequence_length, precision, optionally audio_padding ("30s" or "longest": Whisper's
+    window is then ``seconds`` long). Returns method -> estimate dict or reason text."""
     import json
     import subprocess
     import sys
@@ -323,7 +324,7 @@ def _main() -> None:
     warnings.filterwarnings("ignore")
     request = json.loads(sys.stdin.read())
     task_model = task_model_for(request["family"], request["task"], Path(request["model_dir"]),
-                                request["labels"])
+                                request["labels"], audio_padding=request.get("audio_padding", "30s"))
     results = {}
     for entry in request["methods"]:
         try:

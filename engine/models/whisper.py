@@ -2,6 +2,10 @@
 
 The audio-classification set-up is the one of the LoRA-on-Whisper study this product
 reproduces: Whisper's encoder, mean-pooled, with a projector and a classifier on top.
+
+The ``audio_padding`` option picks the input window: "30s" pads every clip to the model's
+whole window (as Whisper was pretrained); "longest" pads each batch to its longest clip and
+runs the encoder on that window only (engine/models/whisper_window.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ import torch
 from torch import nn
 
 from engine.data.audio import load_audio
+from engine.errors import ModelError
 from engine.models.base import TaskModel, tie_like_pretrained
+from engine.models.whisper_window import (
+    PADDINGS,
+    install_window,
+    pad_batch,
+    window_frames,
+)
 from engine.training.metrics import classification_metrics, speech_metrics
 
 
@@ -36,11 +47,40 @@ class WhisperBase(TaskModel):
         from transformers import WhisperFeatureExtractor
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
+        self.audio_padding = options.get("audio_padding", "30s")
+        if self.audio_padding not in PADDINGS:
+            raise ModelError(f"audio_padding must be one of {', '.join(PADDINGS)}, got {self.audio_padding!r}")
+
+    @property
+    def windowed(self) -> bool:
+        return self.audio_padding == "longest"
 
     def features(self, audio: np.ndarray) -> np.ndarray:
-        """Log-mel features padded / cut to the model's window: (n_mels, frames)."""
-        return self.feature_extractor(audio, sampling_rate=self.feature_extractor.sampling_rate,
-                                      return_tensors="np").input_features[0]
+        """Log-mel features (n_mels, frames): the model's whole window, or with "longest" the
+        clip's own frames (``window_frames``; audio beyond the window is cut either way)."""
+        extractor = self.feature_extractor
+        samples = extractor.n_samples
+        if self.windowed:
+            samples = extractor.hop_length * self.clip_frames(len(audio))
+        return extractor(audio, sampling_rate=extractor.sampling_rate, max_length=samples,
+                         return_tensors="np").input_features[0]
+
+    def clip_frames(self, num_samples: int) -> int:
+        extractor = self.feature_extractor
+        return window_frames(num_samples, hop_length=extractor.hop_length, n_fft=extractor.n_fft,
+                             max_frames=extractor.nb_max_frames)
+
+    def with_window(self, model: nn.Module) -> nn.Module:
+        """The model as this task runs it: with "longest", its encoder takes short windows."""
+        return install_window(model) if self.windowed else model
+
+    def collate_features(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """``input_features`` (B, n_mels, T); with "longest" T is the batch's longest clip and
+        ``attention_mask`` (B, T) marks each clip's own frames."""
+        if not self.windowed:
+            return {"input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples]))}
+        features, mask = pad_batch([e["input_features"] for e in examples])
+        return {"input_features": features, "attention_mask": mask}
 
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
         return self.features(load_audio(dataset_dir / item["file"]))
@@ -52,10 +92,12 @@ class WhisperBase(TaskModel):
         model.get_encoder().embed_positions.requires_grad_(False)
         return model
 
-    def fake_features(self, batch_size: int) -> torch.Tensor:
-        # Whisper always sees its whole window (padded), whatever the clip length.
-        return torch.randn(batch_size, self.feature_extractor.feature_size,
-                           self.feature_extractor.nb_max_frames)
+    def fake_features(self, batch_size: int, seconds: float | None = None) -> torch.Tensor:
+        # With 30 s padding Whisper sees its whole window, whatever the clip length.
+        frames = self.feature_extractor.nb_max_frames
+        if self.windowed and seconds:
+            frames = self.clip_frames(int(seconds * self.feature_extractor.sampling_rate))
+        return torch.randn(batch_size, self.feature_extractor.feature_size, frames)
 
 
 class WhisperSpeechRecognition(WhisperBase):
@@ -74,16 +116,16 @@ class WhisperSpeechRecognition(WhisperBase):
         from transformers import WhisperForConditionalGeneration
 
         quiet_transformers()
-        return self.keep_positions_fixed(
-            WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs))
+        return self.with_window(self.keep_positions_fixed(
+            WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs)))
 
     def build_from_config(self) -> nn.Module:
         from transformers import WhisperForConditionalGeneration
 
-        return tie_like_pretrained(WhisperForConditionalGeneration(self.config()))
+        return self.with_window(tie_like_pretrained(WhisperForConditionalGeneration(self.config())))
 
     def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
-        return {"input_features": self.fake_features(batch_size),
+        return {"input_features": self.fake_features(batch_size, seconds),
                 "labels": torch.randint(0, len(self.tokenizer), (batch_size, label_tokens))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
@@ -91,8 +133,9 @@ class WhisperSpeechRecognition(WhisperBase):
                 "labels": self.tokenizer(item["text"] or "").input_ids}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        features = torch.from_numpy(np.stack([e["input_features"] for e in examples]))
-        batch = {"input_features": features}
+        # The encoder ignores attention_mask (the decoder cannot mask its cross-attention
+        # either), so speech recognition keeps the features only.
+        batch = {"input_features": self.collate_features(examples)["input_features"]}
         if "labels" in examples[0]:
             start = self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
             # The model prepends the start token itself when it shifts labels right.
@@ -108,8 +151,14 @@ class WhisperSpeechRecognition(WhisperBase):
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
         features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
-        generated = model.generate(input_features=features,
-                                   max_new_tokens=self.generation_max_length)
+        if self.windowed:
+            # generate() pads input_features back to the whole window (with zeros) before the
+            # encoder sees them; handing it the encoder's output keeps the short window.
+            generated = model.generate(encoder_outputs=model.get_encoder()(features),
+                                       max_new_tokens=self.generation_max_length)
+        else:
+            generated = model.generate(input_features=features,
+                                       max_new_tokens=self.generation_max_length)
         return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def reference(self, item: dict) -> str:
@@ -129,20 +178,20 @@ class WhisperAudioClassification(WhisperBase):
         from transformers import WhisperForAudioClassification
 
         quiet_transformers()
-        return self.keep_positions_fixed(WhisperForAudioClassification.from_pretrained(
+        return self.with_window(self.keep_positions_fixed(WhisperForAudioClassification.from_pretrained(
             self.model_dir, num_labels=len(self.labels),
             id2label=dict(enumerate(self.labels)),
-            label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs))
+            label2id={label: i for i, label in enumerate(self.labels)}, **load_kwargs)))
 
     def build_from_config(self) -> nn.Module:
         from transformers import WhisperForAudioClassification
 
         config = self.config()
         config.update(self.label_kwargs())
-        return WhisperForAudioClassification(config)
+        return self.with_window(WhisperForAudioClassification(config))
 
     def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
-        return {"input_features": self.fake_features(batch_size),
+        return {"input_features": self.fake_features(batch_size, seconds),
                 "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
@@ -150,7 +199,7 @@ class WhisperAudioClassification(WhisperBase):
                 "labels": self.labels.index(item["label"]) if item.get("label") is not None else -1}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {"input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples]))}
+        batch = self.collate_features(examples)  # + attention_mask with "longest": masked pooling
         if "labels" in examples[0]:
             batch["labels"] = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
         return batch
@@ -158,7 +207,9 @@ class WhisperAudioClassification(WhisperBase):
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
         features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
-        logits = model(input_features=features).logits
+        mask = batch.get("attention_mask")
+        extra = {"attention_mask": mask.to(features.device)} if mask is not None else {}
+        logits = model(input_features=features, **extra).logits
         return torch.softmax(logits.float(), dim=-1).cpu().tolist()
 
     def reference(self, item: dict) -> int:

@@ -57,6 +57,14 @@ class TrainingSettings:
                                       "training (resume continues); 0: no time limit.")
     generation_max_length: int = setting(48, "Longest transcript generated at evaluation (speech recognition).",
                                          min=1, max=448)
+    audio_padding: str = setting(
+        "30s", "Whisper input length. 30s: every clip padded to the model's whole window (30 s; "
+        "5 s for tiny-whisper), as Whisper was pretrained. longest: each batch padded to its "
+        "longest clip (plus a few silent frames, rounded to an even frame count for the "
+        "encoder's stride-2 convolution), and the encoder runs on that window only, its "
+        "positional embedding sliced to match: several times faster for 1-5 s clips; the model "
+        "has to adapt to the shorter context. Evaluation and the Playground use the run's choice.",
+        choices=["30s", "longest"])
 
     def validate(self) -> None:
         if self.learning_rate <= 0:

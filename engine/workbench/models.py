@@ -95,9 +95,10 @@ class ModelsMixin:
     def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
                         method_settings: dict[str, dict] | None = None, batch_size: int = 8,
                         seconds: float = 5.0, sequence_length: int = 64, labels: int = 2,
-                        precision: str = "fp32") -> dict[str, dict | str]:
+                        precision: str = "fp32", audio_padding: str = "30s") -> dict[str, dict | str]:
         """Memory (MiB, by part) one training step needs with each method, from a dry run on
-        fake tensors in a child process; a method without an estimate maps to the reason."""
+        fake tensors in a child process; a method without an estimate maps to the reason.
+        ``audio_padding="longest"``: Whisper runs on ``seconds`` of audio, not its whole window."""
         from engine.models.memory import estimate_in_subprocess
 
         record = self.get_model(model)
@@ -109,7 +110,7 @@ class ModelsMixin:
             "labels": [f"class-{i}" for i in range(max(2, labels))],
             "methods": [{"name": m, "settings": (method_settings or {}).get(m, {})} for m in methods],
             "batch_size": batch_size, "seconds": seconds, "sequence_length": sequence_length,
-            "precision": precision,
+            "precision": precision, "audio_padding": audio_padding,
         })
 
     # ------------------------------------------------------------------ methods and settings
