@@ -26,29 +26,24 @@ def wants_compile(setting: str, device: str) -> bool:
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """torch.compile the forward of every repeated transformer layer (with its checkpoint
-    wrapper, so a checkpointed layer recomputes compiled code). Identical layers share one
-    compiled graph. Inputs are made contiguous before the compiled region: Whisper's first
-    encoder layer gets a permuted tensor, and a graph traced on one layout must not see
-    another. Returns the number of layers compiled."""
+    """torch.compile every checkpointed transformer layer in place, checkpoint wrapper included
+    (the recomputation runs compiled code too); identical layers share compiled graphs.
+
+    Layers that keep their activations stay eager: with torch 2.11 a compiled Whisper layer
+    that saves SDPA's outputs fails an inductor stride check on the saved log-sum-exp, and one
+    fed the encoder's permuted input fails another (both seen on an H100, docs/benchmarks.md).
+    Returns the number of layers compiled."""
     import torch._dynamo
 
     from engine.training.planner import find_stacks
 
-    def contiguous(module, args, kwargs):
-        fix = lambda v: v.contiguous() if torch.is_tensor(v) else v  # noqa: E731
-        return tuple(fix(a) for a in args), {k: fix(v) for k, v in kwargs.items()}
-
     count = 0
     for stack in find_stacks(model):
         for layer in stack.layers:
-            if hasattr(layer, "_lim_compiled"):
-                continue
-            layer.register_forward_pre_hook(contiguous, with_kwargs=True)
-            layer.forward = torch.compile(layer.forward, dynamic=False)
-            layer._lim_compiled = True
-            count += 1
-    # Checkpointed and plain layers, train and eval, encoder and decoder: a handful of graphs.
+            if getattr(layer, "gradient_checkpointing", False) and not hasattr(layer, "_lim_compiled"):
+                layer.compile(dynamic=False)
+                layer._lim_compiled = True
+                count += 1
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return count
 
