@@ -434,7 +434,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for entry in table:
         ref = references.get(entry["case_id"]) or next(
             (r for r in references.values() if r["case"]["model"] == entry["case"]["model"]
-             and r["case"]["method"] == entry["case"]["method"] and r["case"]["audio"] == "30s"), None)
+             and r["case"]["method"] == entry["case"]["method"]
+             and r["case"]["audio"] == entry["case"]["audio"]), None)
         if ref and "error" not in entry and entry["side"] == "engine":
             entry["speedup"] = entry["samples_per_s"] / ref["samples_per_s"]
             entry["memory_ratio"] = entry["peak_gib"] / ref["peak_gib"]
