@@ -49,7 +49,8 @@ class WhisperBase(TaskModel):
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
         self.audio_padding = options.get("audio_padding", "30s")
         if self.audio_padding not in PADDINGS:
-            raise ModelError(f"audio_padding must be one of {', '.join(PADDINGS)}, got {self.audio_padding!r}")
+            raise ModelError(f"audio_padding must be one of {', '.join(PADDINGS)}, "
+                             f"got {self.audio_padding!r}")
 
     @property
     def windowed(self) -> bool:

@@ -102,6 +102,9 @@ def test_clip_features_are_the_first_frames_of_30s_features_and_collate_pads_to_
     batch = classify.collate([{"input_features": f, "labels": 0} for f in own[:4]])
     assert batch["attention_mask"].sum(dim=1).tolist() == [f.shape[-1] for f in own[:4]]
     assert full.collate([{"input_features": stock[0], "labels": [1]}])["input_features"].shape[-1] == window
+    # Memory estimates see the window too.
+    assert short.fake_batch(2, seconds=1.0)["input_features"].shape[-1] == short.clip_frames(16_000) == 108
+    assert full.fake_batch(2, seconds=1.0)["input_features"].shape[-1] == window
 
 
 # ---------------------------------------------------------------------- the encoder
