@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from engine.flops import forward_flops_per_sample, peak_tflops, peak_tflops_of, training_flops_per_sample
+from engine.flops import (
+    forward_flops_per_sample,
+    peak_tflops,
+    peak_tflops_of,
+    training_flops_per_sample,
+)
 from engine.models.base import TaskModel
 from engine.training.monitoring import MFU_PERCENT, TFLOPS, utilisation_metrics
 

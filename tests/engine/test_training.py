@@ -88,6 +88,8 @@ def test_finished_run_reports_what_a_student_needs(workbench):
 
 
 def test_a_run_logs_throughput_and_utilisation_and_compare_reads_them(workbench, monkeypatch):
+    from statistics import mean
+
     from engine.flops import forward_flops_per_sample
     from engine.training import monitoring as m
 
@@ -108,7 +110,6 @@ def test_a_run_logs_throughput_and_utilisation_and_compare_reads_them(workbench,
         assert mfu == pytest.approx(100 * tflops / 0.5)
 
     [row] = workbench.compare_runs([run_id])
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
     assert row["samples_per_second"] == pytest.approx(mean(logged[m.SAMPLES_PER_S]))  # what was logged
     assert row["audio_hours_per_hour"] == pytest.approx(mean(logged[m.AUDIO_HOURS_PER_HOUR]))
     assert row["mfu_percent"] == pytest.approx(mean(logged[m.MFU_PERCENT]))
