@@ -11,9 +11,13 @@ import re
 from pathlib import Path
 
 from engine.errors import SettingsError
+from engine.training import monitoring
 from engine.training.metrics import METRIC_DIRECTION
 
-SAMPLES_PER_SECOND = "train/samples_per_second"
+# Row column -> the per-step metric (engine/training/monitoring.py) whose mean it shows.
+MEAN_RATES = {"samples_per_second": monitoring.SAMPLES_PER_S,
+              "audio_hours_per_hour": monitoring.AUDIO_HOURS_PER_HOUR,
+              "achieved_tflops": monitoring.TFLOPS, "mfu_percent": monitoring.MFU_PERCENT}
 _TAG = re.compile(r"^[\w][\w .:+-]{0,39}$")
 
 
@@ -38,12 +42,21 @@ def folder_bytes(folder: Path | None) -> int | None:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def throughput(workbench, run: dict) -> float | None:
-    """Training samples per second: the logged metric when the run has it, else worked out
-    from steps x batch size x gradient accumulation / wall time."""
-    logged = workbench.storage.metric_series(run["id"], SAMPLES_PER_SECOND)["value"]
-    if logged:
-        return float(sum(logged) / len(logged))
+def rates(workbench, run: dict) -> dict:
+    """Mean throughput and utilisation over the run's steps, and where it trained ("GPU",
+    "CPU", or None when it logged no machine metrics). Samples/s falls back to steps x batch
+    size x gradient accumulation / wall time for a run that did not log it; utilisation stays
+    None where it was not logged (a CPU, an unknown GPU: no peak to divide by)."""
+    gpu, cpu = monitoring.GPU_MEMORY_MB, monitoring.CPU_PERCENT  # every run logs CPU %, GPU runs both
+    means = workbench.storage.metric_means(run["id"], [*MEAN_RATES.values(), gpu, cpu])
+    row = {column: means.get(name) for column, name in MEAN_RATES.items()}
+    row["device"] = "GPU" if gpu in means else "CPU" if cpu in means else None
+    if row["samples_per_second"] is None:
+        row["samples_per_second"] = samples_per_second_from_steps(run)
+    return row
+
+
+def samples_per_second_from_steps(run: dict) -> float | None:
     training = (run["settings"] or {}).get("training", {})
     if not run["step"] or not run["wall_time_s"]:
         return None
@@ -72,8 +85,7 @@ def comparison_row(workbench, run: dict) -> dict:
         **{f"final_{name}": value for name, value in (run["metrics"] or {}).items()},
         "trainable_params": run["trainable_params"], "total_params": run["total_params"],
         "peak_memory_mb": run["peak_memory_mb"], "adapter_bytes": folder_bytes(adapter),
-        "samples_per_second": throughput(workbench, run), "wall_time_s": run["wall_time_s"],
-        "steps": run["step"],
+        **rates(workbench, run), "wall_time_s": run["wall_time_s"], "steps": run["step"],
     }
     for section, values in (run["settings"] or {}).items():
         for name, value in values.items():

@@ -3,11 +3,12 @@
 import streamlit as st
 
 from engine.errors import WorkbenchError
-from ui.charts import BAR_CHARTS, METRIC_TITLES, bar_figure, quality_memory_figure, series_figure
+from ui.charts import (COST_BARS, METRIC_TITLES, RATE_SERIES, THROUGHPUT_BARS, bar_figure,
+                       quality_memory_figure, series_figure)
 from ui.compare_data import display_series, metric_names
 from ui.compare_report import (chart_images_zip, comparison_csv, html_report, results_frame,
-                               settings_styler)
-from ui.state import get_workbench, run_label
+                               settings_styler, utilisation_note)
+from ui.state import MFU_HELP, get_workbench, run_label
 
 wb = get_workbench()
 home = str(wb.home)
@@ -81,12 +82,12 @@ def series_of(name: str) -> dict[str, dict]:
 
 # ---------------------------------------------------------------------- charts
 figures = {}
-curves, costs, tradeoff, settings_tab, export = st.tabs(
-    ["Curves", "Costs", "Less is more", "Settings", "Export"])
+x_axis = st.radio("x axis of the curves", ["wall_time", "step"], horizontal=True, key="compare.x",
+                  format_func={"wall_time": "wall time", "step": "step"}.get)
+curves, costs, speed, tradeoff, settings_tab, export = st.tabs(
+    ["Curves", "Costs", "Throughput", "Less is more", "Settings", "Export"])
 
 with curves:
-    x_axis = st.radio("x axis", ["wall_time", "step"], horizontal=True, key="compare.x",
-                      format_func={"wall_time": "wall time", "step": "step"}.get)
     eval_names = sorted({n for i in chosen for n in metric_names(home, i, by_id[i]["step"])
                          if n.startswith("eval/")})
     left, right = st.columns(2)
@@ -104,13 +105,30 @@ with curves:
 
 with costs:
     grid = st.columns(2)
-    for index, column in enumerate(BAR_CHARTS):
+    for index, column in enumerate(COST_BARS):
         figures[column] = bar_figure(rows, column, labels)
         grid[index % 2].plotly_chart(figures[column], key=f"compare.bar.{column}")
     st.caption("Peak memory on a CPU is the resident memory of the whole process (libraries "
-               "included); compare methods on a GPU for memory claims. Throughput is training "
-               "samples per second (steps × batch × accumulation ÷ wall time when the run did "
-               "not log it).")
+               "included); compare methods on a GPU for memory claims.")
+
+with speed:
+    logged = [name for name in RATE_SERIES
+              if any(name in metric_names(home, i, by_id[i]["step"]) for i in chosen)]
+    if logged:
+        rate = st.selectbox("Plot", logged, format_func=RATE_SERIES.get, key="compare.rate")
+        figures["throughput_curve"] = series_figure(series_of(rate), RATE_SERIES[rate], x_axis)
+        st.plotly_chart(figures["throughput_curve"], key="compare.rate_chart")
+    else:
+        st.info("None of these runs logged throughput per step (runs trained before it was "
+                "logged); the bars below work it out from steps, batch size and wall time.")
+    for col, column in zip(st.columns(len(THROUGHPUT_BARS)), THROUGHPUT_BARS):
+        if any(row[column] is not None for row in rows):
+            figures[column] = bar_figure(rows, column, labels)
+            col.plotly_chart(figures[column], key=f"compare.bar.{column}")
+    if note := utilisation_note(rows, labels):
+        st.info(note, icon=":material/speed:")
+    st.caption("Means over each run's optimizer steps (samples/s: steps × batch × accumulation "
+               "÷ wall time for a run that did not log it). " + MFU_HELP)
 
 with tradeoff:
     figures["quality_vs_memory"] = quality_memory_figure(rows, labels)

@@ -363,6 +363,14 @@ class Storage:
             params += names
         return self._rows(sql + " order by step, name", params)
 
+    def metric_means(self, run_id: int, names: Iterable[str]) -> dict[str, float]:
+        """The mean of each named metric the run logged (names it never logged are absent)."""
+        names = list(names)
+        rows = self.db.execute(
+            f"select name, avg(value) from run_metrics where run_id = ? and name in "
+            f"({','.join('?' * len(names))}) group by name", [run_id, *names]).fetchall()
+        return dict(rows)
+
     def metric_series(self, run_id: int, name: str) -> dict[str, list]:
         """One metric of one run as three columns in step order (the primary key's index
         serves this query, so long runs read only their own rows)."""

@@ -50,8 +50,17 @@ BAR_CHARTS = {  # column of engine.compare rows -> (title, axis label)
     "peak_memory_mb": ("Peak memory", "MiB"),
     "trainable_params": ("Trainable parameters", "parameters"),
     "adapter_bytes": ("Adapter size on disk", "bytes"),
-    "samples_per_second": ("Throughput", "training samples / s"),
     "final_metric": ("Final validation metric", ""),
+    "samples_per_second": ("Throughput (mean)", "training samples / s"),
+    "achieved_tflops": ("Model TFLOP/s (mean)", "TFLOP/s achieved"),
+    "mfu_percent": ("Utilisation (mean)", "MFU, % of peak bf16"),
+}
+COST_BARS = ["peak_memory_mb", "trainable_params", "adapter_bytes", "final_metric"]
+THROUGHPUT_BARS = ["samples_per_second", "achieved_tflops", "mfu_percent"]
+# Per-step throughput metrics the Compare page can plot -> chart title
+RATE_SERIES = {
+    "train/samples_per_s": "training samples / s", "train/audio_hours_per_hour": "audio-hours per hour",
+    "train/tflops": "achieved model TFLOP/s", "train/mfu_percent": "model-FLOPs utilisation (%)",
 }
 
 
@@ -128,15 +137,21 @@ def compact_number(value: float) -> str:
 
 
 def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
-                      height: int = 280) -> go.Figure:
-    """Several metrics of one run (``names``: metric -> legend label) against step."""
-    lines = [(label, *series(rows, name, x)) for name, label in names.items()]
-    figure = go.Figure([go.Scatter(x=xs, y=ys, name=label,
+                      height: int = 280, right_axis: set[str] = frozenset()) -> go.Figure:
+    """Several metrics of one run (``names``: metric -> legend label) against step; those in
+    ``right_axis`` on a second y axis (a percentage beside a rate)."""
+    lines = [(name, label, *series(rows, name, x)) for name, label in names.items()]
+    figure = go.Figure([go.Scatter(x=xs, y=ys, name=label, yaxis="y2" if name in right_axis else "y",
                                    mode="lines+markers" if len(xs) < 30 else "lines")
-                        for label, xs, ys in lines if xs])
+                        for name, label, xs, ys in lines if xs])
     figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis_title=x.replace("_", " "), showlegend=len(names) > 1,
                          legend=dict(orientation="h", yanchor="bottom", y=-0.4))
+    right = [label for name, label, xs, _ in lines if name in right_axis and xs]
+    if right:  # both axes from zero, so the two lines compare by eye
+        figure.update_layout(yaxis={"rangemode": "tozero"},
+                             yaxis2={"overlaying": "y", "side": "right", "rangemode": "tozero",
+                                     "showgrid": False, "title": " / ".join(right)})
     return figure
 
 

@@ -16,16 +16,31 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.compare import differing_settings, setting_columns
+from ui.state import mfu_text
 
 HIGHLIGHT = "background-color: #fff3b0; font-weight: 600"  # settings that differ between runs
 RESULT_COLUMNS = ["run", "status", "method", "model", "dataset", "dataset_version", "tags",
                   "metric", "final_metric", "trainable_params", "total_params", "peak_memory_mb",
-                  "adapter_bytes", "samples_per_second", "wall_time_s", "steps"]
+                  "adapter_bytes", "samples_per_second", "audio_hours_per_hour", "achieved_tflops",
+                  "mfu_percent", "device", "wall_time_s", "steps"]
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
+    """The results as shown: utilisation as text, so an unknown one says why ("n/a on CPU")."""
     finals = sorted({key for row in rows for key in row if key.startswith("final_") and key != "final_metric"})
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS + finals)
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS + finals)
+    frame["mfu_percent"] = [mfu_text(row.get("mfu_percent"), row.get("device")) for row in rows]
+    return frame.rename(columns={"mfu_percent": "mfu"})
+
+
+def utilisation_note(rows: list[dict], labels: dict[int, str]) -> str | None:
+    """Which runs have no utilisation figure and why ("n/a on CPU"); None when all have one."""
+    missing = [f"{labels[row['run']]} {mfu_text(None, row['device']) if row['device'] else 'not logged'}"
+               for row in rows if row.get("mfu_percent") is None]
+    if not missing:
+        return None
+    return (f"Utilisation (MFU): {'; '.join(missing)}. A CPU has no known peak FLOP/s; for a GPU "
+            "the workbench does not know, set LIM_PEAK_TFLOPS before training.")
 
 
 def settings_frame(rows: list[dict]) -> pd.DataFrame:

@@ -56,3 +56,17 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+MFU_HELP = ("Model-FLOPs utilisation: the model's training FLOPs per second (samples/s x FLOPs "
+            "per example, 3 x forward for full fine-tuning, 2 x for adapters) over the device's "
+            "peak dense bf16 FLOP/s. Needs a known peak: none for a CPU; set LIM_PEAK_TFLOPS for "
+            "a GPU the workbench does not know.")
+
+
+def mfu_text(mfu_percent: float | None, device: str | None) -> str:
+    """Utilisation for display: "12.3 %", or "n/a on CPU", "n/a" (a GPU of unknown peak), "–"
+    (nothing logged)."""
+    if mfu_percent is not None:
+        return f"{mfu_percent:.1f} %"
+    return {"CPU": "n/a on CPU", "GPU": "n/a"}.get(device, "–")

@@ -8,15 +8,20 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.training import monitoring as m
 from ui.charts import confusion_figure, run_series_figure
-from ui.state import format_duration
+from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
     "Loss": ({"train/loss": "training loss"}, "training loss"),
     "Learning rate": ({"train/learning_rate": "learning rate"}, "learning rate"),
     "Gradient norm": ({"train/grad_norm": "gradient norm (before clipping)"}, "gradient norm"),
-    "Throughput": ({"train/samples_per_s": "examples / s", "train/audio_seconds_per_s": "audio seconds / s"},
-                   "throughput"),
+    # Audio-hours per hour and audio-seconds per second are one ratio; runs logged before the
+    # former existed have only the latter, so either draws the line.
+    "Throughput": ({m.SAMPLES_PER_S: "samples / s", m.AUDIO_HOURS_PER_HOUR: "audio-hours per hour",
+                    m.AUDIO_SECONDS_PER_S: "audio-hours per hour"}, "throughput"),
+    "Utilisation": ({m.TFLOPS: "achieved TFLOP/s", m.MFU_PERCENT: "MFU %"},
+                    "model-FLOPs utilisation"),
     "Machine": ({"system/cpu_percent": "CPU %", "system/ram_used_mb": "RAM used (MiB)",
                  "system/memory_mb": "this process (MiB)", "system/gpu_memory_mb": "GPU memory (MiB)"},
                 "CPU, RAM and GPU memory"),
@@ -43,15 +48,34 @@ def latest(rows: list[dict], name: str) -> float | None:
     return max(values, key=lambda row: row["step"])["value"] if values else None
 
 
+def trained_on(rows: list[dict]) -> str | None:
+    """"GPU" or "CPU" from the machine metrics a run logs (None before its first step)."""
+    names = {row["name"] for row in rows}
+    return "GPU" if m.GPU_MEMORY_MB in names else "CPU" if m.CPU_PERCENT in names else None
+
+
+def throughput_metrics(rows: list[dict]) -> None:
+    """The last step's samples/s, audio-hours per hour and loss, then its utilisation."""
+    speed, tflops, mfu = (latest(rows, name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
+    audio = latest(rows, m.AUDIO_HOURS_PER_HOUR) or latest(rows, m.AUDIO_SECONDS_PER_S)
+    loss = latest(rows, "train/loss")
+    speed_col, audio_col, loss_col = st.columns(3)
+    speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}")
+    audio_col.metric("audio-hours per hour", "–" if audio is None else f"{audio:.1f}",
+                     help="Hours of audio trained on per hour of wall time: above 1 trains "
+                          "faster than real time.")
+    loss_col.metric("last loss", "–" if loss is None else f"{loss:.4f}")
+    mfu_col, tflops_col, _ = st.columns(3)
+    mfu_col.metric("MFU", mfu_text(mfu, trained_on(rows) if tflops is not None else None), help=MFU_HELP)
+    tflops_col.metric("achieved TFLOP/s", "–" if tflops is None else f"{tflops:.3g}",
+                      help="Model FLOPs per second of training (recomputation and adapters not "
+                           "counted).")
+
+
 def live_charts(run_id: int, rows: list[dict]) -> None:
-    """Loss, learning rate, gradient norm, validation metric, throughput and machine charts."""
-    speed, audio = latest(rows, "train/samples_per_s"), latest(rows, "train/audio_seconds_per_s")
-    cols = st.columns(3)
-    cols[0].metric("examples / s", "–" if speed is None else f"{speed:.1f}")
-    cols[1].metric("audio seconds / s", "–" if audio is None else f"{audio:.1f}",
-                   help="Seconds of audio trained on per second of wall time: above 1 trains "
-                        "faster than real time.")
-    cols[2].metric("last loss", "–" if latest(rows, "train/loss") is None else f"{latest(rows, 'train/loss'):.4f}")
+    """Throughput figures, then loss, learning rate, gradient norm, validation metric,
+    throughput, utilisation and machine charts."""
+    throughput_metrics(rows)
     charts = dict(LIVE_CHARTS)
     evals = sorted({row["name"] for row in rows if row["name"].startswith("eval/")})
     if evals:
@@ -60,11 +84,16 @@ def live_charts(run_id: int, rows: list[dict]) -> None:
     for tab, (label, (names, title)) in zip(tabs, charts.items()):
         with tab:
             present = {name: legend for name, legend in names.items() if any(r["name"] == name for r in rows)}
+            if m.AUDIO_HOURS_PER_HOUR in present:
+                present.pop(m.AUDIO_SECONDS_PER_S, None)  # the same line twice
             if present:
-                st.plotly_chart(run_series_figure(rows, present, title),
+                st.plotly_chart(run_series_figure(rows, present, title, right_axis={m.MFU_PERCENT}),
                                 key=f"train.chart.{run_id}.{label}")
             else:
                 st.caption("Nothing logged yet for this chart.")
+            if label == "Utilisation" and m.TFLOPS in present and m.MFU_PERCENT not in present:
+                st.caption(f"MFU: {mfu_text(None, trained_on(rows))} (no known peak FLOP/s to "
+                           "divide by; set LIM_PEAK_TFLOPS to compare against one).")
 
 
 def evaluation(run_id: int, result: dict | None) -> None:

@@ -45,8 +45,7 @@ def architecture(task_model) -> dict:
         value = getattr(config, attribute, None)
         if value is not None and label not in summary:
             summary[label] = value
-    with torch.device("meta"):
-        model = tie_like_pretrained(task_model.build_from_config())
+    model = build_on_meta(task_model)
     components: dict[str, int] = defaultdict(int)
     for name, parameter in model.named_parameters():
         components[component_of(name)] += parameter.numel()
@@ -62,6 +61,12 @@ def architecture(task_model) -> dict:
         "default_target_modules": task_model.default_target_modules,
         "head_modules": task_model.head_modules,
     }
+
+
+def build_on_meta(task_model) -> torch.nn.Module:
+    """The task model's architecture with empty (meta) weights, tied as a loaded model is."""
+    with torch.device("meta"):
+        return tie_like_pretrained(task_model.build_from_config())
 
 
 def component_of(parameter_name: str) -> str:

@@ -1,4 +1,4 @@
-"""What the live monitor plots besides the loss: memory, CPU/RAM/GPU and throughput.
+"""What the live monitor plots besides the loss: memory, CPU/RAM/GPU, throughput, utilisation.
 
 Every sample is a plain dict of metric name -> value that the recipe writes with the step's
 other metrics, so the page only ever reads rows from ``run_metrics``.
@@ -10,6 +10,14 @@ import time
 
 import psutil
 import torch
+
+# Per-step throughput metrics (names the Training and Compare pages read).
+SAMPLES_PER_S = "train/samples_per_s"
+AUDIO_SECONDS_PER_S = "train/audio_seconds_per_s"
+AUDIO_HOURS_PER_HOUR = "train/audio_hours_per_hour"  # the same ratio, as speech people say it
+TFLOPS = "train/tflops"  # achieved model TFLOP/s
+MFU_PERCENT = "train/mfu_percent"  # model-FLOPs utilisation: achieved / the device's peak, in %
+CPU_PERCENT, GPU_MEMORY_MB = "system/cpu_percent", "system/gpu_memory_mb"  # every run / GPU runs
 
 
 class MemoryMeter:
@@ -38,12 +46,12 @@ def system_sample(device: str) -> dict[str, float]:
     sample = {
         # Since the previous call: the first call of a process reads 0, later ones the
         # average over the last step, which is what a per-step chart wants.
-        "system/cpu_percent": psutil.cpu_percent(interval=None),
+        CPU_PERCENT: psutil.cpu_percent(interval=None),
         "system/ram_used_mb": (memory.total - memory.available) / 2**20,
     }
     if device.startswith("cuda"):
         free, total = torch.cuda.mem_get_info()
-        sample["system/gpu_memory_mb"] = (total - free) / 2**20
+        sample[GPU_MEMORY_MB] = (total - free) / 2**20
     return sample
 
 
@@ -63,8 +71,21 @@ class Throughput:
         """Rates since the last ``take`` (one optimizer step), then start counting again."""
         now = time.perf_counter()
         elapsed = max(now - self.mark, 1e-9)
-        rates = {"train/samples_per_s": self.examples / elapsed}
+        rates = {SAMPLES_PER_S: self.examples / elapsed}
         if self.audio_seconds:
-            rates["train/audio_seconds_per_s"] = self.audio_seconds / elapsed
+            rates[AUDIO_SECONDS_PER_S] = rates[AUDIO_HOURS_PER_HOUR] = self.audio_seconds / elapsed
         self.mark, self.examples, self.audio_seconds = now, 0, 0.0
         return rates
+
+
+def utilisation_metrics(samples_per_s: float, train_flops_per_sample: float | None,
+                        peak_tflops: float | None) -> dict[str, float]:
+    """Achieved model TFLOP/s and, when the device's peak is known, the utilisation in %
+    (engine/flops.py counts the FLOPs and knows the peaks)."""
+    if not train_flops_per_sample:
+        return {}
+    achieved = samples_per_s * train_flops_per_sample / 1e12
+    metrics = {TFLOPS: achieved}
+    if peak_tflops:
+        metrics[MFU_PERCENT] = 100 * achieved / peak_tflops
+    return metrics

@@ -24,13 +24,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
+from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
 from engine.methods import MethodContext, get_method
 from engine.models import count_parameters, linear_module_names, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
-from engine.training.monitoring import MemoryMeter, Throughput, system_sample
+from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
+                                        utilisation_metrics)
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile
@@ -111,6 +113,7 @@ class FineTuneRecipe:
         self.augment = SpecAugment(cfg.freq_mask_param, cfg.time_mask_param) if (
             cfg.spec_augment and dataset["task"] != "text-classification") else None
         self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir)
+        self.train_flops_per_sample, self.peak_tflops = self.count_flops()
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
                                 trainable_params=self.trainable_params, total_params=self.total_params)
@@ -125,6 +128,27 @@ class FineTuneRecipe:
         self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
             cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
+
+    def count_flops(self) -> tuple[float | None, float | None]:
+        """Model FLOPs of one training example (on the first batch's padded shapes, counted on
+        the meta device) and the device's peak TFLOP/s, for the utilisation metrics
+        (engine/flops.py). Never fails a run: what cannot be worked out is not logged."""
+        base_trains = not self.method.is_adapter
+        try:
+            first = self.task_model.collate([self.train_data[i] for i in self.epoch_batches(0)[0]])
+            flops = training_flops_per_sample(forward_flops_per_sample(self.task_model, batch=first),
+                                              trains_base_weights=base_trains)
+        except Exception as error:  # noqa: BLE001 (a run trains without these figures)
+            self.log(f"no utilisation figures: counting the model's FLOPs failed ({error!r})", "warning")
+            return None, None
+        try:
+            peak = peak_tflops(self.device)
+        except ValueError as error:
+            self.log(f"no utilisation %: {error}", "warning")
+            peak = None
+        self.log(f"{flops / 1e9:.3g} GFLOP per training example ({3 if base_trains else 2} x forward); "
+                 + (f"peak {peak:g} TFLOP/s" if peak else f"no known peak on {self.device}: no utilisation %"))
+        return flops, peak
 
     def build_model(self) -> torch.nn.Module:
         return build_training_model(self.task_model, self.method, self.method_settings,
@@ -261,6 +285,7 @@ class FineTuneRecipe:
         self.storage.add_metrics(self.run_id, self.step, wall, {
             "train/loss": loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
+            **utilisation_metrics(rates[SAMPLES_PER_S], self.train_flops_per_sample, self.peak_tflops),
             **system_sample(self.device),
         })
         self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,

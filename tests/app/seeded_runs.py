@@ -10,6 +10,18 @@ SEEDED = [  # method, method settings, training settings, final WER, peak MiB, a
     ("full", {}, {"learning_rate": 1e-4}, 0.38, 1200.0, 90_000, ["baseline"]),
 ]
 STEPS = 40
+# method -> (samples/s every step, MFU % or None: qlora and lora "trained" on a CPU, full on a GPU)
+THROUGHPUT = {"qlora": (20.0, None), "lora": (30.0, None), "full": (40.0, 12.5)}
+CLIP_SECONDS, TFLOP_PER_SAMPLE = 2.5, 0.01
+
+
+def throughput_metrics(method: str) -> dict[str, float]:
+    samples, mfu = THROUGHPUT[method]
+    values = {"train/samples_per_s": samples, "train/audio_hours_per_hour": samples * CLIP_SECONDS,
+              "train/tflops": samples * TFLOP_PER_SAMPLE, "system/cpu_percent": 50.0}
+    if mfu is not None:
+        values.update({"train/mfu_percent": mfu, "system/gpu_memory_mb": 900.0})
+    return values
 
 
 def seed_runs(home) -> list[int]:
@@ -21,7 +33,7 @@ def seed_runs(home) -> list[int]:
         run_id = workbench.submit_run("demo-speech", "tiny-whisper", method, method_settings,
                                       {"max_steps": STEPS, "per_device_train_batch_size": 4, **training})
         for step in range(1, STEPS + 1):
-            values = {"train/loss": 3.0 * math.exp(-step / 10) + wer}
+            values = {"train/loss": 3.0 * math.exp(-step / 10) + wer, **throughput_metrics(method)}
             if step % 10 == 0:
                 values["eval/wer"] = wer + 1.0 / step
             workbench.storage.add_metrics(run_id, step, step * 0.5, values)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from seeded_runs import SEEDED, STEPS, seed_runs
+from seeded_runs import CLIP_SECONDS, SEEDED, THROUGHPUT, seed_runs
 from page_fixtures import downloads  # noqa: F401  (a fixture)
 from streamlit.testing.v1 import AppTest
 
@@ -26,6 +26,13 @@ def compare(demo_home):
     assert not app.exception, app.exception
     yield app, ids
     shutdown_workbenches()
+
+
+def chart_spec(app: AppTest, key: str) -> dict:
+    import json
+
+    [chart] = [c for c in app.get("plotly_chart") if key in c.proto.id]
+    return json.loads(chart.proto.spec)
 
 
 def settings_table(app: AppTest):
@@ -47,13 +54,51 @@ def test_chosen_runs_get_every_chart(compare):
     app, ids = compare
     assert app.multiselect(key="compare.runs").value == ids[::-1][:3]
     charts = app.get("plotly_chart")
-    assert len(charts) == 2 + 5 + 1  # loss + metric curves, five bars, the scatter
+    # loss + metric curves, four cost bars, a throughput curve + three bars, the scatter
+    assert len(charts) == 2 + 4 + 1 + 3 + 1
     assert app.selectbox(key="compare.metric").value == "eval/wer"
     results = results_table(app).value
     assert results["method"].tolist() == ["full", "lora", "qlora"]
     assert results["adapter_bytes"].tolist() == [90_000, 8_000, 4_000]
-    # No samples/s metric was logged: throughput is steps x batch / wall time.
-    assert results["samples_per_second"].tolist() == pytest.approx([STEPS * 4 / (STEPS * 0.5)] * 3)
+    # The logged samples/s (mean over steps), not steps x batch / wall time (which is 8 here).
+    assert results["samples_per_second"].tolist() == [40.0, 30.0, 20.0]
+    assert results["audio_hours_per_hour"].tolist() == [THROUGHPUT[m][0] * CLIP_SECONDS for m in ("full", "lora", "qlora")]
+    assert results["mfu"].tolist() == ["12.5 %", "n/a on CPU", "n/a on CPU"]
+    assert results["device"].tolist() == ["GPU", "CPU", "CPU"]
+
+
+def test_throughput_and_utilisation_are_plotted_per_run(compare):
+    app, ids = compare
+    rate = app.selectbox(key="compare.rate")
+    assert rate.options == ["training samples / s", "audio-hours per hour", "achieved model TFLOP/s",
+                            "model-FLOPs utilisation (%)"]
+    assert rate.value == "train/samples_per_s"
+    curve = chart_spec(app, "compare.rate_chart")
+    assert {trace["name"]: set(trace["y"]) for trace in curve["data"]} == {
+        f"#{ids[2]} full": {40.0}, f"#{ids[1]} lora": {30.0}, f"#{ids[0]} qlora": {20.0}}
+    assert curve["layout"]["xaxis"]["title"]["text"] == "wall time (s)"
+
+    app.radio(key="compare.x").set_value("step").run()
+    app.selectbox(key="compare.rate").select("train/mfu_percent").run()
+    curve = chart_spec(app, "compare.rate_chart")
+    assert curve["layout"]["xaxis"]["title"]["text"] == "step"
+    assert [trace["name"] for trace in curve["data"] if trace.get("y")] == [f"#{ids[2]} full"]
+
+    bars = chart_spec(app, "compare.bar.samples_per_second")["data"][0]
+    assert list(bars["y"]) == [THROUGHPUT[m][0] for m in ("full", "lora", "qlora")]
+    assert list(chart_spec(app, "compare.bar.mfu_percent")["data"][0]["y"]) == [12.5]  # GPU run only
+    note = next(i.value for i in app.info if "Utilisation" in i.value)
+    assert f"#{ids[0]} qlora n/a on CPU" in note and f"#{ids[1]} lora n/a on CPU" in note
+
+
+def test_utilisation_says_na_on_cpu_when_no_run_has_it(compare):
+    app, ids = compare
+    app.multiselect(key="compare.runs").set_value(ids[:2]).run()  # the two CPU runs
+    assert not app.exception
+    keys = {chart.proto.id for chart in app.get("plotly_chart")}
+    assert not any("mfu_percent" in key for key in keys)
+    assert any("n/a on CPU" in i.value for i in app.info)
+    assert results_table(app).value["mfu"].tolist() == ["n/a on CPU", "n/a on CPU"]
 
 
 def test_settings_that_differ_are_highlighted(compare):
@@ -129,7 +174,8 @@ def test_every_chart_renders_to_png_and_svg(compare, downloads):
     with zipfile.ZipFile(io.BytesIO(downloads["comparison-charts.zip"])) as archive:
         names = set(archive.namelist())
         charts = {"training_loss", "validation_metric", "peak_memory_mb", "trainable_params",
-                  "adapter_bytes", "samples_per_second", "final_metric", "quality_vs_memory"}
+                  "adapter_bytes", "final_metric", "throughput_curve", "samples_per_second",
+                  "achieved_tflops", "quality_vs_memory"}  # no utilisation: both ran on a CPU
         assert names == {f"{c}.{fmt}" for c in charts for fmt in ("png", "svg")}
         assert archive.read("quality_vs_memory.png").startswith(b"\x89PNG")
         svg = archive.read("peak_memory_mb.svg").decode()

@@ -75,9 +75,12 @@ def test_training_page_starts_a_run_and_shows_its_progress(app, demo_home):
     app.run()
     assert not app.exception
     assert app.get("progress")[0].proto.value == 100  # step 3 of 3
-    assert "wer" in [m.label.lower() for m in app.metric]
-    # loss, learning rate, gradient norm, throughput, machine (one chart per tab)
-    assert len(app.get("plotly_chart")) >= 5
+    metrics = {m.label: m.value for m in app.metric}
+    assert "WER" in metrics and float(metrics["samples / s"]) > 0
+    assert float(metrics["audio-hours per hour"]) > 0 and float(metrics["achieved TFLOP/s"]) > 0
+    assert metrics["MFU"] == "n/a on CPU"
+    # loss, learning rate, gradient norm, throughput, utilisation, machine (one chart per tab)
+    assert len(app.get("plotly_chart")) >= 6
 
 
 def test_training_page_stop_button_stops_a_running_run(app, demo_home):
@@ -105,10 +108,13 @@ def test_compare_page_plots_runs_side_by_side(app, demo_home):
     second = finished_run(demo_home, "lora")
     open_page(app, "pages/compare.py")
     assert app.multiselect(key="compare.runs").value == [second, first]
-    assert len(app.get("plotly_chart")) == 8  # two curves, five bars, quality vs memory
+    # two curves, four cost bars, a throughput curve and two of its bars (no MFU on a CPU),
+    # quality vs memory
+    assert len(app.get("plotly_chart")) == 10
     table = app.dataframe[1].value  # results (the settings table comes first)
     assert table["method"].tolist() == ["lora", "qlora"] and "final_wer" in table.columns
     assert (table["adapter_bytes"] > 0).all() and (table["samples_per_second"] > 0).all()
+    assert (table["achieved_tflops"] > 0).all() and table["mfu"].tolist() == ["n/a on CPU"] * 2
 
 
 def test_compare_page_is_friendly_when_empty(app):

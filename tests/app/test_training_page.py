@@ -1,4 +1,5 @@
-"""The Training page: clone, queue controls, the final evaluation, many tabs watching a run."""
+"""The Training page: clone, queue controls, the final evaluation, throughput and utilisation,
+many tabs watching a run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import time
 
 from conftest import FAST
+from seeded_runs import seed_runs
 from streamlit.testing.v1 import AppTest
 from test_pages import APP, app, finished_run, open_page  # noqa: F401  (fixture)
 
@@ -70,6 +72,26 @@ def test_classification_run_shows_its_evaluation_and_confusion_matrix(app, demo_
     assert wrong["confidence"].tolist() == sorted(wrong["confidence"].tolist(), reverse=True)
     assert len(examples) == 30  # the whole validation split (no test split in the demo)
     assert any("confusion matrix" in chart.proto.spec for chart in app.get("plotly_chart"))
+
+
+def test_monitor_shows_throughput_and_utilisation(app, demo_home):  # noqa: F811
+    import json
+
+    qlora_on_cpu, _, full_on_gpu = seed_runs(demo_home)
+    open_page(app, "pages/training.py")
+    assert app.selectbox(key="train.watch_select").value == full_on_gpu  # the newest run first
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["samples / s"] == "40.0" and metrics["audio-hours per hour"] == "100.0"
+    assert metrics["MFU"] == "12.5 %" and metrics["achieved TFLOP/s"] == "0.4"
+    [chart] = [json.loads(c.proto.spec) for c in app.get("plotly_chart")
+               if "Utilisation" in c.proto.id]
+    assert {trace["name"]: trace.get("yaxis") for trace in chart["data"]} == {
+        "achieved TFLOP/s": "y", "MFU %": "y2"}
+
+    app.selectbox(key="train.watch_select").select(qlora_on_cpu).run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}["MFU"] == "n/a on CPU"
+    assert any("MFU: n/a on CPU" in caption.value for caption in app.caption)
 
 
 def test_many_tabs_watch_a_training_run(demo_home):

@@ -21,14 +21,19 @@ def test_throughput_is_computed_when_the_run_did_not_log_it(workbench):
     [row] = workbench.compare_runs([run_id])
     assert row["samples_per_second"] == pytest.approx(4 * 2 * 10 / 5.0)
     assert row["adapter_bytes"] is None  # no adapter folder: unknown, not zero
+    assert row["mfu_percent"] is None and row["device"] is None  # nothing logged: unknown
 
 
-def test_a_logged_samples_per_second_metric_wins(workbench):
+def test_logged_throughput_and_utilisation_are_averaged(workbench):
     run_id = finished_looking_run(workbench)
-    for step, value in ((1, 30.0), (2, 50.0)):
-        workbench.storage.add_metrics(run_id, step, step * 0.1, {"train/samples_per_second": value})
+    for step, (samples, mfu) in enumerate([(30.0, 10.0), (50.0, 20.0)], start=1):
+        workbench.storage.add_metrics(run_id, step, step * 0.1, {
+            "train/samples_per_s": samples, "train/tflops": samples / 10, "train/mfu_percent": mfu,
+            "system/cpu_percent": 50.0, "system/gpu_memory_mb": 900.0})
     [row] = workbench.compare_runs([run_id])
-    assert row["samples_per_second"] == pytest.approx(40.0)
+    assert row["samples_per_second"] == pytest.approx(40.0)  # the mean, not steps x batch / wall
+    assert row["achieved_tflops"] == pytest.approx(4.0) and row["mfu_percent"] == pytest.approx(15.0)
+    assert row["audio_hours_per_hour"] is None and row["device"] == "GPU"
 
 
 def test_tags_are_cleaned_stored_and_refused_when_odd(workbench):

@@ -87,6 +87,53 @@ def test_finished_run_reports_what_a_student_needs(workbench):
     assert [m["name"] for m in workbench.run_metrics(run_id, ["eval/accuracy"])] == ["eval/accuracy"]
 
 
+def test_a_run_logs_throughput_and_utilisation_and_compare_reads_them(workbench, monkeypatch):
+    from statistics import mean
+
+    from engine.flops import forward_flops_per_sample
+    from engine.training import monitoring as m
+
+    monkeypatch.setenv("LIM_PEAK_TFLOPS", "0.5")  # a CPU has no known peak: give it one
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {**FAST, "max_steps": 2})
+    recipe = claimed_recipe(workbench, run_id)
+    recipe.eval_items = recipe.eval_items[:2]  # the final evaluation is not what this test is about
+    assert recipe.train() == "completed"
+    first = recipe.task_model.collate([recipe.train_data[i] for i in recipe.epoch_batches(0)[0]])
+    flops = recipe.train_flops_per_sample
+    assert flops == 2 * forward_flops_per_sample(recipe.task_model, batch=first)  # adapters: 2 x
+    names = [m.SAMPLES_PER_S, m.AUDIO_SECONDS_PER_S, m.AUDIO_HOURS_PER_HOUR, m.TFLOPS, m.MFU_PERCENT]
+    logged = {name: [row["value"] for row in workbench.run_metrics(run_id, [name])] for name in names}
+    assert all(len(values) == 2 for values in logged.values()), logged
+    for samples, seconds, hours, tflops, mfu in zip(*logged.values()):
+        assert hours == pytest.approx(seconds)
+        assert tflops == pytest.approx(samples * flops / 1e12)
+        assert mfu == pytest.approx(100 * tflops / 0.5)
+
+    [row] = workbench.compare_runs([run_id])
+    assert row["samples_per_second"] == pytest.approx(mean(logged[m.SAMPLES_PER_S]))  # what was logged
+    assert row["audio_hours_per_hour"] == pytest.approx(mean(logged[m.AUDIO_HOURS_PER_HOUR]))
+    assert row["mfu_percent"] == pytest.approx(mean(logged[m.MFU_PERCENT]))
+    assert row["device"] == "CPU"
+
+
+def test_a_model_whose_flops_cannot_be_counted_still_trains(workbench, monkeypatch):
+    from engine.training import recipe as recipe_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no meta kernel for this op")
+
+    monkeypatch.setattr(recipe_module, "forward_flops_per_sample", broken)
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    recipe = claimed_recipe(workbench, run_id)
+    assert recipe.train_flops_per_sample is None
+    assert any(e["level"] == "warning" and "no meta kernel" in e["message"]
+               for e in workbench.run_events(run_id))
+    recipe.step = 1
+    recipe.record_step(0.5, 2.0, 1.0, {"train/samples_per_s": 8.0})  # what train() does per step
+    assert [row["name"] for row in workbench.run_metrics(run_id) if row["name"].startswith("train/")] == [
+        "train/grad_norm", "train/learning_rate", "train/loss", "train/samples_per_s"]
+
+
 def test_stop_saves_a_checkpoint_and_resume_finishes_without_duplicates(workbench):
     workbench.start_worker()
     run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
