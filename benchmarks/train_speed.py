@@ -355,13 +355,12 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     if config.memory_budget_gb > 0:
         plan = plan_memory(model, {k: batches[0][k] for k in ("input_features", "labels")},
                            budget_gib=config.memory_budget_gb)
-        apply_checkpointing(model, plan.checkpoint)
-        micro, offload = plan.micro_batch, plan.offload
+        policy, micro, offload = plan.checkpoint, plan.micro_batch, plan.offload
     else:
-        # Default: checkpoint every layer only where the reference's memory would be exceeded
-        # otherwise; the ablation names the policy explicitly.
-        apply_checkpointing(model, {"all": True, "none": False}[options.get("checkpoint", "all")])
-    if wants_compile(options.get("compile", "auto"), device):
+        policy = {"all": True, "none": False}[options.get("checkpoint", "all")]
+    compiled = wants_compile(options.get("compile", "auto"), device)
+    apply_checkpointing(model, policy, compiled=compiled)
+    if compiled:
         compile_layers(model)
     if device == "cuda":  # as a run's DataLoader does (and the reference's Trainer)
         batches = [{k: (v.pin_memory() if hasattr(v, "pin_memory") else v) for k, v in b.items()}
@@ -385,10 +384,15 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
 
 
 def checkpoint_policy(model) -> dict[str, int]:
+    """Layers per stack that recompute (a save-everything checkpoint keeps its activations)."""
     from engine.training.planner import find_stacks
 
-    return {s.name: sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in s.layers)
-            for s in find_stacks(model)}
+    def recomputes(layer):
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        return (getattr(layer, "gradient_checkpointing", False)
+                and "context_fn" not in getattr(func, "keywords", {}))
+
+    return {s.name: sum(bool(recomputes(layer)) for layer in s.layers) for s in find_stacks(model)}
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -14,7 +14,7 @@ that uses plain LoRA (one active adapter, no DoRA) with :class:`LoraLinearFuncti
     y = x W^T + b + s · (drop(x) A^T) B^T
 
 computed as one base GEMM (the 4-bit weight dequantised into a temporary that is freed at
-once, never kept for backward) and one ``addmm`` that adds the LoRA product in place. Backward
+once, never kept for backward) and one ``addmm`` that adds the LoRA product. Backward
 dequantises the weight again and produces grad_x, grad_A, grad_B with four GEMMs. It saves
 only x (shared by q_proj and v_proj, which read the same normalised input), the dropout mask
 and the rank-r product ``drop(x) A^T``. Dropout draws come from ``torch.native_dropout``, the
@@ -67,7 +67,9 @@ class LoraLinearFunction(torch.autograd.Function):
             xd = x2
         a, b = lora_A.to(dtype), lora_B.to(dtype)
         h = torch.mm(xd, a.t())  # (tokens, r)
-        out.addmm_(h, b.t(), alpha=scaling)
+        # Out of place: selective activation checkpointing caches op outputs and refuses
+        # tensors mutated after they were produced.
+        out = torch.addmm(out, h, b.t(), alpha=scaling)
         ctx.save_for_backward(x2, mask, h, lora_A, lora_B)
         ctx.base_layer, ctx.scaling, ctx.dropout = base_layer, scaling, dropout
         ctx.x_shape = x.shape

@@ -159,9 +159,10 @@ class FineTuneRecipe:
     def build_optimization(self) -> None:
         cfg = self.config
         plan = self.plan_memory() if cfg.memory_budget_gb > 0 else None
-        if plan is None and cfg.gradient_checkpointing:
-            apply_checkpointing(self.model, True)
-        if wants_compile(cfg.compile_layers, self.device):
+        compiled = wants_compile(cfg.compile_layers, self.device)
+        policy = plan.checkpoint if plan else bool(cfg.gradient_checkpointing)
+        apply_checkpointing(self.model, policy, compiled=compiled)
+        if compiled:
             self.log(f"compiling {compile_layers(self.model)} layers with torch.compile "
                      "(the first steps are slower while it compiles)")
         self.trainer = TrainStep(
@@ -180,7 +181,6 @@ class FineTuneRecipe:
         batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
                                          for item in longest])
         plan = plan_memory(self.model, batch, budget_gib=self.config.memory_budget_gb)
-        apply_checkpointing(self.model, plan.checkpoint)
         self.memory_plan = plan
         self.log(plan.describe())
         return plan
