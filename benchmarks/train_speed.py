@@ -103,8 +103,8 @@ SUITES = {
              engine={"checkpoint": "all", "compile": "off"}),
         Case("whisper-small", "qlora", sides=("engine",), label="D: C + compiled layers (default)",
              engine={"checkpoint": "all"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="E: D without checkpointing",
-             engine={"checkpoint": "none"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="E: C without checkpointing",
+             engine={"checkpoint": "none", "compile": "off"}),
     ],
 }
 
@@ -359,7 +359,7 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     else:
         policy = {"all": True, "none": False}[options.get("checkpoint", "all")]
     compiled = wants_compile(options.get("compile", "auto"), device)
-    apply_checkpointing(model, policy, compiled=compiled)
+    apply_checkpointing(model, policy)
     if compiled:
         compile_layers(model)
     if device == "cuda":  # as a run's DataLoader does (and the reference's Trainer)
@@ -384,15 +384,11 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
 
 
 def checkpoint_policy(model) -> dict[str, int]:
-    """Layers per stack that recompute (a save-everything checkpoint keeps its activations)."""
+    """Checkpointed layers per stack."""
     from engine.training.planner import find_stacks
 
-    def recomputes(layer):
-        func = getattr(layer, "_gradient_checkpointing_func", None)
-        return (getattr(layer, "gradient_checkpointing", False)
-                and "context_fn" not in getattr(func, "keywords", {}))
-
-    return {s.name: sum(bool(recomputes(layer)) for layer in s.layers) for s in find_stacks(model)}
+    return {s.name: sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in s.layers)
+            for s in find_stacks(model)}
 
 
 # --------------------------------------------------------------------------- orchestration

@@ -256,46 +256,16 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
                       estimated_gib=peak / GIB, budget_gib=budget_gib, relative_speed=speed)
 
 
-def _keep_activations(ctx, op, *args, **kwargs):
-    """Selective-checkpoint policy of a layer that keeps its activations: save what matmuls,
-    attention, norms, activations and dropout produce (what plain autograd would keep), and
-    let everything else (views, casts, 4-bit dequantisation, whose buffers bitsandbytes
-    updates in place) be recomputed. A dequantised weight is thus never kept."""
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    name = str(getattr(op, "_schema", op).name if hasattr(op, "_schema") else op)
-    keep = any(part in name for part in _KEPT_OPS)
-    return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_KEPT_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "scaled_dot_product",
-             "aten::native_layer_norm", "aten::gelu", "aten::native_dropout", "aten::convolution")
-
-
-def apply_checkpointing(model: nn.Module, checkpoint: dict[str, int] | bool,
-                        compiled: bool = False) -> None:
+def apply_checkpointing(model: nn.Module, checkpoint: dict[str, int] | bool) -> None:
     """Checkpoint the first N layers of each stack (``True``: all, ``False``: none), with
     non-reentrant checkpointing (no input needs ``requires_grad``; RNG state is restored, so
-    dropout masks in the recomputation equal the first pass's).
-
-    ``compiled``: the layers will be compiled. Layers that keep their activations then run
-    under a selective checkpoint that saves what autograd would keep (matmul, attention, norm,
-    activation and dropout outputs; nothing expensive is recomputed): torch.compile handles a
-    checkpointed region through one well-tested path, and plain compiled Whisper layers failed
-    inductor's stride checks."""
+    dropout masks in the recomputation equal the first pass's)."""
     from torch.utils.checkpoint import checkpoint as torch_checkpoint
-    from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     recompute = functools.partial(torch_checkpoint, use_reentrant=False)
-    keep_all = functools.partial(torch_checkpoint, use_reentrant=False, context_fn=functools.partial(
-        create_selective_checkpoint_contexts, _keep_activations))
     for stack in find_stacks(model):
         count = (len(stack.layers) if checkpoint is True else 0 if checkpoint is False
                  else checkpoint.get(stack.name, 0))
         for index, layer in enumerate(stack.layers):
-            if index < count:
-                layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, recompute
-            elif compiled:
-                layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, keep_all
-            else:
-                layer.gradient_checkpointing = False
+            layer.gradient_checkpointing = index < count
+            layer._gradient_checkpointing_func = recompute

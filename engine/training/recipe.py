@@ -161,7 +161,7 @@ class FineTuneRecipe:
         plan = self.plan_memory() if cfg.memory_budget_gb > 0 else None
         compiled = wants_compile(cfg.compile_layers, self.device)
         policy = plan.checkpoint if plan else bool(cfg.gradient_checkpointing)
-        apply_checkpointing(self.model, policy, compiled=compiled)
+        apply_checkpointing(self.model, policy)
         if compiled:
             self.log(f"compiling {compile_layers(self.model)} layers with torch.compile "
                      "(the first steps are slower while it compiles)")

@@ -26,11 +26,14 @@ def wants_compile(setting: str, device: str) -> bool:
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """torch.compile every transformer layer in place, its checkpoint wrapper included (call
-    ``apply_checkpointing(..., compiled=True)`` first: layers that keep their activations run
-    under a save-everything checkpoint policy, the one path torch 2.11 compiled Whisper
-    layers through without inductor stride failures on an H100). Identical layers share
-    compiled graphs. Returns the number of layers compiled."""
+    """torch.compile every checkpointed transformer layer in place, checkpoint wrapper included
+    (the recomputation runs compiled code too); identical layers share compiled graphs.
+
+    Layers that keep their activations stay eager. With torch 2.11 on an H100 (see
+    docs/benchmarks.md) a compiled Whisper layer that saves SDPA's outputs failed inductor's
+    stride check on the saved log-sum-exp, one fed the encoder's permuted input failed another,
+    and wrapping such layers in a save-everything selective checkpoint failed on a cached
+    tensor being mutated. Returns the number of layers compiled."""
     import torch._dynamo
 
     from engine.training.planner import find_stacks
@@ -38,7 +41,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     count = 0
     for stack in find_stacks(model):
         for layer in stack.layers:
-            if not hasattr(layer, "_lim_compiled"):
+            if getattr(layer, "gradient_checkpointing", False) and not hasattr(layer, "_lim_compiled"):
                 layer.compile(dynamic=False)
                 layer._lim_compiled = True
                 count += 1
