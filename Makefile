@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 export LIM_HOME ?= $(CURDIR)/data
 
-.PHONY: run test venv demo browser-deps clean bench
+.PHONY: run test venv demo browser-deps clean bench bench-gpu
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=python3 to use another)"; exit 1; }
@@ -30,6 +30,16 @@ browser-deps:
 
 test: venv browser-deps
 	$(PY) -m pytest -q
+
+# Training speed and memory, reference recipe against the engine (docs/benchmarks.md).
+# bench: tiny presets on the CPU (what CI keeps working); bench-gpu: real Whisper configs on a
+# CUDA GPU, then the ablation of the engine's optimisations. Both print the table last.
+bench: venv
+	$(PY) -m benchmarks.train_speed --suite cpu --json benchmarks/results-cpu.json
+
+bench-gpu: venv
+	$(PY) -m benchmarks.train_speed --suite gpu --json benchmarks/results-gpu.json
+	$(PY) -m benchmarks.train_speed --suite ablation --json benchmarks/results-ablation.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

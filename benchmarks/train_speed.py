@@ -105,6 +105,8 @@ SUITES = {
              engine={"checkpoint": "all"}),
         Case("whisper-small", "qlora", sides=("engine",), label="E: C without checkpointing",
              engine={"checkpoint": "none", "compile": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="F: E with compiled layers",
+             engine={"checkpoint": "none"}),
     ],
 }
 

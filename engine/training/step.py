@@ -26,25 +26,33 @@ def wants_compile(setting: str, device: str) -> bool:
 
 
 def compile_layers(model: torch.nn.Module) -> int:
-    """torch.compile every checkpointed transformer layer in place, checkpoint wrapper included
-    (the recomputation runs compiled code too); identical layers share compiled graphs.
+    """torch.compile transformer layers in place, checkpoint wrapper included (a recomputed
+    layer recomputes compiled code); identical layers share compiled graphs.
 
-    Layers that keep their activations stay eager. With torch 2.11 on an H100 (see
-    docs/benchmarks.md) a compiled Whisper layer that saves SDPA's outputs failed inductor's
-    stride check on the saved log-sum-exp, one fed the encoder's permuted input failed another,
-    and wrapping such layers in a save-everything selective checkpoint failed on a cached
-    tensor being mutated. Returns the number of layers compiled."""
+    Every layer is compiled when all of them are checkpointed or none is. When a memory plan
+    mixes the two, only the checkpointed ones are: with torch 2.11 on an H100 (see
+    docs/benchmarks.md) compiled plain layers beside compiled checkpointed ones failed
+    inductor's stride checks (on the encoder's permuted first input and on SDPA's saved
+    log-sum-exp), and a save-everything selective checkpoint around the plain ones failed on a
+    mutated cached tensor. Returns the number of layers compiled."""
     import torch._dynamo
 
     from engine.training.planner import find_stacks
 
+    stacks = find_stacks(model)
+    flags = [bool(getattr(layer, "gradient_checkpointing", False))
+             for stack in stacks for layer in stack.layers]
+    mixed = any(flags) and not all(flags)
     count = 0
-    for stack in find_stacks(model):
+    for stack in stacks:
         for layer in stack.layers:
-            if getattr(layer, "gradient_checkpointing", False) and not hasattr(layer, "_lim_compiled"):
-                layer.compile(dynamic=False)
-                layer._lim_compiled = True
-                count += 1
+            if hasattr(layer, "_lim_compiled"):
+                continue
+            if mixed and not getattr(layer, "gradient_checkpointing", False):
+                continue
+            layer.compile(dynamic=False)
+            layer._lim_compiled = True
+            count += 1
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return count
 
