@@ -133,10 +133,16 @@ def memory_check(method: str, method_settings, training: dict, outline: ModelOut
     device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = memory_plan(method, method_settings, training, outline, task_model_cls, device)
     free = free_memory_mb(device)
-    fits = plan["total_mb"] <= free
-    message = f"estimated memory {plan['total_mb']:,.0f} MiB on {device}, {free:,.0f} MiB free"
+    budget_mb = float(training.get("memory_budget_gb") or 0) * 1024
+    estimate = min(plan["total_mb"], budget_mb) if budget_mb else plan["total_mb"]
+    fits = estimate <= free
+    message = f"estimated memory {estimate:,.0f} MiB on {device}, {free:,.0f} MiB free"
+    if budget_mb and budget_mb < plan["total_mb"]:
+        message += (f" (the memory planner fits the run into memory_budget_gb="
+                    f"{budget_mb / 1024:g}; it says at the start what it chose)")
     if not fits:
-        message = (f"this configuration will probably not fit: {message}. Lower "
-                   "per_device_train_batch_size, turn on gradient_checkpointing or use qlora")
-    return {"estimate_mb": plan["total_mb"], "free_mb": free, "fits": fits, "device": device,
+        message = (f"this configuration will probably not fit: {message}. Set memory_budget_gb "
+                   "(the planner picks micro-batch, checkpointing and offload), lower "
+                   "per_device_train_batch_size or use qlora")
+    return {"estimate_mb": estimate, "free_mb": free, "fits": fits, "device": device,
             "breakdown": plan, "message": message}

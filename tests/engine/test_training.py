@@ -211,3 +211,21 @@ def test_a_target_module_the_model_lacks_is_refused_with_the_valid_choices(workb
                              {"target_modules": "query,value"}, FAST)
     assert "q_proj" in str(refused.value)  # the valid choices come with the refusal
     assert workbench.list_runs() == []
+
+
+def test_a_memory_budget_is_planned_logged_and_trains(workbench):
+    """memory_budget_gb: the planner's choice is logged, the run micro-batches as planned and
+    every LoRA weight still trains; a budget no plan fits is refused with the numbers."""
+    budget = 0.05  # the tiny model at batch 4 needs more than this without a plan
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {},
+                                  {**FAST, "memory_budget_gb": budget})
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary
+    events = [e["message"] for e in workbench.run_events(run_id)]
+    plan = next(m for m in events if m.startswith("memory plan for 0.05 GiB"))
+    assert "micro-batch" in plan and "checkpointed layers" in plan
+    too_small = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {},
+                                     {**FAST, "memory_budget_gb": 0.0001})
+    failed = workbench.wait_for_run(too_small)
+    assert failed["status"] == "failed"
+    assert "too small for this model" in (failed.get("error") or "")
