@@ -23,16 +23,46 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 
 class ItemDataset(Dataset):
-    """Dataset items encoded on the fly by the task model (audio decoded per access)."""
+    """Dataset items encoded on the fly by the task model (audio decoded per access).
 
-    def __init__(self, items: list[dict], task_model, dataset_dir: Path):
+    ``cache_mb`` > 0 keeps encoded items (log-mel features, token ids) in memory up to that
+    many MiB, so later epochs skip decoding and feature extraction for them. Encoding is
+    deterministic and augmentation happens after collation, so a cached item is exactly what
+    encoding again would give; callers get a shallow copy (collation never writes to arrays).
+    """
+
+    def __init__(self, items: list[dict], task_model, dataset_dir: Path, cache_mb: float = 0):
         self.items, self.task_model, self.dataset_dir = items, task_model, dataset_dir
+        self.cache_budget = int(cache_mb * 2**20)
+        self.cache: dict[int, dict] = {}
+        self.cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        return self.task_model.encode(self.items[index], self.dataset_dir)
+        hit = self.cache.get(index)
+        if hit is not None:
+            return dict(hit)
+        encoded = self.task_model.encode(self.items[index], self.dataset_dir)
+        if self.cache_budget:
+            size = _encoded_bytes(encoded)
+            if self.cached_bytes + size <= self.cache_budget:
+                self.cache[index] = encoded
+                self.cached_bytes += size
+        return dict(encoded) if self.cache_budget else encoded
+
+
+def _encoded_bytes(encoded: dict) -> int:
+    size = 0
+    for value in encoded.values():
+        if hasattr(value, "nbytes"):
+            size += int(value.nbytes)
+        elif isinstance(value, (list, tuple)):
+            size += 8 * len(value)
+        else:
+            size += 8
+    return size
 
 
 def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,

@@ -112,7 +112,8 @@ class FineTuneRecipe:
         self.restore()
         self.augment = SpecAugment(cfg.freq_mask_param, cfg.time_mask_param) if (
             cfg.spec_augment and dataset["task"] != "text-classification") else None
-        self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir)
+        self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir,
+                                      cache_mb=cfg.feature_cache_mb)
         self.train_flops_per_sample, self.peak_tflops = self.count_flops()
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,

@@ -49,6 +49,10 @@ class TrainingSettings:
         "residual adds; far fewer kernel launches). auto: on a CUDA GPU, off on a CPU (where "
         "compiling takes longer than a short run saves). The first steps are slower while it "
         "compiles.", choices=["auto", "on", "off"])
+    feature_cache_mb: float = setting(
+        1024.0, "Keep encoded training examples (log-mel features, token ids) in memory across "
+        "epochs, up to this many MiB: later epochs skip audio decoding and feature extraction "
+        "(0: encode every time).", min=0.0)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0)

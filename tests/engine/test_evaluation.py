@@ -52,3 +52,35 @@ def test_a_dataset_with_a_test_split_is_scored_on_it(workbench, tmp_path):
     assert test_points["test/accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
     correct = sum(row["correct"] for row in result["rows"])
     assert summary["metrics"]["accuracy"] == pytest.approx(correct / len(result["rows"]))
+
+
+def test_item_cache_encodes_each_item_once_within_its_budget(tmp_path):
+    """Cached items are what encoding again gives, each is encoded once, the budget holds,
+    and a caller changing its copy does not change the cache."""
+    import numpy as np
+
+    from engine.training.evaluation import ItemDataset
+
+    calls = []
+
+    class Counting:
+        def encode(self, item, dataset_dir):
+            calls.append(item["id"])
+            return {"input_features": np.full((4, 8), float(item["id"]), dtype=np.float32),
+                    "labels": [item["id"], 7]}
+
+    items = [{"id": i} for i in range(6)]
+    per_item = 4 * 8 * 4 + 2 * 8
+    data = ItemDataset(items, Counting(), tmp_path, cache_mb=4 * per_item / 2**20)
+    first = [data[i] for i in range(6)]
+    again = [data[i] for i in range(6)]
+    assert calls[:6] == list(range(6)) and calls[6:] == [4, 5]  # four fit, two re-encoded
+    assert data.cached_bytes == 4 * per_item
+    for a, b in zip(first, again):
+        assert np.array_equal(a["input_features"], b["input_features"]) and a["labels"] == b["labels"]
+    again[0]["labels"] = "changed"
+    assert data[0]["labels"] == [0, 7]
+    uncached = ItemDataset(items, Counting(), tmp_path)
+    calls.clear()
+    [uncached[i] for i in (0, 0)]
+    assert calls == [0, 0]
