@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 # Real Whisper configurations (openai/whisper-*); only the shapes matter here.
 WHISPER = {
@@ -70,8 +69,6 @@ class Case:
     label: str = ""  # names an engine variant in the table
     sides: tuple = ("reference", "engine")
 
-
-ENGINE_DEFAULT: dict = {}  # the engine's own defaults: fused LoRA, bf16 frozen base, no upcast
 
 SUITES = {
     "cpu": [
@@ -167,17 +164,6 @@ def make_batches(case: Case, config, count: int, window_frames: int):
     return batches
 
 
-def whisper_forward_flops(config, frames: int, label_tokens: int) -> float:
-    """Model FLOPs of one example's forward pass (matmuls, convolutions, attention)."""
-    d, T, t, V = config.d_model, frames // 2, label_tokens, config.vocab_size
-    fe, fd = config.encoder_ffn_dim, config.decoder_ffn_dim
-    convs = 2 * frames * config.num_mel_bins * d * 3 + 2 * T * d * d * 3
-    encoder = config.encoder_layers * (2 * T * (4 * d * d + 2 * d * fe) + 4 * T * T * d)
-    decoder = config.decoder_layers * (2 * t * (4 * d * d + 2 * d * fd) + 4 * t * t * d
-                                       + 2 * t * 2 * d * d + 2 * T * 2 * d * d + 4 * t * T * d)
-    return float(convs + encoder + decoder + 2 * t * d * V)
-
-
 # --------------------------------------------------------------------------- one measurement
 def measure(side: str, case: Case, model_dir: Path) -> dict:
     import torch
@@ -220,10 +206,17 @@ def measure(side: str, case: Case, model_dir: Path) -> dict:
     elapsed = result["train_s"]
     result["samples_per_s"] = case.batch * case.steps / elapsed
     result["audio_hours_per_hour"] = seconds / elapsed
-    frames = result.pop("frames_per_sample")
-    factor = 3.0 if case.method == "full" else 2.0
-    result["model_tflop_per_sample"] = factor * whisper_forward_flops(config, frames, case.label_tokens) / 1e12
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in result["device"]), None)
+    # The model FLOPs and the peak the Training page uses (engine/flops.py), so the table's
+    # MFU and a run's are the same figure.
+    from engine.flops import forward_flops_per_sample, peak_tflops_of, training_flops_per_sample
+    from engine.models.whisper import WhisperSpeechRecognition
+
+    shapes = {"input_features": torch.zeros(1, config.num_mel_bins, result.pop("frames_per_sample")),
+              "labels": torch.zeros(1, case.label_tokens, dtype=torch.long)}
+    forward = forward_flops_per_sample(WhisperSpeechRecognition(model_dir), batch=shapes)
+    result["model_tflop_per_sample"] = training_flops_per_sample(
+        forward, trains_base_weights=case.method == "full") / 1e12
+    peak = peak_tflops_of(result["device"]) if device == "cuda" else None
     result["mfu_percent"] = (100 * result["samples_per_s"] * result["model_tflop_per_sample"] / peak
                              if peak else None)
     return result
@@ -321,12 +314,10 @@ def run_reference(case: Case, model_dir: Path, batches, total_steps: int, device
 
 
 def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: str, window: int):
-    import torch
-
     from engine import settings as settings_lib
     from engine.methods import get_method
     from engine.models.whisper import WhisperSpeechRecognition
-    from engine.training.planner import apply_checkpointing, plan_memory
+    from engine.training.planner import apply_checkpointing, estimate_for, plan_memory
     from engine.training.recipe import build_training_model
     from engine.training.settings import TrainingSettings
     from engine.training.step import TrainStep, compile_layers, wants_compile
@@ -367,8 +358,6 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     if device == "cuda":  # as a run's DataLoader does (and the reference's Trainer)
         batches = [{k: (v.pin_memory() if hasattr(v, "pin_memory") else v) for k, v in b.items()}
                    for b in batches]
-    from engine.training.planner import estimate_for
-
     estimated = estimate_for(model, {k: batches[0][k] for k in ("input_features", "labels")},
                              micro or case.batch, checkpoint_policy(model), offload)
     trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload)

@@ -26,8 +26,8 @@ class LoraSettings:
         "gaussian, pissa (principal singular vectors of W; needs a full-precision base), "
         "olora (orthonormal, QR of W).", choices=["default", "gaussian", "pissa", "olora"])
     kernels: str = setting(
-        "fused", "fused: the engine's LoRA autograd (one base matmul and one in-place LoRA update "
-        "per layer, 4-bit weights dequantised only inside the op); peft: peft's own layers "
+        "fused", "fused: the engine's LoRA autograd (one base matmul and one LoRA matmul-add per "
+        "layer, 4-bit weights dequantised only inside the op); peft: peft's own layers "
         "(for comparison). DoRA and multi-adapter layers always use peft's.",
         choices=["fused", "peft"])
 

@@ -31,7 +31,7 @@ class QLoraSettings(LoraSettings):
     upcast_frozen: bool = setting(
         False, "Cast the frozen non-quantised weights (norms, convolutions, embeddings) to fp32 "
         "as peft's prepare_model_for_kbit_training does. Off: they stay in the compute dtype and "
-        "a bf16 run needs no autocast (faster, less memory; the benchmarks compare both).")
+        "a bf16 run needs no autocast (faster, less memory; docs/benchmarks.md compares both).")
 
 
 def compute_dtype(settings: QLoraSettings, context: MethodContext) -> torch.dtype:
@@ -92,9 +92,10 @@ def apply_qlora(model, settings: QLoraSettings, context: MethodContext):
         if settings.bnb_4bit_quant_type != "nf4":
             raise MethodError("init_lora_weights=loftq works with bnb_4bit_quant_type=nf4 only")
         replace_lora_weights_loftq(peft_model, model_path=str(context.model_dir / "model.safetensors"))
-    dtype = compute_dtype(settings, context)
-    if not settings.upcast_frozen and dtype != torch.float32:
-        run_in_dtype(peft_model, dtype, context.head_modules)
+    # bf16 trains without autocast; fp16 keeps autocast and its gradient scaler (fp16
+    # gradients underflow without one), so only bf16 runs in its own dtype.
+    if not settings.upcast_frozen and compute_dtype(settings, context) == torch.bfloat16:
+        run_in_dtype(peft_model, torch.bfloat16, context.head_modules)
     return peft_model
 
 

@@ -259,7 +259,7 @@ def measure_training_memory_mb(model, batch: dict, lr: float = 1e-4) -> float:
     for event in events:
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
-    return (_model_tensor_bytes(model) + peak) / MIB
+    return (model_tensor_bytes(model) + peak) / MIB
 
 
 def _step(model, batch, optimizer) -> None:
@@ -268,7 +268,7 @@ def _step(model, batch, optimizer) -> None:
     optimizer.step()
 
 
-def _model_tensor_bytes(model) -> int:
+def model_tensor_bytes(model) -> int:
     seen, total = set(), 0
     tensors = list(model.parameters()) + list(model.buffers())
     for parameter in model.parameters():  # bitsandbytes keeps block scales beside a 4-bit weight

@@ -45,12 +45,12 @@ class ItemDataset(Dataset):
         if hit is not None:
             return dict(hit)
         encoded = self.task_model.encode(self.items[index], self.dataset_dir)
-        if self.cache_budget:
-            size = _encoded_bytes(encoded)
-            if self.cached_bytes + size <= self.cache_budget:
-                self.cache[index] = encoded
-                self.cached_bytes += size
-        return dict(encoded) if self.cache_budget else encoded
+        size = _encoded_bytes(encoded) if self.cache_budget else 0
+        if size and self.cached_bytes + size <= self.cache_budget:
+            self.cache[index] = encoded
+            self.cached_bytes += size
+            return dict(encoded)
+        return encoded
 
 
 def _encoded_bytes(encoded: dict) -> int:

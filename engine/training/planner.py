@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -61,7 +61,6 @@ class MemoryPlan:
     estimated_gib: float
     budget_gib: float
     relative_speed: float  # estimated throughput against no checkpointing, no offload, full batch
-    notes: list[str] = field(default_factory=list)
 
     @property
     def accumulation(self) -> int:
@@ -120,26 +119,21 @@ def _elem_bytes(model: nn.Module) -> int:
     return 4  # fp32 weights; under autocast some activations are 16-bit, counted as 32
 
 
-def _model_bytes(model: nn.Module) -> tuple[int, int, int]:
-    """(bytes of every parameter and buffer, trainable parameter count, largest 4-bit weight
-    dequantised, in bytes)."""
-    total = trainable = largest = 0
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        total += tensor.numel() * tensor.element_size()
-        quant_state = getattr(tensor, "quant_state", None)
-        if quant_state is not None:
-            total += sum(t.numel() * t.element_size() for t in (quant_state.absmax,) if t is not None)
-            largest = max(largest, int(torch.Size(quant_state.shape).numel()) * 2)
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            trainable += parameter.numel()
-    return total, trainable, largest
+def _fixed_bytes(model: nn.Module) -> int:
+    """What does not grow with the batch: the model's tensors (4-bit weights with their block
+    scales), gradients and AdamW state of the trainable parameters (12 bytes each), and the
+    largest 4-bit weight dequantised twice over (forward temporary, backward temporary)."""
+    from engine.models.memory import model_tensor_bytes
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    largest = max((int(torch.Size(p.quant_state.shape).numel()) * 2 for p in model.parameters()
+                   if getattr(p, "quant_state", None) is not None), default=0)
+    return model_tensor_bytes(model) + trainable * 12 + 2 * largest
 
 
-def _layer_bytes(stack: Stack, elem: int, tokens_override: int | None = None) -> int:
+def _layer_bytes(stack: Stack, elem: int) -> int:
     """Activations one layer keeps for backward, per sample."""
-    tokens = stack.tokens if tokens_override is None else tokens_override
-    self_part = tokens * ((7 * stack.d + 2 * stack.ffn) * elem + 2 * stack.d)
+    self_part = stack.tokens * ((7 * stack.d + 2 * stack.ffn) * elem + 2 * stack.d)
     cross = stack.cross_tokens * 2 * stack.d * elem if stack.cross_tokens else 0
     return self_part + cross
 
@@ -153,16 +147,12 @@ def _layer_flops(stack: Stack) -> float:
     return flops
 
 
-def estimate_peak_bytes(model: nn.Module, stacks: list[Stack], micro: int,
-                        checkpoint: dict[str, int], offload: bool,
-                        extra_per_sample: tuple[int, int] | int = 0) -> int:
-    """Estimated peak bytes: weights and optimizer state, plus per sample the inputs, what the
-    layers keep, and the larger of the logits (alive from the loss until the top layer's
-    backward) and one layer's backward working set (recomputed activations and gradients)."""
-    elem = _elem_bytes(model)
-    inputs, logits = extra_per_sample if isinstance(extra_per_sample, tuple) else (extra_per_sample, 0)
-    weights, trainable, largest_dequant = _model_bytes(model)
-    fixed = weights + trainable * 12 + 2 * largest_dequant
+def estimate_peak_bytes(fixed: int, elem: int, stacks: list[Stack], micro: int,
+                        checkpoint: dict[str, int], offload: bool, inputs: int, logits: int) -> int:
+    """Estimated peak bytes: ``fixed`` (weights, optimizer state), plus per sample the inputs,
+    what the layers keep, and the larger of the logits (alive from the loss until the top
+    layer's backward) and one layer's backward working set (recomputed activations and
+    gradients)."""
     kept = 0
     transient = 0
     for stack in stacks:
@@ -199,8 +189,9 @@ def _shapes(model: nn.Module, batch: dict,
 def estimate_for(model: nn.Module, batch: dict, micro: int, checkpoint: dict[str, int],
                  offload: bool = False) -> float:
     """Estimated peak (GiB) of training ``model`` on micro-batches of ``batch``'s shapes."""
-    stacks, extra = _shapes(model, batch)
-    return estimate_peak_bytes(model, stacks, micro, checkpoint, offload, extra) / GIB
+    stacks, (inputs, logits) = _shapes(model, batch)
+    return estimate_peak_bytes(_fixed_bytes(model), _elem_bytes(model), stacks, micro, checkpoint,
+                               offload, inputs, logits) / GIB
 
 
 def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib: float,
@@ -210,8 +201,16 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
     ``batch`` is a full-size batch of the longest items (it gives the batch size and the
     per-sample shapes).
     """
-    stacks, extra = _shapes(model, batch, vocab_size)
+    stacks, (inputs, logits) = _shapes(model, batch, vocab_size)
+    fixed, elem = _fixed_bytes(model), _elem_bytes(model)
+    estimate = functools.partial(estimate_peak_bytes, fixed, elem, stacks, inputs=inputs,
+                                 logits=logits)
     batch_size = next(iter(batch.values())).shape[0]
+    widest = max((s.tokens for s in stacks), default=1)
+
+    def efficiency(samples: int) -> float:  # GPU efficiency of a micro-batch of that many tokens
+        return samples * widest / (samples * widest + EFFICIENCY_TOKENS)
+
     budget = budget_gib * GIB * SAFETY
     total_flops = 2 * sum(_layer_flops(s) * len(s.layers) for s in stacks) or 1.0
     micros = sorted({max(1, -(-batch_size // 2**k)) for k in range(0, batch_size.bit_length() + 1)},
@@ -228,23 +227,19 @@ def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib:
         for counts in itertools.product(*options) if stacks else [()]:
             checkpoint = {s.name: c for s, c in zip(stacks, counts)}
             for offload in offload_options:
-                peak = estimate_peak_bytes(model, stacks, micro, checkpoint, offload, extra)
+                peak = estimate(micro, checkpoint, offload)
                 if peak > budget:
                     continue
                 recompute = sum(_layer_flops(s) * checkpoint[s.name] for s in stacks)
                 speed = total_flops / (total_flops + recompute)
-                micro_tokens = micro * max((s.tokens for s in stacks), default=1)
-                speed *= micro_tokens / (micro_tokens + EFFICIENCY_TOKENS)
-                speed /= batch_size * max((s.tokens for s in stacks), default=1) / (
-                    batch_size * max((s.tokens for s in stacks), default=1) + EFFICIENCY_TOKENS)
+                speed *= efficiency(micro) / efficiency(batch_size)
                 if offload:
                     speed *= OFFLOAD_SLOWDOWN
                 key = (speed, -peak)
                 if best is None or key > best[0]:
                     best = (key, micro, checkpoint, offload, peak)
     if best is None:
-        smallest = estimate_peak_bytes(model, stacks, 1, {s.name: len(s.layers) for s in stacks},
-                                       on_device, extra)
+        smallest = estimate(1, {s.name: len(s.layers) for s in stacks}, on_device)
         raise SettingsError(
             f"memory_budget_gb={budget_gib:g} is too small for this model: even one example at a "
             f"time with every layer checkpointed{' and activations offloaded' if on_device else ''} "

@@ -140,7 +140,10 @@ def memory_check(method: str, method_settings, training: dict, outline: ModelOut
     if budget_mb and budget_mb < plan["total_mb"]:
         message += (f" (the memory planner fits the run into memory_budget_gb="
                     f"{budget_mb / 1024:g}; it says at the start what it chose)")
-    if not fits:
+    if not fits and budget_mb:
+        message = (f"this configuration will probably not fit: {message}. Lower memory_budget_gb "
+                   f"to at most {free / 1024:.1f} (the memory free now)")
+    elif not fits:
         message = (f"this configuration will probably not fit: {message}. Set memory_budget_gb "
                    "(the planner picks micro-batch, checkpointing and offload), lower "
                    "per_device_train_batch_size or use qlora")

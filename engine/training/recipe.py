@@ -177,8 +177,8 @@ class FineTuneRecipe:
         """Choose micro-batch, checkpointing and offload for the memory budget, on a batch of
         the longest training items (their shapes bound every later batch's)."""
         size = self.config.per_device_train_batch_size
-        longest = sorted(self.train_items, key=lambda item: -(item.get("duration_s") or 0)
-                         - len(item.get("text") or ""))[:size]
+        longest = sorted(self.train_items, reverse=True, key=lambda item: (
+            item.get("duration_s") or 0, len(item.get("text") or "")))[:size]
         batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
                                          for item in longest])
         plan = plan_memory(self.model, batch, budget_gib=self.config.memory_budget_gb)

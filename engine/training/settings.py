@@ -38,7 +38,9 @@ class TrainingSettings:
     precision: str = setting("auto", "Compute precision: auto is bf16 autocast on a GPU that "
                              "supports it, fp32 on CPU; fp16 uses a gradient scaler.",
                              choices=["auto", "fp32", "bf16", "fp16"])
-    gradient_checkpointing: bool = setting(False, "Recompute activations in backward: less memory, ~30% slower.")
+    gradient_checkpointing: bool = setting(
+        False, "Recompute activations in backward: far less memory, slower (whisper-small QLoRA "
+        "on an H100: 1.6× slower, a fifth of the memory; docs/benchmarks.md).")
     memory_budget_gb: float = setting(
         0.0, "Fit training into this much accelerator memory (GiB; 0: no cap). A planner picks "
         "the micro-batch (gradients of the split batch are summed, so results match), which "

@@ -45,10 +45,6 @@ def test_fused_lora_op_matches_its_formula(dropout, bias):
         torch.testing.assert_close(got, want)
 
 
-def _one_measure(side: str, case, model_dir):
-    return train_speed.measure(side, case, model_dir)
-
-
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
     return train_speed.prepare_model("tiny-whisper", tmp_path_factory.mktemp("bench"), "cpu")
@@ -59,8 +55,8 @@ def test_engine_loss_equals_the_reference_recipe(tiny_whisper):
     the Seq2SeqTrainer + peft + bitsandbytes recipe logs (which rounds them to 4 decimals)."""
     case = train_speed.Case("tiny-whisper", "qlora", batch=2, steps=3, warmup=1, lora_dropout=0.0,
                             learning_rate=1e-2)
-    reference = _one_measure("reference", case, tiny_whisper)
-    engine = _one_measure("engine", case, tiny_whisper)
+    reference = train_speed.measure("reference", case, tiny_whisper)
+    engine = train_speed.measure("engine", case, tiny_whisper)
     assert len(reference["losses"]) == len(engine["losses"]) == 4
     assert reference["losses"][0] != reference["losses"][-1]  # training moved the loss
     for ref, got in zip(reference["losses"], engine["losses"]):
