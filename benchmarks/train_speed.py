@@ -91,18 +91,32 @@ SUITES = {
              label="planned for the reference's 2.67 GiB"),
         Case("whisper-small", "lora"),
     ],
+    # Run with LIM_BENCH_PROFILE=folder: where each side's step time goes.
+    "profile": [
+        Case("whisper-small", "qlora", steps=4),
+        Case("whisper-small", "qlora", steps=4, sides=("engine",), label="no checkpointing",
+             engine={"checkpoint": "none"}),
+        Case("whisper-small", "qlora", steps=4, sides=("engine",), label="without CUDA graphs",
+             engine={"cuda_graphs": "off"}),
+        Case("whisper-large-v3", "qlora", steps=3, sides=("engine",)),
+    ],
     "ablation": [
         Case("whisper-small", "qlora", sides=("engine",), label="A: peft layers, fp32 upcast, autocast",
-             engine={"kernels": "peft", "upcast_frozen": True, "checkpoint": "all", "compile": "off"}),
+             engine={"kernels": "peft", "upcast_frozen": True, "checkpoint": "all", "compile": "off",
+                     "cuda_graphs": "off"}),
         Case("whisper-small", "qlora", sides=("engine",), label="B: A + bf16 frozen base, no autocast",
-             engine={"kernels": "peft", "checkpoint": "all", "compile": "off"}),
+             engine={"kernels": "peft", "checkpoint": "all", "compile": "off", "cuda_graphs": "off"}),
         Case("whisper-small", "qlora", sides=("engine",), label="C: B + fused LoRA",
-             engine={"checkpoint": "all", "compile": "off"}),
-        Case("whisper-small", "qlora", sides=("engine",), label="D: C + compiled layers (default)",
+             engine={"checkpoint": "all", "compile": "off", "cuda_graphs": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="D: C + compiled layers",
+             engine={"checkpoint": "all", "cuda_graphs": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="G: D + CUDA graphs (default)",
              engine={"checkpoint": "all"}),
         Case("whisper-small", "qlora", sides=("engine",), label="E: C without checkpointing",
-             engine={"checkpoint": "none", "compile": "off"}),
+             engine={"checkpoint": "none", "compile": "off", "cuda_graphs": "off"}),
         Case("whisper-small", "qlora", sides=("engine",), label="F: E with compiled layers",
+             engine={"checkpoint": "none", "cuda_graphs": "off"}),
+        Case("whisper-small", "qlora", sides=("engine",), label="H: F + CUDA graphs",
              engine={"checkpoint": "none"}),
     ],
 }
@@ -180,19 +194,7 @@ def measure(side: str, case: Case, model_dir: Path) -> dict:
     batches = make_batches(case, config, min(total_steps, 4), window)
     run = run_reference if side == "reference" else run_engine
     started = time.perf_counter()
-    profile_dir = os.environ.get("LIM_BENCH_PROFILE")
-    if profile_dir:  # kernel-time table of the whole measurement (timings are then skewed)
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=activities) as prof:
-            result = run(case, model_dir, batches, total_steps, device, window)
-        sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
-        name = f"{side}-{case.model}-{case.method}-{case.audio}-{case.label or 'default'}"
-        Path(profile_dir, "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + ".txt"
-             ).write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70))
-    else:
-        result = run(case, model_dir, batches, total_steps, device, window)
+    result = run(case, model_dir, batches, total_steps, device, window)
     result["child_wall_s"] = time.perf_counter() - started
     if device == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -213,7 +215,8 @@ def measure(side: str, case: Case, model_dir: Path) -> dict:
 
     shapes = {"input_features": torch.zeros(1, config.num_mel_bins, result.pop("frames_per_sample")),
               "labels": torch.zeros(1, case.label_tokens, dtype=torch.long)}
-    forward = forward_flops_per_sample(WhisperSpeechRecognition(model_dir), batch=shapes)
+    padding = {"audio_padding": "longest"} if case.audio == "short" else {}
+    forward = forward_flops_per_sample(WhisperSpeechRecognition(model_dir, **padding), batch=shapes)
     result["model_tflop_per_sample"] = training_flops_per_sample(
         forward, trains_base_weights=case.method == "full") / 1e12
     peak = peak_tflops_of(result["device"]) if device == "cuda" else None
@@ -222,7 +225,40 @@ def measure(side: str, case: Case, model_dir: Path) -> dict:
     return result
 
 
-def _timed_loop(step_fn, batches, total_steps, warmup, device):
+class StepProfiler:
+    """With ``LIM_BENCH_PROFILE=folder``, torch.profiler over the timed steps (their wall time is
+    then inflated by the profiler): :meth:`stop` returns a per-step breakdown (device-busy time of
+    kernels, copies and memsets; device launches; the costliest kernels) and writes the kernel
+    table to the folder. Without the variable it does nothing and returns None."""
+
+    def __init__(self, name: str, device: str):
+        self.folder = os.environ.get("LIM_BENCH_PROFILE")
+        self.name, self.device, self.prof = name, device, None
+
+    def start(self) -> None:
+        if not self.folder:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        self.prof = profile(activities=activities)
+        self.prof.__enter__()
+
+    def stop(self, steps: int, elapsed: float) -> dict | None:
+        if self.prof is None:
+            return None
+        self.prof.__exit__(None, None, None)
+        breakdown = profile_breakdown(self.prof, steps, elapsed, self.device)
+        sort = "self_cuda_time_total" if self.device == "cuda" else "self_cpu_time_total"
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        Path(self.folder, name + ".txt").write_text(
+            json.dumps(breakdown, indent=1) + "\n\n" +
+            self.prof.key_averages().table(sort_by=sort, row_limit=50, max_name_column_width=90))
+        return breakdown
+
+
+def _timed_loop(step_fn, batches, total_steps, warmup, device, profiler: StepProfiler):
     import torch
 
     losses, started = [], None
@@ -230,11 +266,33 @@ def _timed_loop(step_fn, batches, total_steps, warmup, device):
         if index == warmup:
             if device == "cuda":
                 torch.cuda.synchronize()
+            profiler.start()
             started = time.perf_counter()
         losses.append(step_fn(batches[index % len(batches)], index))
     if device == "cuda":
         torch.cuda.synchronize()
-    return losses, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return losses, elapsed, profiler.stop(total_steps - warmup, elapsed)
+
+
+def profile_breakdown(prof, steps: int, elapsed: float, device: str) -> dict:
+    """Per optimizer step: wall ms, device-busy ms and device launches (GPU), and the 12 costliest
+    device ops (on a CPU: operators by self CPU time)."""
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    if device == "cuda":
+        rows = [e for e in events if e.device_type != DeviceType.CPU]
+        cost = lambda e: e.self_device_time_total  # noqa: E731
+    else:
+        rows, cost = list(events), (lambda e: e.self_cpu_time_total)
+    top = sorted(rows, key=cost, reverse=True)[:12]
+    gpu = device == "cuda"
+    return {"steps": steps, "wall_ms_per_step": 1000 * elapsed / steps,
+            "device_busy_ms_per_step": sum(map(cost, rows)) / 1000 / steps if gpu else None,
+            "device_ops_per_step": sum(e.count for e in rows) / steps if gpu else None,
+            "top": [{"name": e.key[:80], "ms_per_step": cost(e) / 1000 / steps,
+                     "calls_per_step": e.count / steps} for e in top]}
 
 
 def run_reference(case: Case, model_dir: Path, batches, total_steps: int, device: str, window: int):
@@ -276,12 +334,14 @@ def run_reference(case: Case, model_dir: Path, batches, total_steps: int, device
         return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
 
     timing: dict = {"losses": []}
+    profiler = StepProfiler(f"reference-{case.model}-{case.method}-{case.audio}", device)
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == case.warmup:
                 if device == "cuda":
                     torch.cuda.synchronize()
+                profiler.start()
                 timing["start"] = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -308,7 +368,9 @@ def run_reference(case: Case, model_dir: Path, batches, total_steps: int, device
                       callbacks=[Timer()])
     trainer.train()
     shutil.rmtree(output, ignore_errors=True)
-    return {"losses": timing["losses"], "train_s": timing["end"] - timing["start"],
+    elapsed = timing["end"] - timing["start"]
+    return {"losses": timing["losses"], "train_s": elapsed,
+            "profile": profiler.stop(total_steps - case.warmup, elapsed),
             "frames_per_sample": window, "optimizer": args.optim.value
             if hasattr(args.optim, "value") else str(args.optim)}
 
@@ -320,7 +382,7 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     from engine.training.planner import apply_checkpointing, estimate_for, plan_memory
     from engine.training.recipe import build_training_model
     from engine.training.settings import TrainingSettings
-    from engine.training.step import TrainStep, compile_layers, wants_compile
+    from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 
     options = dict(case.engine)
     short = case.audio == "short"
@@ -344,6 +406,10 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
         for batch in batches:
             longest = int(batch["frames"].max()) + int(batch["frames"].max()) % 2
             batch["input_features"] = batch["input_features"][..., :longest].contiguous()
+    if wants_graphs(options.get("cuda_graphs", "auto"), device):
+        # as a run's collate does for CUDA graphs: a few shapes, each captured once
+        batches = [{**b, **task_model.bucket({k: b[k] for k in ("input_features", "labels")})}
+                   for b in batches]
     plan, micro, offload = None, 0, False
     if config.memory_budget_gb > 0:
         plan = plan_memory(model, {k: batches[0][k] for k in ("input_features", "labels")},
@@ -360,7 +426,10 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
                    for b in batches]
     estimated = estimate_for(model, {k: batches[0][k] for k in ("input_features", "labels")},
                              micro or case.batch, checkpoint_policy(model), offload)
-    trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload)
+    graphs = wants_graphs(options.get("cuda_graphs", "auto"), device, offload)
+    messages: list[str] = []
+    trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload,
+                        cuda_graphs=graphs, on_message=messages.append)
     model.train()
 
     def step(batch, index):
@@ -368,10 +437,14 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
         trainer.optimizer_step(index + 1)
         return float(loss)
 
-    losses, elapsed = _timed_loop(step, batches, total_steps, case.warmup, device)
+    profiler = StepProfiler(f"engine-{case.model}-{case.method}-{case.audio}-{case.label or 'default'}",
+                            device)
+    losses, elapsed, breakdown = _timed_loop(step, batches, total_steps, case.warmup, device, profiler)
     frames = (sum(b["input_features"].shape[-1] for b in batches) / len(batches)) if short else window
     return {"losses": losses, "train_s": elapsed, "frames_per_sample": int(frames),
-            "plan": plan.as_dict() if plan else None, "estimated_gib": estimated}
+            "plan": plan.as_dict() if plan else None, "estimated_gib": estimated, "profile": breakdown,
+            "cuda_graphs": {"captured": len(trainer.graphs.graphs), "replays": trainer.graphs.replays,
+                            "messages": messages} if trainer.graphs else None}
 
 
 def checkpoint_policy(model) -> dict[str, int]:
@@ -497,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  f"peak {result['peak_gib']:.2f} GiB"
                 print(f"[{case.model} {case.method} {case.audio} b{case.batch} {side} "
                       f"{case.label}] {status}", flush=True)
+                if result.get("profile"):
+                    print("    profile: " + json.dumps(result["profile"]), flush=True)
     table = summarise(rows)
     versions = _versions()
     if args.json:

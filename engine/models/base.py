@@ -58,6 +58,11 @@ class TaskModel:
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` padded so that batches fall into a few shapes (CUDA graphs capture one per
+        shape), in a way that leaves the loss unchanged. Default: unchanged."""
+        return batch
+
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list:
         raise NotImplementedError
 
@@ -66,6 +71,26 @@ class TaskModel:
 
     def score(self, predictions: list, references: list) -> dict[str, float | None]:
         raise NotImplementedError
+
+
+def pad_to_multiple(tensor: torch.Tensor, dim: int, multiple: int, *, value: float | int = 0,
+                    repeat_last: bool = False, limit: int | None = None) -> torch.Tensor:
+    """``tensor`` grown along ``dim`` to the next multiple of ``multiple`` (at most ``limit``),
+    filled with ``value`` or with copies of the last slice along ``dim``."""
+    size = tensor.shape[dim]
+    target = -(-size // multiple) * multiple
+    if limit is not None:
+        target = max(size, min(target, limit))
+    if target == size:
+        return tensor
+    if repeat_last:
+        fill = tensor.narrow(dim, size - 1, 1).expand(
+            *[target - size if d == dim % tensor.dim() else -1 for d in range(tensor.dim())])
+    else:
+        shape = list(tensor.shape)
+        shape[dim] = target - size
+        fill = tensor.new_full(shape, value)
+    return torch.cat([tensor, fill], dim=dim)
 
 
 def tie_like_pretrained(model: nn.Module) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.data.audio import load_audio
-from engine.models.base import TaskModel
+from engine.models.base import TaskModel, pad_to_multiple
 from engine.models.whisper import _device_of, _float_dtype_of, quiet_transformers
 from engine.training.metrics import classification_metrics
 
@@ -82,6 +82,13 @@ class TextClassification(Classification):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer.pad(examples, return_tensors="pt"))
+
+    def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sequences padded to a multiple of 16 tokens: pad tokens the attention mask hides."""
+        pad_id = self.tokenizer.pad_token_id or 0
+        values = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
+        return {name: pad_to_multiple(value, 1, 16, value=values[name]) if name in values else value
+                for name, value in batch.items()}
 
     def fake_batch(self, batch_size: int, *, sequence_length=None, seconds=None, label_tokens=32):
         length = sequence_length or self.max_length

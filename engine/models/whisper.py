@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.data.audio import load_audio
 from engine.errors import ModelError
-from engine.models.base import TaskModel, tie_like_pretrained
+from engine.models.base import TaskModel, pad_to_multiple, tie_like_pretrained
 from engine.models.whisper_window import (
     PADDINGS,
     install_window,
@@ -38,12 +38,43 @@ def quiet_transformers():
     logging.disable_progress_bar()
 
 
+def unpacked_decoder_masks() -> None:
+    """Whisper's decoder gets the same causal attention eagerly, compiled and in CUDA graphs.
+
+    Training passes no decoder attention mask, and with SDPA transformers then lets the kernel
+    apply causality itself (``is_causal``, no mask tensor). But its ``create_causal_mask`` first
+    looks for several sequences packed into one row (reading a tensor on the host: a GPU sync
+    every step), and while a CUDA graph is being captured it builds a full mask tensor instead
+    (transformers 5.17 does this even without a padding mask), so the captured decoder differs
+    from the eager one and torch.compile recompiles in the middle of the capture. The engine
+    never packs sequences, so with SDPA and neither mask nor cache the mask is None, as
+    transformers' own skip returns eagerly; otherwise it is built without the position ids
+    (which only serve the packed-sequence check). Idempotent; affects only Whisper."""
+    from transformers.models.whisper import modeling_whisper
+
+    original = modeling_whisper.create_causal_mask
+    if getattr(original, "_lim_unpacked", False):
+        return
+
+    def create_causal_mask(*args, **kwargs):
+        if kwargs.get("attention_mask") is None and kwargs.get("past_key_values") is None:
+            config = kwargs.get("config")
+            if getattr(config, "_attn_implementation", None) == "sdpa":
+                return None
+            kwargs["position_ids"] = None
+        return original(*args, **kwargs)
+
+    create_causal_mask._lim_unpacked = True
+    modeling_whisper.create_causal_mask = create_causal_mask
+
+
 class WhisperBase(TaskModel):
     family = "whisper"
     default_target_modules = ["q_proj", "v_proj"]
 
     def __init__(self, model_dir: Path, labels: list[str] | None = None, **options: Any):
         super().__init__(model_dir, labels, **options)
+        unpacked_decoder_masks()
         from transformers import WhisperFeatureExtractor
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
@@ -82,6 +113,24 @@ class WhisperBase(TaskModel):
             return {"input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples]))}
         features, mask = pad_batch([e["input_features"] for e in examples])
         return {"input_features": features, "attention_mask": mask}
+
+    # Short-audio windows are padded to whole seconds for CUDA graphs (see bucket()).
+    BUCKET_FRAMES = 100
+
+    def bucket_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With "longest", the window grown to a whole number of seconds (at most the model's
+        window) with copies of each clip's last frame, i.e. the silence ``pad_batch`` pads
+        with; the frame mask marks the new frames as padding. With "30s" nothing changes."""
+        if not self.windowed:
+            return batch
+        window = self.feature_extractor.nb_max_frames
+        batch = dict(batch)
+        batch["input_features"] = pad_to_multiple(batch["input_features"], -1, self.BUCKET_FRAMES,
+                                                  repeat_last=True, limit=window)
+        if "attention_mask" in batch:
+            batch["attention_mask"] = pad_to_multiple(batch["attention_mask"], -1, self.BUCKET_FRAMES,
+                                                      value=0, limit=window)
+        return batch
 
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
         return self.features(load_audio(dataset_dir / item["file"]))
@@ -149,6 +198,15 @@ class WhisperSpeechRecognition(WhisperBase):
             batch["labels"] = labels
         return batch
 
+    def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Label width to a multiple of 16 tokens (-100: ignored by the loss; the decoder is
+        causal, so the real tokens see no difference) and, with "longest", the window to whole
+        seconds."""
+        batch = dict(self.bucket_features(batch))
+        if "labels" in batch:
+            batch["labels"] = pad_to_multiple(batch["labels"], 1, 16, value=-100)
+        return batch
+
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
         features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
@@ -198,6 +256,9 @@ class WhisperAudioClassification(WhisperBase):
     def encode(self, item: dict, dataset_dir: Path) -> dict:
         return {"input_features": self.encode_audio(item, dataset_dir),
                 "labels": self.labels.index(item["label"]) if item.get("label") is not None else -1}
+
+    def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.bucket_features(batch)  # padded frames are masked out of the pooling
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.collate_features(examples)  # + attention_mask with "longest": masked pooling

@@ -35,7 +35,7 @@ from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, 
                                         utilisation_metrics)
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.settings import TrainingSettings
-from engine.training.step import TrainStep, compile_layers, wants_compile
+from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
@@ -166,10 +166,12 @@ class FineTuneRecipe:
         if compiled:
             self.log(f"compiling {compile_layers(self.model)} layers with torch.compile "
                      "(the first steps are slower while it compiles)")
+        offload = plan.offload if plan else False
         self.trainer = TrainStep(
             self.model, cfg, self.device, self.total_steps,
             on_optimizer_step=self.method.on_optimizer_step,
-            micro_batch=plan.micro_batch if plan else 0, offload=plan.offload if plan else False)
+            micro_batch=plan.micro_batch if plan else 0, offload=offload,
+            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log)
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
@@ -212,6 +214,8 @@ class FineTuneRecipe:
 
     def collate_train(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.task_model.collate(examples)
+        if self.trainer.graphs is not None:  # few shapes, each captured once
+            batch = self.task_model.bucket(batch)
         return self.augment(batch) if self.augment is not None else batch
 
     def train(self) -> str:

@@ -51,6 +51,15 @@ class TrainingSettings:
         "residual adds; far fewer kernel launches). auto: on a CUDA GPU, off on a CPU (where "
         "compiling takes longer than a short run saves). The first steps are slower while it "
         "compiles.", choices=["auto", "on", "off"])
+    cuda_graphs: str = setting(
+        "auto", "Record each batch shape's forward and backward pass as a CUDA graph after two "
+        "eager steps and replay it: the step then takes as long as its GPU kernels, not as long "
+        "as Python takes to launch them (whisper-small QLoRA on an H100: see docs/benchmarks.md). "
+        "Batches are padded to a few shapes for it: label width to a multiple of 16 tokens and "
+        "text to a multiple of 16 tokens (masked: the loss is unchanged), short-audio windows to "
+        "whole seconds (a little more trailing silence). auto: on a CUDA GPU, without activation "
+        "offload or an fp16 gradient scaler; off: never.",
+        choices=["auto", "off"])
     feature_cache_mb: float = setting(
         1024.0, "Keep encoded training examples (log-mel features, token ids) in memory across "
         "epochs, up to this many MiB: later epochs skip audio decoding and feature extraction "
