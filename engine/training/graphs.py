@@ -20,6 +20,9 @@ How it is used (``TrainStep`` does all of this when ``cuda_graphs`` is on):
 * dropout draws new masks on every replay (PyTorch's CUDA generator is graph-aware);
 * a shape that cannot be captured (an op that syncs with the host, a library that refuses
   capture) is logged once and runs eagerly from then on; so do shapes beyond ``max_graphs``.
+* randomness drawn on the CPU would be frozen into the graph: ops that copy CPU tensors to the
+  GPU refuse capture (and run eagerly), and ``TrainStep`` turns graphs off for models with
+  LayerDrop (a Python-side draw of which layers run).
 
 Tasks keep the number of shapes small by padding batches to buckets (``TaskModel.bucket``):
 label width and text length to multiples of 16 tokens (ignored labels, masked tokens: the loss

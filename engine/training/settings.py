@@ -40,7 +40,7 @@ class TrainingSettings:
                              choices=["auto", "fp32", "bf16", "fp16"])
     gradient_checkpointing: bool = setting(
         False, "Recompute activations in backward: far less memory, slower (whisper-small QLoRA "
-        "on an H100: 1.6× slower, a fifth of the memory; docs/benchmarks.md).")
+        "on an H100: 1.4× slower, a fifth of the memory; docs/benchmarks.md).")
     memory_budget_gb: float = setting(
         0.0, "Fit training into this much accelerator memory (GiB; 0: no cap). A planner picks "
         "the micro-batch (gradients of the split batch are summed, so results match), which "
@@ -54,7 +54,8 @@ class TrainingSettings:
     cuda_graphs: str = setting(
         "auto", "Record each batch shape's forward and backward pass as a CUDA graph after two "
         "eager steps and replay it: the step then takes as long as its GPU kernels, not as long "
-        "as Python takes to launch them (whisper-small QLoRA on an H100: see docs/benchmarks.md). "
+        "as Python takes to launch them (whisper-small QLoRA on an H100: 2.8-3.8× faster; "
+        "docs/benchmarks.md). "
         "Batches are padded to a few shapes for it: label width to a multiple of 16 tokens and "
         "text to a multiple of 16 tokens (masked: the loss is unchanged), short-audio windows to "
         "whole seconds (a little more trailing silence). auto: on a CUDA GPU, without activation "

@@ -80,6 +80,14 @@ def _compile_for_training(layer: torch.nn.Module) -> None:
     layer._lim_compiled = True
 
 
+def layer_drop(model: torch.nn.Module) -> str:
+    """The model config's LayerDrop settings above zero, e.g. "encoder_layerdrop=0.1"."""
+    config = getattr(model, "config", None)
+    return ", ".join(f"{name}={getattr(config, name)}" for name in
+                     ("layerdrop", "encoder_layerdrop", "decoder_layerdrop")
+                     if (getattr(config, name, 0) or 0) > 0)
+
+
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     if precision == "auto" and device.startswith("cuda") and torch.cuda.is_bf16_supported():
@@ -116,7 +124,12 @@ class TrainStep:
         self.scaler = (torch.amp.GradScaler(device.split(":")[0])
                        if config.precision == "fp16" and self.pure_dtype is None else None)
         self.graphs = None
-        if cuda_graphs and self.scaler is None:  # a scaler's scale changes between replays
+        drop = layer_drop(base)
+        if cuda_graphs and drop:
+            # LayerDrop picks layers with the CPU's RNG in Python: a graph would replay one pick.
+            (on_message or (lambda message: None))(
+                f"CUDA graphs off: the model skips layers at random while training ({drop})")
+        elif cuda_graphs and self.scaler is None:  # a scaler's scale changes between replays
             from engine.training.graphs import CapturedSteps
 
             self.graphs = CapturedSteps(self._forward_backward, self.parameters, on_message=on_message)

@@ -253,3 +253,18 @@ def test_compiled_layers_run_eagerly_outside_training():
     with torch.no_grad():
         layer(torch.ones(7, 8))
     assert counters["stats"]["unique_graphs"] == compiled
+
+
+def test_no_graphs_for_models_that_drop_layers_at_random(tiny_whisper):
+    """LayerDrop draws on the CPU in Python; a captured graph would replay one draw forever."""
+    from engine.training.step import layer_drop
+
+    task = WhisperSpeechRecognition(tiny_whisper)
+    model = task.load()
+    assert layer_drop(model) == ""
+    model.config.encoder_layerdrop = 0.1
+    assert layer_drop(model) == "encoder_layerdrop=0.1"
+    messages: list[str] = []
+    step = TrainStep(model, TrainingSettings(max_steps=2), "cpu", 2, cuda_graphs=True,
+                     on_message=messages.append)
+    assert step.graphs is None and "encoder_layerdrop=0.1" in messages[0]
