@@ -56,17 +56,23 @@ else:
 
     st.subheader("What a run will need")
     audio = task in ("asr", "audio-classification")
-    c1, c2, c3 = st.columns(3)
+    whisper = model["family"] == "whisper"
+    c1, c2, c3, c4 = st.columns(4)
     batch = c1.number_input("Batch size", 1, 512, 8, key="models.batch")
     length = c2.number_input("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
                              key="models.length",
-                             help="Whisper always pads to its window; other models use this length.")
+                             help="Whisper pads to its whole window unless audio padding is "
+                                  "'longest'; other models use this length.")
     precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",
                              help="bf16: autocast as training on a recent GPU does.")
+    padding = c4.selectbox("Audio padding", ["30s", "longest"], key="models.padding", disabled=not whisper,
+                           help="Whisper only. longest: the encoder runs on the clip's seconds "
+                                "instead of its whole window (the training setting audio_padding).")
     methods = tuple(m["name"] for m in wb.list_methods())
     if st.button("Estimate memory for every method", key="models.estimate"):
         st.session_state["models.estimates"] = (name, task, estimates_for(
-            name, methods, task, int(batch), float(length), int(length), precision))
+            name, methods, task, int(batch), float(length), int(length), precision,
+            padding if whisper else "30s"))
     saved = st.session_state.get("models.estimates")
     if saved and saved[:2] == (name, task):
         results = saved[2]

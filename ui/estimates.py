@@ -15,12 +15,12 @@ PARTS = [("weights_mb", "base weights"), ("trainable_mb", "trainable weights"),
 
 @st.cache_data(show_spinner="Dry-running one training step per method…", max_entries=64)
 def estimates_for(model: str, methods: tuple[str, ...], task: str, batch_size: int, seconds: float,
-                  sequence_length: int, precision: str) -> dict[str, dict | str]:
+                  sequence_length: int, precision: str, audio_padding: str = "30s") -> dict[str, dict | str]:
     """method -> estimate, or the reason there is none."""
     try:
         return get_workbench().estimate_memory(model, list(methods), task=task, batch_size=batch_size,
                                                seconds=seconds, sequence_length=sequence_length,
-                                               precision=precision)
+                                               precision=precision, audio_padding=audio_padding)
     except WorkbenchError as error:
         return {method: f"no estimate: {error}" for method in methods}
 
