@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+import warnings
 from collections import Counter
 from typing import Callable
 
@@ -51,8 +52,10 @@ def reset_generators() -> None:
     mode, and every later random op (dropout) would then refuse to run. An empty capture that
     completes takes them through it."""
     torch.cuda.synchronize()
-    with torch.cuda.graph(torch.cuda.CUDAGraph()):
-        pass
+    with warnings.catch_warnings():  # "The CUDA Graph is empty": that is the point here
+        warnings.simplefilter("ignore")
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            pass
 
 
 def shape_key(batch: dict[str, torch.Tensor], weight: float) -> tuple:
