@@ -83,14 +83,8 @@ def pad_to_multiple(tensor: torch.Tensor, dim: int, multiple: int, *, value: flo
         target = max(size, min(target, limit))
     if target == size:
         return tensor
-    if repeat_last:
-        fill = tensor.narrow(dim, size - 1, 1).expand(
-            *[target - size if d == dim % tensor.dim() else -1 for d in range(tensor.dim())])
-    else:
-        shape = list(tensor.shape)
-        shape[dim] = target - size
-        fill = tensor.new_full(shape, value)
-    return torch.cat([tensor, fill], dim=dim)
+    fill = {"mode": "replicate"} if repeat_last else {"mode": "constant", "value": value}
+    return torch.nn.functional.pad(tensor.movedim(dim, -1), (0, target - size), **fill).movedim(-1, dim)
 
 
 def tie_like_pretrained(model: nn.Module) -> nn.Module:

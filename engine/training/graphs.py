@@ -2,8 +2,8 @@
 
 Profiling the engine on an H100 (docs/benchmarks.md, "Where the time goes") showed the GPU busy
 for a third of each step or less: whisper-small QLoRA at batch 16 queues ~4,900 kernels per step,
-and the CPU takes ~220 ms to launch what the GPU runs in ~90 ms (peft/bitsandbytes/autograd
-Python per layer, per 4-bit matmul, per checkpoint). A CUDA graph records those launches once
+and a profiled step took 318 ms for 87 ms of GPU work (peft/bitsandbytes/autograd Python per
+layer, per 4-bit matmul, per checkpoint). A CUDA graph records those launches once
 and replays them with one call, so the step takes as long as its kernels do.
 
 How it is used (``TrainStep`` does all of this when ``cuda_graphs`` is on):
@@ -114,7 +114,8 @@ class CapturedSteps:
             reset_generators()
             self.on_message(f"CUDA graph capture failed for batch shape "
                             f"{dict((name, shape) for name, shape, _ in key[1:])}; "
-                            f"that shape runs without a graph ({type(error).__name__}: "
+                            f"that shape runs without a graph, correct but slower; set "
+                            f"cuda_graphs=off to skip the attempt ({type(error).__name__}: "
                             f"{str(error).splitlines()[0][:200] if str(error) else ''})")
             return None
         if self.pool is None:
