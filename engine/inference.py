@@ -55,7 +55,9 @@ def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel
 def task_options(training: dict) -> dict:
     """The task options a run trained with (runs older than a setting get its default)."""
     return {"generation_max_length": training.get("generation_max_length", 48),
-            "audio_padding": training.get("audio_padding", "30s")}
+            "audio_padding": training.get("audio_padding", "30s"),
+            "language": training.get("language", "en"),
+            "speech_task": training.get("task", "transcribe")}
 
 
 def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, device: str = "cpu") -> dict:

@@ -151,6 +151,18 @@ class WhisperBase(TaskModel):
 
 
 class WhisperSpeechRecognition(WhisperBase):
+    """Speech recognition with one prompt everywhere.
+
+    A multilingual Whisper decodes after ``<|startoftranscript|><|lang|><|task|><|notimestamps|>``.
+    The labels carry exactly that prefix (the tokenizer's prefix tokens), ``generate`` is told
+    the same language and task, and the model's generation config keeps them, so a merged
+    export decodes with them in any stock pipeline. Labels without the language and task (the
+    tokenizer's default) would teach a pretrained model a new prompt format, while generation
+    still forces the old one: the loss of untouched whisper-base on such labels is 8.7 against
+    1.3 with the prefix. English-only models (tiny-whisper, *.en) have no language or task
+    tokens: their prompt is ``<|startoftranscript|><|notimestamps|>``.
+    """
+
     task = "asr"
     unquantized_modules = ["proj_out"]  # tied to the token embeddings
     primary_metric = "wer"
@@ -161,13 +173,49 @@ class WhisperSpeechRecognition(WhisperBase):
 
         self.tokenizer = WhisperTokenizer.from_pretrained(self.model_dir)
         self.generation_max_length = int(options.get("generation_max_length", 48))
+        self.language = options.get("language") or "en"
+        self.speech_task = options.get("speech_task") or "transcribe"  # the setting "task"
+        self.multilingual = self._check_prompt()
+        if self.multilingual:
+            self.tokenizer.set_prefix_tokens(language=self.language, task=self.speech_task,
+                                             predict_timestamps=False)
+
+    def _check_prompt(self) -> bool:
+        """Whether the model takes language and task tokens; refuses what it cannot do."""
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(self.model_dir)
+        except OSError:  # no generation_config.json: an English-only prompt
+            generation = None
+        lang_to_id = getattr(generation, "lang_to_id", None) or {}
+        if getattr(generation, "is_multilingual", False) and lang_to_id:
+            if f"<|{self.language}|>" not in lang_to_id:
+                raise ModelError(f"this Whisper model has no language {self.language!r}")
+            return True
+        if self.language != "en" or self.speech_task != "transcribe":
+            raise ModelError(f"this Whisper model is English-only (no language or task tokens): "
+                             f"it can only transcribe English, not {self.speech_task} "
+                             f"{self.language!r}")
+        return False
+
+    def generation_kwargs(self) -> dict:
+        return {"language": self.language, "task": self.speech_task} if self.multilingual else {}
+
+    def with_prompt(self, model: nn.Module) -> nn.Module:
+        """The run's language and task in the model's generation config (kept by
+        save_pretrained, so exports decode with them)."""
+        if self.multilingual:
+            model.generation_config.language = self.language
+            model.generation_config.task = self.speech_task
+        return model
 
     def load(self, **load_kwargs: Any) -> nn.Module:
         from transformers import WhisperForConditionalGeneration
 
         quiet_transformers()
-        return self.with_window(self.keep_positions_fixed(
-            WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs)))
+        return self.with_window(self.keep_positions_fixed(self.with_prompt(
+            WhisperForConditionalGeneration.from_pretrained(self.model_dir, **load_kwargs))))
 
     def build_from_config(self) -> nn.Module:
         from transformers import WhisperForConditionalGeneration
@@ -214,10 +262,12 @@ class WhisperSpeechRecognition(WhisperBase):
             # generate() pads input_features back to the whole window (with zeros) before the
             # encoder sees them; handing it the encoder's output keeps the short window.
             generated = model.generate(encoder_outputs=model.get_encoder()(features),
-                                       max_new_tokens=self.generation_max_length)
+                                       max_new_tokens=self.generation_max_length,
+                                       **self.generation_kwargs())
         else:
             generated = model.generate(input_features=features,
-                                       max_new_tokens=self.generation_max_length)
+                                       max_new_tokens=self.generation_max_length,
+                                       **self.generation_kwargs())
         return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def reference(self, item: dict) -> str:

@@ -8,12 +8,23 @@ import numpy as np
 METRIC_DIRECTION = {"wer": False, "cer": False, "accuracy": True, "macro_f1": True, "roc_auc": True}
 
 
+def normalize_transcript(text: str) -> str:
+    """Text as speech-recognition scores compare it: Whisper's basic normaliser (lowercase,
+    punctuation and symbols dropped, spaces collapsed), as Whisper's own evaluations do. A
+    pretrained Whisper writes "My friend, Felix." where a dataset says "my friend felix":
+    counting casing and commas as word errors would measure formatting, not recognition."""
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    return " ".join(BasicTextNormalizer()(text).split())
+
+
 def speech_metrics(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """WER and CER over normalised transcripts (``normalize_transcript``)."""
     import jiwer
 
     # jiwer refuses empty references; an empty reference scores against a placeholder word.
-    refs = [ref.strip() or "<empty>" for ref in references]
-    hyps = [hyp.strip() for hyp in hypotheses]
+    refs = [normalize_transcript(ref) or "<empty>" for ref in references]
+    hyps = [normalize_transcript(hyp) for hyp in hypotheses]
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
 
@@ -42,10 +53,10 @@ def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict
 
 
 def item_speech_errors(reference: str, hypothesis: str) -> dict[str, float]:
-    """WER and CER of one transcript (for the per-example table)."""
+    """WER and CER of one transcript (for the per-example table), normalised alike."""
     import jiwer
 
-    ref, hyp = reference.strip() or "<empty>", hypothesis.strip()
+    ref, hyp = normalize_transcript(reference) or "<empty>", normalize_transcript(hypothesis)
     return {"wer": float(jiwer.wer(ref, hyp)), "cer": float(jiwer.cer(ref, hyp))}
 
 

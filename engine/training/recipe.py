@@ -99,7 +99,8 @@ class FineTuneRecipe:
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
                                          dataset["labels"],
                                          generation_max_length=cfg.generation_max_length,
-                                         audio_padding=cfg.audio_padding)
+                                         audio_padding=cfg.audio_padding,
+                                         language=cfg.language, speech_task=cfg.task)
         self.count_steps()
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
 from engine.errors import SettingsError
 from engine.settings import setting
 
@@ -73,6 +75,15 @@ class TrainingSettings:
                                       "training (resume continues); 0: no time limit.")
     generation_max_length: int = setting(48, "Longest transcript generated at evaluation (speech recognition).",
                                          min=1, max=448)
+    language: str = setting(
+        "en", "Whisper: the language spoken (its code: en, de, fr, ...). Training labels, "
+        "evaluation, the Playground and exports all put <|language|><|task|> after "
+        "<|startoftranscript|>, as Whisper was pretrained; English-only models (tiny-whisper, "
+        "*.en) have no such tokens and take only en.", choices=list(LANGUAGES))
+    task: str = setting(
+        "transcribe", "Whisper: transcribe (text in the spoken language) or translate (into "
+        "English). Used alike for labels, evaluation, the Playground and exports.",
+        choices=["transcribe", "translate"])
     audio_padding: str = setting(
         "30s", "Whisper input length. 30s: every clip padded to the model's whole window (30 s; "
         "5 s for tiny-whisper), as Whisper was pretrained. longest: each batch padded to its "
