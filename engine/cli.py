@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models.add_parser("list", help="list models")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_models_list)
-    register = models.add_parser("register", help="register a local transformers folder")
+    register = models.add_parser("register", help="register a transformers folder, an installed model "
+                                 "package, a hub id, or a CTranslate2 Whisper folder / part package / "
+                                 ".whl (converted to transformers once)")
     register.add_argument("source")
     register.add_argument("--name", required=True)
     register.add_argument("--json", action="store_true")
@@ -179,7 +181,8 @@ def cmd_models_list(wb, args) -> None:
 
 def cmd_models_register(wb, args) -> None:
     model = wb.register_model(args.source, args.name)
-    emit(args, model, f"registered {model['name']} ({model['family']})")
+    emit(args, model, f"registered {model['name']} ({model['family']})"
+                      + (f": {model['note']}" if model.get("note") else ""))
 
 
 def cmd_methods_list(wb, args) -> None:

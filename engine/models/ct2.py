@@ -133,7 +133,7 @@ def _dist_stem(name: str) -> tuple[str, int] | None:
 
 
 @lru_cache(maxsize=1)
-def _installed_parts() -> tuple[tuple[str, int, str, str], ...]:
+def installed_parts() -> tuple[tuple[str, int, str, str], ...]:
     """(distribution name, part number, path of model.bin.partN, folder) of every installed part."""
     found = []
     for dist in distributions():
@@ -147,11 +147,11 @@ def _installed_parts() -> tuple[tuple[str, int, str, str], ...]:
 
 def _package_source(name: str) -> Ct2Source | None:
     wanted = _dist_stem(name)
-    mine = [p for p in _installed_parts() if _dist_stem(p[0]) and
+    mine = [p for p in installed_parts() if _dist_stem(p[0]) and
             re.sub(r"[-_.]+", "-", p[0].lower()) == re.sub(r"[-_.]+", "-", name.lower())]
     if not mine or wanted is None:
         return None
-    siblings = {number: Path(path) for dist, number, path, _ in _installed_parts()
+    siblings = {number: Path(path) for dist, number, path, _ in installed_parts()
                 if (_dist_stem(dist) or ("",))[0] == wanted[0]}
     pieces = _numbered(siblings, f"package {name}")
     folders = [p.parent for p in pieces]
