@@ -50,7 +50,10 @@ SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.jso
 # pre-norm, no ALiBi, unscaled embeddings, learned positions from index 0.
 FLAGS = {"decoder/activation": 3, "decoder/alibi": 0, "decoder/pre_norm": 1,
          "decoder/scale_embeddings": 0, "decoder/start_from_zero_embedding": 0}
-IGNORED = {"decoder/alignment_heads", "decoder/alignment_layer"}  # attention returned for alignment only
+# Attention returned for word alignment only; ALiBi options (written by newer ctranslate2) that
+# nothing reads while decoder/alibi is 0, which FLAGS requires.
+IGNORED = {"decoder/alignment_heads", "decoder/alignment_layer", "decoder/alibi_use_positive_positions",
+           "decoder/scale_alibi"}
 SIZES = {(384, 4): "tiny", (512, 6): "base", (768, 12): "small", (1024, 24): "medium", (1280, 32): "large"}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
                   "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
