@@ -351,13 +351,16 @@ def test_ct2_export_transcribes_like_the_merged_model(whisper_base_run, tmp_path
     assert model.is_multilingual and model.n_mels == 80
 
 
-def test_ct2_export_refuses_other_formats_options_and_tasks(whisper_base_run, tmp_path):
+def test_ct2_export_refuses_other_formats_options_and_tasks(whisper_base_run, tmp_path, monkeypatch, capsys):
+    from engine.cli import main
     from engine.export import RunArtifacts
     from engine.export_ct2 import check_exportable
 
     workbench, run_id = whisper_base_run
-    with pytest.raises(ExportError, match="quantization must be one of"):
-        workbench.export_run(run_id, "ct2", tmp_path / "a", quantization="int3")
+    monkeypatch.setenv("LIM_HOME", str(workbench.storage.files.home))
+    assert main(["runs", "export", str(run_id), "--format", "ct2", "--out", str(tmp_path / "a"),
+                 "--quantization", "int3"]) == 1
+    assert "error: quantization must be one of float16, int8" in capsys.readouterr().err
     with pytest.raises(ExportError, match="ct2 format only"):
         workbench.export_run(run_id, "merged", tmp_path / "b", quantization="int8")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -365,3 +368,25 @@ def test_ct2_export_refuses_other_formats_options_and_tasks(whisper_base_run, tm
                               base_dir=tmp_path, family="whisper", labels=["a", "b"], is_adapter=True)
     with pytest.raises(ExportError, match="Whisper speech recognition runs"):
         check_exportable(classifier, "float16")
+
+
+def test_models_page_registers_a_ct2_folder(demo_home, ct2_folder):
+    """The Models page's form takes a CTranslate2 folder (model.bin + config + vocabulary) and
+    says what registering did."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui.state import shutdown_workbenches
+
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    try:
+        app.run()
+        app.switch_page("pages/models.py").run()
+        assert "CTranslate2" in " ".join(c.value for c in app.caption)
+        app.text_input[0].input(str(ct2_folder))
+        app.text_input[1].input("wb-folder")
+        app.button[-1].click().run()
+        assert not app.exception, app.exception
+        assert ("Registered wb-folder (whisper): converted CTranslate2 whisper-base (float16, 1 part) "
+                "to transformers.") == app.success[0].value
+    finally:
+        shutdown_workbenches()
