@@ -161,15 +161,17 @@ def _package_source(name: str) -> Ct2Source | None:
     if not mine:
         return None
     stem = _dist_stem(mine[0][0])
-    siblings = {number: Path(path) for dist, number, path, _ in installed_parts()
+    siblings = {number: (dist, Path(path)) for dist, number, path, _ in installed_parts()
                 if (stem is not None and _dist_stem(dist) == stem) or _normal(dist) == _normal(name)}
-    pieces = _numbered(siblings, f"package {name}")
+    # Named by its first part whichever part the user named, so a set is registered once.
+    first = siblings[min(siblings)][0]
+    pieces = [path for _, path in _numbered(siblings, f"package {name}")]
     folders = [p.parent for p in pieces]
     files = {}
     for folder in reversed(folders):  # part 1's side files win
         files.update(_side_files(folder))
-    return Ct2Source(f"package {name}", "package", [_file_opener(p) for p in pieces],
-                     [p.stat().st_size for p in pieces], files, package=mine[0][0])
+    return Ct2Source(f"package {first}", "package", [_file_opener(p) for p in pieces],
+                     [p.stat().st_size for p in pieces], files, package=first)
 
 
 # Wheels: read with zipfile, never installed or run. Only members named data/<known file> are

