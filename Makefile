@@ -28,7 +28,12 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium for the browser test (sudo apt-get install chromium)"; fi; }
 
+# tests/engine/test_ct2.py checks the rebuilt Whisper tokenizer against OpenAI's BPE ranks in the
+# openai-whisper sdist; fetch it into the pytest cache once (the test fetches it itself otherwise).
+WHISPER_SDIST := .pytest_cache/d/openai-whisper-sdist
 test: venv browser-deps
+	@ls $(WHISPER_SDIST)/openai_whisper-*.tar.gz >/dev/null 2>&1 || $(PY) -m pip download --quiet \
+	  --no-deps --no-binary :all: openai-whisper==20250625 -d $(WHISPER_SDIST) || true
 	$(PY) -m pytest -q
 
 # Training speed and memory, reference recipe against the engine (docs/benchmarks.md).

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = models.add_parser("list", help="list models")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_models_list)
-    register = models.add_parser("register", help="register a local transformers folder")
+    register = models.add_parser("register", help="register a transformers folder, an installed model "
+                                 "package, a hub id, or a CTranslate2 Whisper folder / part package / "
+                                 ".whl (converted to transformers once)")
     register.add_argument("source")
     register.add_argument("--name", required=True)
     register.add_argument("--json", action="store_true")
@@ -103,11 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--wait", action="store_true")
     resume.add_argument("--json", action="store_true")
     resume.set_defaults(handler=cmd_runs_resume)
-    export = runs.add_parser("export", help="export a finished run: adapter zip, merged model or ONNX")
+    export = runs.add_parser("export", help="export a finished run: adapter zip, merged model, ONNX "
+                             "or CTranslate2 (faster-whisper)")
     export.add_argument("id", type=int)
-    export.add_argument("--format", required=True, choices=["adapter", "merged", "onnx"])
+    export.add_argument("--format", required=True, choices=["adapter", "merged", "onnx", "ct2"])
     export.add_argument("--out", required=True, help="a .zip file or folder (adapter), "
-                        "a new or empty folder (merged, onnx)")
+                        "a new or empty folder (merged, onnx, ct2)")
+    export.add_argument("--quantization", help="ct2 only: the CTranslate2 weight type, float16 "
+                        "(default), int8, float32, int8_float16 or bfloat16")
     export.add_argument("--json", action="store_true")
     export.set_defaults(handler=cmd_runs_export)
     queue = runs.add_parser("queue", help="queued runs in the order they will train")
@@ -179,7 +184,8 @@ def cmd_models_list(wb, args) -> None:
 
 def cmd_models_register(wb, args) -> None:
     model = wb.register_model(args.source, args.name)
-    emit(args, model, f"registered {model['name']} ({model['family']})")
+    emit(args, model, f"registered {model['name']} ({model['family']})"
+                      + (f": {model['note']}" if model.get("note") else ""))
 
 
 def cmd_methods_list(wb, args) -> None:
@@ -220,7 +226,8 @@ def cmd_runs_resume(wb, args) -> int:
 
 def cmd_runs_export(wb, args) -> None:
     path = wb.export_run(args.id, args.format, args.out,
-                         on_progress=lambda message: print(f"run {args.id}: {message}", file=sys.stderr))
+                         on_progress=lambda message: print(f"run {args.id}: {message}", file=sys.stderr),
+                         quantization=args.quantization)
     emit(args, {"id": args.id, "format": args.format, "path": str(path)},
          f"exported run {args.id} ({args.format}) to {path}")
 

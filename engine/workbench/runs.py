@@ -199,12 +199,15 @@ class RunsMixin:
         return self.run_summary(run_id)
 
     # ------------------------------------------------------------------ export, compare, tags
-    def export_run(self, run_id: int, format: str, out: str | Path, on_progress=None) -> Path:
+    def export_run(self, run_id: int, format: str, out: str | Path, on_progress=None,
+                   quantization: str | None = None) -> Path:
         """Write run ``run_id`` as ``adapter`` (zip + model card), ``merged`` (a transformers
-        folder) or ``onnx`` (graphs checked with onnxruntime) to ``out``; returns the path."""
+        folder), ``onnx`` (graphs checked with onnxruntime) or ``ct2`` (a CTranslate2 folder for
+        faster-whisper, Whisper speech recognition only, weights in ``quantization``, checked
+        against the merged model) to ``out``; returns the path."""
         from engine.export import export_run
 
-        return export_run(self, run_id, format, out, on_progress)
+        return export_run(self, run_id, format, out, on_progress, quantization)
 
     def export_zip(self, run_id: int, format: str, on_progress=None) -> bytes:
         """``export_run`` as one zip in memory, for a download button (the folder formats

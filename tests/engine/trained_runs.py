@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-
-from conftest import FAST
+from conftest import FAST, copy_home
 
 from engine.training.recipe import FineTuneRecipe
 
@@ -33,7 +31,7 @@ def make_trained_home(tmp_path_factory, demo_template):
     from engine import Workbench
 
     home = tmp_path_factory.mktemp("trained") / "home"
-    shutil.copytree(demo_template, home)
+    copy_home(demo_template, home)
     workbench = Workbench(home)
     runs = {"speech": train_with_recipe(workbench, "demo-speech", "qlora"),
             "commands": train_with_recipe(workbench, "demo-commands", "lora")}
