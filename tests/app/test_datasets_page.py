@@ -87,7 +87,7 @@ def test_a_folder_with_bad_items_shows_the_report_and_cancel_imports_nothing(app
     assert app.button(key="datasets.import.go").label == "Import 3 items, skipping 1"
     app.button(key="datasets.import.cancel").click().run()
     assert not app.exception
-    assert [d["name"] for d in workbench(demo_home).list_datasets()] == ["demo-speech", "demo-commands", "demo-text"]
+    assert [d["name"] for d in workbench(demo_home).list_datasets()] == ["demo-speech", "demo-commands", "demo-text", "demo-voices"]
     assert app.button(key="datasets.check")  # back at the start
 
 

