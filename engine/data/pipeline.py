@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from engine.data.archives import ImportLimits, extract_zip
 from engine.data.audio import SAMPLE_RATE
@@ -30,6 +35,8 @@ from engine.errors import DatasetError
 from storage import safe_name
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
+_HOST = safe_name(socket.gethostname())
+_STAGING_OWNER = re.compile(r"^(upload|unzip)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-[0-9a-f]{12}$")
 
 
 @dataclass
@@ -66,8 +73,8 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
     options = options or ImportOptions()
     staging = None
     if path.is_file() and path.suffix.lower() == ".zip":
-        staging = staging_root / f"unzip-{uuid.uuid4().hex[:12]}"
-        source = extract_zip(path, staging, limits or ImportLimits())
+        staging = staging_root / staging_name("unzip")
+        source = extract_zip(path, staging, limits or ImportLimits(), on_progress)
     else:
         source = path
     try:
@@ -145,13 +152,28 @@ def version_after_change(fingerprints, item_id: int, action: str, fields: dict) 
     return content_version(changed)
 
 
+def staging_name(kind: str) -> str:
+    """A new staging folder name, ``<kind>-<pid>@<host>-<random>``: the owner is in the name, so a
+    folder whose process was killed (kill -9, a power cut) is known at the next start-up."""
+    return f"{kind}-{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:12]}"
+
+
 def clean_stale_staging(staging_root: Path, max_age_s: float = 24 * 3600) -> None:
-    """Remove uploads and unpacked archives left by sessions that never came back."""
+    """Remove uploads and unpacked archives left by sessions that never came back, and at once
+    those of a process on this machine that no longer runs (killed mid-import)."""
     if not staging_root.is_dir():
         return
     cutoff = time.time() - max_age_s
     for entry in staging_root.iterdir():
-        if entry.name.startswith(("upload-", "unzip-")) and entry.stat().st_mtime < cutoff:
+        if not entry.name.startswith(("upload-", "unzip-")):
+            continue
+        owner = _STAGING_OWNER.match(entry.name)
+        orphaned = owner is not None and owner["host"] == _HOST and not psutil.pid_exists(int(owner["pid"]))
+        try:
+            old = entry.stat().st_mtime < cutoff
+        except FileNotFoundError:  # another process cleaned it meanwhile
+            continue
+        if orphaned or old:
             shutil.rmtree(entry, ignore_errors=True)
 
 
