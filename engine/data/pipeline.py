@@ -24,13 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from engine.data.archives import ImportLimits, extract_zip
 from engine.data.audio import SAMPLE_RATE
 from engine.data.importers import ColumnChoice, SourceTable, choose_columns, read_source
 from engine.data.splits import assign_splits
-from engine.data.validation import ImportReport, Problem, Rules, check_rows
+from engine.data.validation import ImportReport, Problem, Rules, check_rows, unread_files
 from engine.errors import DatasetError
 from storage import safe_name
 
@@ -86,6 +87,8 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
                                  options.label_column)
         root = source if source.is_dir() else source.parent
         items, report = check_rows(table, columns, root, options.rules, on_progress)
+        if source.is_dir() and table.layout != "save_to_disk":
+            report.problems += unread_files(source, table, columns)
         if not items:
             raise DatasetError("none of the items can be imported:\n" + "\n".join(report.lines()))
         note = assign_splits(items, options.splits, options.validation_fraction,
@@ -209,6 +212,8 @@ def _write_audio(item: dict, destination: Path) -> None:
         import librosa
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    if not np.isfinite(mono).all():  # checked at import already; never store poisoned audio
+        raise DatasetError(f"{item['source_name']} ({item['where']}): the audio holds NaN or infinite samples")
     soundfile.write(str(destination), mono.clip(-1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="FLAC")
 
 

@@ -169,12 +169,12 @@ def test_unclosed_quote_row_is_named_and_refused(tmp_path):
     root = tmp_path / "texts"
     root.mkdir()
     lines = ["text,label"] + [f"sample {i} is fine,{'good' if i % 2 else 'bad'}" for i in range(10)]
-    lines[4] = 'she said "so funny and kind,good'
+    lines[4] = 'she said so,"funny and kind'  # the quote swallows every line after it
     (root / "train.csv").write_text("\n".join(lines) + "\n")
     plan = prepare_import(root, tmp_path / "staging", ImportOptions(task="text-classification"))
     broken = [p for p in plan.report.blocking if p.kind == "broken_row"]
     assert broken and broken[0].where.startswith("train.csv row 5") and "quote" in broken[0].message
-    assert all('"' not in item["label"] for item in plan.items)
+    assert all("\n" not in item["label"] for item in plan.items)
 
 
 def test_parquet_columns_of_the_wrong_type_are_named(tmp_path):
