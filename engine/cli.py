@@ -201,6 +201,9 @@ def cmd_train(wb, args) -> int:
     method_values, training_values = wb.split_settings(args.method, parse_assignments(args.set))
     run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
     print(f"run {run_id} queued", file=sys.stderr)
+    for event in wb.run_events(run_id):
+        if event["level"] == "warning":
+            print(f"warning: {printable(event['message'])}", file=sys.stderr)
     return finish(wb, args, run_id)
 
 
