@@ -114,8 +114,12 @@ def _checked_members(bundle: zipfile.ZipFile, limits: ImportLimits) -> list[tupl
         raise DatasetError(f"the archive would unpack to {declared / MB:,.0f} MB, more than the limit of "
                            f"{limits.max_unpacked_mb} MB; it may be a zip bomb, or raise LIM_MAX_UNPACKED_MB")
     _check_ratio(files, limits)
-    checked = []
+    checked, seen = [], set()
     for info in files:
+        if info.filename in seen:  # the later entry would silently replace the one checked first
+            raise DatasetError(f"the archive holds two entries named {info.filename}; it was refused "
+                               "and nothing was unpacked: zip the folder again")
+        seen.add(info.filename)
         if info.flag_bits & 0x1:
             raise DatasetError(f"the archive is password-protected ({info.filename} is encrypted); "
                                "the workbench cannot unpack it: zip the files again without a password")
