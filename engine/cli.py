@@ -169,7 +169,7 @@ def cmd_datasets_import(wb, args) -> None:
         keep_originals=args.keep_originals)
 
     def progress(done: int, total: int, what: str) -> None:
-        unit = " MB" if what.startswith("unpacking") else ""
+        unit = " MB" if what.startswith("MB unpacked") else ""
         step = "unpacking" if unit else "importing"
         print(f"\r{step} {done}/{total}{unit}", end="\n" if done == total else "", file=sys.stderr)
 

@@ -77,7 +77,8 @@ def extract_zip(archive: Path, target: Path, limits: ImportLimits,
                 on_progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Unpack ``archive`` into ``target`` (new) safely; returns the dataset's top folder.
 
-    ``on_progress(done_mb, total_mb, "unpacking <entry>")`` is called every 64 MB and at the end."""
+    ``on_progress(done_mb, total_mb, "MB unpacked, now <entry>")`` is called every 64 MB and at
+    the end, so a long extraction is never silent."""
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = _checked_members(bundle, limits)
@@ -186,6 +187,6 @@ def _write_members(bundle, members, target: Path, limits: ImportLimits, on_progr
                 out.write(chunk)
                 if on_progress and written >= next_report:
                     next_report += PROGRESS_EVERY
-                    on_progress(min(written // MB, total_mb), total_mb, f"unpacking {info.filename}")
+                    on_progress(min(written // MB, total_mb), total_mb, f"MB unpacked, now {info.filename}")
     if on_progress:
-        on_progress(total_mb, total_mb, "unpacking done")
+        on_progress(total_mb, total_mb, "MB unpacked")

@@ -86,7 +86,7 @@ def test_long_extraction_reports_progress(tmp_path):
         bundle.writestr("b.bin", payload)
     calls = []
     extract_zip(archive, tmp_path / "out", ImportLimits(), on_progress=lambda *a: calls.append(a))
-    assert calls and calls[-1][0] == calls[-1][1] and "unpacking" in calls[-1][2]
+    assert calls and calls[-1][0] == calls[-1][1] and "MB unpacked" in calls[-1][2]
 
 
 def test_staging_of_a_killed_process_is_cleaned_at_start_up(home, tmp_path):

@@ -20,6 +20,7 @@ import io
 import json
 import re
 import stat
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,7 +92,8 @@ def zipped(entries: list[tuple], compression=zipfile.ZIP_DEFLATED):
     def build(tmp: Path) -> Path:
         root = speech(tmp / "set")
         archive = tmp / "upload.zip"
-        with zipfile.ZipFile(archive, "w", compression=compression) as bundle:
+        with zipfile.ZipFile(archive, "w", compression=compression) as bundle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate-name case, which is the point
             for file in sorted(root.rglob("*")):
                 bundle.write(file, "set/" + file.relative_to(root).as_posix())
             for name, data in entries:
