@@ -202,8 +202,9 @@ def _write_audio(item: dict, destination: Path) -> None:
         shutil.copyfile(source, destination)  # already what models read: keep the exact bytes
         return
     try:
-        samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                       dtype="float32", always_2d=True)
+        # bytes, not a path: libsndfile cannot open a name that is not UTF-8 (caf\xe9.wav)
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:  # the header was fine at check time but the data is damaged
         raise DatasetError(f"{item['source_name']} ({item['where']}): the audio is damaged and cannot be decoded ({error}); "
                            "remove it or convert it, then import again") from error

@@ -159,9 +159,10 @@ def _where(row: dict, columns: ColumnChoice) -> str:
     value = row.get(columns.audio) if columns.audio else None
     if isinstance(value, dict):
         value = value.get("path")
+    where = printable(row["_where"])  # names from outside: shown on pages, printed, stored
     if isinstance(value, str) and value.strip() and value.strip() != row["_where"]:
-        return f"{row['_where']} ({printable(value.strip())[:120]})"
-    return row["_where"]
+        return f"{where} ({printable(value.strip())[:120]})"
+    return where
 
 
 def _check_column_types(table: SourceTable, columns: ColumnChoice) -> None:
@@ -251,7 +252,7 @@ def _check_audio(item: dict, value, base: Path, root: Path, rules: Rules):
         if data is None and name:
             value = name
         else:
-            item.update(source=bytes(data or b""), source_name=Path(name or "audio.wav").name)
+            item.update(source=bytes(data or b""), source_name=printable(Path(name or "audio.wav").name))
     if not isinstance(value, dict):
         if not value or not str(value).strip():
             return "missing_file", "no audio file named in this row"
@@ -260,7 +261,8 @@ def _check_audio(item: dict, value, base: Path, root: Path, rules: Rules):
             return "missing_file", f"{value} points outside the dataset folder; it was not read"
         if not path.is_file():
             return "missing_file", f"{value} is not there; check the file name (case matters)"
-        item.update(source=path, source_name=path.relative_to(root).as_posix())
+        # printable(): a file name that is not UTF-8 cannot be stored as text in SQLite
+        item.update(source=path, source_name=printable(path.relative_to(root).as_posix()))
     return _audio_facts(item, rules)
 
 

@@ -117,6 +117,15 @@ def test_dataset_name_that_is_not_utf8_is_refused(workbench_empty, tmp_path):
     assert left_in_home(workbench_empty.home) == []
 
 
+def test_looking_up_a_name_that_is_not_utf8_finds_nothing(workbench_empty):
+    from engine.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no dataset"):
+        workbench_empty.get_dataset("caf\udce9")
+    with pytest.raises(NotFoundError, match="no model"):
+        workbench_empty.get_model("caf\udce9")
+
+
 def test_terminal_escapes_are_never_echoed_by_the_command_line(tmp_path):
     env = {**os.environ, "LIM_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "engine", "datasets", "import",

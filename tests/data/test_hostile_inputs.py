@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import stat
 import warnings
@@ -249,6 +250,22 @@ def saved_dict_escaping(tmp: Path) -> Path:
     return folder
 
 
+def non_utf8_file_name(tmp: Path) -> Path:
+    name = os.fsdecode(b"caf\xe9.wav")  # a Latin-1 file name, as an old zip tool writes it
+    root = speech(tmp / "set", extra_files={name: wav_bytes(freq=1_300)})
+    with (root / "metadata.csv").open("ab") as handle:
+        handle.write(b"caf\xe9.wav,a file name that is not UTF-8\n")
+    return root
+
+
+def non_utf8_class_folder(tmp: Path) -> Path:
+    for c, label in enumerate(("yes", "no", os.fsdecode(b"s\xed"))):
+        (tmp / "classes" / label).mkdir(parents=True)
+        for i in range(5):
+            (tmp / "classes" / label / f"{i}.wav").write_bytes(wav_bytes(freq=300 + 40 * i + 700 * c))
+    return tmp / "classes"
+
+
 def formula_cells():
     cells = ["=HYPERLINK(\"http://x\",\"click\")", "+cmd|' /C calc'!A0", "-2 degrees outside", "@SUM(A1)"]
     return lambda tmp: speech(tmp / "set", extra_rows=[[f"f{i}.wav", cell] for i, cell in enumerate(cells)],
@@ -345,6 +362,8 @@ CASES = [
     reported("path-missing", lambda tmp: speech(tmp / "set", extra_rows=[["ghost.wav", "boo"]]), "missing_file"),
     imported("path-case-twins", case_twins, expect_unique_files),
     imported("path-control-chars-in-file-name", control_named_file, expect_safe_file_names),
+    imported("path-non-utf8-file-name", non_utf8_file_name, expect_count(5)),
+    reported("class-folder-non-utf8-name", non_utf8_class_folder, "non_utf8", "UTF-8"),
     reported("audio-without-row", lambda tmp: speech(tmp / "set", extra_files={"stray.wav": wav_bytes(freq=800)}),
              "unlisted_audio", "stray.wav"),
     # ---- metadata text
