@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.audio import AUDIO_SUFFIXES
 from engine.data.importers import ColumnChoice, SourceTable
 from engine.errors import DatasetError
 from engine.text import clean_text, printable
@@ -199,16 +200,14 @@ def _check_row(row: dict, columns: ColumnChoice, root: Path, rules: Rules):
         return item, ("broken_row", row["_broken"])
     for role, column in (("text", columns.text), ("label", columns.label)):
         value = row.get(column) if column else None
-        if value is None or isinstance(value, str):
-            pass
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        whole_number = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and float(value).is_integer())
+        if role == "label" and whole_number:
+            value = str(int(value))  # class ids: 1 and 1.0 (a Parquet column with gaps) are "1"
+        elif value is not None and not isinstance(value, str):
+            expected = "text (a string)" if role == "text" else "a class name or a whole number"
             return item, ("wrong_type", f"column {column!r} holds {_kind_names({type(value).__name__})} "
-                          f"({printable(repr(value))[:60]}), not text")
-        elif isinstance(value, float) and not value.is_integer():
-            return item, ("wrong_type", f"column {column!r} holds a decimal number ({value}); "
-                          f"a {role} must be text" + (" or a whole number" if role == "label" else ""))
-        else:
-            value = str(int(value)) if role == "label" else str(value)
+                          f"({printable(repr(value))[:60]}); a {role} must be {expected}")
         if isinstance(value, str):
             value, removed = clean_text(value)
             if removed:
@@ -326,8 +325,6 @@ DEBRIS = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}  # left by zip to
 def unread_files(root: Path, table: SourceTable, columns: ColumnChoice, limit: int = 5) -> list[Problem]:
     """Warnings for files under ``root`` that no row used: audio files no row names (left out),
     and everything else (a zip of 20,000 entries of which 3 are the dataset says so)."""
-    from engine.data.audio import AUDIO_SUFFIXES
-
     root = root.resolve()
     used = {path.resolve() for path in table.tables}
     for row in table.rows:
@@ -376,12 +373,6 @@ def _check_classes(items: list[dict], columns: ColumnChoice, report: ImportRepor
             report.problems.append(Problem("few_items", f"class {label!r}", f"only {count} item(s); "
                                            f"aim for at least {rules.min_items_per_class} per class so "
                                            "every split gets some", False))
-
-
-def _string(value) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
 
 
 def _sha256(data: bytes) -> str:
