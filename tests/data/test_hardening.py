@@ -108,6 +108,39 @@ def test_staging_of_a_killed_process_is_cleaned_at_start_up(home, tmp_path):
     assert not mine.exists()
 
 
+KILLED_MID_IMPORT = """
+import sys, time
+from engine import Workbench
+
+def stall(done, total, what):
+    if "MB unpacked" in what:  # the archive is unpacked under staging: die here
+        print("unpacked", flush=True)
+        time.sleep(600)
+
+Workbench(sys.argv[1]).check_import(sys.argv[2], on_progress=stall)
+"""
+
+
+def test_kill_9_during_an_import_leaves_staging_that_the_next_start_cleans(home, tmp_path):
+    from engine import Workbench
+
+    root = speech_folder(tmp_path / "speech", splits=("train",), per_split=3)
+    archive = tmp_path / "speech.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for file in root.rglob("*"):
+            bundle.write(file, file.relative_to(root.parent).as_posix())
+    child = subprocess.Popen([sys.executable, "-c", KILLED_MID_IMPORT, str(home), str(archive)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "unpacked"
+        assert any((home / "staging").iterdir())
+    finally:
+        child.kill()  # SIGKILL: no handler, no finally runs in the child
+        child.wait(timeout=30)
+    Workbench(home).storage.close()
+    assert not any((home / "staging").iterdir())
+
+
 def test_dataset_name_that_is_not_utf8_is_refused(workbench_empty, tmp_path):
     root = speech_folder(tmp_path / "speech", splits=("train",), per_split=2)
     with pytest.raises(DatasetError, match="name"):
