@@ -266,6 +266,17 @@ def non_utf8_class_folder(tmp: Path) -> Path:
     return tmp / "classes"
 
 
+def class_folder_linked_outside(tmp: Path) -> Path:
+    for c, label in enumerate(("yes", "no")):
+        (tmp / "classes" / label).mkdir(parents=True)
+        for i in range(5):
+            (tmp / "classes" / label / f"{i}.wav").write_bytes(wav_bytes(freq=300 + 40 * i + 700 * c))
+    (tmp / "elsewhere").mkdir()
+    (tmp / "elsewhere" / "private.wav").write_bytes(wav_bytes(freq=2_900))
+    (tmp / "classes" / "maybe").symlink_to(tmp / "elsewhere", target_is_directory=True)
+    return tmp / "classes"
+
+
 def formula_cells():
     cells = ["=HYPERLINK(\"http://x\",\"click\")", "+cmd|' /C calc'!A0", "-2 degrees outside", "@SUM(A1)"]
     return lambda tmp: speech(tmp / "set", extra_rows=[[f"f{i}.wav", cell] for i, cell in enumerate(cells)],
@@ -330,6 +341,9 @@ CASES = [
     refused("zip-zero-bytes", file_with("empty.zip", b""), "not a zip"),
     refused("zip-text-named-zip", file_with("notes.zip", b"hello"), "not a zip"),
     refused("zip-nested-zip-only", inner_zip, "found no metadata"),
+    refused("zip-name-too-long", zipped([("set/" + "a" * 300 + ".wav", b"x")]), "cannot be unpacked"),
+    refused("zip-file-and-folder-same-name", zipped([("set/clash", b"a file"), ("set/clash/inner.wav", b"x")]),
+            "cannot be unpacked"),
     imported("zip-macos-debris", zipped([("__MACOSX/set/._clip0.wav", b"junk"), ("set/.DS_Store", b"junk")]),
              expect_count(4)),
     reported("zip-junk-beside-data", zipped([(f"set/junk/n{i}.txt", b"") for i in range(50)]), "unused_files",
@@ -359,6 +373,7 @@ CASES = [
     reported("path-absolute", lambda tmp: speech(tmp / "set", extra_rows=[["/etc/hostname", "absolute"]]),
              "missing_file", "outside"),
     reported("path-symlink-outside", outside_link, "missing_file", "outside"),
+    reported("path-class-folder-linked-outside", class_folder_linked_outside, "missing_file", "outside"),
     reported("path-missing", lambda tmp: speech(tmp / "set", extra_rows=[["ghost.wav", "boo"]]), "missing_file"),
     imported("path-case-twins", case_twins, expect_unique_files),
     imported("path-control-chars-in-file-name", control_named_file, expect_safe_file_names),
