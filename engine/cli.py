@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from typing import Any
 
 from engine.errors import WorkbenchError
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     # kill (SIGTERM) unwinds like Ctrl-C, so an import's staging and half-written folders go
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         from engine import Workbench
 
