@@ -58,8 +58,9 @@ class Rules:
     min_items_per_class: int = 5    # fewer cannot be split three ways and learned from
     max_sample_rate: int = 384_000  # the highest rate studio gear records; above is a lying header
     max_channels: int = 8           # 7.1 surround; more is a lying header or not speech
-    # Whisper's decoder takes at most 448 label tokens; a transcript of 2,000 characters is
-    # over that in any language, and anything that long for one clip is a wrong row.
+    # Whisper's decoder takes at most 448 label tokens, about 2,000 characters of English (~4.5
+    # per token; fewer for most other scripts); the collator cuts anything longer, so a longer
+    # transcript would train on a cut label, and that much text for one clip is a wrong row.
     max_transcript_chars: int = 2_000
     max_chars_per_second: float = 40.0  # fast speech is ~20; more means text not spoken in the clip
     clipped_fraction: float = 0.005     # share of samples at full scale that counts as clipping
