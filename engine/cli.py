@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from typing import Any
 
 from engine.errors import WorkbenchError
+from engine.text import printable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,12 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
+    # kill (SIGTERM) unwinds like Ctrl-C, so an import's staging and half-written folders go
+    if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         from engine import Workbench
 
         return args.handler(Workbench(), args) or 0
     except WorkbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # names, paths and transcripts come from outside: never send their escapes to a terminal
+        print(f"error: {printable(str(error))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -135,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+    # json.dumps escapes control characters itself; plain text goes through printable()
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else printable(text))
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -168,7 +176,9 @@ def cmd_datasets_import(wb, args) -> None:
         keep_originals=args.keep_originals)
 
     def progress(done: int, total: int, what: str) -> None:
-        print(f"\rimporting {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+        unit = " MB" if what.startswith("MB unpacked") else ""
+        step = "unpacking" if unit else "importing"
+        print(f"\r{step} {done}/{total}{unit}", end="\n" if done == total else "", file=sys.stderr)
 
     dataset = wb.import_dataset(args.path, args.name, options=options, skip_bad=args.skip_bad,
                                 on_progress=progress)
@@ -199,6 +209,9 @@ def cmd_train(wb, args) -> int:
     method_values, training_values = wb.split_settings(args.method, parse_assignments(args.set))
     run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
     print(f"run {run_id} queued", file=sys.stderr)
+    for event in wb.run_events(run_id):
+        if event["level"] == "warning":
+            print(f"warning: {printable(event['message'])}", file=sys.stderr)
     return finish(wb, args, run_id)
 
 
@@ -273,6 +286,6 @@ def finish(wb, args, run_id: int) -> int:
     emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
     if summary["status"] != "completed":
         print(f"error: run {run_id} ended {summary['status']}"
-              + (f": {summary['error']}" if summary["error"] else ""), file=sys.stderr)
+              + (f": {printable(summary['error'])}" if summary["error"] else ""), file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ parses ``--set key=value`` with the same types, so both stay in step with the co
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -52,10 +53,22 @@ def build(settings_cls: type, values: dict[str, Any] | None = None, *, section: 
     return instance
 
 
+# Integers a JSON reader in any language reads exactly (and SQLite stores): 2**53.
+LARGEST_INT = 2**53
+
+
 def validate(instance: Any) -> None:
-    """Check choices and bounds of every field, then the class's own ``validate()`` if any."""
+    """Check choices and bounds of every field, then the class's own ``validate()`` if any.
+
+    Non-finite numbers are refused for every field of every settings class: NaN passes any
+    ``<`` / ``>`` bound, and settings are stored as JSON, where NaN and Infinity are not valid
+    (SQLite's json_extract refuses such rows)."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{f.name} must be a finite number, got {value}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INT:
+            raise SettingsError(f"{f.name} must be at most {f.metadata.get('max', LARGEST_INT)}, got {value}")
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise SettingsError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")

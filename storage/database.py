@@ -235,6 +235,8 @@ class Storage:
                               [int(name_or_id), owner_id])
             if found:
                 return found
+        if not str(name_or_id).isascii() and not _is_utf8(str(name_or_id)):
+            return None  # bytes that are not UTF-8 (from a command line) can name nothing stored
         # The owner's own item wins over a shared one of the same name.
         return self._one(
             f"select * from {table} where name = ? and {visible} "
@@ -440,3 +442,11 @@ def _decode(row: dict) -> dict:
         if isinstance(row[key], str):
             row[key] = json.loads(row[key])
     return row
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -34,7 +34,7 @@ TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 AUDIO_COLUMNS = ("file_name", "audio", "path", "audio_path", "audio_file", "file", "filename")
 TEXT_COLUMNS = ("transcription", "transcript", "sentence", "text", "normalized_text")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "intent", "target")
-INTERNAL = ("_split", "_base", "_where")
+INTERNAL = ("_split", "_base", "_where", "_line", "_broken")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class SourceTable:
     columns: list[str]
     notes: list[str] = field(default_factory=list)  # how the source was read (shown in the report)
     class_folders: bool = False
+    tables: list[Path] = field(default_factory=list)  # the table files that were read
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ColumnChoice:
     text: str | None
     label: str | None
     unknown: list[str]
+    guessed: str | None = None       # why a column was taken that the layout does not name
 
 
 def read_source(path: Path) -> SourceTable:
@@ -88,6 +90,7 @@ def read_saved_dataset(path: Path) -> SourceTable:
     except ImportError:
         raise DatasetError("reading a saved Hugging Face dataset needs the 'datasets' package "
                            "(pip install -r requirements.txt)") from None
+    _check_saved_paths(path)
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as error:  # corrupt arrow files, unknown versions, ...
@@ -111,6 +114,40 @@ def read_saved_dataset(path: Path) -> SourceTable:
     return SourceTable("save_to_disk", rows, columns)
 
 
+def _check_saved_paths(root: Path) -> None:
+    """Every path a saved dataset's own metadata names (splits, arrow files) must stay inside
+    ``root``: ``datasets`` opens them as given, ``../`` included."""
+    root = root.resolve()
+
+    def inside(relative, source: Path) -> Path:
+        target = (source.parent / str(relative)).resolve()
+        if not isinstance(relative, str) or not target.is_relative_to(root):
+            raise DatasetError(f"{source.relative_to(root).as_posix()} names {str(relative)[:80]!r}, a path "
+                               "outside the dataset folder; it was not opened. Save the dataset again "
+                               "with datasets' save_to_disk")
+        return target
+
+    def read_json(file: Path) -> dict:
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{file.name} of the saved dataset is not readable JSON ({error.__class__.__name__}); "
+                               "save the dataset again") from None
+        if not isinstance(data, dict):
+            raise DatasetError(f"{file.name} of the saved dataset is not a JSON object; save the dataset again")
+        return data
+
+    folders = [root]
+    if (root / "dataset_dict.json").is_file():
+        splits = read_json(root / "dataset_dict.json").get("splits", [])
+        folders = [inside(split, root / "dataset_dict.json") for split in splits if isinstance(splits, list)]
+    for folder in folders:
+        state = folder / "state.json"
+        if state.is_file():
+            for entry in read_json(state).get("_data_files") or []:
+                inside(entry.get("filename") if isinstance(entry, dict) else entry, state)
+
+
 def choose_columns(table: SourceTable, task: str | None = None, audio: str | None = None,
                    text: str | None = None, label: str | None = None) -> ColumnChoice:
     """Detect the task and the column of each role; anything given explicitly wins."""
@@ -119,6 +156,7 @@ def choose_columns(table: SourceTable, task: str | None = None, audio: str | Non
     for given in (audio, text, label):
         if given is not None and given not in table.columns:
             raise DatasetError(f"there is no column {given!r}; columns: {', '.join(table.columns)}")
+    given_audio = audio
     audio = audio or _first(table.columns, AUDIO_COLUMNS)
     text = text or _first(table.columns, TEXT_COLUMNS)
     label = label or _first(table.columns, LABEL_COLUMNS)
@@ -144,7 +182,13 @@ def choose_columns(table: SourceTable, task: str | None = None, audio: str | Non
         audio = None
     used = {audio, text, label}
     unknown = [c for c in table.columns if c not in used]
-    return ColumnChoice(task, audio, text, label, unknown)
+    guessed = None
+    if table.layout == "audiofolder" and audio and audio != "file_name" and audio != given_audio:
+        guessed = (f"the audiofolder layout names audio files in a file_name column, and this "
+                   f"metadata has none; the {audio!r} column was taken as the audio column because "
+                   "its name is a usual one for audio paths. Rename it to file_name (datasets' "
+                   "load_dataset('audiofolder') needs that), or choose the audio column yourself")
+    return ColumnChoice(task, audio, text, label, unknown, guessed)
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -180,9 +224,10 @@ def _table_source(tables: list[tuple[str | None, Path]], layout: str = "table") 
             notes.append(note)
         columns += [c for c in table_columns if c not in columns]
         prefix = table.relative_to(table.parent.parent).as_posix() if split and layout == "audiofolder" else table.name
-        rows += [{**row, "_split": split, "_base": table.parent, "_where": f"{prefix} row {i + 2 if table.suffix == '.csv' else i + 1}"}
+        rows += [{**row, "_split": split, "_base": table.parent,
+                  "_where": f"{prefix} row {row.get('_line') or i + 1}"}  # CSV: the line it starts on
                  for i, row in enumerate(table_rows)]
-    return SourceTable(layout, rows, columns, notes)
+    return SourceTable(layout, rows, columns, notes, tables=[table for _, table in tables])
 
 
 def read_table(path: Path) -> tuple[list[dict], list[str], str | None]:
@@ -214,8 +259,34 @@ def _read_csv(path: Path, text: str) -> tuple[list[dict], list[str], str | None]
         raise DatasetError(f"the header of {path.name} is not UTF-8 text; open it in a spreadsheet and "
                            "save it as 'CSV UTF-8', then import again")
     reader.fieldnames = columns
-    rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    rows = []
+    try:
+        for row in reader:
+            rows.append(_csv_row(path, row, reader.line_num, len(columns)))
+    except csv.Error as error:
+        raise DatasetError(f"{path.name} line {reader.line_num} cannot be read as CSV ({error}); "
+                           "open it in a spreadsheet and save it as 'CSV UTF-8'") from None
     return rows, columns, note
+
+
+def _csv_row(path: Path, row: dict, end: int, width: int) -> dict:
+    """One CSV row, marked ``_broken`` when its quoting went wrong (the validator refuses it).
+
+    A line break inside a value is only possible within quotes: in a metadata file it almost
+    always means a quote that was never closed, which swallows the rows after it."""
+    extra = row.pop(None, None)  # values beyond the header's columns
+    values = [value for value in row.values() if isinstance(value, str)]
+    # a quote left open to the end of the file keeps the last line break in the value
+    start = end - sum(value.rstrip("\r\n").count("\n") for value in values)
+    row = {**row, "_line": start}
+    if any("\n" in value or "\r" in value for value in values):
+        row["_broken"] = (f"a quote opened on this row runs on to line {end} of {path.name}, so lines "
+                          f"{start}-{end} were read as one row; close the quote (or keep each row on "
+                          "one line), then import again")
+    elif extra:
+        row["_broken"] = (f"has {width + len(extra)} values but the header names {width} columns (a "
+                          "comma inside unquoted text?); put that text in double quotes")
+    return row
 
 
 def _read_jsonl(path: Path, text: str) -> tuple[list[dict], list[str], str | None]:

@@ -14,22 +14,30 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import psutil
+
 from engine.data.archives import ImportLimits, extract_zip
 from engine.data.audio import SAMPLE_RATE
 from engine.data.importers import ColumnChoice, SourceTable, choose_columns, read_source
 from engine.data.splits import assign_splits
-from engine.data.validation import ImportReport, Problem, Rules, check_rows
+from engine.data.validation import ImportReport, Problem, Rules, check_rows, unread_files
 from engine.errors import DatasetError
 from storage import safe_name
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
+_HOST = safe_name(socket.gethostname())
+_STAGING_OWNER = re.compile(r"^(upload|unzip)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-[0-9a-f]{12}$")
 
 
 @dataclass
@@ -66,8 +74,8 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
     options = options or ImportOptions()
     staging = None
     if path.is_file() and path.suffix.lower() == ".zip":
-        staging = staging_root / f"unzip-{uuid.uuid4().hex[:12]}"
-        source = extract_zip(path, staging, limits or ImportLimits())
+        staging = staging_root / staging_name("unzip")
+        source = extract_zip(path, staging, limits or ImportLimits(), on_progress)
     else:
         source = path
     try:
@@ -79,6 +87,8 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
                                  options.label_column)
         root = source if source.is_dir() else source.parent
         items, report = check_rows(table, columns, root, options.rules, on_progress)
+        if source.is_dir() and table.layout != "save_to_disk":
+            report.problems += unread_files(source, table, columns)
         if not items:
             raise DatasetError("none of the items can be imported:\n" + "\n".join(report.lines()))
         note = assign_splits(items, options.splits, options.validation_fraction,
@@ -145,13 +155,28 @@ def version_after_change(fingerprints, item_id: int, action: str, fields: dict) 
     return content_version(changed)
 
 
+def staging_name(kind: str) -> str:
+    """A new staging folder name, ``<kind>-<pid>@<host>-<random>``: the owner is in the name, so a
+    folder whose process was killed (kill -9, a power cut) is known at the next start-up."""
+    return f"{kind}-{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:12]}"
+
+
 def clean_stale_staging(staging_root: Path, max_age_s: float = 24 * 3600) -> None:
-    """Remove uploads and unpacked archives left by sessions that never came back."""
+    """Remove uploads and unpacked archives left by sessions that never came back, and at once
+    those of a process on this machine that no longer runs (killed mid-import)."""
     if not staging_root.is_dir():
         return
     cutoff = time.time() - max_age_s
     for entry in staging_root.iterdir():
-        if entry.name.startswith(("upload-", "unzip-")) and entry.stat().st_mtime < cutoff:
+        if not entry.name.startswith(("upload-", "unzip-")):
+            continue
+        owner = _STAGING_OWNER.match(entry.name)
+        orphaned = owner is not None and owner["host"] == _HOST and not psutil.pid_exists(int(owner["pid"]))
+        try:
+            old = entry.stat().st_mtime < cutoff
+        except FileNotFoundError:  # another process cleaned it meanwhile
+            continue
+        if orphaned or old:
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -177,8 +202,9 @@ def _write_audio(item: dict, destination: Path) -> None:
         shutil.copyfile(source, destination)  # already what models read: keep the exact bytes
         return
     try:
-        samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                       dtype="float32", always_2d=True)
+        # bytes, not a path: libsndfile cannot open a name that is not UTF-8 (caf\xe9.wav)
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as error:  # the header was fine at check time but the data is damaged
         raise DatasetError(f"{item['source_name']} ({item['where']}): the audio is damaged and cannot be decoded ({error}); "
                            "remove it or convert it, then import again") from error
@@ -187,6 +213,8 @@ def _write_audio(item: dict, destination: Path) -> None:
         import librosa
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    if not np.isfinite(mono).all():  # checked at import already; never store poisoned audio
+        raise DatasetError(f"{item['source_name']} ({item['where']}): the audio holds NaN or infinite samples")
     soundfile.write(str(destination), mono.clip(-1.0, 1.0), SAMPLE_RATE, subtype="PCM_16", format="FLAC")
 
 

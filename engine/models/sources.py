@@ -135,10 +135,41 @@ def fetch(source: ModelSource, dest: Path) -> str | None:
         if not any((folder / weights).is_file() for weights in WEIGHTS):
             raise ModelError(f"{folder} has no safetensors weights (model.safetensors); "
                              "convert pickled .bin weights with transformers' save_pretrained first")
+        check_model_folder(folder)
         shutil.copytree(folder, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.bin", "*.pt"))
         return None
     _download(source.location, dest)
+    check_model_folder(dest)
     return None
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a folder that asks for custom code (``auto_map`` in a config, ``.py`` files) or whose
+    safetensors files are damaged, before anything of it is copied or loaded."""
+    from safetensors import safe_open
+
+    code = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.py"))
+    asking = []
+    for config in sorted(folder.glob("*.json")):
+        if config.stat().st_size > 10 * 2**20:  # configs are small; weight indexes need not be read
+            continue
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ModelError(f"{config.name} in {folder.name} is not valid JSON; the folder is damaged") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            asking.append(f"auto_map in {config.name}")
+    if code or asking:
+        raise ModelError(f"{folder.name} asks for custom code ({', '.join(asking + code[:5])}); the workbench "
+                         "never runs code that comes with a model, so it was refused and nothing was "
+                         "copied. Use a model whose architecture transformers ships (Whisper, BERT, ...)")
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:  # the library checks the header's length, JSON and offsets against the file size
+            with safe_open(str(weights), "np") as handle:
+                handle.keys()
+        except Exception as error:  # SafetensorError, OSError; a damaged header raises several kinds
+            raise ModelError(f"{weights.name} in {folder.name} is damaged and cannot be read "
+                             f"({str(error).splitlines()[0][:120]}); download or save the model again") from None
 
 
 def _download(repo_id: str, dest: Path) -> None:

@@ -173,6 +173,7 @@ class WhisperSpeechRecognition(WhisperBase):
 
         self.tokenizer = WhisperTokenizer.from_pretrained(self.model_dir)
         self.generation_max_length = int(options.get("generation_max_length", 48))
+        self.max_label_tokens = self.config().max_target_positions
         self.language = options.get("language") or "en"
         self.speech_task = options.get("speech_task") or "transcribe"  # the setting "task"
         self.multilingual = self._check_prompt()
@@ -237,7 +238,9 @@ class WhisperSpeechRecognition(WhisperBase):
         if "labels" in examples[0]:
             start = self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
             # The model prepends the start token itself when it shifts labels right.
-            sequences = [e["labels"][1:] if e["labels"][:1] == [start] else e["labels"]
+            # The decoder has max_target_positions (448) positions: longer labels are cut, never a
+            # crash mid-run (the import refuses transcripts far over it, issue 15).
+            sequences = [(e["labels"][1:] if e["labels"][:1] == [start] else e["labels"])[:self.max_label_tokens]
                          for e in examples]
             width = max(len(s) for s in sequences)
             labels = torch.full((len(sequences), width), -100, dtype=torch.long)
@@ -252,7 +255,8 @@ class WhisperSpeechRecognition(WhisperBase):
         seconds."""
         batch = dict(self.bucket_features(batch))
         if "labels" in batch:
-            batch["labels"] = pad_to_multiple(batch["labels"], 1, 16, value=-100)
+            # never wider than the decoder's positions (only -100 padding is sliced off)
+            batch["labels"] = pad_to_multiple(batch["labels"], 1, 16, value=-100)[:, :self.max_label_tokens]
         return batch
 
     @torch.no_grad()

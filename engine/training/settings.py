@@ -17,26 +17,33 @@ from engine.settings import setting
 
 @dataclass
 class TrainingSettings:
-    num_train_epochs: float = setting(5.0, "Passes over the training split (ignored when max_steps > 0).", min=0.0)
-    max_steps: int = setting(-1, "Optimizer steps to run; -1: use num_train_epochs.", min=-1)
+    num_train_epochs: float = setting(5.0, "Passes over the training split (ignored when max_steps > 0).", min=0.0,
+                                     max=100_000.0)
+    max_steps: int = setting(-1, "Optimizer steps to run; -1: use num_train_epochs.", min=-1,
+                             max=10_000_000)
     per_device_train_batch_size: int = setting(8, "Examples per forward pass.", min=1, max=4096)
     per_device_eval_batch_size: int = setting(16, "Examples per evaluation batch.", min=1, max=4096)
     gradient_accumulation_steps: int = setting(1, "Forward passes summed into one optimizer step "
-                                               "(effective batch = batch size × this).", min=1)
-    learning_rate: float = setting(1e-3, "Peak learning rate of AdamW.")
+                                               "(effective batch = batch size × this).", min=1, max=4096)
+    learning_rate: float = setting(1e-3, "Peak learning rate of AdamW.", max=10.0)
     lr_scheduler_type: str = setting("linear", "How the learning rate changes after warmup.",
                                      choices=["linear", "cosine", "constant", "constant_with_warmup"])
-    warmup_steps: int = setting(0, "Steps of linear warmup from 0 to the learning rate.", min=0)
-    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0)
-    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).", min=0.0)
-    seed: int = setting(42, "Seed for weights of new heads, data order, dropout and masking.", min=0)
-    eval_steps: int = setting(20, "Evaluate on the validation split every N steps (0: only at the end).", min=0)
+    warmup_steps: int = setting(0, "Steps of linear warmup from 0 to the learning rate.", min=0,
+                                max=10_000_000)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0, max=10.0)
+    max_grad_norm: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).", min=0.0,
+                                   max=1e6)
+    seed: int = setting(42, "Seed for weights of new heads, data order, dropout and masking.", min=0,
+                       max=2**32 - 1)  # NumPy's seed range
+    eval_steps: int = setting(20, "Evaluate on the validation split every N steps (0: only at the end).", min=0,
+                            max=10_000_000)
     early_stopping_patience: int = setting(
         0, "Stop when the validation metric (WER for speech, accuracy for labels) has not "
         "improved for this many evaluations in a row (0: never stop early). Needs eval_steps > 0.",
-        min=0)
-    save_steps: int = setting(20, "Save a resumable checkpoint every N steps (0: only on stop).", min=0)
-    save_total_limit: int = setting(2, "Checkpoints to keep (the newest); 0: keep all.", min=0)
+        min=0, max=10_000)
+    save_steps: int = setting(20, "Save a resumable checkpoint every N steps (0: only on stop).", min=0,
+                            max=10_000_000)
+    save_total_limit: int = setting(2, "Checkpoints to keep (the newest); 0: keep all.", min=0, max=10_000)
     precision: str = setting("auto", "Compute precision: auto is bf16 autocast on a GPU that "
                              "supports it, fp32 on CPU; fp16 uses a gradient scaler.",
                              choices=["auto", "fp32", "bf16", "fp16"])
@@ -47,7 +54,7 @@ class TrainingSettings:
         0.0, "Fit training into this much accelerator memory (GiB; 0: no cap). A planner picks "
         "the micro-batch (gradients of the split batch are summed, so results match), which "
         "layers recompute their activations, and activation offload to host memory, and logs "
-        "what it chose. It overrides gradient_checkpointing.", min=0.0)
+        "what it chose. It overrides gradient_checkpointing.", min=0.0, max=100_000.0)
     compile_layers: str = setting(
         "auto", "Compile each transformer layer with torch.compile (fuses norms, activations and "
         "residual adds; far fewer kernel launches). auto: on a CUDA GPU, off on a CPU (where "
@@ -66,13 +73,15 @@ class TrainingSettings:
     feature_cache_mb: float = setting(
         1024.0, "Keep encoded training examples (log-mel features, token ids) in memory across "
         "epochs, up to this many MiB: later epochs skip audio decoding and feature extraction "
-        "(0: encode every time).", min=0.0)
+        "(0: encode every time).", min=0.0, max=10_000_000.0)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
-    freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0)
-    time_mask_param: int = setting(40, "SpecAugment: longest time span masked (frames, 10 ms each).", min=0)
+    freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0, max=128)
+    time_mask_param: int = setting(40, "SpecAugment: longest time span masked (frames, 10 ms each).", min=0,
+                                  max=3000)
     max_time_minutes: float = setting(0.0, "Stop with a checkpoint after this many minutes of "
-                                      "training (resume continues); 0: no time limit.")
+                                      "training (resume continues); 0: no time limit.",
+                                      max=60 * 24 * 365.0)
     generation_max_length: int = setting(48, "Longest transcript generated at evaluation (speech recognition).",
                                          min=1, max=448)
     language: str = setting(
@@ -92,6 +101,25 @@ class TrainingSettings:
         "positional embedding sliced to match: several times faster for 1-5 s clips; the model "
         "has to adapt to the shorter context. Evaluation and the Playground use the run's choice.",
         choices=["30s", "longest"])
+
+    def warnings(self) -> list[str]:
+        """Legal but probably mistaken values, said at submit (the run is queued anyway)."""
+        found = []
+        if self.learning_rate > 0.01:
+            found.append(f"learning_rate {self.learning_rate:g} is very high (adapters train at 1e-4 to "
+                         "1e-3, full fine-tuning at 1e-5); the loss will likely diverge")
+        if self.gradient_accumulation_steps > 256:
+            found.append(f"gradient_accumulation_steps {self.gradient_accumulation_steps} makes each optimizer "
+                         f"step {self.gradient_accumulation_steps} forward passes; the run will make little progress")
+        if self.max_steps > 1_000_000:
+            found.append(f"max_steps {self.max_steps:,} will take weeks on any one GPU; set max_time_minutes "
+                         "or fewer steps")
+        if self.warmup_steps and self.max_steps > 0 and self.warmup_steps >= self.max_steps:
+            found.append(f"warmup_steps ({self.warmup_steps}) is not less than max_steps ({self.max_steps}): "
+                         "the learning rate never reaches its peak")
+        if self.weight_decay > 1.0:
+            found.append(f"weight_decay {self.weight_decay:g} is far above the usual 0-0.1")
+        return found
 
     def validate(self) -> None:
         if self.learning_rate <= 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,9 +11,10 @@ from engine.data.export import export_zip
 from engine.data.importers import SPLITS
 from engine.data.inspect import audio_view, dataset_stats
 from engine.data.pipeline import (ImportOptions, ImportPlan, Progress, clean_stale_staging,
-                                  content_version, discard, prepare_import, version_after_change,
-                                  write_dataset)
+                                  content_version, discard, prepare_import, staging_name,
+                                  version_after_change, write_dataset)
 from engine.errors import DatasetError, NotFoundError
+from engine.text import check_name
 from storage import safe_name
 
 
@@ -66,7 +66,7 @@ class DatasetsMixin:
 
     def save_upload(self, filename: str, stream: BinaryIO) -> Path:
         """Store an uploaded file under the staging folder (size-limited, safe name)."""
-        return save_upload(self._staging() / f"upload-{uuid.uuid4().hex[:12]}", filename, stream,
+        return save_upload(self._staging() / staging_name("upload"), filename, stream,
                            ImportLimits())
 
     def check_import(self, path: str | Path, options: ImportOptions | None = None,
@@ -214,8 +214,7 @@ class DatasetsMixin:
                        self.storage.dataset_items(dataset["id"]))
 
     def _check_new_dataset_name(self, name: str) -> None:
-        if not name or not name.strip():
-            raise DatasetError("a dataset needs a name")
+        check_name(name, "dataset")  # no control characters, terminal escapes or non-UTF-8 bytes
         if self.storage.find_dataset(name.strip(), self.owner_id) is not None:
             raise DatasetError(f"a dataset named {name.strip()!r} already exists; choose another name")
 

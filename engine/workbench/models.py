@@ -9,6 +9,7 @@ from typing import Any
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, SettingsError
 from engine.methods import all_methods, get_method
+from engine.text import check_name
 from engine.training.settings import TrainingSettings
 
 
@@ -33,8 +34,7 @@ class ModelsMixin:
         from engine.models import SUPPORTED_FAMILIES, tasks_of_family
         from engine.models.sources import fetch, read_model_type, resolve_source
 
-        if not name.strip():
-            raise ModelError("a model needs a name")
+        check_name(name, "model", ModelError)
         if self.storage.find_model(name, self.owner_id) is not None:
             raise ModelError(f"a model named {name!r} already exists; choose another name")
         origin = resolve_source(str(source))

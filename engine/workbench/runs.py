@@ -30,6 +30,8 @@ class RunsMixin:
         self.storage.add_event(run_id, "queued")
         if not plan["memory"]["fits"]:
             self.storage.add_event(run_id, plan["memory"]["message"], "warning")
+        for warning in plan["warnings"]:
+            self.storage.add_event(run_id, warning, "warning")
         if self.worker is not None:
             self.worker.wake()
         return run_id
@@ -37,7 +39,8 @@ class RunsMixin:
     def check_run(self, dataset: str | int, model: str | int, method: str,
                   method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
         """Every check ``submit_run`` makes, without queueing: the validated settings and the
-        memory estimate (``memory``: estimate_mb, free_mb, fits, message). Raises a
+        memory estimate (``memory``: estimate_mb, free_mb, fits, message) and ``warnings`` on
+        absurd but legal settings. Raises a
         ``WorkbenchError`` naming the field for a configuration that cannot train."""
         from engine.models import TASK_MODELS, TASK_NAMES
         from engine.training.preflight import check_target_modules, memory_check, outline_for
@@ -50,8 +53,8 @@ class RunsMixin:
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
         method_obj_settings = settings_lib.build(method_obj.settings_cls, method_settings, section=method)
-        training_values = settings_lib.as_dict(settings_lib.build(
-            TrainingSettings, training_settings, section="training"))
+        training_obj = settings_lib.build(TrainingSettings, training_settings, section="training")
+        training_values = settings_lib.as_dict(training_obj)
         self._check_splits(dataset_record, training_values)
         task_model_cls = TASK_MODELS[(model_record["family"], dataset_record["task"])]
         try:
@@ -64,6 +67,7 @@ class RunsMixin:
         return {"dataset": dataset_record, "model": model_record,
                 "method_settings": settings_lib.as_dict(method_obj_settings),
                 "training_settings": training_values,
+                "warnings": training_obj.warnings(),  # absurd but legal values
                 "memory": memory_check(method, method_obj_settings, training_values,
                                        outline, task_model_cls)}
 
