@@ -302,6 +302,12 @@ class Storage:
             ).fetchone()
         return self.get_run(row[0], owner_id=None) if row else None
 
+    def beat(self, run_id: int, worker: str | None, at: float) -> bool:
+        """Record that ``worker`` still trains ``run_id``; False when it no longer holds the claim."""
+        with self.atomic() as db:
+            return db.execute("update runs set heartbeat_at = ? where id = ? and status = 'running' "
+                              "and worker is ?", [at, run_id, worker]).rowcount == 1
+
     def queued_runs(self, owner_id: int | None = None) -> list[dict]:
         """Queued runs in the order a worker will take them (everybody's: one device)."""
         rows = self._rows("select * from runs where status = 'queued' order by queue_position, id")

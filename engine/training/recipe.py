@@ -294,7 +294,7 @@ class FineTuneRecipe:
             **system_sample(self.device),
         })
         self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
-                                heartbeat_at=time.time(), peak_memory_mb=self.memory.peak_mb)
+                                peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
         folder = save_checkpoint(

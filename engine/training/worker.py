@@ -29,15 +29,62 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def worker_is_alive(worker: str | None) -> bool:
-    """Whether the process that claimed a run still exists (only knowable on this host)."""
-    if not worker:
+# A run's worker writes ``heartbeat_at`` every HEARTBEAT_SECONDS from a thread of its own (setup,
+# a slow step and a long evaluation beat too); after STALE_AFTER_HEARTBEATS silent intervals the
+# run counts as lost. A minute is long enough for a busy SQLite writer and short enough that a
+# student who restarts the app after a crash can resume the run at once.
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_HEARTBEATS = 6
+
+
+def worker_is_alive(worker: str | None, heartbeat_at: float | None, now: float | None = None) -> bool:
+    """Whether the process that claimed a run still trains it: its heartbeat is recent.
+
+    The heartbeat decides on any host. A hostname proves little: every ``docker run`` gets a new
+    one, and a restarted container reuses the same hostname and pids, so neither "another host"
+    nor "this pid exists" may keep a run ``running`` forever. On this host a pid that no longer
+    exists tells sooner than the heartbeat (a killed ``train --wait`` is resumable at once).
+    """
+    if not worker or heartbeat_at is None:
         return False
     host, _, rest = worker.partition(":")
-    pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else -1
-    if host != socket.gethostname():
-        return True  # another machine: trust it (its heartbeat tells)
-    return pid == os.getpid() or psutil.pid_exists(pid)
+    pid = rest.split(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        return False
+    silent_for = (time.time() if now is None else now) - heartbeat_at
+    return silent_for < HEARTBEAT_SECONDS * STALE_AFTER_HEARTBEATS
+
+
+class Heartbeat:
+    """Writes a run's ``heartbeat_at`` every ``interval`` seconds while the ``with`` block runs.
+
+    A thread of its own, not the training loop, so one step or evaluation that takes minutes
+    never makes a live run look lost. It writes only while this worker still holds the claim.
+    """
+
+    def __init__(self, storage: Storage, run_id: int, worker: str | None,
+                 interval: float = HEARTBEAT_SECONDS):
+        self.storage, self.run_id, self.worker, self.interval = storage, run_id, worker, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lim-heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        try:
+            while not self._done.wait(self.interval):
+                try:
+                    self.storage.beat(self.run_id, self.worker, time.time())
+                except Exception:  # a missed beat (a locked database) is retried at the next one
+                    logger.exception("could not write the heartbeat of run %s", self.run_id)
+        finally:
+            self.storage.close()  # this thread's connection
 
 
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
@@ -53,11 +100,14 @@ def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str
 
 
 def recover_interrupted(storage: Storage) -> list[int]:
-    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``."""
-    lost = [run for run in storage.runs_with_status("running") if not worker_is_alive(run["worker"])]
+    """Mark runs ``running`` whose process ended or went silent as ``interrupted`` (resumable)."""
+    now = time.time()
+    lost = [run for run in storage.runs_with_status("running")
+            if not worker_is_alive(run["worker"], run["heartbeat_at"], now)]
     for run in lost:
         storage.update_run(run["id"], status="interrupted")
-        storage.add_event(run["id"], "the process training this run ended; "
+        storage.add_event(run["id"], "the process training this run ended or stopped answering "
+                          f"(no heartbeat for {HEARTBEAT_SECONDS * STALE_AFTER_HEARTBEATS:.0f} s); "
                           "resume it to continue from its last checkpoint", "warning")
     return [run["id"] for run in lost]
 
@@ -74,9 +124,10 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
 
     try:
         storage.add_event(run_id, "started" if not run.get("checkpoint_dir") else "resuming")
-        recipe = FineTuneRecipe(storage, run, should_stop)
-        recipe.setup()
-        status = recipe.train()
+        with Heartbeat(storage, run_id, run.get("worker")):
+            recipe = FineTuneRecipe(storage, run, should_stop)
+            recipe.setup()
+            status = recipe.train()
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=recipe.memory.peak_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")

@@ -1,0 +1,69 @@
+"""The worker's view of who still trains a run: heartbeats, on any host."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from engine.training import worker as worker_lib
+from engine.training.worker import Heartbeat, recover_interrupted, worker_is_alive
+from storage import Storage
+
+STALE = worker_lib.HEARTBEAT_SECONDS * worker_lib.STALE_AFTER_HEARTBEATS
+
+
+@pytest.fixture
+def storage(tmp_path):
+    store = Storage(tmp_path / "home")
+    yield store
+    store.close()
+
+
+def claimed_run(storage, worker: str, heartbeat_age_s: float) -> int:
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    assert storage.claim_next_run(worker)["id"] == run_id
+    storage.update_run(run_id, heartbeat_at=time.time() - heartbeat_age_s)
+    return run_id
+
+
+@pytest.mark.parametrize("worker", [
+    "a-container-that-is-gone:1:1",  # every `docker run` gets a new hostname
+    f"{socket.gethostname()}:{os.getpid()}:1",  # a restarted container: same hostname, same pid
+])
+def test_a_run_whose_heartbeat_went_stale_is_interrupted_on_any_host(storage, worker):
+    run_id = claimed_run(storage, worker, heartbeat_age_s=STALE + 1)
+    assert recover_interrupted(storage) == [run_id]
+    assert storage.get_run(run_id)["status"] == "interrupted"  # and so resumable
+    assert "resume it" in storage.events(run_id)[-1]["message"]
+
+
+def test_a_run_with_a_recent_heartbeat_on_another_host_keeps_running(storage):
+    run_id = claimed_run(storage, "another-host:42:1", heartbeat_age_s=STALE / 2)
+    assert recover_interrupted(storage) == []
+    assert storage.get_run(run_id)["status"] == "running"
+
+
+def test_a_dead_pid_on_this_host_is_lost_before_its_heartbeat_goes_stale():
+    dead = f"{socket.gethostname()}:{2 ** 22 + 12345}:1"  # above any pid_max: never a process
+    assert not worker_is_alive(dead, time.time())
+    assert worker_is_alive(f"{socket.gethostname()}:{os.getpid()}:1", time.time())
+    assert not worker_is_alive(None, time.time()) and not worker_is_alive("h:1:1", None)
+
+
+def test_the_heartbeat_beats_while_a_long_step_blocks_the_loop(storage):
+    run_id = claimed_run(storage, "h:1:1", heartbeat_age_s=STALE + 1)
+    with Heartbeat(storage, run_id, "h:1:1", interval=0.05):
+        time.sleep(0.5)  # one slow step or evaluation: the training loop writes nothing
+        assert time.time() - storage.get_run(run_id)["heartbeat_at"] < 0.5
+    assert recover_interrupted(storage) == []
+
+
+def test_the_heartbeat_stops_once_the_claim_is_taken_away(storage):
+    run_id = claimed_run(storage, "h:1:1", heartbeat_age_s=STALE + 1)
+    recover_interrupted(storage)
+    before = storage.get_run(run_id)["heartbeat_at"]
+    assert not storage.beat(run_id, "h:1:1", time.time())  # an interrupted run is not revived
+    assert storage.get_run(run_id)["heartbeat_at"] == before
