@@ -81,10 +81,22 @@ class Storage:
         db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
+            # COMMIT may raise too (a deferred foreign key, a full disk): it is rolled back
+            # like a failed body, or the open transaction would swallow every later write.
+            db.conn.execute("COMMIT")
+        except BaseException as error:
+            self._roll_back(error)
             raise
-        db.conn.execute("COMMIT")
+
+    def _roll_back(self, cause: BaseException) -> None:
+        """End this thread's failed transaction without hiding ``cause``."""
+        conn = self.db.conn
+        try:
+            conn.rollback()  # a no-op when SQLite already ended the transaction itself
+        except sqlite3.Error as error:
+            # A connection that cannot roll back is not reused: the next call opens a fresh one.
+            cause.add_note(f"rolling back failed too ({error}); the connection was closed")
+            self.close()
 
     # ---------------------------------------------------------------- helpers
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:

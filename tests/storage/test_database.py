@@ -181,3 +181,33 @@ def test_runs_get_a_tags_column_that_round_trips_as_a_list(storage):
     run_id = storage.create_run({"method": "lora", "settings": {}})
     storage.update_run(run_id, tags=["baseline", "r16"])
     assert storage.get_run(run_id)["tags"] == ["baseline", "r16"]
+
+
+def test_a_failed_commit_rolls_back_and_later_writes_still_commit(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        with storage.atomic() as db:
+            # A deferred foreign key is checked at COMMIT, so COMMIT itself raises.
+            db.execute("pragma defer_foreign_keys = on")
+            db.execute("insert into run_events (run_id, message) values (?, 'orphan')", [run_id + 99])
+    assert not storage.db.conn.in_transaction  # the connection is clean again
+    storage.update_run(run_id, step=7)
+    other = Storage(storage.home)  # another connection sees the later write: it committed
+    try:
+        assert other.get_run(run_id)["step"] == 7
+        assert other.db["run_events"].count == 0
+    finally:
+        other.close()
+
+
+def test_a_transaction_sqlite_already_ended_keeps_the_original_error(storage):
+    class Cause(Exception):
+        pass
+
+    with pytest.raises(Cause):  # not "cannot rollback - no transaction is active"
+        with storage.atomic() as db:
+            db.execute("rollback")  # what SQLite does itself on a full disk or an I/O error
+            raise Cause("the real reason")
+    assert not storage.db.conn.in_transaction
+    storage.create_run({"method": "lora", "settings": {}})
+    assert storage.db["runs"].count == 1
