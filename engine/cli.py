@@ -2,6 +2,7 @@
 
 Every command exits non-zero with a one-line reason on stderr when it cannot do what was
 asked. ``--json`` prints machine-readable output on stdout; progress goes to stderr.
+``--debug`` (anywhere on the line) adds the traceback behind an error.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from typing import Any
 
 from engine.errors import WorkbenchError
@@ -25,11 +27,33 @@ def main(argv: list[str] | None = None) -> int:
 
         return args.handler(Workbench(), args) or 0
     except WorkbenchError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), args.debug)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug rather than a mistake of the user's: still one line
+        first_line = (str(error).splitlines() or [""])[0]
+        return fail(f"unexpected {type(error).__name__}: {first_line}"
+                    + ("" if args.debug else " (run again with --debug for the traceback)"), args.debug)
+
+
+def fail(message: str, debug: bool, details: str | None = None) -> int:
+    """One line on stderr (after the traceback, with ``--debug``); exit status 1."""
+    if debug:
+        print(traceback.format_exc() if details is None else details, file=sys.stderr, end="")
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` before or after the command: sub-commands leave the top's value alone
+    unless given (``SUPPRESS``)."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="show the traceback behind an error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):
+                add_debug_flag(command, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     clone.add_argument("--wait", action="store_true")
     clone.add_argument("--json", action="store_true")
     clone.set_defaults(handler=cmd_runs_clone)
+    add_debug_flag(parser)
     return parser
 
 
@@ -265,7 +290,8 @@ def finish(wb, args, run_id: int) -> int:
     summary = wb.wait_for_run(run_id, on_progress=progress)
     emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
     if summary["status"] != "completed":
-        print(f"error: run {run_id} ended {summary['status']}"
-              + (f": {summary['error']}" if summary["error"] else ""), file=sys.stderr)
-        return 1
+        tracebacks = [event["message"] for event in wb.run_events(run_id) if event["level"] == "debug"]
+        return fail(f"run {run_id} ended {summary['status']}"
+                    + (f": {summary['error']}" if summary["error"] else ""), args.debug,
+                    details=tracebacks[-1] if tracebacks else "")
     return 0

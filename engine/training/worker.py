@@ -96,7 +96,10 @@ def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str
                                      run.get("method", ""))
     if isinstance(error, WorkbenchError):
         return str(error)
-    return f"{type(error).__name__} in method {run['method']!r}: {error}"
+    # Not a known failure: name the exception without blaming the method (it may be the data,
+    # the model or the workbench itself); the run's log keeps the traceback.
+    return (f"unexpected {type(error).__name__} while training ({run['method']} on "
+            f"{run.get('model_name') or 'the model'}): {error}; the run's log has the traceback")
 
 
 def recover_interrupted(storage: Storage) -> list[int]:

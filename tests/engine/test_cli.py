@@ -94,3 +94,40 @@ def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+
+
+def fails_with_an_unexpected_error(model, settings, context):
+    raise KeyError("no such layer")
+
+
+def test_a_bug_is_one_line_and_debug_adds_the_traceback(demo_home, monkeypatch, capsys):
+    from engine.cli import main
+    from engine.methods import register_method
+    from engine.methods.full import FullSettings
+    from engine.methods.registry import unregister_method
+    from engine.workbench import Workbench
+
+    monkeypatch.setattr(Workbench, "list_methods", lambda self: {}["no such key"])
+    assert main(["methods", "list"]) == 1
+    assert capsys.readouterr().err == ("error: unexpected KeyError: 'no such key' "
+                                       "(run again with --debug for the traceback)\n")
+    assert main(["methods", "list", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.splitlines()[-1] == "error: unexpected KeyError: 'no such key'"
+
+    register_method(name="broken", help="raises", settings_cls=FullSettings,
+                    apply=fails_with_an_unexpected_error, is_adapter=False, source="test")
+    try:
+        train = ["train", "--dataset", "demo-text", "--model", "tiny-bert", "--method", "broken",
+                 "--set", "max_steps=2", "--wait", "--json"]
+        assert main(train) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.splitlines()[-1] == ("error: run 1 ended failed: method 'broken' failed to apply: "
+                                        "KeyError: 'no such layer'")
+        assert main(["--debug", *train]) == 1  # the stored traceback of the run, then the line
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "fails_with_an_unexpected_error" in err
+        assert err.splitlines()[-1].startswith("error: run 2 ended failed: method 'broken'")
+    finally:
+        unregister_method("broken")

@@ -1,4 +1,4 @@
-"""The worker's view of who still trains a run: heartbeats, on any host."""
+"""The worker: who still trains a run (heartbeats, on any host) and how a run fails (typed messages)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import socket
 import time
 
 import pytest
+from conftest import FAST
 
+from engine.methods import register_method
+from engine.methods.full import FullSettings
+from engine.methods.registry import unregister_method
 from engine.training import worker as worker_lib
 from engine.training.worker import Heartbeat, recover_interrupted, worker_is_alive
 from storage import Storage
@@ -67,3 +71,39 @@ def test_the_heartbeat_stops_once_the_claim_is_taken_away(storage):
     before = storage.get_run(run_id)["heartbeat_at"]
     assert not storage.beat(run_id, "h:1:1", time.time())  # an interrupted run is not revived
     assert storage.get_run(run_id)["heartbeat_at"] == before
+
+
+# ---------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("gone", ["dataset", "model"])
+def test_a_deleted_dataset_or_model_fails_the_run_naming_it_not_the_method(workbench, gone):
+    run_id = workbench.submit_run("demo-text", "tiny-bert", "lora", {}, FAST)
+    if gone == "dataset":
+        workbench.delete_dataset("demo-text")
+    else:
+        workbench.delete_model("tiny-bert")
+    run = workbench.wait_for_run(run_id)
+    assert run["status"] == "failed"
+    name = "demo-text" if gone == "dataset" else "tiny-bert"
+    assert run["error"].startswith(f"{gone} {name!r} of this run was deleted"), run["error"]
+    assert "RuntimeError" not in run["error"] and "in method" not in run["error"]
+
+
+class NeedsTwoArguments(Exception):
+    def __init__(self, code: int, detail: str):
+        super().__init__(f"code {code}: {detail}")
+
+
+def raises_an_error_with_its_own_constructor(model, settings, context):
+    raise NeedsTwoArguments(7, "the layer names did not match")
+
+
+def test_a_method_error_that_cannot_be_rebuilt_keeps_its_message(workbench):
+    register_method(name="picky", help="raises", settings_cls=FullSettings,
+                    apply=raises_an_error_with_its_own_constructor, is_adapter=False, source="test")
+    try:
+        run = workbench.wait_for_run(workbench.submit_run("demo-text", "tiny-bert", "picky", {}, FAST))
+    finally:
+        unregister_method("picky")
+    assert run["status"] == "failed"
+    assert run["error"] == ("method 'picky' failed to apply: NeedsTwoArguments: "
+                            "code 7: the layer names did not match"), run["error"]
