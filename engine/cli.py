@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from engine.errors import WorkbenchError
+from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,14 +281,12 @@ def finish(wb, args, run_id: int) -> int:
         emit(args, wb.run_summary(run_id), f"run {run_id} queued; the app's worker will train it "
              "(or use --wait to train here)")
         return 0
-    last = {"step": -1}
-
-    def progress(run: dict) -> None:
-        if run["step"] != last["step"]:
-            last["step"] = run["step"]
-            print(f"run {run_id}: step {run['step']}/{run['total_steps'] or '?'}", file=sys.stderr)
-
-    summary = wb.wait_for_run(run_id, on_progress=progress)
+    # Progress on stderr: a bar on a terminal, plain lines in a log; none with --json.
+    report = None if args.json else ProgressReport(
+        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]))
+    summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
+    if report:
+        report.close(summary)
     emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
     if summary["status"] != "completed":
         tracebacks = [event["message"] for event in wb.run_events(run_id) if event["level"] == "debug"]

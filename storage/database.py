@@ -389,6 +389,18 @@ class Storage:
             f"({','.join('?' * len(names))}) group by name", [run_id, *names]).fetchall()
         return dict(rows)
 
+    def latest_metrics(self, run_id: int, names: Iterable[str]) -> dict[str, float]:
+        """The value at the highest step of each named metric (names never logged are absent).
+
+        One primary-key lookup per name, so a 100,000-step run answers as fast as a short one."""
+        found = {}
+        for name in names:
+            row = self.db.execute("select value from run_metrics where run_id = ? and name = ? "
+                                  "order by step desc limit 1", [run_id, name]).fetchone()
+            if row is not None:
+                found[name] = row[0]
+        return found
+
     def metric_series(self, run_id: int, name: str) -> dict[str, list]:
         """One metric of one run as three columns in step order (the primary key's index
         serves this query, so long runs read only their own rows)."""

@@ -8,6 +8,7 @@ once. Stop requests are stored too: any process may ask, the worker notices at t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -55,20 +56,18 @@ def worker_is_alive(worker: str | None, heartbeat_at: float | None, now: float |
     return silent_for < HEARTBEAT_SECONDS * STALE_AFTER_HEARTBEATS
 
 
-class Heartbeat:
-    """Writes a run's ``heartbeat_at`` every ``interval`` seconds while the ``with`` block runs.
+class Periodic:
+    """Calls ``action()`` every ``interval`` seconds from a thread of its own while the ``with``
+    block runs, so work that blocks the block (a slow step, a whole training run) never delays
+    it. A failing call is logged and retried at the next tick; the thread's database connection
+    is closed when it ends."""
 
-    A thread of its own, not the training loop, so one step or evaluation that takes minutes
-    never makes a live run look lost. It writes only while this worker still holds the claim.
-    """
-
-    def __init__(self, storage: Storage, run_id: int, worker: str | None,
-                 interval: float = HEARTBEAT_SECONDS):
-        self.storage, self.run_id, self.worker, self.interval = storage, run_id, worker, interval
+    def __init__(self, storage: Storage, interval: float, action: Callable[[], object], name: str):
+        self.storage, self.interval, self.action = storage, interval, action
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lim-heartbeat-{run_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Periodic:
         self._thread.start()
         return self
 
@@ -76,15 +75,24 @@ class Heartbeat:
         self._done.set()
         self._thread.join()
 
-    def _beat(self) -> None:
+    def _loop(self) -> None:
         try:
             while not self._done.wait(self.interval):
                 try:
-                    self.storage.beat(self.run_id, self.worker, time.time())
-                except Exception:  # a missed beat (a locked database) is retried at the next one
-                    logger.exception("could not write the heartbeat of run %s", self.run_id)
+                    self.action()
+                except Exception:  # a missed tick (a locked database) is retried at the next one
+                    logger.exception("%s failed", self._thread.name)
         finally:
             self.storage.close()  # this thread's connection
+
+
+def heartbeat(storage: Storage, run_id: int, worker: str | None,
+              interval: float = HEARTBEAT_SECONDS) -> Periodic:
+    """Writes the run's ``heartbeat_at`` while the ``with`` block trains it, from its own thread
+    (setup, one long step or evaluation never make a live run look lost), and only while this
+    worker still holds the claim."""
+    return Periodic(storage, interval, lambda: storage.beat(run_id, worker, time.time()),
+                    name=f"lim-heartbeat-{run_id}")
 
 
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
@@ -127,7 +135,7 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
 
     try:
         storage.add_event(run_id, "started" if not run.get("checkpoint_dir") else "resuming")
-        with Heartbeat(storage, run_id, run.get("worker")):
+        with heartbeat(storage, run_id, run.get("worker")):
             recipe = FineTuneRecipe(storage, run, should_stop)
             recipe.setup()
             status = recipe.train()
@@ -226,19 +234,23 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
     """Be the worker in this process until ``run_id`` ends (``train --wait``).
 
     Runs queued before it are trained first (the queue is first-in, first-out); if another
-    process already trains it, wait for that one.
+    process already trains it, wait for that one. ``on_progress(run)`` is called every
+    ``poll_seconds`` from a thread of its own, whichever process trains the run.
     """
+    def report() -> None:
+        on_progress(storage.get_run(run_id, owner_id=None))
+
     name = worker_name()
-    while True:
-        run = storage.get_run(run_id, owner_id=None)
-        if run["status"] not in ("queued", "running"):
-            return run
-        if run["status"] == "queued":
-            recover_interrupted(storage)
-            claimed = storage.claim_next_run(name)
-            if claimed is not None:
-                execute_run(storage, claimed)
-                continue
-        if on_progress:
-            on_progress(run)
-        time.sleep(poll_seconds)
+    with Periodic(storage, poll_seconds, report, name=f"lim-progress-{run_id}") if on_progress \
+            else contextlib.nullcontext():
+        while True:
+            run = storage.get_run(run_id, owner_id=None)
+            if run["status"] not in ("queued", "running"):
+                return run
+            if run["status"] == "queued":
+                recover_interrupted(storage)
+                claimed = storage.claim_next_run(name)
+                if claimed is not None:
+                    execute_run(storage, claimed)
+                    continue
+            time.sleep(poll_seconds)

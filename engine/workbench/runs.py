@@ -140,6 +140,10 @@ class RunsMixin:
     def run_metrics(self, run_id: int, names: list[str] | None = None) -> list[dict]:
         return self.storage.metrics(self.get_run(run_id)["id"], names)
 
+    def latest_metrics(self, run_id: int, names: list[str]) -> dict[str, float]:
+        """Each named metric's value at its last logged step (absent when never logged)."""
+        return self.storage.latest_metrics(self.get_run(run_id)["id"], names)
+
     def run_events(self, run_id: int, limit: int = 200) -> list[dict]:
         return self.storage.events(self.get_run(run_id)["id"], limit)
 

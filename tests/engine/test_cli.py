@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_train_wait_then_show(cli_home):
                  "--method", "qlora", "--set", "max_steps=3", "--set", "r=4",
                  "--set", "generation_max_length=8", "--wait", "--json")
     assert result.returncode == 0, result.stderr
+    assert "samples/s" not in result.stderr  # --json: no progress lines
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed"
     assert summary["settings"]["method"]["r"] == 4
@@ -63,6 +65,15 @@ def test_train_wait_then_show(cli_home):
     assert set(shown["metrics"]) == {"wer", "cer"}
     runs = json.loads(cli(cli_home, "runs", "list", "--json").stdout)
     assert summary["id"] in [r["id"] for r in runs]
+
+
+def test_train_wait_reports_progress_as_plain_lines_when_not_on_a_terminal(cli_home):
+    result = cli(cli_home, "train", "--dataset", "demo-text", "--model", "tiny-bert",
+                 "--method", "lora", "--set", "max_steps=3", "--wait")
+    assert result.returncode == 0, result.stderr
+    last = [line for line in result.stderr.splitlines() if "step " in line][-1]
+    assert re.fullmatch(r"run \d+: step 3/3 \(100%\) · loss \d+\.\d{4} · \d+\.\d samples/s", last), last
+    assert "\r" not in result.stderr  # no bar redraws in a log
 
 
 def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):

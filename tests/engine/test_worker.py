@@ -13,7 +13,7 @@ from engine.methods import register_method
 from engine.methods.full import FullSettings
 from engine.methods.registry import unregister_method
 from engine.training import worker as worker_lib
-from engine.training.worker import Heartbeat, recover_interrupted, worker_is_alive
+from engine.training.worker import heartbeat, recover_interrupted, worker_is_alive
 from storage import Storage
 
 STALE = worker_lib.HEARTBEAT_SECONDS * worker_lib.STALE_AFTER_HEARTBEATS
@@ -59,7 +59,7 @@ def test_a_dead_pid_on_this_host_is_lost_before_its_heartbeat_goes_stale():
 
 def test_the_heartbeat_beats_while_a_long_step_blocks_the_loop(storage):
     run_id = claimed_run(storage, "h:1:1", heartbeat_age_s=STALE + 1)
-    with Heartbeat(storage, run_id, "h:1:1", interval=0.05):
+    with heartbeat(storage, run_id, "h:1:1", interval=0.05):
         time.sleep(0.5)  # one slow step or evaluation: the training loop writes nothing
         assert time.time() - storage.get_run(run_id)["heartbeat_at"] < 0.5
     assert recover_interrupted(storage) == []
