@@ -18,16 +18,20 @@ from tqdm import tqdm
 LOSS, SAMPLES_PER_S = "train/loss", "train/samples_per_s"
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float | None) -> str:
+    """``1h 02m 03s`` / ``2m 03s``, or ``–`` when unknown (the pages show durations this way too)."""
+    if seconds is None:
+        return "–"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
 def eta_seconds(run: dict) -> float | None:
-    """Time left at the run's mean time per step so far (None before the first step)."""
+    """Time left of a running run at its mean time per step so far (None before its first
+    step, or when it is not running)."""
     step, total, elapsed = run["step"] or 0, run["total_steps"], run["wall_time_s"] or 0.0
-    if not step or not total:
+    if run["status"] != "running" or not step or not total:
         return None
     return elapsed / step * max(0, total - step)
 
@@ -81,7 +85,7 @@ class ProgressReport:
     def _text(self, run: dict) -> str:
         step, total = run["step"] or 0, run["total_steps"]
         loss, speed = self._figures()
-        eta = eta_seconds(run) if run["status"] == "running" else None
+        eta = eta_seconds(run)
         parts = [f"run {self.run_id}: step {step}/{total} ({100 * step / total:.0f}%)",
                  None if loss is None else f"loss {loss:.4f}",
                  None if speed is None else f"{speed:.1f} samples/s",

@@ -136,11 +136,14 @@ def compact_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
-                      height: int = 280, right_axis: set[str] = frozenset()) -> go.Figure:
-    """Several metrics of one run (``names``: metric -> legend label) against step; those in
+def run_series_figure(series: dict[str, dict[str, list]], names: dict[str, str], title: str,
+                      x: str = "step", height: int = 280, right_axis: set[str] = frozenset()) -> go.Figure:
+    """Several metrics of one run (``series``: metric -> ``{"step", "wall_time", "value"}``
+    columns, already downsampled; ``names``: metric -> legend label) against step; those in
     ``right_axis`` on a second y axis (a percentage beside a rate)."""
-    lines = [(name, label, *series(rows, name, x)) for name, label in names.items()]
+    empty = {"step": [], "wall_time": [], "value": []}
+    lines = [(name, label, series.get(name, empty)[x], series.get(name, empty)["value"])
+             for name, label in names.items()]
     figure = go.Figure([go.Scatter(x=xs, y=ys, name=label, yaxis="y2" if name in right_axis else "y",
                                    mode="lines+markers" if len(xs) < 30 else "lines")
                         for name, label, xs, ys in lines if xs])

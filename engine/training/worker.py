@@ -21,6 +21,7 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
+from engine.series import LiveSeries
 from storage import Storage, utc_now
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,15 @@ def heartbeat(storage: Storage, run_id: int, worker: str | None,
                     name=f"lim-heartbeat-{run_id}")
 
 
+def store_live_series(storage: Storage, run_id: int, interval: float = 60.0) -> Periodic:
+    """Stores the run's downsampled series every ``interval`` seconds while it trains, so a
+    live monitor opened on a long run reads those plus a minute of rows, never all of them."""
+    series = LiveSeries()  # this thread's own: it reads only the rows since its last tick
+    return Periodic(storage, interval,
+                    lambda: series.store(storage, run_id, storage.get_run(run_id, owner_id=None)["step"] or 0),
+                    name=f"lim-series-{run_id}")
+
+
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
     """A message a student can act on, for any exception a run may raise."""
     from engine.training.memory import is_out_of_memory, out_of_memory_message
@@ -135,7 +145,7 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
 
     try:
         storage.add_event(run_id, "started" if not run.get("checkpoint_dir") else "resuming")
-        with heartbeat(storage, run_id, run.get("worker")):
+        with heartbeat(storage, run_id, run.get("worker")), store_live_series(storage, run_id):
             recipe = FineTuneRecipe(storage, run, should_stop)
             recipe.setup()
             status = recipe.train()

@@ -15,6 +15,7 @@ import os
 import platform
 from pathlib import Path
 
+from engine.series import LiveSeries
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
@@ -35,6 +36,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         self.home = self.storage.home
         self.owner_id = owner_id
         self.worker = None
+        self.live_series = LiveSeries()  # the live monitor's incremental, downsampled series
         self.recover_interrupted()
 
     # ------------------------------------------------------------------ lifecycle
