@@ -77,10 +77,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return legacy if (legacy / "state.json").is_file() else None
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return latest_checkpoint(run_dir) is not None
-
-
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, scaler=None) -> dict:
     """Restore everything saved by ``save_checkpoint``; returns the loop and callback state."""
