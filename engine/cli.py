@@ -284,9 +284,11 @@ def finish(wb, args, run_id: int) -> int:
     # Progress on stderr: a bar on a terminal, plain lines in a log; none with --json.
     report = None if args.json else ProgressReport(
         run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]))
-    summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
-    if report:
-        report.close(summary)
+    try:
+        summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
+    finally:  # Ctrl-C too: end the bar's line before the error line
+        if report:
+            report.close(wb.get_run(run_id))
     emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
     if summary["status"] != "completed":
         tracebacks = [event["message"] for event in wb.run_events(run_id) if event["level"] == "debug"]
