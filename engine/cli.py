@@ -2,6 +2,7 @@
 
 Every command exits non-zero with a one-line reason on stderr when it cannot do what was
 asked. ``--json`` prints machine-readable output on stdout; progress goes to stderr.
+``--debug`` (anywhere on the line) adds the traceback behind an error.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import json
 import signal
 import sys
 import threading
+import traceback
 from typing import Any
 
 from engine.errors import WorkbenchError
+from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
 from engine.text import printable
 
 
@@ -31,12 +34,34 @@ def main(argv: list[str] | None = None) -> int:
 
         return args.handler(Workbench(), args) or 0
     except WorkbenchError as error:
-        # names, paths and transcripts come from outside: never send their escapes to a terminal
-        print(f"error: {printable(str(error))}", file=sys.stderr)
-        return 1
+        return fail(str(error), args.debug)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug rather than a mistake of the user's: still one line
+        first_line = (str(error).splitlines() or [""])[0]
+        return fail(f"unexpected {type(error).__name__}: {first_line}"
+                    + ("" if args.debug else " (run again with --debug for the traceback)"), args.debug)
+
+
+def fail(message: str, debug: bool, details: str | None = None) -> int:
+    """One line on stderr (after the traceback, with ``--debug``); exit status 1."""
+    if debug:
+        print(traceback.format_exc() if details is None else details, file=sys.stderr, end="")
+    # names, paths and transcripts come from outside: never send their escapes to a terminal
+    print(f"error: {printable(message)}", file=sys.stderr)
+    return 1
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` before or after the command: sub-commands leave the top's value alone
+    unless given (``SUPPRESS``)."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="show the traceback behind an error")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):
+                add_debug_flag(command, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     clone.add_argument("--wait", action="store_true")
     clone.add_argument("--json", action="store_true")
     clone.set_defaults(handler=cmd_runs_clone)
+    add_debug_flag(parser)
     return parser
 
 
@@ -275,17 +301,18 @@ def finish(wb, args, run_id: int) -> int:
         emit(args, wb.run_summary(run_id), f"run {run_id} queued; the app's worker will train it "
              "(or use --wait to train here)")
         return 0
-    last = {"step": -1}
-
-    def progress(run: dict) -> None:
-        if run["step"] != last["step"]:
-            last["step"] = run["step"]
-            print(f"run {run_id}: step {run['step']}/{run['total_steps'] or '?'}", file=sys.stderr)
-
-    summary = wb.wait_for_run(run_id, on_progress=progress)
+    # Progress on stderr: a bar on a terminal, plain lines in a log; none with --json.
+    report = None if args.json else ProgressReport(
+        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]))
+    try:
+        summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
+    finally:  # Ctrl-C too: end the bar's line before the error line
+        if report:
+            report.close(wb.get_run(run_id))
     emit(args, summary, "\n".join(f"{key}: {value}" for key, value in summary.items()))
     if summary["status"] != "completed":
-        print(f"error: run {run_id} ended {summary['status']}"
-              + (f": {printable(summary['error'])}" if summary["error"] else ""), file=sys.stderr)
-        return 1
+        tracebacks = [event["message"] for event in wb.run_events(run_id) if event["level"] == "debug"]
+        return fail(f"run {run_id} ended {summary['status']}"
+                    + (f": {summary['error']}" if summary["error"] else ""), args.debug,
+                    details=tracebacks[-1] if tracebacks else "")
     return 0

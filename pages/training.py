@@ -73,14 +73,14 @@ def monitor(run_id: int) -> None:
     if run["error"]:
         st.error(run["error"])
 
-    metrics = wb.run_metrics(run_id)
+    live = wb.live_metrics(run_id)  # downsampled series + latest values: any run length reads fast
     if status == "completed":
         final_scores(run)
     elif run["trainable_params"]:
         st.caption(f"{run['trainable_params']:,} of {run['total_params']:,} parameters train · "
                    f"peak memory {run['peak_memory_mb'] or 0:.0f} MiB")
-    if metrics:
-        views.live_charts(run_id, metrics)
+    if live["series"]:
+        views.live_charts(run_id, live)
     events = wb.run_events(run_id, limit=30)
     st.code("\n".join(f"{e['time'][11:19]} {e['level']:>7}  {e['message'].splitlines()[0]}"
                       for e in events if e["level"] != "debug") or "(no log yet)", language=None)

@@ -81,10 +81,22 @@ class Storage:
         db.conn.execute("BEGIN IMMEDIATE")
         try:
             yield db
-        except BaseException:
-            db.conn.execute("ROLLBACK")
+            # COMMIT may raise too (a deferred foreign key, a full disk): it is rolled back
+            # like a failed body, or the open transaction would swallow every later write.
+            db.conn.execute("COMMIT")
+        except BaseException as error:
+            self._roll_back(error)
             raise
-        db.conn.execute("COMMIT")
+
+    def _roll_back(self, cause: BaseException) -> None:
+        """End this thread's failed transaction without hiding ``cause``."""
+        conn = self.db.conn
+        try:
+            conn.rollback()  # a no-op when SQLite already ended the transaction itself
+        except sqlite3.Error as error:
+            # A connection that cannot roll back is not reused: the next call opens a fresh one.
+            cause.add_note(f"rolling back failed too ({error}); the connection was closed")
+            self.close()
 
     # ---------------------------------------------------------------- helpers
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
@@ -304,6 +316,12 @@ class Storage:
             ).fetchone()
         return self.get_run(row[0], owner_id=None) if row else None
 
+    def beat(self, run_id: int, worker: str | None, at: float) -> bool:
+        """Record that ``worker`` still trains ``run_id``; False when it no longer holds the claim."""
+        with self.atomic() as db:
+            return db.execute("update runs set heartbeat_at = ? where id = ? and status = 'running' "
+                              "and worker is ?", [at, run_id, worker]).rowcount == 1
+
     def queued_runs(self, owner_id: int | None = None) -> list[dict]:
         """Queued runs in the order a worker will take them (everybody's: one device)."""
         rows = self._rows("select * from runs where status = 'queued' order by queue_position, id")
@@ -373,12 +391,24 @@ class Storage:
             f"({','.join('?' * len(names))}) group by name", [run_id, *names]).fetchall()
         return dict(rows)
 
-    def metric_series(self, run_id: int, name: str) -> dict[str, list]:
-        """One metric of one run as three columns in step order (the primary key's index
-        serves this query, so long runs read only their own rows)."""
+    def latest_metrics(self, run_id: int, names: Iterable[str]) -> dict[str, float]:
+        """The value at the highest step of each named metric (names never logged are absent).
+
+        One primary-key lookup per name, so a 100,000-step run answers as fast as a short one."""
+        found = {}
+        for name in names:
+            row = self.db.execute("select value from run_metrics where run_id = ? and name = ? "
+                                  "order by step desc limit 1", [run_id, name]).fetchone()
+            if row is not None:
+                found[name] = row[0]
+        return found
+
+    def metric_series(self, run_id: int, name: str, from_step: int = 0) -> dict[str, list]:
+        """One metric of one run as three columns in step order, from ``from_step`` on (the
+        primary key's index serves this query, so it reads only the rows it returns)."""
         rows = self.db.execute(
             "select step, wall_time, value from run_metrics where run_id = ? and name = ? "
-            "order by step", [run_id, name]).fetchall()
+            "and step >= ? order by step", [run_id, name, from_step]).fetchall()
         steps, walls, values = (list(column) for column in zip(*rows)) if rows else ([], [], [])
         return {"step": steps, "wall_time": walls, "value": values}
 
@@ -401,8 +431,15 @@ class Storage:
         return [name for name, _ in rows]
 
     def metric_names(self, run_id: int) -> list[str]:
+        """The run's metric names, sorted: one index seek per name (a skip scan written out),
+        where ``select distinct`` would read every row of a long run."""
         return [row[0] for row in self.db.execute(
-            "select distinct name from run_metrics where run_id = ? order by name", [run_id])]
+            "with recursive names(name) as ("
+            " select min(name) from run_metrics where run_id = :run"
+            " union all"
+            " select (select min(name) from run_metrics where run_id = :run and name > names.name)"
+            " from names where names.name is not null) "
+            "select name from names where name is not null", {"run": run_id})]
 
     def add_event(self, run_id: int, message: str, level: str = "info") -> None:
         with self.atomic() as db:

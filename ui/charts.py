@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import plotly.graph_objects as go
 
 METRIC_TITLES = {
@@ -13,36 +11,6 @@ METRIC_TITLES = {
     "eval/accuracy": "validation accuracy", "eval/macro_f1": "validation macro-F1",
     "eval/roc_auc": "validation ROC-AUC",
 }
-
-
-def series(rows: list[dict], name: str, x: str = "wall_time") -> tuple[list[float], list[float]]:
-    points = sorted((row[x], row["value"]) for row in rows if row["name"] == name)
-    return [p[0] for p in points], [p[1] for p in points]
-
-
-def metric_figure(runs: dict[str, list[dict]], name: str, x: str = "wall_time",
-                  height: int = 320) -> go.Figure:
-    """One line per run of metric ``name`` against wall time (s) or step."""
-    figure = go.Figure()
-    for label, rows in runs.items():
-        xs, ys = series(rows, name, x)
-        if xs:
-            figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
-                                        name=label))
-    figure.update_layout(
-        title=METRIC_TITLES.get(name, name), height=height, margin=dict(l=10, r=10, t=40, b=10),
-        xaxis_title="wall time (s)" if x == "wall_time" else "step", yaxis_title=None,
-        legend=dict(orientation="h", yanchor="bottom", y=-0.35),
-    )
-    return figure
-
-
-def available_metrics(rows: list[dict], prefix: str) -> list[str]:
-    seen = defaultdict(int)
-    for row in rows:
-        if row["name"].startswith(prefix):
-            seen[row["name"]] += 1
-    return sorted(seen)
 
 
 # ---------------------------------------------------------------------- comparison figures
@@ -136,11 +104,14 @@ def compact_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def run_series_figure(rows: list[dict], names: dict[str, str], title: str, x: str = "step",
-                      height: int = 280, right_axis: set[str] = frozenset()) -> go.Figure:
-    """Several metrics of one run (``names``: metric -> legend label) against step; those in
+def run_series_figure(series: dict[str, dict[str, list]], names: dict[str, str], title: str,
+                      x: str = "step", height: int = 280, right_axis: set[str] = frozenset()) -> go.Figure:
+    """Several metrics of one run (``series``: metric -> ``{"step", "wall_time", "value"}``
+    columns, already downsampled; ``names``: metric -> legend label) against step; those in
     ``right_axis`` on a second y axis (a percentage beside a rate)."""
-    lines = [(name, label, *series(rows, name, x)) for name, label in names.items()]
+    empty = {"step": [], "wall_time": [], "value": []}
+    lines = [(name, label, series.get(name, empty)[x], series.get(name, empty)["value"])
+             for name, label in names.items()]
     figure = go.Figure([go.Scatter(x=xs, y=ys, name=label, yaxis="y2" if name in right_axis else "y",
                                    mode="lines+markers" if len(xs) < 30 else "lines")
                         for name, label, xs, ys in lines if xs])

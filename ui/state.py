@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine import Workbench, data_home
+from engine.progress import format_duration  # noqa: F401  (the pages' one way to show a duration)
 
 
 _started: list[Workbench] = []
@@ -47,15 +48,6 @@ def status_badge(status: str) -> None:
 def run_label(run: dict, with_status: bool = True) -> str:
     label = f"#{run['id']} {run['method']} · {run['model_name']} on {run['dataset_name']}"
     return f"{label} ({run['status']})" if with_status else label
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
 MFU_HELP = ("Model-FLOPs utilisation: the model's training FLOPs per second (samples/s x FLOPs "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.progress import eta_seconds
 from engine.training import monitoring as m
 from ui.charts import confusion_figure, run_series_figure
 from ui.state import MFU_HELP, format_duration, mfu_text
@@ -28,13 +29,6 @@ LIVE_CHARTS = {
 }
 
 
-def eta_seconds(run: dict) -> float | None:
-    step, total, elapsed = run["step"] or 0, run["total_steps"], run["wall_time_s"] or 0.0
-    if run["status"] != "running" or not step or not total:
-        return None
-    return elapsed / step * max(0, total - step)
-
-
 def progress(run: dict) -> None:
     step, total = run["step"] or 0, run["total_steps"]
     eta = eta_seconds(run)
@@ -43,22 +37,16 @@ def progress(run: dict) -> None:
                      + (f" · ETA {format_duration(eta)}" if eta is not None else ""))
 
 
-def latest(rows: list[dict], name: str) -> float | None:
-    values = [row for row in rows if row["name"] == name]
-    return max(values, key=lambda row: row["step"])["value"] if values else None
-
-
-def trained_on(rows: list[dict]) -> str | None:
+def trained_on(names) -> str | None:
     """"GPU" or "CPU" from the machine metrics a run logs (None before its first step)."""
-    names = {row["name"] for row in rows}
     return "GPU" if m.GPU_MEMORY_MB in names else "CPU" if m.CPU_PERCENT in names else None
 
 
-def throughput_metrics(rows: list[dict]) -> None:
+def throughput_metrics(latest: dict[str, float]) -> None:
     """The last step's samples/s, audio-hours per hour and loss, then its utilisation."""
-    speed, tflops, mfu = (latest(rows, name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
-    audio = latest(rows, m.AUDIO_HOURS_PER_HOUR) or latest(rows, m.AUDIO_SECONDS_PER_S)
-    loss = latest(rows, "train/loss")
+    speed, tflops, mfu = (latest.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
+    audio = latest.get(m.AUDIO_HOURS_PER_HOUR) or latest.get(m.AUDIO_SECONDS_PER_S)
+    loss = latest.get("train/loss")
     speed_col, audio_col, loss_col = st.columns(3)
     speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}")
     audio_col.metric("audio-hours per hour", "–" if audio is None else f"{audio:.1f}",
@@ -66,33 +54,35 @@ def throughput_metrics(rows: list[dict]) -> None:
                           "faster than real time.")
     loss_col.metric("last loss", "–" if loss is None else f"{loss:.4f}")
     mfu_col, tflops_col, _ = st.columns(3)
-    mfu_col.metric("MFU", mfu_text(mfu, trained_on(rows) if tflops is not None else None), help=MFU_HELP)
+    mfu_col.metric("MFU", mfu_text(mfu, trained_on(latest) if tflops is not None else None), help=MFU_HELP)
     tflops_col.metric("achieved TFLOP/s", "–" if tflops is None else f"{tflops:.3g}",
                       help="Model FLOPs per second of training (recomputation and adapters not "
                            "counted).")
 
 
-def live_charts(run_id: int, rows: list[dict]) -> None:
+def live_charts(run_id: int, live: dict) -> None:
     """Throughput figures, then loss, learning rate, gradient norm, validation metric,
-    throughput, utilisation and machine charts."""
-    throughput_metrics(rows)
+    throughput, utilisation and machine charts, from ``Workbench.live_metrics`` (downsampled
+    series and latest values)."""
+    series, latest = live["series"], live["latest"]
+    throughput_metrics(latest)
     charts = dict(LIVE_CHARTS)
-    evals = sorted({row["name"] for row in rows if row["name"].startswith("eval/")})
+    evals = sorted(name for name in series if name.startswith("eval/"))
     if evals:
         charts["Validation"] = ({name: name.split("/", 1)[1] for name in evals}, "validation metrics")
     tabs = st.tabs(list(charts))
     for tab, (label, (names, title)) in zip(tabs, charts.items()):
         with tab:
-            present = {name: legend for name, legend in names.items() if any(r["name"] == name for r in rows)}
+            present = {name: legend for name, legend in names.items() if name in series}
             if m.AUDIO_HOURS_PER_HOUR in present:
                 present.pop(m.AUDIO_SECONDS_PER_S, None)  # the same line twice
             if present:
-                st.plotly_chart(run_series_figure(rows, present, title, right_axis={m.MFU_PERCENT}),
+                st.plotly_chart(run_series_figure(series, present, title, right_axis={m.MFU_PERCENT}),
                                 key=f"train.chart.{run_id}.{label}")
             else:
                 st.caption("Nothing logged yet for this chart.")
             if label == "Utilisation" and m.TFLOPS in present and m.MFU_PERCENT not in present:
-                st.caption(f"MFU: {mfu_text(None, trained_on(rows))} (no known peak FLOP/s to "
+                st.caption(f"MFU: {mfu_text(None, trained_on(series))} (no known peak FLOP/s to "
                            "divide by; set LIM_PEAK_TFLOPS to compare against one).")
 
 

@@ -26,13 +26,3 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def duration_seconds(path: str | Path) -> float:
-    import soundfile
-
-    try:
-        info = soundfile.info(str(path))
-    except Exception as error:
-        raise DatasetError(f"cannot read audio file {Path(path).name}: {error}") from error
-    return info.frames / info.samplerate

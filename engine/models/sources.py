@@ -173,19 +173,24 @@ def check_model_folder(folder: Path) -> None:
 
 
 def _download(repo_id: str, dest: Path) -> None:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+    # huggingface_hub reads its environment (HF_HUB_OFFLINE, HF_HUB_*_TIMEOUT) once, when it is
+    # imported: setting those variables later changes nothing. So ask the library whether it is
+    # offline, and give the metadata timeout as an argument; the timeout between downloaded
+    # bytes is the library's HF_HUB_DOWNLOAD_TIMEOUT (10 s unless set before start).
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
         raise ModelError(f"cannot fetch {repo_id} from the hub: offline mode is on (HF_HUB_OFFLINE). "
                          "Download it on a connected machine and register the local folder instead")
     _check_reachable()
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "30")
+    etag_timeout_s = 10.0  # per metadata request: a slow hub fails in seconds, not minutes
     try:
-        snapshot_download(repo_id, local_dir=dest, allow_patterns=["config.json"])
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=["config.json"],
+                          etag_timeout=etag_timeout_s)
         read_model_type(dest)  # refuse unsupported families before fetching gigabytes
-        snapshot_download(repo_id, local_dir=dest, allow_patterns=MODEL_FILES)
+        snapshot_download(repo_id, local_dir=dest, allow_patterns=MODEL_FILES,
+                          etag_timeout=etag_timeout_s)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
         raise ModelError(f"cannot fetch {repo_id} from the hub: {str(error).splitlines()[0]}") from error
     if not any((dest / weights).is_file() for weights in WEIGHTS):

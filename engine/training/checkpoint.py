@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.errors import RunError
+
 CHECKPOINTS = "checkpoints"
 LEGACY_CHECKPOINT = "checkpoint"  # the single folder of the walking skeleton
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -75,10 +77,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return legacy if (legacy / "state.json").is_file() else None
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return latest_checkpoint(run_dir) is not None
-
-
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, scaler=None) -> dict:
     """Restore everything saved by ``save_checkpoint``; returns the loop and callback state."""
@@ -86,7 +84,9 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
     parameters = dict(model.named_parameters())
     missing = [name for name in weights if name not in parameters]
     if missing:
-        raise RuntimeError(f"checkpoint does not match the model (e.g. {missing[0]})")
+        raise RunError(f"the checkpoint in {folder.name} does not match the model (it has "
+                       f"{missing[0]}, the model does not): the model or the method's settings "
+                       "changed since it was saved; start a new run instead of resuming")
     with torch.no_grad():
         for name, tensor in weights.items():
             parameters[name].copy_(tensor)

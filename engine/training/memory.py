@@ -1,8 +1,10 @@
 """A rough memory plan for a run, the memory free on the device, and out-of-memory advice.
 
 ``estimate_run_memory_mb`` is deliberately simple (weights by precision, gradients and AdamW
-state of the trainable parameters, a rough activation term); the Models issue brings a full
-estimator that replaces this one function.
+state of the trainable parameters, a rough activation term): it answers at submit time without
+building the model. The precise estimate is the fake-tensor dry run of engine/models/memory.py
+(the Models and Methods pages); folding the two into one module is issue 13's "One memory
+module".
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ layer), and whether saved activations go to pinned host memory (offload). It pic
 the highest estimated throughput whose estimated peak fits the budget, and says what it chose.
 
 The estimate is analytic, per token and per layer, for the engine's fast LoRA path (bf16 base,
-fused LoRA, SDPA attention), and its constants are checked against measured peaks on a GPU and
-on the CPU (docs/benchmarks.md, tests/engine/test_planner.py):
+fused LoRA, SDPA attention), and its constants are checked against measured peaks on a GPU
+(docs/benchmarks.md, "The memory planner against measured peaks") and on the CPU
+(tests/engine/test_fast_path.py, ``test_planner_choices_fit_the_budget``):
 
 * a layer that keeps its activations saves, per token, its input and the normalised input,
   q, k, v and the attention output, the second residual (7·d values), the MLP's hidden

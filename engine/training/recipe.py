@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
+from engine.errors import DatasetError, MethodError, ModelError, NotFoundError, WorkbenchError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
 from engine.methods import MethodContext, get_method
 from engine.models import count_parameters, linear_module_names, task_model_for
@@ -60,10 +61,13 @@ def build_training_model(task_model, method, method_settings, *, family: str, de
     context.linear_module_names = linear_module_names(model)
     try:
         return method.apply(model, method_settings, context)
-    except (torch.OutOfMemoryError, MemoryError):
-        raise  # the worker explains these with numbers and advice
+    except (torch.OutOfMemoryError, MemoryError, WorkbenchError):
+        raise  # the worker explains out-of-memory with numbers; typed errors speak for themselves
     except Exception as error:
-        raise type(error)(f"method {method.name!r} failed to apply: {error}") from error
+        # A MethodError, not ``type(error)(message)``: an exception class whose constructor
+        # takes other arguments would raise a TypeError here and lose the original error.
+        raise MethodError(f"method {method.name!r} failed to apply: "
+                          f"{type(error).__name__}: {error}") from error
 
 
 class FineTuneRecipe:
@@ -85,17 +89,14 @@ class FineTuneRecipe:
         cfg = self.config
         dataset = self.storage.find_dataset(self.run["dataset_id"], owner_id=self.run["owner_id"])
         model_record = self.storage.find_model(self.run["model_id"], owner_id=self.run["owner_id"])
-        if dataset is None or model_record is None:
-            gone = "dataset" if dataset is None else "model"
-            raise RuntimeError(f"the {gone} of this run was deleted; it cannot train any more")
+        self.dataset_dir, self.model_dir = self.find_inputs(dataset, model_record)
         self.model_record = model_record
-        self.dataset_dir = self.storage.files.resolve(dataset["path"])
-        self.model_dir = self.storage.files.resolve(model_record["path"])
         self.train_items = self.storage.dataset_items(dataset["id"], "train")
         self.eval_items = self.storage.dataset_items(dataset["id"], "validation")
         self.test_items = self.storage.dataset_items(dataset["id"], "test")
         if not self.train_items:
-            raise RuntimeError("the dataset has no items in its train split")
+            raise DatasetError(f"dataset {dataset['name']!r} has no items in its train split; "
+                               "add some, or import it again with a train split")
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
                                          dataset["labels"],
                                          generation_max_length=cfg.generation_max_length,
@@ -105,7 +106,8 @@ class FineTuneRecipe:
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)
         if self.trainable_params == 0:
-            raise RuntimeError(f"method {self.method.name!r} left no parameter to train")
+            raise MethodError(f"method {self.method.name!r} left no parameter to train; check its "
+                              "target_modules (or the equivalent setting) against this model")
         self.build_optimization()
         self.early_stopping = EarlyStopping(f"{self.task_model.primary_metric}",
                                             cfg.early_stopping_patience)
@@ -123,6 +125,25 @@ class FineTuneRecipe:
                  f"{self.trainable_params:,} of {self.total_params:,} parameters train; "
                  f"{len(self.train_items)} train / {len(self.eval_items)} validation / "
                  f"{len(self.test_items)} test items; {self.total_steps} steps")
+
+    def find_inputs(self, dataset: dict | None, model_record: dict | None) -> tuple[Path, Path]:
+        """The dataset's and the model's folders, or a typed error naming what went missing
+        since the run was submitted (the run keeps the names it was made with)."""
+        if dataset is None:
+            raise NotFoundError(f"dataset {self.run['dataset_name']!r} of this run was deleted; "
+                                "import it again and start a new run")
+        if model_record is None:
+            raise NotFoundError(f"model {self.run['model_name']!r} of this run was deleted; "
+                                "register it again and start a new run")
+        dataset_dir = self.storage.files.resolve(dataset["path"])
+        model_dir = self.storage.files.resolve(model_record["path"])
+        if not dataset_dir.is_dir():
+            raise DatasetError(f"the files of dataset {dataset['name']!r} are gone ({dataset_dir}); "
+                               "delete it and import it again")
+        if not model_dir.is_dir():
+            raise ModelError(f"the files of model {model_record['name']!r} are gone ({model_dir}); "
+                             "delete it and register it again")
+        return dataset_dir, model_dir
 
     def count_steps(self) -> None:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
@@ -295,7 +316,7 @@ class FineTuneRecipe:
             **system_sample(self.device),
         })
         self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
-                                heartbeat_at=time.time(), peak_memory_mb=self.memory.peak_mb)
+                                peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
         folder = save_checkpoint(

@@ -8,6 +8,7 @@ once. Stop requests are stored too: any process may ask, the worker notices at t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
+from engine.series import LiveSeries
 from storage import Storage, utc_now
 
 logger = logging.getLogger(__name__)
@@ -29,15 +31,78 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def worker_is_alive(worker: str | None) -> bool:
-    """Whether the process that claimed a run still exists (only knowable on this host)."""
-    if not worker:
+# A run's worker writes ``heartbeat_at`` every HEARTBEAT_SECONDS from a thread of its own (setup,
+# a slow step and a long evaluation beat too); after STALE_AFTER_HEARTBEATS silent intervals the
+# run counts as lost. A minute is long enough for a busy SQLite writer and short enough that a
+# student who restarts the app after a crash can resume the run at once.
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_HEARTBEATS = 6
+
+
+def worker_is_alive(worker: str | None, heartbeat_at: float | None, now: float | None = None) -> bool:
+    """Whether the process that claimed a run still trains it: its heartbeat is recent.
+
+    The heartbeat decides on any host. A hostname proves little: every ``docker run`` gets a new
+    one, and a restarted container reuses the same hostname and pids, so neither "another host"
+    nor "this pid exists" may keep a run ``running`` forever. On this host a pid that no longer
+    exists tells sooner than the heartbeat (a killed ``train --wait`` is resumable at once).
+    """
+    if not worker or heartbeat_at is None:
         return False
     host, _, rest = worker.partition(":")
-    pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else -1
-    if host != socket.gethostname():
-        return True  # another machine: trust it (its heartbeat tells)
-    return pid == os.getpid() or psutil.pid_exists(pid)
+    pid = rest.split(":")[0]
+    if host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        return False
+    silent_for = (time.time() if now is None else now) - heartbeat_at
+    return silent_for < HEARTBEAT_SECONDS * STALE_AFTER_HEARTBEATS
+
+
+class Periodic:
+    """Calls ``action()`` every ``interval`` seconds from a thread of its own while the ``with``
+    block runs, so work that blocks the block (a slow step, a whole training run) never delays
+    it. A failing call is logged and retried at the next tick; the thread's database connection
+    is closed when it ends."""
+
+    def __init__(self, storage: Storage, interval: float, action: Callable[[], object], name: str):
+        self.storage, self.interval, self.action = storage, interval, action
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def __enter__(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        try:
+            while not self._done.wait(self.interval):
+                try:
+                    self.action()
+                except Exception:  # a missed tick (a locked database) is retried at the next one
+                    logger.exception("%s failed", self._thread.name)
+        finally:
+            self.storage.close()  # this thread's connection
+
+
+def heartbeat(storage: Storage, run_id: int, worker: str | None,
+              interval: float = HEARTBEAT_SECONDS) -> Periodic:
+    """Writes the run's ``heartbeat_at`` while the ``with`` block trains it, from its own thread
+    (setup, one long step or evaluation never make a live run look lost), and only while this
+    worker still holds the claim."""
+    return Periodic(storage, interval, lambda: storage.beat(run_id, worker, time.time()),
+                    name=f"lim-heartbeat-{run_id}")
+
+
+def store_live_series(storage: Storage, run_id: int, interval: float = 60.0) -> Periodic:
+    """Stores the run's downsampled series every ``interval`` seconds while it trains, so a
+    live monitor opened on a long run reads those plus a minute of rows, never all of them."""
+    series = LiveSeries()  # this thread's own: it reads only the rows since its last tick
+    return Periodic(storage, interval,
+                    lambda: series.store(storage, run_id, storage.get_run(run_id, owner_id=None)["step"] or 0),
+                    name=f"lim-series-{run_id}")
 
 
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
@@ -49,15 +114,21 @@ def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str
                                      run.get("method", ""))
     if isinstance(error, WorkbenchError):
         return str(error)
-    return f"{type(error).__name__} in method {run['method']!r}: {error}"
+    # Not a known failure: name the exception without blaming the method (it may be the data,
+    # the model or the workbench itself); the run's log keeps the traceback.
+    return (f"unexpected {type(error).__name__} while training ({run['method']} on "
+            f"{run.get('model_name') or 'the model'}): {error}; the run's log has the traceback")
 
 
 def recover_interrupted(storage: Storage) -> list[int]:
-    """Mark runs left ``running`` by a process that no longer exists as ``interrupted``."""
-    lost = [run for run in storage.runs_with_status("running") if not worker_is_alive(run["worker"])]
+    """Mark runs ``running`` whose process ended or went silent as ``interrupted`` (resumable)."""
+    now = time.time()
+    lost = [run for run in storage.runs_with_status("running")
+            if not worker_is_alive(run["worker"], run["heartbeat_at"], now)]
     for run in lost:
         storage.update_run(run["id"], status="interrupted")
-        storage.add_event(run["id"], "the process training this run ended; "
+        storage.add_event(run["id"], "the process training this run ended or stopped answering "
+                          f"(no heartbeat for {HEARTBEAT_SECONDS * STALE_AFTER_HEARTBEATS:.0f} s); "
                           "resume it to continue from its last checkpoint", "warning")
     return [run["id"] for run in lost]
 
@@ -74,9 +145,10 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
 
     try:
         storage.add_event(run_id, "started" if not run.get("checkpoint_dir") else "resuming")
-        recipe = FineTuneRecipe(storage, run, should_stop)
-        recipe.setup()
-        status = recipe.train()
+        with heartbeat(storage, run_id, run.get("worker")), store_live_series(storage, run_id):
+            recipe = FineTuneRecipe(storage, run, should_stop)
+            recipe.setup()
+            status = recipe.train()
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=recipe.memory.peak_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
@@ -172,19 +244,23 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
     """Be the worker in this process until ``run_id`` ends (``train --wait``).
 
     Runs queued before it are trained first (the queue is first-in, first-out); if another
-    process already trains it, wait for that one.
+    process already trains it, wait for that one. ``on_progress(run)`` is called every
+    ``poll_seconds`` from a thread of its own, whichever process trains the run.
     """
+    def report() -> None:
+        on_progress(storage.get_run(run_id, owner_id=None))
+
     name = worker_name()
-    while True:
-        run = storage.get_run(run_id, owner_id=None)
-        if run["status"] not in ("queued", "running"):
-            return run
-        if run["status"] == "queued":
-            recover_interrupted(storage)
-            claimed = storage.claim_next_run(name)
-            if claimed is not None:
-                execute_run(storage, claimed)
-                continue
-        if on_progress:
-            on_progress(run)
-        time.sleep(poll_seconds)
+    with Periodic(storage, poll_seconds, report, name=f"lim-progress-{run_id}") if on_progress \
+            else contextlib.nullcontext():
+        while True:
+            run = storage.get_run(run_id, owner_id=None)
+            if run["status"] not in ("queued", "running"):
+                return run
+            if run["status"] == "queued":
+                recover_interrupted(storage)
+                claimed = storage.claim_next_run(name)
+                if claimed is not None:
+                    execute_run(storage, claimed)
+                    continue
+            time.sleep(poll_seconds)

@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from engine.data.pipeline import clean_stale_staging
+from engine.series import LiveSeries
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
@@ -36,6 +37,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         self.home = self.storage.home
         self.owner_id = owner_id
         self.worker = None
+        self.live_series = LiveSeries()  # the live monitor's incremental, downsampled series
         self.recover_interrupted()
         clean_stale_staging(self.home / "staging")  # left by a killed import (issue 15)
 

@@ -144,6 +144,10 @@ class RunsMixin:
     def run_metrics(self, run_id: int, names: list[str] | None = None) -> list[dict]:
         return self.storage.metrics(self.get_run(run_id)["id"], names)
 
+    def latest_metrics(self, run_id: int, names: list[str]) -> dict[str, float]:
+        """Each named metric's value at its last logged step (absent when never logged)."""
+        return self.storage.latest_metrics(self.get_run(run_id)["id"], names)
+
     def run_events(self, run_id: int, limit: int = 200) -> list[dict]:
         return self.storage.events(self.get_run(run_id)["id"], limit)
 
@@ -235,6 +239,27 @@ class RunsMixin:
         run = self.get_run(run_id)
         stored = self.storage.stored_series_names(run["id"], run["step"] or 0)
         return stored if stored is not None else self.storage.metric_names(run["id"])
+
+    def live_metrics(self, run_id: int) -> dict:
+        """What the live monitor draws: ``{"series": {name: {"step", "wall_time", "value"}},
+        "latest": {name: value}}``, each series downsampled to about 1,000 points.
+
+        A running run is brought up to date from the rows logged since the last call, a
+        finished one comes from its stored display series, so the cost does not grow with the
+        number of steps (engine/series.py)."""
+        from engine.series import display_series
+
+        run = self.get_run(run_id)
+        step = run["step"] or 0
+        if run["status"] in ("running", "queued"):
+            series = self.live_series.read(self.storage, run["id"], step)
+        else:
+            self.live_series.forget(run["id"])
+            series = {name: display_series(self.storage, run["id"], name, step)
+                      for name in self.run_metric_names(run["id"])}
+        # Downsampling always keeps a series' last point: its latest value.
+        return {"series": series,
+                "latest": {name: columns["value"][-1] for name, columns in series.items() if columns["value"]}}
 
     def display_series(self, run_id: int, name: str) -> dict[str, list]:
         """One metric downsampled for charts; stored when the run ended (engine/series.py)."""

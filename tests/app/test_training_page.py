@@ -42,6 +42,8 @@ def test_queue_can_be_reordered_and_cancelled_with_a_confirmation(app, demo_home
     blocker = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
     # A run "training" in this very process holds the device, so the queue stays put.
     workbench.storage.claim_next_run(f"{socket.gethostname()}:{os.getpid()}:0", run_id=blocker)
+    # Its heartbeat stays fresh for the whole test, however slow the machine (stale: interrupted).
+    workbench.storage.update_run(blocker, heartbeat_at=time.time() + 3600)
     a, b, c = (workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST) for _ in range(3))
     open_page(app, "pages/training.py")
     assert app.dataframe[0].value["run"].tolist() == [a, b, c]

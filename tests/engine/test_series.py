@@ -98,3 +98,50 @@ def test_a_run_that_moved_on_is_downsampled_again(workbench):
     again = workbench.display_series(run_id, "train/loss")
     assert again["step"][-1] == 3001 and 9.0 in again["value"]
     assert storage.stored_series(run_id, "train/loss")["last_step"] == 3001
+
+
+def test_the_live_monitor_reads_a_long_run_as_bounded_series_and_latest_values(workbench):
+    from engine.series import LiveSeries
+
+    storage = workbench.storage
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {"max_steps": 100_000})
+    storage.claim_next_run("elsewhere:1:1", run_id=run_id)  # running, as the monitor sees it
+    steps = 60_000
+    with storage.atomic() as db:  # one transaction: fast to write, the same rows to read
+        db["run_metrics"].insert_all(
+            {"run_id": run_id, "step": step, "wall_time": step * 0.1, "name": name,
+             "value": (50.0 if step == 12_345 else 1.0 / step) if name == "train/loss" else 40.0}
+            for step in range(1, steps + 1) for name in ("train/loss", "train/samples_per_s"))
+    storage.update_run(run_id, step=steps)
+    LiveSeries().store(storage, run_id, steps)  # what the worker does every minute
+
+    def more_steps(first: int, count: int = 10) -> None:
+        for step in range(first, first + count):
+            storage.add_metrics(run_id, step, step * 0.1, {"train/loss": 0.5, "train/samples_per_s": 41.0})
+        storage.update_run(run_id, step=first + count - 1)
+
+    read = []
+    real_series = storage.metric_series
+    storage.metric_series = lambda *args, **kw: read.append(real_series(*args, **kw)) or read[-1]
+    more_steps(steps + 1)
+    for refresh in range(2):  # the page opens, then refreshes after ten more steps
+        live = workbench.live_metrics(run_id)
+        assert max(len(columns["step"]) for columns in read) <= 11  # never the 60,000 rows
+        loss, last = live["series"]["train/loss"], steps + 10 * (refresh + 1)
+        assert len(loss["step"]) <= 1002 and loss["step"][0] == 1 and loss["step"][-1] == last
+        assert 50.0 in loss["value"]  # the spike survives downsampling
+        assert live["latest"] == {"train/loss": 0.5, "train/samples_per_s": 41.0}
+        read.clear()
+        more_steps(last + 1)
+    storage.metric_series = real_series
+
+    # A resume from an earlier checkpoint replaces the points after it.
+    storage.delete_metrics_after(run_id, 40_000)
+    storage.update_run(run_id, step=40_000)
+    storage.add_metrics(run_id, 40_001, 1.0, {"train/loss": 7.0})
+    live = workbench.live_metrics(run_id)
+    assert live["series"]["train/loss"]["step"][-1] == 40_001 and live["latest"]["train/loss"] == 7.0
+
+    storage.update_run(run_id, status="stopped", step=40_001)  # ended: the stored display series
+    live = workbench.live_metrics(run_id)
+    assert len(live["series"]["train/loss"]["step"]) <= 1002 and live["latest"]["train/loss"] == 7.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from engine import settings as settings_lib
 from engine.errors import SettingsError
 from engine.methods.qlora import QLoraSettings
+from engine.methods.registry import all_methods
 from engine.training.settings import TrainingSettings
 
 
@@ -36,7 +39,20 @@ def test_assignments_parse_and_reject_garbage():
         settings_lib.parse_assignments(["r"])
 
 
-def test_every_field_has_a_default_and_help():
-    for cls in (TrainingSettings, QLoraSettings):
-        for field in settings_lib.describe(cls):
-            assert field["help"], field["name"]
+# Every settings class the workbench ships: training and each built-in method's.
+SETTINGS_CLASSES = [TrainingSettings, *dict.fromkeys(
+    method.settings_cls for method in all_methods() if method.source == "built-in")]
+
+
+def test_every_settings_class_is_checked():
+    assert len(SETTINGS_CLASSES) >= 8 and QLoraSettings in SETTINGS_CLASSES
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_field_has_a_default_and_help(cls):
+    for field in dataclasses.fields(cls):
+        has_default = (field.default is not dataclasses.MISSING
+                       or field.default_factory is not dataclasses.MISSING)
+        assert has_default, f"{cls.__name__}.{field.name} has no default"
+        assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+    settings_lib.build(cls, {})  # the defaults themselves pass the checks

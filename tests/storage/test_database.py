@@ -111,6 +111,13 @@ def test_run_lifecycle_and_metrics(storage):
 
 
 def test_claims_take_oldest_first_and_never_twice(storage):
+    ids = [storage.create_run({"method": "lora", "settings": {}}) for _ in range(3)]
+    storage.move_in_queue(ids[2], 1)  # the queue's order, not the ids', decides
+    in_order = []
+    while (run := storage.claim_next_run("one-worker")) is not None:
+        in_order.append(run["id"])
+    assert in_order == [ids[2], ids[0], ids[1]]  # not sorted: the order claims happened in
+
     ids = [storage.create_run({"method": "lora", "settings": {}}) for _ in range(6)]
     claimed, lock = [], threading.Lock()
 
@@ -127,7 +134,7 @@ def test_claims_take_oldest_first_and_never_twice(storage):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(claimed) == ids  # every run exactly once
+    assert len(claimed) == len(set(claimed)) and set(claimed) == set(ids)  # each exactly once
     assert all(storage.get_run(i)["status"] == "running" for i in ids)
 
 
@@ -181,3 +188,33 @@ def test_runs_get_a_tags_column_that_round_trips_as_a_list(storage):
     run_id = storage.create_run({"method": "lora", "settings": {}})
     storage.update_run(run_id, tags=["baseline", "r16"])
     assert storage.get_run(run_id)["tags"] == ["baseline", "r16"]
+
+
+def test_a_failed_commit_rolls_back_and_later_writes_still_commit(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        with storage.atomic() as db:
+            # A deferred foreign key is checked at COMMIT, so COMMIT itself raises.
+            db.execute("pragma defer_foreign_keys = on")
+            db.execute("insert into run_events (run_id, message) values (?, 'orphan')", [run_id + 99])
+    assert not storage.db.conn.in_transaction  # the connection is clean again
+    storage.update_run(run_id, step=7)
+    other = Storage(storage.home)  # another connection sees the later write: it committed
+    try:
+        assert other.get_run(run_id)["step"] == 7
+        assert other.db["run_events"].count == 0
+    finally:
+        other.close()
+
+
+def test_a_transaction_sqlite_already_ended_keeps_the_original_error(storage):
+    class Cause(Exception):
+        pass
+
+    with pytest.raises(Cause):  # not "cannot rollback - no transaction is active"
+        with storage.atomic() as db:
+            db.execute("rollback")  # what SQLite does itself on a full disk or an I/O error
+            raise Cause("the real reason")
+    assert not storage.db.conn.in_transaction
+    storage.create_run({"method": "lora", "settings": {}})
+    assert storage.db["runs"].count == 1

@@ -1,0 +1,98 @@
+"""Training progress on the command line (``train --wait``, ``runs resume --wait``).
+
+On a terminal a tqdm bar (step / total, loss, samples/s, ETA) redraws in place; anywhere else
+(a log file, CI) the same facts come as plain lines, at most one every ``line_every_s``, so a
+100,000-step run does not write 100,000 lines. ``--json`` runs show neither. The report only
+reads the run's row and latest metrics; whichever process trains the run, it looks the same.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from tqdm import tqdm
+
+LOSS, SAMPLES_PER_S = "train/loss", "train/samples_per_s"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h 02m 03s`` / ``2m 03s``, or ``–`` when unknown (the pages show durations this way too)."""
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def eta_seconds(run: dict) -> float | None:
+    """Time left of a running run at its mean time per step so far (None before its first
+    step, or when it is not running)."""
+    step, total, elapsed = run["step"] or 0, run["total_steps"], run["wall_time_s"] or 0.0
+    if run["status"] != "running" or not step or not total:
+        return None
+    return elapsed / step * max(0, total - step)
+
+
+class ProgressReport:
+    """Shows a run's progress on ``stream``; ``update(run)`` as it goes, ``close(run)`` at the end.
+
+    ``latest()`` returns the newest ``{metric name: value}`` (loss and samples/s)."""
+
+    def __init__(self, run_id: int, latest: Callable[[], dict[str, float]], stream: TextIO | None = None,
+                 line_every_s: float = 10.0):
+        self.run_id, self.latest = run_id, latest
+        self.stream = stream if stream is not None else sys.stderr
+        self.line_every_s = line_every_s
+        self.on_terminal = self.stream.isatty()
+        self.bar: tqdm | None = None
+        self.last_line_at, self.last_line_step, self.last_line = float("-inf"), None, ""
+
+    def update(self, run: dict) -> None:
+        if run["status"] != "running" or not run["total_steps"]:
+            return  # queued behind another run, or still loading: nothing to count yet
+        if self.on_terminal:
+            self._draw(run)
+        elif run["step"] != self.last_line_step and time.monotonic() - self.last_line_at >= self.line_every_s:
+            self._line(run)
+
+    def close(self, run: dict) -> None:
+        """The final state: the bar at its last step, or a last line unless one said it all."""
+        if not run["total_steps"] or not (run["step"] or self.bar is not None):
+            return  # it never started (it failed while loading, say): the error line says why
+        if self.on_terminal:
+            self._draw(run)
+            self.bar.close()
+        elif self._text(run) != self.last_line:  # the end (no ETA) differs from "step 3/3, ETA 0s"
+            self._line(run)
+
+    def _figures(self) -> tuple[float | None, float | None]:
+        values = self.latest()
+        return values.get(LOSS), values.get(SAMPLES_PER_S)
+
+    def _draw(self, run: dict) -> None:
+        if self.bar is None:  # a resumed run starts the bar at its checkpoint's step
+            self.bar = tqdm(total=run["total_steps"], initial=run["step"] or 0, unit="step",
+                            desc=f"run {self.run_id}", file=self.stream, dynamic_ncols=True)
+        loss, speed = self._figures()
+        self.bar.set_postfix_str(" · ".join(part for part in (
+            None if loss is None else f"loss {loss:.4f}",
+            None if speed is None else f"{speed:.1f} samples/s") if part), refresh=False)
+        self.bar.update((run["step"] or 0) - self.bar.n)  # tqdm works out the rate and the ETA
+
+    def _text(self, run: dict) -> str:
+        step, total = run["step"] or 0, run["total_steps"]
+        loss, speed = self._figures()
+        eta = eta_seconds(run)
+        parts = [f"run {self.run_id}: step {step}/{total} ({100 * step / total:.0f}%)",
+                 None if loss is None else f"loss {loss:.4f}",
+                 None if speed is None else f"{speed:.1f} samples/s",
+                 None if eta is None else f"ETA {format_duration(eta)}"]
+        return " · ".join(part for part in parts if part)
+
+    def _line(self, run: dict) -> None:
+        self.last_line = self._text(run)
+        print(self.last_line, file=self.stream, flush=True)
+        self.last_line_at, self.last_line_step = time.monotonic(), run["step"]

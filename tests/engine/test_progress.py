@@ -1,0 +1,62 @@
+"""The command line's training progress: a bar on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import io
+
+from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run_at(step: int, status: str = "running") -> dict:
+    return {"status": status, "step": step, "total_steps": 10, "wall_time_s": 2.0 * step}
+
+
+def latest() -> dict:
+    return {LOSS: 1.25, SAMPLES_PER_S: 3.0}
+
+
+def test_plain_lines_when_not_a_terminal_with_loss_speed_and_eta():
+    stream = io.StringIO()
+    report = ProgressReport(7, latest, stream, line_every_s=0)
+    report.update(run_at(0, "queued"))  # nothing to count yet
+    report.update(run_at(2))
+    report.update(run_at(2))  # no new step, no new line
+    report.update(run_at(10))  # the last step, while the test split is scored
+    report.close(run_at(10, "completed"))
+    assert stream.getvalue().splitlines() == [
+        "run 7: step 2/10 (20%) · loss 1.2500 · 3.0 samples/s · ETA 0m 16s",
+        "run 7: step 10/10 (100%) · loss 1.2500 · 3.0 samples/s · ETA 0m 00s",
+        "run 7: step 10/10 (100%) · loss 1.2500 · 3.0 samples/s",  # the end says it ended
+    ]
+
+
+def test_plain_lines_are_rate_limited_for_long_runs():
+    stream = io.StringIO()
+    report = ProgressReport(7, latest, stream, line_every_s=3600)
+    for step in range(1, 10):
+        report.update(run_at(step))
+    report.close(run_at(10, "completed"))
+    assert [line.split(" · ")[0] for line in stream.getvalue().splitlines()] == [
+        "run 7: step 1/10 (10%)", "run 7: step 10/10 (100%)"]
+
+
+def test_a_bar_on_a_terminal():
+    stream = Terminal()
+    report = ProgressReport(7, latest, stream)
+    report.update(run_at(3))
+    report.close(run_at(10, "completed"))
+    shown = stream.getvalue()
+    assert "\r" in shown and "run 7" in shown and "3/10" in shown and "10/10" in shown
+    assert "loss 1.2500 · 3.0 samples/s" in shown and "<" in shown  # tqdm's elapsed<remaining
+
+
+def test_a_run_that_never_started_shows_no_progress():
+    for stream in (io.StringIO(), Terminal()):
+        report = ProgressReport(7, latest, stream, line_every_s=0)
+        report.close({"status": "failed", "step": 0, "total_steps": None, "wall_time_s": None})
+        assert stream.getvalue() == ""
