@@ -109,10 +109,12 @@ def run_engine(method: str, padding: str, steps: int, snapshots: list[int], home
         if workbench.storage.find_dataset("demo-voices", workbench.owner_id) is None:
             workbench.import_dataset(DATASET, "demo-voices", "asr")
         every = snapshots[0] if all(s % snapshots[0] == 0 for s in snapshots[:-1]) else 1
-        settings = {**SETTINGS, "max_steps": steps, "audio_padding": padding, "eval_steps": 0,
-                    "save_steps": every, "save_total_limit": 0, "language": "en", "task": "transcribe"}
+        method_settings = {"r": SETTINGS["r"], "lora_alpha": SETTINGS["lora_alpha"]}
+        training = {k: v for k, v in SETTINGS.items() if k not in method_settings}
+        training.update(max_steps=steps, audio_padding=padding, eval_steps=0, save_steps=every,
+                        save_total_limit=0, language="en", task="transcribe")
         started = time.perf_counter()
-        run_id = workbench.submit_run("demo-voices", "whisper-base", method, settings)
+        run_id = workbench.submit_run("demo-voices", "whisper-base", method, method_settings, training)
         run = workbench.wait_for_run(run_id)
         total_s = time.perf_counter() - started
         if run["status"] != "completed":
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sides", default="engine-qlora,engine-lora,recipe-qlora",
                         help=f"comma list of {', '.join(SIDES)}")
     parser.add_argument("--steps", type=int, default=49)
-    parser.add_argument("--snapshots", default="10,20,30,49", help="steps to score (the last = --steps)")
+    parser.add_argument("--snapshots", default="15,30,49", help="steps to score (the last = --steps)")
+    parser.add_argument("--final-only", default="engine-lora",
+                        help="sides scored at their last step only (comma list; scoring is slow)")
     parser.add_argument("--test-clips", type=int, default=80, help="test clips scored per snapshot")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results-time-to-quality.json"))
@@ -298,15 +302,17 @@ def main(argv: list[str] | None = None) -> int:
               "test_clips": len(test), "sides": {}, "runs": {}}
     try:
         trained = {}
+        final_only = set(args.final_only.split(","))
         for side in sides:  # train every side first, then score (nothing scores while one trains)
             kind, method = side.split("-")[0], side.split("-")[1]
+            wanted = [args.steps] if side in final_only else snapshots
             print(f"training {side} ...", flush=True)
             if kind == "engine":
                 padding = "30s" if side.endswith("-30s") else "longest"
-                trained[side] = run_engine(method, padding, args.steps, snapshots, home)
+                trained[side] = run_engine(method, padding, args.steps, wanted, home)
             else:
                 model_dir = _model_dir(home)
-                trained[side] = run_recipe(method, model_dir, args.steps, snapshots, read_split("train"))
+                trained[side] = run_recipe(method, model_dir, args.steps, wanted, read_split("train"))
             last = trained[side]["snapshots"][-1]
             print(f"  {side}: {args.steps} steps in {last['wall_s']:.0f} s", flush=True)
         model_dir = _model_dir(home)

@@ -6,11 +6,16 @@ Demo items are shared read-only with every user.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from engine.models.presets import PRESETS, build_preset
 
 DEMO_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+# The time-to-quality benchmark's committed result (benchmarks/time_to_quality.py) that Home
+# and the README quote; measured, never typed in.
+DEMO_MEASUREMENT = (Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                    / "time-to-quality-cpu.json")
 
 DEMO_DATASETS = {
     "demo-speech": ("asr", "Short spoken sentences with transcripts (synthetic, espeak-ng)."),
@@ -70,3 +75,30 @@ DEMO_RUN = {
                  "per_device_train_batch_size": 8, "audio_padding": "longest",
                  "language": "en", "task": "transcribe", "eval_steps": 10, "save_steps": 20},
 }
+
+
+def demo_story(workbench) -> dict:
+    """What Home shows: can the demo run start (dataset and real model present), and the
+    measured zero-shot and fine-tuned WER with the training minutes, when the benchmark's
+    result is there."""
+    storage = workbench.storage
+    ready = (storage.find_dataset(DEMO_RUN["dataset"], workbench.owner_id) is not None
+             and storage.find_model(DEMO_RUN["model"], workbench.owner_id) is not None)
+    story = {"ready": ready, "run": DEMO_RUN, "measured": None}
+    try:
+        result = json.loads(DEMO_MEASUREMENT.read_text())
+    except (OSError, ValueError):
+        return story
+    engine = result.get("sides", {}).get("engine-qlora")
+    if engine:
+        story["measured"] = {
+            "zero_shot_wer": result["zero_shot"]["wer"], "wer": engine[-1]["wer"],
+            "minutes": engine[-1]["wall_s"] / 60, "steps": engine[-1]["step"],
+            "threads": result["machine"]["threads"], "test_clips": result["test_clips"],
+            "recipe_wer": result.get("recipe_final_wer"),
+            "recipe_minutes": (result["sides"]["recipe-qlora"][-1]["wall_s"] / 60
+                               if "recipe-qlora" in result.get("sides", {}) else None),
+            "examples": engine[-1].get("examples", []),
+            "zero_shot_examples": result["zero_shot"].get("examples", []),
+        }
+    return story

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import ExportError, WorkbenchError
-from engine.inference import method_load_kwargs
+from engine.inference import method_load_kwargs, task_options
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
 
@@ -309,10 +309,14 @@ def fresh_folder(out: Path) -> Path:
 def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, torch.nn.Module]:
     """The run's model as one plain transformers model in float32 (adapter merged in)."""
     s = artifacts.summary
+    # The run's Whisper prompt (language, task) goes into the exported generation config; the
+    # export itself is a stock whole-window model whatever window the run trained on.
+    options = {**task_options(s["settings"]["training"]), "audio_padding": "30s"}
     if not artifacts.is_adapter:  # a full fine-tune already is a plain model
-        task_model = task_model_for(artifacts.family, s["task"], artifacts.adapter_dir, artifacts.labels)
+        task_model = task_model_for(artifacts.family, s["task"], artifacts.adapter_dir, artifacts.labels,
+                                    **options)
         return task_model, task_model.load().eval()
-    task_model = task_model_for(artifacts.family, s["task"], artifacts.base_dir, artifacts.labels)
+    task_model = task_model_for(artifacts.family, s["task"], artifacts.base_dir, artifacts.labels, **options)
     say("loading the base model in full precision")
     base = task_model.load()
     load_kwargs = method_load_kwargs(get_method(s["method"]), s["settings"]["method"], task_model)

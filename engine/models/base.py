@@ -63,6 +63,11 @@ class TaskModel:
         shape), in a way that leaves the loss unchanged. Default: unchanged."""
         return batch
 
+    def whole_window(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` as the model's standard input window would have it (audio models trained
+        on short windows; see WhisperBase). Default: unchanged."""
+        return batch
+
     def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list:
         raise NotImplementedError
 

@@ -114,6 +114,20 @@ class WhisperBase(TaskModel):
         features, mask = pad_batch([e["input_features"] for e in examples])
         return {"input_features": features, "attention_mask": mask}
 
+    def whole_window(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """With "longest", the batch padded to the model's whole window with each clip's own
+        silence: exactly the features 30 s padding gives (``pad_batch``). Training mixes a few
+        such batches in (``full_window_every``) so that a model trained on short windows still
+        transcribes under standard 30 s inference, as every exported model is run."""
+        if not self.windowed:
+            return batch
+        window = self.feature_extractor.nb_max_frames
+        batch = dict(batch)
+        batch["input_features"] = pad_to_multiple(batch["input_features"], -1, window, repeat_last=True)
+        if "attention_mask" in batch:
+            batch["attention_mask"] = pad_to_multiple(batch["attention_mask"], -1, window, value=0)
+        return batch
+
     # Short-audio windows are padded to whole seconds for CUDA graphs (see bucket()).
     BUCKET_FRAMES = 100
 

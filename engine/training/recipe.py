@@ -259,6 +259,8 @@ class FineTuneRecipe:
                                 generator=torch.Generator().manual_seed(self.config.seed),
                                 pin_memory=self.device.startswith("cuda"))
             for indices, batch in zip(batches, loader):
+                if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
+                    batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
                 running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
                 seen_in_step += 1
                 self.micro_batches += 1

@@ -65,6 +65,20 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
 
         return install_demo(self)
 
+    def demo_story(self) -> dict:
+        """The presenter's run (engine/demo.py DEMO_RUN), whether it can start here, and what the
+        time-to-quality benchmark measured for it (zero-shot and fine-tuned WER, minutes)."""
+        from engine.demo import demo_story
+
+        return demo_story(self)
+
+    def start_demo_run(self) -> int:
+        """Queue the presenter's run: real whisper-base, QLoRA on demo-voices."""
+        from engine.demo import DEMO_RUN
+
+        return self.submit_run(DEMO_RUN["dataset"], DEMO_RUN["model"], DEMO_RUN["method"],
+                               DEMO_RUN["method_settings"], DEMO_RUN["training"])
+
     # ------------------------------------------------------------------ playground
     def playground_runs(self, model: str | int) -> list[dict]:
         """Completed runs of ``model`` whose adapter (or full model) is on disk, newest first."""

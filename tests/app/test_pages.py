@@ -40,9 +40,36 @@ def test_home_shows_what_is_there(app):
     app.run()
     assert not app.exception
     metrics = {m.label: m.value for m in app.metric}
-    assert metrics["Datasets"] == "3" and metrics["Models"] == "4" and metrics["Runs"] == "0"
+    assert metrics["Datasets"] == "4" and metrics["Models"] == "5" and metrics["Runs"] == "0"
     assert metrics["GPU"] == "none" or "GiB" in metrics["GPU"]
     assert any("No runs yet" in i.value for i in app.info)
+
+
+def test_home_leads_with_the_real_whisper_demo_run(app, demo_home):
+    """Home tells the presenter's story with measured numbers and starts that run in one click
+    (a run held by this process keeps the app's worker from training it during the test)."""
+    import os
+    import socket
+
+    from engine import Workbench
+    from engine.demo import DEMO_RUN
+
+    workbench = Workbench(demo_home)
+    blocker = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    workbench.storage.claim_next_run(f"{socket.gethostname()}:{os.getpid()}:0", run_id=blocker)
+    workbench.storage.update_run(blocker, heartbeat_at=time.time() + 3600)
+    app.run()
+    assert not app.exception
+    story = " ".join(m.value for m in app.markdown)
+    measured = workbench.demo_story()["measured"]
+    assert measured and f"{measured['zero_shot_wer']:.0%}" in story and f"{measured['wer']:.1%}" in story
+    assert any("plumbing checks" in c.value for c in app.caption)
+    app.button[0].click().run()
+    assert not app.exception and "queued" in app.success[0].value
+    run = workbench.list_runs()[0]
+    assert (run["model_name"], run["dataset_name"], run["method"]) == ("whisper-base", "demo-voices", "qlora")
+    assert {k: run["settings"]["training"][k] for k in DEMO_RUN["training"]} == DEMO_RUN["training"]
+    workbench.cancel_run(run["id"])
 
 
 def test_models_page_says_presets_are_untrained(app):

@@ -149,3 +149,29 @@ def test_short_qlora_run_lowers_wer_on_held_out_clips(voices_run):
     assert own < zero_shot["wer"] - 0.15, (own, zero_shot)
     assert anywhere["wer"] < zero_shot["wer"] - 0.15, (anywhere, zero_shot)
     assert not any(len(p.split()) > 20 for p in predictions)  # no generation loops
+
+
+def test_merged_export_decodes_with_the_runs_prompt_in_a_stock_pipeline(voices_run, tmp_path):
+    """The exported generation config carries language and task, so stock transformers, asked
+    for nothing, decodes English transcription, as the run trained (30 s windows)."""
+    import json
+
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
+
+    from engine.data.audio import load_audio
+    from engine.training.metrics import speech_metrics
+
+    workbench, run_id = voices_run["workbench"], voices_run["run_id"]
+    folder = workbench.export_run(run_id, "merged", tmp_path / "merged")
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert (generation["language"], generation["task"]) == ("en", "transcribe")
+    model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(folder)
+    tokenizer = WhisperTokenizer.from_pretrained(folder)
+    items = voices_run["test"][:6]
+    audio = [load_audio(voices_run["dataset_dir"] / item["file"]) for item in items]
+    features = extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        generated = model.generate(features, max_new_tokens=32)
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    assert speech_metrics([item["text"] for item in items], texts)["wer"] < 0.3, texts

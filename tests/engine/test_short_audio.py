@@ -265,3 +265,28 @@ def test_a_short_run_trains_evaluates_and_reloads_on_windowed_inputs(workbench, 
     item = recipe.eval_items[0]
     assert predict_item(loaded, {"file": item["file"]}, recipe.dataset_dir)["output"] is not None
     assert frames == [(False, task_model.features(load_audio(recipe.dataset_dir / item["file"])).shape[-1])]
+
+
+def test_every_nth_batch_trains_on_the_whole_window(workbench):
+    """full_window_every=2: batches 2 and 4 are padded to the model's whole window with each
+    clip's own silence (what 30 s padding gives), the others to their longest clip, so a model
+    trained on short windows keeps working under standard whole-window inference."""
+    from engine.training.recipe import FineTuneRecipe
+
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "audio_padding": "longest", "full_window_every": 2})
+    recipe = FineTuneRecipe(workbench.storage, workbench.storage.claim_next_run("test", run_id=run_id),
+                            should_stop=lambda: False)
+    recipe.setup()
+    window = recipe.task_model.feature_extractor.nb_max_frames
+    seen: list[torch.Tensor] = []
+    recipe.model.get_encoder().register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach().clone()) if module.training else None)
+    assert recipe.train() == "completed"
+    frames = [features.shape[-1] for features in seen]
+    assert frames[1] == frames[3] == window and max(frames[0], frames[2]) < window / 2
+    # the widened batch is the 30 s batch: its clips' features under 30 s padding
+    items = [recipe.train_items[i] for i in recipe.epoch_batches(0)[1]]
+    standard = task_model_for("whisper", "asr", recipe.model_dir, audio_padding="30s")
+    expected = torch.from_numpy(np.stack([standard.encode_audio(item, recipe.dataset_dir) for item in items]))
+    torch.testing.assert_close(seen[1], expected)
