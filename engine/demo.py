@@ -71,7 +71,7 @@ def packaged_description(found: dict) -> str:
 DEMO_RUN = {
     "dataset": "demo-voices", "model": "whisper-base", "method": "qlora",
     "method_settings": {"r": 32, "lora_alpha": 64},
-    "training": {"max_steps": 40, "learning_rate": 1e-3, "warmup_steps": 5,
+    "training": {"max_steps": 49, "learning_rate": 1e-3, "warmup_steps": 5,
                  "per_device_train_batch_size": 8, "audio_padding": "longest",
                  "language": "en", "task": "transcribe", "eval_steps": 10, "save_steps": 20},
 }

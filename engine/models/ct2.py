@@ -562,8 +562,10 @@ def write_tokenizer(vocab: Vocabulary, lang_ids: list[int], folder: Path) -> Non
     sot = vocab.id("<|startoftranscript|>")
     languages = [vocab.tokens[i] for i in lang_ids]
     specials = ["<|startoftranscript|>", *languages, *SPECIAL_TOKENS[2:]]
+    # <|endoftext|> is also the padding token, as in OpenAI's checkpoints on the hub: padding
+    # label batches (transformers' data collators, tokenizer.pad) needs one.
     tokenizer = WhisperTokenizer(vocab=vocab.ids, merges=merges, additional_special_tokens=specials,
-                                 predict_timestamps=False)
+                                 predict_timestamps=False, pad_token="<|endoftext|>")
     timestamps = vocab.tokens[vocab.id("<|notimestamps|>") + 1:]
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in timestamps])
     if tokenizer.convert_tokens_to_ids("<|startoftranscript|>") != sot or len(tokenizer) != len(vocab.tokens):

@@ -178,6 +178,9 @@ def test_tokenizer_merges_are_openai_ranks(converted, tiktoken_ranks):
     ids = tokenizer("the cat").input_ids
     assert ids[:4] == [50258, 50259, 50359, 50363] and ids[-1] == 50257
     assert tokenizer.decode(ids, skip_special_tokens=True) == "the cat"
+    # label batches pad with <|endoftext|>, as OpenAI's hub checkpoints do (the HF recipe needs it)
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.pad({"input_ids": [[1, 2], [3]]})["input_ids"][1] == [3, 50257]
 
 
 def test_transcripts_match_ctranslate2(converted, ct2_folder, hf_model):

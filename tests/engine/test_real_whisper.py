@@ -104,7 +104,8 @@ def voices_run(tmp_path_factory, demo_template):
                                   {"r": 16, "lora_alpha": 32}, {
         "max_steps": 20, "warmup_steps": 2, "learning_rate": 1e-3, "eval_steps": 0,
         "save_steps": 0, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "generation_max_length": 32, "audio_padding": "longest"})
+        "generation_max_length": 32, "audio_padding": "longest",
+        "full_window_every": 0})  # short windows only: fast, and the hardest case for 30 s inference
     run = workbench.storage.claim_next_run("test", run_id=run_id)
     recipe = FineTuneRecipe(workbench.storage, run, should_stop=lambda: False)
     recipe.setup()
@@ -140,7 +141,7 @@ def test_short_qlora_run_lowers_wer_on_held_out_clips(voices_run):
     standard = task_model_for("whisper", "asr", whisper_base_dir(workbench), audio_padding="30s",
                               language="en", speech_task="transcribe", generation_max_length=32)
     zero_shot, _ = evaluate(standard.load(), standard, items, folder, 16, torch.autocast("cpu", enabled=False))
-    own = workbench.run_summary(run_id)["metrics"]["test/wer"]
+    own = workbench.run_summary(run_id)["metrics"]["wer"]  # the run's own final test score
     trained_task, trained = load_trained(workbench, run_id)
     trained_task.audio_padding = "30s"  # standard inference: every clip padded to 30 s
     anywhere, predictions = evaluate(trained, trained_task, items, folder, 16,
