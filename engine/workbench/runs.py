@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
+from engine.progress import format_duration
 from engine.training.settings import TrainingSettings
 from storage import utc_now
 
+LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
 
 
 class RunsMixin:
@@ -123,6 +127,15 @@ class RunsMixin:
                            "cancelled (stop a running one)")
         self.storage.update_run(run["id"], status="cancelled", finished_at=utc_now())
         self.storage.add_event(run["id"], "cancelled before it started")
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run that is not queued or running: its record, metrics and log, its
+        checkpoints and its adapter (exports already downloaded are not touched)."""
+        run = self.get_run(run_id)
+        if run["status"] in ("queued", "running") or not self.storage.delete_run(run["id"], self.owner_id):
+            raise RunError(f"run {run['id']} is {self.get_run(run['id'])['status']}; stop it (or "
+                           "cancel it while queued) first, then delete it")
+        shutil.rmtree(self.storage.files.home / "runs" / str(run["id"]), ignore_errors=True)
 
     def run_evaluation(self, run_id: int) -> dict | None:
         """The final evaluation of a finished run: split, metrics, per-example rows (worst
