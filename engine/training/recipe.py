@@ -149,8 +149,7 @@ class FineTuneRecipe:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
         cfg = self.config
         self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
-            cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
+        self.total_steps = cfg.optimizer_steps(len(self.train_items))
 
     def count_flops(self) -> tuple[float | None, float | None]:
         """Model FLOPs of one training example (on the first batch's padded shapes, counted on

@@ -68,12 +68,25 @@ class RunsMixin:
             raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
                              "register the model folder again") from error
         check_target_modules(method_obj_settings, outline, task_model_cls)
+        steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
+        duration = self._estimated_seconds(model_record["id"], method, steps)
+        warnings = training_obj.warnings()  # absurd but legal values
+        if duration is not None and duration > LONG_RUN_S:
+            warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
+                            "(at the speed of its earlier runs of this model and method); set "
+                            "max_time_minutes or fewer steps")
         return {"dataset": dataset_record, "model": model_record,
                 "method_settings": settings_lib.as_dict(method_obj_settings),
                 "training_settings": training_values,
-                "warnings": training_obj.warnings(),  # absurd but legal values
+                "steps": steps, "estimated_seconds": duration, "warnings": warnings,
                 "memory": memory_check(method, method_obj_settings, training_values,
                                        outline, task_model_cls)}
+
+    def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
+        from engine.training.queue import seconds_per_step
+
+        per_step = seconds_per_step(self.storage, model_id, method)
+        return None if per_step is None else per_step * steps
 
     def _check_splits(self, dataset_record: dict, training: dict) -> None:
         counts = self.storage.count_items(dataset_record["id"])
