@@ -100,6 +100,19 @@ class RunsMixin:
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
                                 f"{dataset_record['name']}'s validation split has no items")
 
+    def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
+                      training_settings: dict | None = None) -> str:
+        """The ``python -m engine train ...`` line that queues this same configuration: each
+        setting that differs from its default as ``--set name=value``."""
+        pairs = []
+        for settings_cls, values in ((get_method(method).settings_cls, method_settings),
+                                     (TrainingSettings, training_settings)):
+            defaults = {field["name"]: field["default"] for field in settings_lib.describe(settings_cls)}
+            pairs += settings_lib.assignments(values or {}, defaults)
+        words = ["python", "-m", "engine", "train", "--dataset", dataset, "--model", model,
+                 "--method", method, *(part for pair in pairs for part in ("--set", pair))]
+        return " ".join(shlex.quote(str(word)) for word in words)
+
     def estimate_run(self, dataset: str | int, model: str | int, method: str,
                      method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
         """The memory estimate for a configuration (see ``check_run``)."""
