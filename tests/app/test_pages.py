@@ -84,13 +84,14 @@ def test_training_page_starts_a_run_and_shows_its_progress(app, demo_home):
     open_page(app, "pages/training.py")
     assert app.selectbox(key="train.method").value == "qlora"
     app.selectbox(key="train.dataset").select("demo-speech")
+    app.radio(key="train.training.train_for").set_value("steps").run()
     app.number_input(key="train.training.max_steps").set_value(3)
     app.number_input(key="train.training.eval_steps").set_value(0)
     app.number_input(key="train.training.generation_max_length").set_value(8)
     app.number_input(key="train.qlora.r").set_value(4)
     app.button(key="train.start").click().run()
     assert not app.exception
-    assert "queued" in app.success[0].value
+    assert "queued" in app.toast[0].value
 
     workbench = Workbench(demo_home)
     [run] = workbench.list_runs()
@@ -104,8 +105,8 @@ def test_training_page_starts_a_run_and_shows_its_progress(app, demo_home):
     assert app.get("progress")[0].proto.value == 100  # step 3 of 3
     metrics = {m.label: m.value for m in app.metric}
     assert "WER" in metrics and float(metrics["samples / s"]) > 0
-    assert float(metrics["audio-hours per hour"]) > 0 and float(metrics["achieved TFLOP/s"]) > 0
-    assert metrics["MFU"] == "n/a on CPU"
+    assert float(metrics["audio-hours per hour"]) > 0
+    assert metrics["MFU"] == "n/a on CPU" and metrics["achieved TFLOP/s"] == "n/a on CPU"
     # loss, learning rate, gradient norm, throughput, utilisation, machine (one chart per tab)
     assert len(app.get("plotly_chart")) >= 6
 
