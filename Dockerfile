@@ -29,4 +29,4 @@ COPY . .
 EXPOSE 8501
 HEALTHCHECK CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
 # The demo is added at start (idempotent), so it lands in a mounted data folder too.
-CMD ["sh", "-c", "python3 -m engine demo && exec python3 -m streamlit run app.py --server.address=0.0.0.0 --server.port=8501 --server.headless=true --browser.gatherUsageStats=false"]
+CMD ["sh", "-c", "python3 -m engine demo && exec python3 -m streamlit run app.py --server.address=0.0.0.0 --server.port=8501 --server.headless=true --browser.gatherUsageStats=false --server.fileWatcherType=none"]

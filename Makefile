@@ -20,7 +20,8 @@ demo: venv
 	$(PY) -m engine demo
 
 run: demo
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false \
+	  --server.fileWatcherType none
 
 # Debian's chromium drives the browser journey test (Playwright cannot download a browser here).
 browser-deps:

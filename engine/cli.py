@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true")
     train.set_defaults(handler=cmd_train)
 
-    runs = commands.add_parser("runs", help="list, show, stop or resume runs").add_subparsers()
+    runs = commands.add_parser("runs", help="list, show, stop, resume, export or delete runs").add_subparsers()
     listing = runs.add_parser("list", help="list runs, newest first")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_runs_list)
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = runs.add_parser("cancel", help="take a queued run out of the queue")
     cancel.add_argument("id", type=int)
     cancel.set_defaults(handler=cmd_runs_cancel)
+    delete = runs.add_parser("delete", help="delete a finished run with its checkpoints and adapter")
+    delete.add_argument("id", type=int)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=cmd_runs_delete)
     clone = runs.add_parser("clone", help="queue a copy of a run, with changed settings")
     clone.add_argument("id", type=int)
     clone.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -285,6 +289,22 @@ def cmd_runs_move(wb, args) -> None:
 def cmd_runs_cancel(wb, args) -> None:
     wb.cancel_run(args.id)
     print(f"run {args.id}: cancelled")
+
+
+def cmd_runs_delete(wb, args) -> int:
+    run = wb.get_run(args.id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return fail(f"deleting run {run['id']} removes its checkpoints and adapter; "
+                        "pass --yes to confirm without a terminal", args.debug)
+        answer = input(f"Delete run {run['id']} ({run['method']} on {printable(run['dataset_name'] or '')}, "
+                       f"{run['status']}) with its checkpoints and adapter? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print(f"run {run['id']} kept", file=sys.stderr)
+            return 1
+    wb.delete_run(run["id"])
+    print(f"run {run['id']}: deleted")
+    return 0
 
 
 def cmd_runs_clone(wb, args) -> int:

@@ -19,9 +19,16 @@ LOSS, SAMPLES_PER_S = "train/loss", "train/samples_per_s"
 
 
 def format_duration(seconds: float | None) -> str:
-    """``1h 02m 03s`` / ``2m 03s``, or ``–`` when unknown (the pages show durations this way too)."""
+    """``1h 02m 03s`` / ``2m 03s``, ``about 3 days`` / ``about 12 years`` past two days (a
+    run that long is a mistake to catch, not a time to read to the second), or ``–`` when
+    unknown. The pages show durations this way too."""
     if seconds is None:
         return "–"
+    days = seconds / 86_400
+    if days >= 2 * 365:
+        return f"about {days / 365.25:,.0f} years"
+    if days >= 2:
+        return f"about {days:,.0f} days"
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"

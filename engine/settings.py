@@ -64,22 +64,31 @@ def validate(instance: Any) -> None:
     ``<`` / ``>`` bound, and settings are stored as JSON, where NaN and Infinity are not valid
     (SQLite's json_extract refuses such rows)."""
     for f in dataclasses.fields(instance):
-        value = getattr(instance, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SettingsError(f"{f.name} must be a finite number, got {value}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INT:
-            raise SettingsError(f"{f.name} must be at most {f.metadata.get('max', LARGEST_INT)}, got {value}")
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise SettingsError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
-        low, high = f.metadata.get("min"), f.metadata.get("max")
-        if low is not None and value < low:
-            raise SettingsError(f"{f.name} must be at least {low}, got {value}")
-        if high is not None and value > high:
-            raise SettingsError(f"{f.name} must be at most {high}, got {value}")
+        problem = field_problem(f.name, getattr(instance, f.name), f.metadata)
+        if problem:
+            raise SettingsError(problem)
     check = getattr(instance, "validate", None)
     if callable(check):
         check()
+
+
+def field_problem(name: str, value: Any, rules: dict) -> str | None:
+    """What is wrong with one field's value under its ``choices`` / ``min`` / ``max`` (a
+    ``describe()`` row or a field's metadata), naming the field; None when it is fine. The
+    form checks each widget with this before Start, so it says what ``build`` would refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INT:
+        return f"{name} must be at most {rules.get('max') or LARGEST_INT}, got {value}"
+    choices = rules.get("choices")
+    if choices is not None and value not in choices:
+        return f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}"
+    low, high = rules.get("min"), rules.get("max")
+    if low is not None and value < low:
+        return f"{name} must be at least {low}, got {value}"
+    if high is not None and value > high:
+        return f"{name} must be at most {high}, got {value}"
+    return None
 
 
 def as_dict(instance: Any) -> dict[str, Any]:
@@ -95,6 +104,19 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
             raise SettingsError(f"--set expects key=value, got {pair!r}")
         values[key.strip()] = value.strip()
     return values
+
+
+def assignments(values: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """``["r=16", "learning_rate=0.0001"]`` for the values that differ from ``defaults``: the
+    inverse of ``parse_assignments`` (booleans as true/false, floats exactly as repr gives)."""
+    return [f"{name}={_text(value)}" for name, value in values.items()
+            if name not in defaults or value != defaults[name]]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _convert(name: str, kind: Any, value: Any) -> Any:

@@ -16,7 +16,7 @@ if not datasets:
 else:
     st.dataframe(pd.DataFrame([{
         "name": d["name"], "task": d["task"], "items": d["num_items"],
-        "splits": ", ".join(d["splits"] or []), "classes": len(d["labels"] or []) or None,
+        "splits": ", ".join(d["splits"] or []), "classes": str(len(d["labels"])) if d["labels"] else "–",
         "version": d["version"], "shared": "demo (read-only)" if d["is_demo"] else "yours",
     } for d in datasets]), hide_index=True, width="stretch")
 

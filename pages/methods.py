@@ -17,16 +17,27 @@ st.caption("Parameter-efficient fine-tuning techniques side by side. Built-in an
 
 methods = wb.list_methods()
 models = wb.list_models()
+results = {}
 if models:
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 2], vertical_alignment="bottom")
     model = c1.selectbox("On model", [m["name"] for m in models], key="methods.model")
     record = wb.get_model(model)
     task = c2.selectbox("Task", record["tasks"], format_func=TASK_NAMES.get, key="methods.task")
     batch = c3.number_input("Batch size", 1, 512, 8, key="methods.batch")
-    results = estimates_for(model, tuple(m["name"] for m in methods), task, int(batch), 5.0, 64, "fp32")
-    st.plotly_chart(memory_figure(results), key="methods.memory")
+    # On request, not on every first visit: the dry run (a child process that imports torch,
+    # transformers and peft, then one fake training step per method) took 19 s of the page's
+    # first load on a 2-core machine; the methods themselves need none of it.
+    wanted = (model, tuple(m["name"] for m in methods), task, int(batch), 5.0, 64, "fp32")
+    if c4.button("Estimate each method's cost", key="methods.estimate", icon=":material/memory:"):
+        st.session_state["methods.estimates"] = (wanted, estimates_for(*wanted))
+    saved_for, saved = st.session_state.get("methods.estimates", (None, None))
+    if saved_for == wanted:
+        results = saved
+        st.plotly_chart(memory_figure(results), key="methods.memory")
+    else:
+        st.caption("Trainable parameters and memory of one training step per method on this model "
+                   "(a dry run on fake tensors, some seconds): press the button.")
 else:
-    results = {}
     st.info("Register a model (or run `python -m engine demo`) to see costs on a real architecture.")
 
 table = []

@@ -59,8 +59,10 @@ else:
     whisper = model["family"] == "whisper"
     c1, c2, c3, c4 = st.columns(4)
     batch = c1.number_input("Batch size", 1, 512, 8, key="models.batch")
+    # Keyed by model and task: seconds of audio and tokens of text are different quantities,
+    # and one model's entry must not become the next model's.
     length = c2.number_input("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
-                             key="models.length",
+                             key=f"models.length.{name}.{task}",
                              help="Whisper pads to its whole window unless audio padding is "
                                   "'longest'; other models use this length.")
     precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",

@@ -4,6 +4,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
+from ui.exports import export_panel
 from ui.playground import get_model_cache, show_answer
 from ui.state import get_workbench, run_label
 
@@ -15,23 +16,6 @@ models = wb.list_models()
 if not models:
     st.info("No model yet: `python -m engine demo` adds the tiny-whisper preset.")
     st.stop()
-
-
-def prepare_export(run_id: int, fmt: str, title: str) -> None:
-    """A button that builds the export (minutes for big models, with progress), then a
-    download button for it; the zip is kept for this run only."""
-    key = f"play.export.{fmt}"
-    if st.button(f"Prepare {title}", key=key, icon=":material/build:"):
-        with st.status(f"Exporting the {title}…", expanded=True) as status:
-            try:
-                st.session_state[f"{key}.zip"] = (run_id, wb.export_zip(run_id, fmt, status.write))
-                status.update(label=f"The {title} is ready", state="complete", expanded=False)
-            except WorkbenchError as error:
-                status.update(label=f"Export failed: {error}", state="error")
-    ready_for, data = st.session_state.get(f"{key}.zip", (None, None))
-    if ready_for == run_id:
-        st.download_button(f"Download the {title} (zip)", data, file_name=f"run-{run_id}-{fmt}.zip",
-                           mime="application/zip", icon=":material/download:", key=f"{key}.download")
 
 
 # ---------------------------------------------------------------------- model, run, task
@@ -48,24 +32,7 @@ if run is None and not runs:
                "the difference it makes.")
 if run:
     with st.expander(f"Take run #{run['id']} home", icon=":material/download:"):
-        # CTranslate2 (faster-whisper) holds Whisper speech recognition only.
-        ct2 = run["task"] == "asr" and model["family"] == "whisper"
-        st.caption("The adapter as a PEFT folder with a model card; the adapter merged into the "
-                   "base as a plain transformers model; or that model as ONNX graphs checked with "
-                   "onnxruntime" + ("; or as a CTranslate2 folder for faster-whisper (float16), "
-                                    "its transcripts checked against the merged model" if ct2 else "")
-                   + ". `python -m engine runs export` does the same headless.")
-        export_columns = st.columns(4 if ct2 else 3)
-        export_columns[0].download_button(
-            "Adapter (zip + model card)", lambda: wb.export_zip(run["id"], "adapter"),
-            file_name=f"run-{run['id']}-adapter.zip", mime="application/zip",
-            icon=":material/download:", key="play.export.adapter")
-        formats = [(export_columns[1], "merged", "merged model"), (export_columns[2], "onnx", "ONNX")]
-        if ct2:
-            formats.append((export_columns[3], "ct2", "CTranslate2 model"))
-        for column, fmt, title in formats:
-            with column:
-                prepare_export(run["id"], fmt, title)
+        export_panel(wb, run, model["family"], "play.export")
 task = run["task"] if run else st.selectbox("Task", model["tasks"], format_func=TASK_NAMES.get,
                                             key="play.task")
 datasets = [d for d in wb.list_datasets() if d["task"] == task]

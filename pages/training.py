@@ -1,18 +1,19 @@
-"""Training: configure and queue runs, watch one live, stop, resume or clone it, manage the queue.
+"""Training: configure and queue runs, watch one live, stop, resume, clone, export or delete it,
+manage the queue.
 
-Rendering only reads: every write (start, stop, resume, clone, move, cancel) happens in a
-button's branch, so any number of tabs can watch the same run.
+Rendering only reads: every write (start, stop, resume, clone, move, cancel, delete) happens in
+a button's branch, so any number of tabs can watch the same run. The monitor, the queue and
+the list of all runs are fragments that refresh themselves, so they always agree.
 """
 
 
-import pandas as pd
 import streamlit as st
 
-from engine.errors import WorkbenchError
-from engine.models import TASK_NAMES
+from engine.errors import NotFoundError, WorkbenchError
 from ui import training_views as views
-from ui.forms import settings_form
+from ui.exports import export_panel
 from ui.state import format_duration, get_workbench, run_label, status_badge
+from ui.training_form import new_run_form
 
 wb = get_workbench()
 st.title("Training")
@@ -21,8 +22,8 @@ datasets, models = wb.list_datasets(), wb.list_models()
 methods = {m["name"]: m for m in wb.list_methods()}
 
 runs = wb.list_runs()
-if "train.flash" in st.session_state:
-    st.success(st.session_state.pop("train.flash"))
+if "train.flash" in st.session_state:  # a toast: it goes by itself, never stays up stale
+    st.toast(st.session_state.pop("train.flash"), icon=":material/check_circle:")
 if not runs:
     st.info("No runs yet. Open **New run** below, keep the defaults and press Start.")
 
@@ -31,8 +32,8 @@ def watch_select() -> int:
     run_ids = [r["id"] for r in runs]
     if "train.watch_next" in st.session_state:  # a run just started: watch it
         st.session_state["train.watch_select"] = st.session_state.pop("train.watch_next")
-    if st.session_state.get("train.watch_select") not in run_ids:
-        st.session_state["train.watch_select"] = run_ids[0]
+    if st.session_state.get("train.watch_select") not in run_ids:  # a fresh tab
+        st.session_state["train.watch_select"] = views.default_run(runs)
     labels = {r["id"]: run_label(r, with_status=False) for r in runs}
     return st.selectbox("Watch run", run_ids, format_func=labels.get, key="train.watch_select")
 
@@ -56,13 +57,41 @@ def run_buttons(run: dict) -> None:
                          help="Open the New run form with this run's settings, to change some."):
         st.session_state["train.clone_from"] = run_id
         st.rerun()
+    if status not in ("queued", "running"):
+        if next(buttons).button("Delete…", key=f"train.delete.{run_id}", icon=":material/delete:",
+                             help="Delete this run with its checkpoints, adapter, metrics and log."):
+            st.session_state["train.delete.confirm"] = run_id
+    if st.session_state.get("train.delete.confirm") == run_id:
+        confirm_delete(run)
+
+
+def confirm_delete(run: dict) -> None:
+    st.warning(f"Delete run #{run['id']} ({run['method']} on {run['dataset_name']})? Its "
+               "checkpoints, adapter, metrics and log go; exports you downloaded stay yours.")
+    yes, no = st.columns(2)
+    if yes.button("Yes, delete it", key="train.delete.yes", type="primary"):
+        st.session_state.pop("train.delete.confirm")
+        try:
+            wb.delete_run(run["id"])
+            st.session_state["train.flash"] = f"Run #{run['id']} deleted."
+            st.rerun()
+        except WorkbenchError as error:
+            st.error(str(error))
+    if no.button("Keep it", key="train.delete.no"):
+        st.session_state.pop("train.delete.confirm")
+        st.rerun()
 
 
 @st.fragment(run_every=1.5)
-def monitor(run_id: int) -> None:
+def monitor(run_id: int, shown_status: str) -> None:
     """Live view of one run; reads only (the worker thread writes)."""
-    run = wb.get_run(run_id)
+    try:
+        run = wb.get_run(run_id)
+    except NotFoundError:  # deleted from another tab or the command line
+        st.rerun()
     status = run["status"]
+    if status != shown_status:  # the whole page follows (export and delete appear when it ends)
+        st.rerun()
     st.markdown(f"### {run_label(run, with_status=False)}")
     status_badge(status)
     views.progress(run)
@@ -81,9 +110,7 @@ def monitor(run_id: int) -> None:
                    f"peak memory {run['peak_memory_mb'] or 0:.0f} MiB")
     if live["series"]:
         views.live_charts(run_id, live)
-    events = wb.run_events(run_id, limit=30)
-    st.code("\n".join(f"{e['time'][11:19]} {e['level']:>7}  {e['message'].splitlines()[0]}"
-                      for e in events if e["level"] != "debug") or "(no log yet)", language=None)
+    views.event_log(wb.run_events(run_id, limit=30))
     if status == "completed":
         views.evaluation(run_id, wb.run_evaluation(run_id))
 
@@ -107,6 +134,17 @@ def final_scores(run: dict) -> None:
                "`PeftModel.from_pretrained(base_model, folder)`.")
 
 
+def take_home(run: dict) -> None:
+    """Export a finished run (the Playground's buttons), outside the live fragment: an export
+    can take minutes and must not be cut short by a refresh."""
+    if run["status"] != "completed" or not run["adapter_dir"]:
+        return
+    family = next((m["family"] for m in models if m["name"] == run["model_name"]), None)
+    with st.expander(f"Take run #{run['id']} home", icon=":material/download:"):
+        export_panel(wb, run, family, "train.export")
+
+
+@st.fragment(run_every=3)
 def queue_section() -> None:
     queue = wb.queue()
     if not queue:
@@ -138,77 +176,17 @@ def queue_section() -> None:
             st.rerun()
 
 
-def new_run_form() -> None:
-    clone_id = st.session_state.get("train.clone_from")
-    source = wb.get_run(clone_id) if clone_id is not None else None
-    # A clone gets its own widget keys, so its values start from the cloned run's settings.
-    prefix = f"train.clone{clone_id}" if source else "train"
-    if source:
-        left, right = st.columns([4, 1])
-        left.info(f"Cloning run #{clone_id}: its settings are filled in; change what you want "
-                  "and press Start.")
-        if right.button("Start from defaults", key="train.clone_discard"):
-            st.session_state.pop("train.clone_from")
-            st.rerun()
-    d_col, m_col, x_col = st.columns(3)
-    names = [d["name"] for d in datasets]
-    dataset_name = d_col.selectbox(
-        "Dataset", names, key=f"{prefix}.dataset",
-        index=names.index(source["dataset_name"]) if source and source["dataset_name"] in names else 0,
-        format_func=lambda n: f"{n} ({TASK_NAMES[wb.get_dataset(n)['task']]})")
-    task = wb.get_dataset(dataset_name)["task"]
-    fitting = [m["name"] for m in models if task in (m["tasks"] or [])]
-    model_name = m_col.selectbox(
-        "Model", fitting, key=f"{prefix}.model",
-        index=fitting.index(source["model_name"]) if source and source["model_name"] in fitting else 0,
-        help="Only models that can do this dataset's task are listed.")
-    method_names = list(methods)
-    default_method = source["method"] if source and source["method"] in methods else (
-        "qlora" if "qlora" in methods else method_names[0])
-    method_name = x_col.selectbox("Method", method_names, key=f"{prefix}.method",
-                                  index=method_names.index(default_method),
-                                  format_func=lambda n: f"{n}: {methods[n]['help']}")
-    if not fitting:
-        st.warning(f"No registered model can do {TASK_NAMES[task]} yet.")
-    if model_name and wb.get_model(model_name)["is_preset"]:
-        st.caption("⚠️ This preset is untrained (random weights): expect the loss to fall but "
-                   "predictions to stay poor. It makes the whole loop visible in seconds.")
-    same_method = source is not None and source["method"] == method_name
-    st.markdown(f"**{method_name} settings**")
-    method_values = settings_form(methods[method_name]["settings"], f"{prefix}.{method_name}",
-                                  values=source["settings"]["method"] if same_method else None)
-    st.markdown("**Training settings**")
-    training_values = settings_form(wb.training_settings_schema(), f"{prefix}.training", columns=3,
-                                    values=source["settings"]["training"] if source else None)
-    if fitting:
-        memory_hint(dataset_name, model_name, method_name, method_values, training_values)
-    if st.button("Start", type="primary", disabled=not fitting, key="train.start"):
-        try:
-            run_id = wb.submit_run(dataset_name, model_name, method_name, method_values, training_values)
-            st.session_state.pop("train.clone_from", None)
-            st.session_state["train.watch_next"] = run_id
-            st.session_state["train.flash"] = (f"Run #{run_id} queued: it starts as soon as "
-                                               "the worker is free.")
-            st.rerun()  # show the new run in the monitor above
-        except WorkbenchError as error:
-            st.error(str(error))
-
-
-def memory_hint(dataset_name, model_name, method_name, method_values, training_values) -> None:
-    """The memory estimate before launch: a caption when it fits, a warning when it does not."""
-    try:
-        plan = wb.estimate_run(dataset_name, model_name, method_name, method_values, training_values)
-    except WorkbenchError:
-        return  # Start shows the problem with the settings
-    if plan["fits"]:
-        st.caption(f"Memory: about {plan['estimate_mb']:,.0f} MiB needed on {plan['device']}, "
-                   f"{plan['free_mb']:,.0f} MiB free (a rough estimate).")
-    else:
-        st.warning(plan["message"])
+@st.fragment(run_every=2)
+def all_runs() -> None:
+    st.subheader("All runs")
+    views.runs_table(wb.list_runs())
 
 
 if runs:
-    monitor(watch_select())
+    watched = watch_select()
+    watched_run = next(r for r in runs if r["id"] == watched)
+    monitor(watched, watched_run["status"])
+    take_home(watched_run)
 
 queue_section()
 
@@ -216,12 +194,7 @@ with st.expander("New run", expanded=not runs or "train.clone_from" in st.sessio
     if not datasets or not models:
         st.info("You need a dataset and a model first: `python -m engine demo` adds both.")
     else:
-        new_run_form()
+        new_run_form(wb, datasets, models, methods)
 
 if runs:
-    st.subheader("All runs")
-    st.dataframe(pd.DataFrame([{
-        "run": r["id"], "status": r["status"], "method": r["method"], "model": r["model_name"],
-        "dataset": r["dataset_name"], "step": f"{r['step']}/{r['total_steps'] or '?'}",
-        "created": r["created_at"],
-    } for r in runs]), hide_index=True, width="stretch")
+    all_runs()

@@ -268,6 +268,9 @@ class Storage:
                   "created_at": utc_now(), "step": 0, "stop_requested": 0}
         with self.atomic() as db:
             record["queue_position"] = self._next_queue_position(db)
+            record["id"] = db.execute(  # never a deleted run's id (schema m007)
+                "select max(coalesce((select max(id) from runs), 0), "
+                "coalesce((select max(id) from deleted_runs), 0)) + 1").fetchone()[0]
             return db["runs"].insert(_encode(record)).last_pk
 
     @staticmethod
@@ -349,6 +352,21 @@ class Storage:
             for offset, queued_id in enumerate(order, start=1):
                 db.execute("update runs set queue_position = ? where id = ?", [base + offset, queued_id])
         return order
+
+    def delete_run(self, run_id: int, owner_id: int = LOCAL_USER_ID) -> bool:
+        """Remove a finished run's rows (record, metrics, log, display series); False, and
+        nothing removed, when it is queued or running. The status is read under the write lock,
+        so a worker cannot claim the run between the check and the delete."""
+        self._owned("runs", run_id, owner_id)
+        with self.atomic() as db:
+            status = db.execute("select status from runs where id = ?", [run_id]).fetchone()[0]
+            if status in ("queued", "running"):
+                return False
+            for table in ("run_metrics", "run_events", "run_series"):
+                db.execute(f"delete from {table} where run_id = ?", [run_id])
+            db.execute("delete from runs where id = ?", [run_id])
+            db.execute("insert or ignore into deleted_runs (id) values (?)", [run_id])
+        return True
 
     def request_stop(self, run_id: int) -> None:
         with self.atomic() as db:

@@ -139,5 +139,21 @@ def m005_runs_display_series(db: Database) -> None:
     )
 
 
+@migrations()
+def m006_runs_phase(db: Database) -> None:
+    """What a running run is doing besides training steps (its evaluation), with its own
+    progress: ``phase`` (e.g. "final evaluation on the test split"), examples done / total."""
+    for column, kind in (("phase", str), ("phase_done", int), ("phase_total", int)):
+        db["runs"].add_column(column, kind)
+
+
+@migrations()
+def m007_deleted_run_ids(db: Database) -> None:
+    """Ids of deleted runs, so a new run never takes a deleted one's id (SQLite hands out
+    max(id) + 1): caches keyed by run id (loaded models, live series) must not mistake a new
+    run for the deleted one."""
+    db["deleted_runs"].create({"id": int}, pk="id")
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

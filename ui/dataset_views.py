@@ -187,7 +187,8 @@ def _choose_source(wb, limits: ImportLimits) -> None:
             return
         progress = st.progress(0.0, text="Reading and checking every item…")
         source = wb.save_upload(uploaded.name, uploaded) if uploaded else path.strip()
-        st.session_state["datasets.plan"] = wb.check_import(source, options, _progress_to(progress))
+        st.session_state["datasets.plan"] = wb.check_import(source, options, _progress_to(progress),
+                                                            name=uploaded.name if uploaded else None)
         st.session_state["datasets.options"] = options
         st.session_state["datasets.import.name"] = _slug(Path(uploaded.name if uploaded else path.strip()).stem)
         st.rerun()
@@ -219,7 +220,7 @@ def _options_form() -> ImportOptions:
 
 def _review_plan(wb, plan) -> None:
     chosen = plan.columns
-    st.markdown(f"Read **{plan.source.name}** as **{chosen.task}** · columns: audio `{chosen.audio}`, "
+    st.markdown(f"Read **{plan.name or plan.source.name}** as **{chosen.task}** · columns: audio `{chosen.audio}`, "
                 f"text `{chosen.text}`, label `{chosen.label}` · splits "
                 + ", ".join(f"{k} {v}" for k, v in plan.report.split_counts.items()))
     report_view(plan.report)

@@ -29,12 +29,54 @@ LIVE_CHARTS = {
 }
 
 
+FINISHED = ("completed", "stopped", "failed", "interrupted", "cancelled")
+
+
+def default_run(runs: list[dict]) -> int:
+    """The run a fresh tab watches: the one training, else the newest queued, else the newest
+    that ended (``runs`` newest first, as ``Workbench.list_runs`` gives them)."""
+    for statuses in (("running",), ("queued",), FINISHED[:-1]):
+        for run in runs:
+            if run["status"] in statuses:
+                return run["id"]
+    return runs[0]["id"]
+
+
 def progress(run: dict) -> None:
+    """Training steps, and while the run evaluates, that phase with its own examples done / total."""
     step, total = run["step"] or 0, run["total_steps"]
-    eta = eta_seconds(run)
+    phase = run.get("phase") if run["status"] == "running" else None
+    eta = None if phase else eta_seconds(run)
     st.progress(min(1.0, step / total) if total else 0.0,
                 text=f"step {step} / {total or '?'} · elapsed {format_duration(run['wall_time_s'] or 0)}"
-                     + (f" · ETA {format_duration(eta)}" if eta is not None else ""))
+                     + (f" · ETA {format_duration(eta)}" if eta is not None else "")
+                     + (" · evaluating" if phase else ""))
+    if phase:
+        done, of = run.get("phase_done") or 0, run.get("phase_total") or 0
+        st.progress(min(1.0, done / of) if of else 0.0,
+                    text=f"{phase[0].upper() + phase[1:]}: {done} / {of} examples")
+
+
+def event_log(events: list[dict]) -> None:
+    """The run's log, newest last; long lines wrap instead of running off the right edge."""
+    st.code("\n".join(f"{e['time'][11:19]} {e['level']:>7}  {e['message'].splitlines()[0]}"
+                      for e in events if e["level"] != "debug") or "(no log yet)",
+            language=None, wrap_lines=True)
+
+
+def runs_table(runs: list[dict]) -> None:
+    """Every run; the page draws it in a fragment that refreshes, so it agrees with the monitor."""
+    st.dataframe(pd.DataFrame([{
+        "run": r["id"], "status": r["status"] + (" (evaluating)" if r.get("phase") and r["status"] == "running" else ""),
+        "method": r["method"], "model": r["model_name"], "dataset": r["dataset_name"],
+        "step": f"{r['step'] or 0}/{planned_steps(r) or '?'}", "created": r["created_at"],
+    } for r in runs]), hide_index=True, width="stretch", key="train.all_runs")
+
+
+def planned_steps(run: dict) -> int | None:
+    """The run's step count: known once it starts, or from max_steps before (epochs: not yet)."""
+    max_steps = (run["settings"] or {}).get("training", {}).get("max_steps") or 0
+    return run["total_steps"] or (max_steps if max_steps > 0 else None)
 
 
 def trained_on(names) -> str | None:
@@ -54,8 +96,10 @@ def throughput_metrics(latest: dict[str, float]) -> None:
                           "faster than real time.")
     loss_col.metric("last loss", "–" if loss is None else f"{loss:.4f}")
     mfu_col, tflops_col, _ = st.columns(3)
-    mfu_col.metric("MFU", mfu_text(mfu, trained_on(latest) if tflops is not None else None), help=MFU_HELP)
-    tflops_col.metric("achieved TFLOP/s", "–" if tflops is None else f"{tflops:.3g}",
+    device = trained_on(latest) if tflops is not None else None
+    mfu_col.metric("MFU", mfu_text(mfu, device), help=MFU_HELP)
+    tflops_col.metric("achieved TFLOP/s", "n/a on CPU" if device == "CPU" else "–" if tflops is None
+                      else f"{tflops:.3g}",
                       help="Model FLOPs per second of training (recomputation and adapters not "
                            "counted).")
 

@@ -66,6 +66,7 @@ class ImportPlan:
     report: ImportReport
     options: ImportOptions
     upload: Path | None = None           # the uploaded file's folder, if it came as an upload
+    name: str = ""                       # what the user gave (the zip, table or folder), for reports
 
 
 def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None = None,
@@ -98,7 +99,7 @@ def prepare_import(path: Path, staging_root: Path, options: ImportOptions | None
     except BaseException:
         discard_staging(staging)
         raise
-    return ImportPlan(source, staging, table, columns, items, report, options)
+    return ImportPlan(source, staging, table, columns, items, report, options, name=path.name)
 
 
 def write_dataset(plan: ImportPlan, target: Path, on_progress: Progress | None = None) -> list[dict]:

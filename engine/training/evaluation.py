@@ -9,6 +9,7 @@ no test split, and says so) and stores, in ``runs/<id>/``:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -66,8 +67,10 @@ def _encoded_bytes(encoded: dict) -> int:
 
 
 def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
-             batch_size: int, autocast: AbstractContextManager) -> tuple[dict, list]:
-    """Metrics and predictions of ``model`` on ``items`` (the model's mode is restored)."""
+             batch_size: int, autocast: AbstractContextManager,
+             on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, list]:
+    """Metrics and predictions of ``model`` on ``items`` (the model's mode is restored);
+    ``on_progress(done, total)`` after each batch, in examples."""
     was_training = model.training
     model.eval()
     # Its own generator: a loader draws a seed when iterated, which must not move the global
@@ -79,6 +82,8 @@ def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
         with autocast:
             for batch in loader:
                 predictions += task_model.predict(model, batch)
+                if on_progress is not None:
+                    on_progress(len(predictions), len(items))
     finally:
         model.train(was_training)
     references = [task_model.reference(item) for item in items]

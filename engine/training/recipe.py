@@ -149,8 +149,7 @@ class FineTuneRecipe:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
         cfg = self.config
         self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
-        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(
-            cfg.num_train_epochs * self.batches_per_epoch / cfg.gradient_accumulation_steps))
+        self.total_steps = cfg.optimizer_steps(len(self.train_items))
 
     def count_flops(self) -> tuple[float | None, float | None]:
         """Model FLOPs of one training example (on the first batch's padded shapes, counted on
@@ -330,15 +329,30 @@ class FineTuneRecipe:
                                 wall_time_s=wall)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, items: list[dict]) -> tuple[dict, list]:
-        """Metrics and predictions of the current model on ``items``."""
-        return evaluate(self.model, self.task_model, items, self.dataset_dir,
-                        self.config.per_device_eval_batch_size, self.autocast())
+    def evaluate(self, items: list[dict], phase: str = "evaluation") -> tuple[dict, list]:
+        """Metrics and predictions of the current model on ``items``; the run's ``phase``
+        (e.g. "evaluating on the validation split") and examples done / total go to storage
+        as it goes, at most twice a second, so the page shows the evaluation moving."""
+        last_write = [float("-inf")]
 
-    def evaluate_and_record(self, wall_start: float) -> dict:
+        def report(done: int, total: int) -> None:
+            if done < total and time.monotonic() - last_write[0] < 0.5:
+                return
+            last_write[0] = time.monotonic()
+            self.storage.update_run(self.run_id, phase_done=done, phase_total=total)
+
+        self.storage.update_run(self.run_id, phase=phase, phase_done=0, phase_total=len(items))
+        try:
+            return evaluate(self.model, self.task_model, items, self.dataset_dir,
+                            self.config.per_device_eval_batch_size, self.autocast(), on_progress=report)
+        finally:
+            self.storage.update_run(self.run_id, phase=None, phase_done=None, phase_total=None)
+
+    def evaluate_and_record(self, wall_start: float, final: bool = False) -> dict:
         if not self.eval_items:
             return {}
-        metrics, predictions = self.evaluate(self.eval_items)
+        metrics, predictions = self.evaluate(
+            self.eval_items, f"{'final ' if final else ''}evaluation on the validation split")
         self.last_validation = (metrics, predictions)
         wall = self.wall_offset + time.perf_counter() - wall_start
         self.storage.add_metrics(self.run_id, self.step, wall,
@@ -349,10 +363,10 @@ class FineTuneRecipe:
 
     def finish(self, started: float) -> None:
         """The last validation point, the final score on the test split, the adapter."""
-        validation = self.evaluate_and_record(wall_start=started)
+        validation = self.evaluate_and_record(wall_start=started, final=True)
         if self.test_items:
             split, items, fell_back = "test", self.test_items, False
-            final, predictions = self.evaluate(self.test_items)
+            final, predictions = self.evaluate(self.test_items, "final evaluation on the test split")
             wall = self.wall_offset + time.perf_counter() - started
             self.storage.add_metrics(self.run_id, self.step, wall,
                                      {f"test/{name}": value for name, value in final.items()})

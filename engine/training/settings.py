@@ -7,6 +7,7 @@ so a bad value is answered at submit, naming the field, never as a traceback mid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
@@ -108,6 +109,14 @@ class TrainingSettings:
         "positional embedding sliced to match: several times faster for 1-5 s clips; the model "
         "has to adapt to the shorter context. Evaluation and the Playground use the run's choice.",
         choices=["30s", "longest"])
+
+    def optimizer_steps(self, train_items: int) -> int:
+        """Optimizer steps of the whole run on ``train_items`` training examples: max_steps,
+        or num_train_epochs passes of batches (the last one partial) over the accumulation."""
+        if self.max_steps > 0:
+            return self.max_steps
+        batches_per_epoch = math.ceil(train_items / self.per_device_train_batch_size)
+        return max(1, math.ceil(self.num_train_epochs * batches_per_epoch / self.gradient_accumulation_steps))
 
     def warnings(self) -> list[str]:
         """Legal but probably mistaken values, said at submit (the run is queued anyway)."""

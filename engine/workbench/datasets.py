@@ -70,8 +70,10 @@ class DatasetsMixin:
                            ImportLimits())
 
     def check_import(self, path: str | Path, options: ImportOptions | None = None,
-                     on_progress: Progress | None = None) -> ImportPlan:
-        """Read and check a folder, zip or table: the plan holds the items and the report."""
+                     on_progress: Progress | None = None, name: str | None = None) -> ImportPlan:
+        """Read and check a folder, zip or table: the plan holds the items and the report.
+        ``name``: what to call the source in reports (an upload's own file name), rather than
+        the path it was staged under."""
         clean_stale_staging(self._staging())
         source = Path(path).expanduser()
         if not source.exists():
@@ -86,6 +88,7 @@ class DatasetsMixin:
                 shutil.rmtree(source.parent, ignore_errors=True)
             raise
         plan.upload = source.parent if uploaded else None
+        plan.name = name or plan.name
         return plan
 
     def commit_import(self, plan: ImportPlan, name: str, *, on_progress: Progress | None = None,
@@ -115,7 +118,7 @@ class DatasetsMixin:
                        on_progress: Progress | None = None) -> ImportPlan:
         """Check the same source again with other choices (task, columns, splits)."""
         again = prepare_import(plan.source, self._staging(), options, ImportLimits(), on_progress)
-        again.staging, again.upload = plan.staging, plan.upload  # the staged files carry over
+        again.staging, again.upload, again.name = plan.staging, plan.upload, plan.name  # as before
         return again
 
     def discard_import(self, plan: ImportPlan) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
+from engine.progress import format_duration
 from engine.training.settings import TrainingSettings
 from storage import utc_now
 
+LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
 
 
 class RunsMixin:
@@ -64,12 +68,25 @@ class RunsMixin:
             raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
                              "register the model folder again") from error
         check_target_modules(method_obj_settings, outline, task_model_cls)
+        steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
+        duration = self._estimated_seconds(model_record["id"], method, steps)
+        warnings = training_obj.warnings()  # absurd but legal values
+        if duration is not None and duration > LONG_RUN_S:
+            warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
+                            "(at the speed of its earlier runs of this model and method); set "
+                            "max_time_minutes or fewer steps")
         return {"dataset": dataset_record, "model": model_record,
                 "method_settings": settings_lib.as_dict(method_obj_settings),
                 "training_settings": training_values,
-                "warnings": training_obj.warnings(),  # absurd but legal values
+                "steps": steps, "estimated_seconds": duration, "warnings": warnings,
                 "memory": memory_check(method, method_obj_settings, training_values,
                                        outline, task_model_cls)}
+
+    def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
+        from engine.training.queue import seconds_per_step
+
+        per_step = seconds_per_step(self.storage, model_id, method)
+        return None if per_step is None else per_step * steps
 
     def _check_splits(self, dataset_record: dict, training: dict) -> None:
         counts = self.storage.count_items(dataset_record["id"])
@@ -82,6 +99,19 @@ class RunsMixin:
         if training["early_stopping_patience"] and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
                                 f"{dataset_record['name']}'s validation split has no items")
+
+    def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
+                      training_settings: dict | None = None) -> str:
+        """The ``python -m engine train ...`` line that queues this same configuration: each
+        setting that differs from its default as ``--set name=value``."""
+        pairs = []
+        for settings_cls, values in ((get_method(method).settings_cls, method_settings),
+                                     (TrainingSettings, training_settings)):
+            defaults = {field["name"]: field["default"] for field in settings_lib.describe(settings_cls)}
+            pairs += settings_lib.assignments(values or {}, defaults)
+        words = ["python", "-m", "engine", "train", "--dataset", dataset, "--model", model,
+                 "--method", method, *(part for pair in pairs for part in ("--set", pair))]
+        return " ".join(shlex.quote(str(word)) for word in words)
 
     def estimate_run(self, dataset: str | int, model: str | int, method: str,
                      method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
@@ -123,6 +153,15 @@ class RunsMixin:
                            "cancelled (stop a running one)")
         self.storage.update_run(run["id"], status="cancelled", finished_at=utc_now())
         self.storage.add_event(run["id"], "cancelled before it started")
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run that is not queued or running: its record, metrics and log, its
+        checkpoints and its adapter (exports already downloaded are not touched)."""
+        run = self.get_run(run_id)
+        if run["status"] in ("queued", "running") or not self.storage.delete_run(run["id"], self.owner_id):
+            raise RunError(f"run {run['id']} is {self.get_run(run['id'])['status']}; stop it (or "
+                           "cancel it while queued) first, then delete it")
+        shutil.rmtree(self.storage.files.home / "runs" / str(run["id"]), ignore_errors=True)
 
     def run_evaluation(self, run_id: int) -> dict | None:
         """The final evaluation of a finished run: split, metrics, per-example rows (worst

@@ -48,3 +48,18 @@ def seed_runs(home) -> list[int]:
         ids.append(run_id)
     workbench.storage.close()
     return ids
+
+
+def hold_worker(workbench) -> int:
+    """A run "training" in this very process: the app's worker leaves the queue alone while it
+    lasts (its heartbeat stays fresh for an hour, however slow the machine). Returns its id."""
+    import os
+    import socket
+    import time
+
+    from conftest import FAST
+
+    blocker = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    workbench.storage.claim_next_run(f"{socket.gethostname()}:{os.getpid()}:0", run_id=blocker)
+    workbench.storage.update_run(blocker, heartbeat_at=time.time() + 3600)
+    return blocker

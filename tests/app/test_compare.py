@@ -180,3 +180,18 @@ def test_every_chart_renders_to_png_and_svg(compare, downloads):
         assert archive.read("quality_vs_memory.png").startswith(b"\x89PNG")
         svg = archive.read("peak_memory_mb.svg").decode()
         assert svg.startswith("<svg") and f"#{ids[0]} qlora" in svg
+
+
+def test_quality_against_memory_starts_both_axes_at_zero(compare):
+    app, _ = compare
+    layout = chart_spec(app, "compare.scatter")["layout"]
+    assert layout["xaxis"]["rangemode"] == "tozero" and layout["yaxis"]["rangemode"] == "tozero"
+
+
+def test_close_memory_peaks_are_labelled_as_close():
+    from ui.charts import quality_memory_figure
+
+    rows = [{"run": i, "method": m, "final_metric": 0.4, "metric": "wer", "peak_memory_mb": peak}
+            for i, (m, peak) in enumerate([("lora", 1590.0), ("qlora", 1596.0)])]
+    figure = quality_memory_figure(rows, {0: "#0 lora", 1: "#1 qlora"})
+    assert "within 0.4 %" in figure.layout.title.text

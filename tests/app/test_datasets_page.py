@@ -47,7 +47,9 @@ def zipped(folder: Path) -> bytes:
 
 def test_overview_charts_and_one_item_with_player_waveform_and_spectrogram(app):
     open_datasets(app)
-    assert "demo-speech" in app.dataframe[0].value["name"].tolist()
+    listing = app.dataframe[0].value.set_index("name")
+    assert listing.loc["demo-commands", "classes"] != "–" and listing.loc["demo-speech", "classes"] == "–"
+    assert "None" not in listing["classes"].astype(str).tolist() and not listing["classes"].isna().any()
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["train"] == "120" and metrics["validation"] == "40"
     assert len(app.get("audio")) == 1  # one player: the item being looked at
@@ -67,6 +69,8 @@ def test_upload_a_zip_check_and_import(app, demo_home, tmp_path):
     app.button(key="datasets.check").click().run()
     assert not app.exception, app.exception
     assert "6 rows read as asr (audiofolder): 6 items usable" in [m.value for m in app.success]
+    read = next(m.value for m in app.markdown if m.value.startswith("Read "))
+    assert read.startswith("Read **lecture clips.zip** as") and "unzip-" not in read  # not a temp folder
     assert app.text_input(key="datasets.import.name").value == "lecture-clips"
     app.button(key="datasets.import.go").click().run()
     assert not app.exception, app.exception

@@ -8,7 +8,7 @@ import socket
 import time
 
 from conftest import FAST
-from seeded_runs import seed_runs
+from seeded_runs import hold_worker, seed_runs
 from streamlit.testing.v1 import AppTest
 from test_pages import APP, app, finished_run, open_page  # noqa: F401  (fixture)
 
@@ -28,7 +28,7 @@ def test_clone_opens_the_form_filled_with_the_runs_settings(app, demo_home):  # 
     assert app.number_input(key=f"{prefix}.qlora.r").value == settings["method"]["r"]
     app.number_input(key=f"{prefix}.qlora.r").set_value(16)
     app.button(key="train.start").click().run()
-    assert not app.exception and "queued" in app.success[0].value
+    assert not app.exception and "queued" in app.toast[0].value
     clone = workbench.list_runs()[0]
     assert clone["id"] != source
     assert clone["settings"]["method"] == {**settings["method"], "r": 16}
@@ -81,7 +81,7 @@ def test_monitor_shows_throughput_and_utilisation(app, demo_home):  # noqa: F811
 
     qlora_on_cpu, _, full_on_gpu = seed_runs(demo_home)
     open_page(app, "pages/training.py")
-    assert app.selectbox(key="train.watch_select").value == full_on_gpu  # the newest run first
+    assert app.selectbox(key="train.watch_select").value == full_on_gpu  # the newest finished run
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["samples / s"] == "40.0" and metrics["audio-hours per hour"] == "100.0"
     assert metrics["MFU"] == "12.5 %" and metrics["achieved TFLOP/s"] == "0.4"
@@ -92,8 +92,11 @@ def test_monitor_shows_throughput_and_utilisation(app, demo_home):  # noqa: F811
 
     app.selectbox(key="train.watch_select").select(qlora_on_cpu).run()
     assert not app.exception
-    assert {m.label: m.value for m in app.metric}["MFU"] == "n/a on CPU"
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["MFU"] == "n/a on CPU" and metrics["achieved TFLOP/s"] == "n/a on CPU"
     assert any("MFU: n/a on CPU" in caption.value for caption in app.caption)
+    [log] = app.code
+    assert log.proto.wrap_lines  # long log lines wrap instead of running off the edge
 
 
 def test_many_tabs_watch_a_training_run(demo_home):
@@ -132,3 +135,117 @@ def test_many_tabs_watch_a_training_run(demo_home):
         assert len(workbench.list_runs()) == 1
     finally:
         shutdown_workbenches()
+
+
+def test_a_fresh_tab_watches_the_running_run_not_the_newest(app, demo_home):  # noqa: F811
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    seed_runs(demo_home)  # three completed runs
+    running = hold_worker(workbench)
+    cancelled = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, FAST)
+    workbench.cancel_run(cancelled)  # the newest run of all
+    open_page(app, "pages/training.py")
+    assert app.selectbox(key="train.watch_select").value == running
+    workbench.storage.update_run(running, status="completed")
+
+
+def test_the_default_run_is_running_then_newest_queued_then_newest_finished():
+    from ui.training_views import default_run
+
+    def runs(*statuses):  # newest first, as list_runs gives them
+        return [{"id": len(statuses) - i, "status": s} for i, s in enumerate(statuses)]
+
+    assert default_run(runs("cancelled", "queued", "running", "completed")) == 2
+    assert default_run(runs("cancelled", "queued", "queued", "completed")) == 3
+    assert default_run(runs("cancelled", "failed", "completed")) == 2
+    assert default_run(runs("cancelled", "cancelled")) == 2
+
+
+def test_the_runs_table_and_the_queue_refresh_themselves(app, demo_home, monkeypatch):  # noqa: F811
+    """The monitor, the queue and the list of all runs are each drawn inside a fragment that
+    reruns on a timer: none of them shows a state older than the others (in a browser the page
+    itself never reruns while a run trains). The "queued" message is a toast, which goes by itself."""
+    import functools
+
+    import streamlit
+
+    from engine import Workbench
+
+    real_fragment, real_dataframe = streamlit.fragment, streamlit.dataframe
+    inside, drawn = [], {}
+
+    def fragment(func=None, *, run_every=None):
+        def wrap(body):
+            @functools.wraps(body)
+            def timed(*args, **kwargs):
+                inside.append(run_every)
+                try:
+                    return body(*args, **kwargs)
+                finally:
+                    inside.pop()
+            return real_fragment(timed, run_every=run_every)
+        return wrap(func) if func is not None else wrap
+
+    def dataframe(data=None, *args, **kwargs):
+        drawn[kwargs.get("key") or tuple(data.columns)] = bool(inside and inside[-1])
+        return real_dataframe(data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "fragment", fragment)
+    monkeypatch.setattr(streamlit, "dataframe", dataframe)
+    workbench = Workbench(demo_home)
+    hold_worker(workbench)
+    workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, FAST)
+    open_page(app, "pages/training.py")
+    app.button(key="train.start").click().run()
+    assert not app.exception, app.exception
+    assert drawn["train.all_runs"], "the list of all runs is drawn outside a refreshing fragment"
+    [queue_table] = [refreshed for key, refreshed in drawn.items() if isinstance(key, tuple) and "position" in key]
+    assert queue_table, "the queue is drawn outside a refreshing fragment"
+    assert any("queued" in toast.value for toast in app.toast) and not app.success
+
+
+def test_the_monitor_shows_the_evaluation_with_its_own_progress(app, demo_home):  # noqa: F811
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    run_id = hold_worker(workbench)
+    workbench.storage.update_run(run_id, step=30, total_steps=30, wall_time_s=60.0,
+                                 phase="final evaluation on the test split", phase_done=12, phase_total=30)
+    open_page(app, "pages/training.py")
+    bars = [bar.proto.text for bar in app.get("progress")]
+    assert "step 30 / 30" in bars[0] and "evaluating" in bars[0] and "ETA" not in bars[0]
+    assert bars[1] == "Final evaluation on the test split: 12 / 30 examples"
+    assert "running (evaluating)" in app.dataframe[-1].value["status"].tolist()
+    workbench.storage.update_run(run_id, status="completed", phase=None)
+
+
+def test_a_finished_run_can_be_exported_from_the_training_page(app, demo_home):  # noqa: F811
+    run_id = finished_run(demo_home, "lora")
+    open_page(app, "pages/training.py")
+    assert any(e.label == f"Take run #{run_id} home" for e in app.expander)
+    assert app.get("download_button")  # the adapter zip
+    for fmt in ("merged", "onnx", "ct2"):  # the Playground's formats, CTranslate2 included
+        assert app.button(key=f"train.export.{fmt}")
+    app.button(key="train.export.merged").click().run()
+    assert not app.exception, app.exception
+    assert any(b.proto.label == "Download the merged model (zip)" for b in app.get("download_button"))
+
+
+def test_delete_asks_first_then_removes_the_run_with_its_files(app, demo_home):  # noqa: F811
+    from engine import Workbench
+
+    *_, newest = seed_runs(demo_home)
+    workbench = Workbench(demo_home)
+    folder = demo_home / "runs" / str(newest)
+    assert (folder / "adapter").is_dir()
+    open_page(app, "pages/training.py")
+    app.button(key=f"train.delete.{newest}").click().run()
+    assert any(f"Delete run #{newest}" in w.value for w in app.warning)
+    assert workbench.get_run(newest)["status"] == "completed"  # nothing happens before confirming
+    app.button(key="train.delete.yes").click().run()
+    assert not app.exception, app.exception
+    assert newest not in [r["id"] for r in workbench.list_runs()]
+    assert not folder.exists() and not workbench.storage.metrics(newest)
+    assert any("deleted" in toast.value for toast in app.toast)
+    assert app.selectbox(key="train.watch_select").value != newest

@@ -72,7 +72,10 @@ def test_first_session_trains_and_compares(server, demo_home):
 
         page.get_by_role("link", name="Training").first.click()
         expect(page.get_by_role("heading", name="Training")).to_be_visible()
-        for label, value in [("max_steps", "6"), ("eval_steps", "3"), ("generation_max_length", "8")]:
+        page.get_by_text("a number of steps", exact=True).click()  # the basics: how long
+        page.get_by_text("Advanced: every other setting").click()  # the rest, plain labels
+        for label, value in [("Steps", "6"), ("Validate every N steps", "3"),
+                             ("Longest transcript (tokens)", "8")]:
             field = page.get_by_label(label, exact=True)
             field.fill(value)
             field.press("Enter")

@@ -143,3 +143,35 @@ def test_a_bug_is_one_line_and_debug_adds_the_traceback(demo_home, monkeypatch, 
         assert err.splitlines()[-1].startswith("error: run 2 ended failed: method 'broken'")
     finally:
         unregister_method("broken")
+
+
+def test_runs_delete_asks_on_a_terminal_and_needs_yes_without_one(demo_home, monkeypatch, capsys):
+    import io
+
+    from engine.cli import main
+    from engine.workbench import Workbench
+
+    workbench = Workbench(demo_home)
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {"max_steps": 2})
+    assert main(["runs", "delete", str(run_id), "--yes"]) == 1  # queued: cancel it first
+    assert "cancel it while queued" in capsys.readouterr().err
+    workbench.cancel_run(run_id)
+    (demo_home / "runs" / str(run_id) / "checkpoint-1").mkdir(parents=True)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
+    assert main(["runs", "delete", str(run_id)]) == 1
+    assert "pass --yes" in capsys.readouterr().err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    assert main(["runs", "delete", str(run_id)]) == 1
+    assert workbench.get_run(run_id)["status"] == "cancelled"
+    monkeypatch.setattr("sys.stdin", Terminal("y\n"))
+    assert main(["runs", "delete", str(run_id)]) == 0
+    assert f"run {run_id}: deleted" in capsys.readouterr().out
+    assert run_id not in [r["id"] for r in workbench.list_runs()]
+    assert not (demo_home / "runs" / str(run_id)).exists()
+    assert main(["runs", "show", str(run_id)]) == 1

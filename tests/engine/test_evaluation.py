@@ -84,3 +84,27 @@ def test_item_cache_encodes_each_item_once_within_its_budget(tmp_path):
     calls.clear()
     [uncached[i] for i in (0, 0)]
     assert calls == [0, 0]
+
+
+def test_evaluation_reports_its_phase_and_examples_done_as_it_goes(workbench, monkeypatch):
+    from storage import Storage
+
+    seen = []
+    update_run = Storage.update_run
+
+    def spy(self, run_id, **fields):
+        if "phase" in fields or "phase_done" in fields:
+            seen.append((fields.get("phase", "…"), fields.get("phase_done"), fields.get("phase_total")))
+        return update_run(self, run_id, **fields)
+
+    monkeypatch.setattr(Storage, "update_run", spy)
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "per_device_eval_batch_size": 16})
+    assert workbench.wait_for_run(run_id)["status"] == "completed"
+    validation = workbench.dataset_split_counts("demo-speech")["validation"]  # 40: batches of 16, 16, 8
+    assert seen[0] == ("final evaluation on the validation split", 0, validation)
+    done = [d for phase, d, _ in seen[1:-1]]
+    assert done == sorted(done) and done[-1] == validation and 16 in done  # the first batch, at once
+    assert seen[-1] == (None, None, None)  # the phase ends with the evaluation
+    run = workbench.get_run(run_id)
+    assert (run["phase"], run["phase_done"], run["phase_total"]) == (None, None, None)

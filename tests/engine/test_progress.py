@@ -60,3 +60,14 @@ def test_a_run_that_never_started_shows_no_progress():
         report = ProgressReport(7, latest, stream, line_every_s=0)
         report.close({"status": "failed", "step": 0, "total_steps": None, "wall_time_s": None})
         assert stream.getvalue() == ""
+
+
+def test_durations_read_like_a_person_would_say_them():
+    from engine.progress import format_duration
+
+    assert format_duration(None) == "–"
+    assert format_duration(123) == "2m 03s" and format_duration(3723) == "1h 02m 03s"
+    assert format_duration(30 * 3600) == "30h 00m 00s"
+    assert format_duration(5e6) == "about 58 days"
+    # the queue once said "3920937317h 19m" for a legal but absurd run
+    assert format_duration(3920937317 * 3600 + 19 * 60) == "about 447,289 years"

@@ -218,3 +218,29 @@ def test_a_transaction_sqlite_already_ended_keeps_the_original_error(storage):
     assert not storage.db.conn.in_transaction
     storage.create_run({"method": "lora", "settings": {}})
     assert storage.db["runs"].count == 1
+
+
+def test_a_finished_run_is_deleted_with_its_rows_and_an_active_one_is_not(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    storage.add_metrics(run_id, 1, 0.5, {"train/loss": 1.0})
+    storage.add_event(run_id, "queued")
+    storage.store_series(run_id, "train/loss", 1, {"step": [1], "wall_time": [0.5], "value": [1.0]})
+    assert storage.delete_run(run_id) is False  # queued: a worker may claim it any moment
+    storage.claim_next_run("host:1:0", run_id=run_id)
+    assert storage.delete_run(run_id) is False and storage.get_run(run_id)["status"] == "running"
+    storage.update_run(run_id, status="stopped")
+    assert storage.delete_run(run_id) is True
+    assert storage.get_run(run_id) is None
+    for table in ("run_metrics", "run_events", "run_series"):
+        assert storage.db.execute(f"select count(*) from {table} where run_id = ?", [run_id]).fetchone()[0] == 0
+    with pytest.raises(PermissionError):
+        storage.delete_run(run_id)  # gone: nothing of yours to delete
+    # The next run does not take the deleted one's id: caches keyed by run id would mix them up.
+    assert storage.create_run({"method": "lora", "settings": {}}) == run_id + 1
+
+
+def test_runs_have_an_evaluation_phase_with_progress(storage):
+    run_id = storage.create_run({"method": "lora", "settings": {}})
+    storage.update_run(run_id, phase="final evaluation on the test split", phase_done=3, phase_total=9)
+    run = storage.get_run(run_id)
+    assert (run["phase"], run["phase_done"], run["phase_total"]) == ("final evaluation on the test split", 3, 9)
