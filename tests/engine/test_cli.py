@@ -98,7 +98,7 @@ def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
     (["models", "register", "openai/whisper-tiny", "--name", "w"], "offline mode is on"),
     (["runs", "show", "424242"], "no run 424242"),
     (["runs", "resume", "424242"], "no run 424242"),
-    (["models", "register", "/definitely/not/here", "--name", "x"], "not a folder, an installed model package or a hub id"),
+    (["models", "register", "/definitely/not/here", "--name", "x"], "not a folder, an installed model package"),
     (["datasets", "import", "/definitely/not/here", "--name", "x"], "is not a folder"),
 ])
 def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):

@@ -51,7 +51,7 @@ def test_register_refuses_what_it_cannot_use_and_leaves_nothing_behind(workbench
         workbench.register_model(no_weights, "empty")
     with pytest.raises(ModelError, match="already exists"):
         workbench.register_model(gpt, "tiny-bert")
-    with pytest.raises(ModelError, match="not a folder, an installed model package or a hub id"):
+    with pytest.raises(ModelError, match="not a folder, an installed model package"):
         workbench.register_model("not a thing", "x")
     assert sorted(p.name for p in (workbench.home / "models").iterdir()) == before
 
