@@ -31,10 +31,7 @@ def seconds_left(storage: Storage, run: dict) -> float | None:
     if run["step"] and run["wall_time_s"]:
         per_step = run["wall_time_s"] / run["step"]
     else:
-        row = storage.db.execute(
-            "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
-            "model_id = ? and method = ? and step > 0", [run["model_id"], run["method"]]).fetchone()
-        if not row or not row[1]:
+        per_step = storage.seconds_per_step(run["model_id"], run["method"])
+        if per_step is None:
             return None
-        per_step = row[0] / row[1]
     return per_step * max(0, total - (run["step"] or 0))
