@@ -8,7 +8,7 @@ export LIM_HOME ?= $(CURDIR)/data
 .PHONY: run test lint venv demo browser-deps clean bench bench-gpu
 
 # The project itself goes in editable (pyproject.toml): the `lim` script, the methods' entry
-# points, and the repository on sys.path. Offline: setuptools comes from requirements-dev.txt.
+# points, its packages importable from anywhere. Offline: setuptools comes from requirements-dev.txt.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=python3 to use another)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-# The workbench is installed editable (make venv), so `engine`, `storage` and `ui` import from
-# anywhere; helpers shared by several test folders (audio_files.py) sit beside this file, which
-# pytest puts on sys.path as the root conftest's folder.
+# The workbench is installed editable (make venv), so its packages import from anywhere;
+# helpers shared by several test folders (audio_files.py) sit beside this file, whose folder
+# pytest puts on sys.path (the root conftest's folder).
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(2)
 
