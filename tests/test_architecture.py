@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,22 @@ def test_the_contracts_catch_an_arrow_back_up(tmp_path):
                   "benchmarks.dataset_import -> ui.state"]:
         assert arrow in report, arrow
     assert "No cycles are allowed in engine.export" in report
+
+
+def test_engine_modules_take_narrow_arguments_not_the_workbench():
+    """Below the facade, modules get records, paths or the storage, never the Workbench to call
+    back into (an arrow up that no import shows); only the command line above it takes one."""
+    above_the_facade = {ROOT / "engine" / "cli.py", ROOT / "engine" / "__main__.py"}
+    offenders = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        if path in above_the_facade or (ROOT / "engine" / "workbench") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({a.arg})"
+                              for a in arguments if a.arg in ("workbench", "wb")]
+    assert not offenders, offenders
 
 
 def test_ruff_passes():
