@@ -25,6 +25,8 @@ RUN grep -vE '^(torch|torchaudio)==' requirements.txt > /tmp/requirements-jetson
     && python3 -m pip install -r /tmp/requirements-jetson.txt
 
 COPY . .
+# The project itself (pyproject.toml): the `lim` script and the built-in methods' entry points.
+RUN python3 -m pip install --no-deps -e .
 
 EXPOSE 8501
 HEALTHCHECK CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"

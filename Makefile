@@ -5,13 +5,16 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 export LIM_HOME ?= $(CURDIR)/data
 
-.PHONY: run test venv demo browser-deps clean bench bench-gpu
+.PHONY: run test lint venv demo browser-deps clean bench bench-gpu
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The project itself goes in editable (pyproject.toml): the `lim` script, the methods' entry
+# points, its packages importable from anywhere. Offline: setuptools comes from requirements-dev.txt.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=python3 to use another)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -36,6 +39,11 @@ test: venv browser-deps
 	@ls $(WHISPER_SDIST)/openai_whisper-*.tar.gz >/dev/null 2>&1 || $(PY) -m pip download --quiet \
 	  --no-deps --no-binary :all: openai-whisper==20250625 -d $(WHISPER_SDIST) || true
 	$(PY) -m pytest -q
+
+# What tests/test_architecture.py checks, on its own: ruff and the import contracts.
+lint: venv
+	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # Training speed and memory, reference recipe against the engine (docs/benchmarks.md).
 # bench: tiny presets on the CPU (what CI keeps working); bench-gpu: real Whisper configs on a

@@ -17,13 +17,11 @@ import os
 import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def seed(home: Path, runs: int, points: int) -> list[int]:

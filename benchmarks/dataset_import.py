@@ -12,7 +12,6 @@ import argparse
 import csv
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -74,6 +72,8 @@ def render_page(home: Path, name: str) -> float:
     """The whole Datasets page through Streamlit's AppTest (script run, no browser paint)."""
     from streamlit.testing.v1 import AppTest
 
+    from engine.training.worker import shutdown_all_workers
+
     os.environ["LIM_HOME"] = str(home)
     app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
     app.run()
@@ -82,9 +82,7 @@ def render_page(home: Path, name: str) -> float:
     assert not app.exception, app.exception
     _, seconds = timed(f"render the Datasets page of {name} (AppTest rerun)", lambda: app.run())
     assert not app.exception, app.exception
-    from ui.state import shutdown_workbenches
-
-    shutdown_workbenches()
+    shutdown_all_workers()  # the app's cached workbench started one
     return seconds
 
 

@@ -11,7 +11,7 @@ training clock: the engine saves a checkpoint at each snapshot step (it keeps it
 the recipe copies its LoRA weights in a ``TrainerCallback`` (the clock is read before the
 copy); after training every snapshot is scored the same way, with standard inference:
 each test clip padded to Whisper's 30 s window, greedy ``generate`` with the run's language
-and task, WER after Whisper's basic normaliser (engine/training/metrics.py). Step 0 is the
+and task, WER after Whisper's basic normaliser (engine/metrics.py). Step 0 is the
 untouched model (zero-shot). The engine side goes through ``Workbench.submit_run`` and the
 worker: data loading, feature extraction and the feature cache are in its clock.
 

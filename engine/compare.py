@@ -1,8 +1,9 @@
 """What the Compare page shows about each run: results, costs and settings, as flat rows.
 
-``comparison_row(workbench, run)`` gives one flat dict per run (the CSV export writes exactly
-these); ``differing_settings(rows)`` names the settings that differ between the chosen runs.
-No streamlit here: the page and the tests share this code.
+``comparison_row(run, adapter_dir, means)`` gives one flat dict per run (the CSV export writes
+exactly these; ``Workbench.compare_runs`` reads the inputs); ``differing_settings(rows)`` names
+the settings that differ between the chosen runs. No streamlit here: the page and the tests
+share this code.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from pathlib import Path
 
 from engine.errors import SettingsError
 from engine.training import monitoring
-from engine.training.metrics import METRIC_DIRECTION
+from engine.metrics import METRIC_DIRECTION
 
 # Row column -> the per-step metric (engine/training/monitoring.py) whose mean it shows.
 MEAN_RATES = {"samples_per_second": monitoring.SAMPLES_PER_S,
               "audio_hours_per_hour": monitoring.AUDIO_HOURS_PER_HOUR,
               "achieved_tflops": monitoring.TFLOPS, "mfu_percent": monitoring.MFU_PERCENT}
+# Every metric whose mean a row needs (the machine metrics tell where the run trained).
+MEANS_READ = [*MEAN_RATES.values(), monitoring.GPU_MEMORY_MB, monitoring.CPU_PERCENT]
 _TAG = re.compile(r"^[\w][\w .:+-]{0,39}$")
 
 
@@ -42,13 +45,13 @@ def folder_bytes(folder: Path | None) -> int | None:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def rates(workbench, run: dict) -> dict:
-    """Mean throughput and utilisation over the run's steps, and where it trained ("GPU",
-    "CPU", or None when it logged no machine metrics). Samples/s falls back to steps x batch
-    size x gradient accumulation / wall time for a run that did not log it; utilisation stays
-    None where it was not logged (a CPU, an unknown GPU: no peak to divide by)."""
+def rates(run: dict, means: dict[str, float]) -> dict:
+    """Mean throughput and utilisation over the run's steps (``means`` of ``MEANS_READ``), and
+    where it trained ("GPU", "CPU", or None when it logged no machine metrics). Samples/s
+    falls back to steps x batch size x gradient accumulation / wall time for a run that did
+    not log it; utilisation stays None where it was not logged (a CPU, an unknown GPU: no
+    peak to divide by)."""
     gpu, cpu = monitoring.GPU_MEMORY_MB, monitoring.CPU_PERCENT  # every run logs CPU %, GPU runs both
-    means = workbench.storage.metric_means(run["id"], [*MEAN_RATES.values(), gpu, cpu])
     row = {column: means.get(name) for column, name in MEAN_RATES.items()}
     row["device"] = "GPU" if gpu in means else "CPU" if cpu in means else None
     if row["samples_per_second"] is None:
@@ -74,8 +77,9 @@ def primary_metric(run: dict) -> tuple[str | None, float | None]:
     return None, None
 
 
-def comparison_row(workbench, run: dict) -> dict:
-    adapter = workbench.storage.files.resolve(run["adapter_dir"]) if run["adapter_dir"] else None
+def comparison_row(run: dict, adapter_dir: Path | None, means: dict[str, float]) -> dict:
+    """``run``'s record as one flat row; ``adapter_dir``: its adapter folder (None when it has
+    none), ``means``: the run's per-step means of the metrics in ``MEANS_READ``."""
     metric_name, metric_value = primary_metric(run)
     row = {
         "run": run["id"], "status": run["status"], "method": run["method"],
@@ -84,8 +88,8 @@ def comparison_row(workbench, run: dict) -> dict:
         "metric": metric_name, "final_metric": metric_value,
         **{f"final_{name}": value for name, value in (run["metrics"] or {}).items()},
         "trainable_params": run["trainable_params"], "total_params": run["total_params"],
-        "peak_memory_mb": run["peak_memory_mb"], "adapter_bytes": folder_bytes(adapter),
-        **rates(workbench, run), "wall_time_s": run["wall_time_s"], "steps": run["step"],
+        "peak_memory_mb": run["peak_memory_mb"], "adapter_bytes": folder_bytes(adapter_dir),
+        **rates(run, means), "wall_time_s": run["wall_time_s"], "steps": run["step"],
     }
     for section, values in (run["settings"] or {}).items():
         for name, value in values.items():

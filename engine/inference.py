@@ -5,7 +5,7 @@ The base model is loaded with the run method's own loading options (4-bit for ql
 transformers folder. The playground and the tests use this.
 
     cache = ModelCache(budget_bytes=2 * 2**30)
-    loaded = cache.get(workbench, model="tiny-whisper", run_id=3)   # loads once, then reuses
+    loaded = cache.get(key, lambda: load_trained(run, family, base_dir, adapter_dir, labels), run_id)
     result = predict_item(loaded, {"file": "clip.wav"}, folder)      # {"output": ..., "latency_s": ...}
 
 ``predict_item`` goes through the same ``TaskModel.encode -> collate -> predict`` path as the
@@ -14,6 +14,7 @@ recipe's evaluation, so the playground shows what the validation metrics measure
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -24,27 +25,23 @@ from pathlib import Path
 import torch
 
 from engine import settings as settings_lib
-from engine.errors import RunError
 from engine.methods import MethodContext, get_method
 from engine.models import TaskModel, task_model_for
 
 DEFAULT_CACHE_BUDGET = 2 * 2**30  # bytes of weights kept loaded (playground)
 
 
-def load_trained(workbench, run_id: int, device: str = "cpu") -> tuple[TaskModel, torch.nn.Module]:
-    run = workbench.get_run(run_id)
-    if not run["adapter_dir"]:
-        raise RunError(f"run {run_id} has no saved adapter (status {run['status']})")
-    adapter_dir = workbench.storage.files.resolve(run["adapter_dir"])
-    model_record = workbench.get_model(run["model_id"])
-    labels = run_labels(workbench, run, adapter_dir)
+def load_trained(run: dict, family: str, base_dir: Path, adapter_dir: Path, labels: list[str],
+                 device: str = "cpu") -> tuple[TaskModel, torch.nn.Module]:
+    """A finished run's model: the base (``family``, in ``base_dir``) loaded with the run
+    method's options, then its adapter from ``adapter_dir``; a full fine-tune is loaded from
+    ``adapter_dir`` alone. ``run`` is the run's record (method, task, settings)."""
     method = get_method(run["method"])
-    base_dir = workbench.storage.files.resolve(model_record["path"])
     options = task_options(run["settings"]["training"])
     if not method.is_adapter:
-        task_model = task_model_for(model_record["family"], run["task"], adapter_dir, labels, **options)
+        task_model = task_model_for(family, run["task"], adapter_dir, labels, **options)
         return task_model, task_model.load().to(device).eval()
-    task_model = task_model_for(model_record["family"], run["task"], base_dir, labels, **options)
+    task_model = task_model_for(family, run["task"], base_dir, labels, **options)
     load_kwargs = method_load_kwargs(method, run["settings"]["method"], task_model, device)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
@@ -67,23 +64,18 @@ def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, dev
     return method.load_kwargs(settings, context)
 
 
-def run_labels(workbench, run: dict, adapter_dir: Path) -> list[str]:
-    """The labels the run trained with: from its adapter folder, else its dataset."""
-    import json
-
+def adapter_labels(adapter_dir: Path) -> list[str] | None:
+    """The labels a run saved beside its adapter (None when it saved no ``workbench.json``)."""
     meta = adapter_dir / "workbench.json"
     if meta.is_file():
         return json.loads(meta.read_text()).get("labels") or []
-    dataset = workbench.storage.find_dataset(run["dataset_id"], workbench.owner_id)
-    return dataset["labels"] if dataset else []
+    return None
 
 
-def load_base(workbench, model: str | int, task: str, labels: list[str] | None = None,
+def load_base(family: str, task: str, model_dir: Path, labels: list[str] | None = None,
               generation_max_length: int = 48, device: str = "cpu") -> tuple[TaskModel, torch.nn.Module]:
-    """The registered model as it is, in full precision (the playground's "before")."""
-    record = workbench.get_model(model)
-    task_model = task_model_for(record["family"], task, workbench.storage.files.resolve(record["path"]),
-                                labels, generation_max_length=generation_max_length)
+    """A registered model as it is, in full precision (the playground's "before")."""
+    task_model = task_model_for(family, task, model_dir, labels, generation_max_length=generation_max_length)
     torch.manual_seed(0)  # a classifier head the base never trained starts the same every time
     return task_model, task_model.load().to(device).eval()
 
@@ -135,17 +127,15 @@ class ModelCache:
         self._lock = threading.RLock()
         self.loads = 0  # how many times a model was actually loaded (tests, status line)
 
-    def get(self, workbench, model: str | int, run_id: int | None = None, *,
-            task: str | None = None, labels: list[str] | None = None) -> LoadedModel:
-        """The base model (``run_id=None``, needs ``task``) or a run's trained model."""
-        key = (str(workbench.home), str(model), run_id, task if run_id is None else None,
-               tuple(labels or ()) if run_id is None else ())
+    def get(self, key: tuple, load: Callable[[], tuple[TaskModel, torch.nn.Module]],
+            run_id: int | None = None) -> LoadedModel:
+        """The model cached under ``key`` (the caller's: data home, model, run id, ...), made
+        with ``load()`` when it is not there yet."""
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            entry = self._load(lambda: (load_trained(workbench, run_id) if run_id is not None
-                                        else load_base(workbench, model, task, labels)), run_id)
+            entry = self._load(load, run_id)
             self._entries[key] = entry
             self._evict()
             return entry

@@ -17,6 +17,7 @@ import re
 import unicodedata
 
 from engine.errors import DatasetError
+from storage import safe_name as safe_name  # the file store's slugs, for callers above the engine
 
 # Bidirectional embedding, override and isolate controls (the "Trojan Source" characters).
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

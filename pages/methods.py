@@ -16,6 +16,8 @@ st.caption("Parameter-efficient fine-tuning techniques side by side. Built-in an
            "plugins are listed the same way (see docs/plugins.md to add your own).")
 
 methods = wb.list_methods()
+for problem in wb.method_problems():  # a broken plugin, or one whose name is taken
+    st.warning(problem)
 models = wb.list_models()
 results = {}
 if models:

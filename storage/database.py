@@ -381,6 +381,14 @@ class Storage:
         return self._rows(f"select * from runs where status in ({marks}) order by id",
                           list(statuses))
 
+    def seconds_per_step(self, model_id: int, method: str) -> float | None:
+        """Wall seconds per step over the completed runs of ``model_id`` with ``method`` (None
+        when there are none): how fast this machine trains that combination."""
+        row = self.db.execute(
+            "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
+            "model_id = ? and method = ? and step > 0", [model_id, method]).fetchone()
+        return row[0] / row[1] if row and row[1] else None
+
     # ---------------------------------------------------------------- metrics and events
     def add_metrics(self, run_id: int, step: int, wall_time: float, values: dict[str, float]) -> None:
         rows = [{"run_id": run_id, "step": step, "wall_time": wall_time, "name": name,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The workbench is installed editable (make venv), so its packages import from anywhere;
+# helpers shared by several test folders (audio_files.py) sit beside this file, whose folder
+# pytest puts on sys.path (the root conftest's folder).
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(2)
 

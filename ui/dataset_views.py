@@ -15,6 +15,7 @@ from engine.data.archives import ImportLimits
 from engine.data.pipeline import ImportOptions
 from engine.data.validation import KINDS, report_from_dict
 from engine.errors import WorkbenchError
+from engine.text import safe_name
 from ui import dataset_charts as charts
 
 PAGE_SIZE = 25
@@ -286,8 +287,6 @@ def _hours(hours: float) -> str:
 
 
 def _slug(text: str) -> str:
-    from storage import safe_name
-
     return safe_name(text)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from engine.errors import SettingsError
 from engine.methods.lora import resolve_targets
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 from engine.settings import setting
 
 
@@ -49,7 +49,7 @@ def update_ranks(model, step: int) -> None:
     model.base_model.update_and_allocate(step)
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="adalora",
     help="Adaptive LoRA: starts at init_r and moves the rank budget to the layers that need it.",
     settings_cls=AdaLoraSettings,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import MethodError
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 
 
 @dataclass
@@ -28,7 +28,7 @@ def apply_frozen_encoder(model, settings: FrozenEncoderSettings, context: Method
     return model
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="frozen-encoder",
     help="Freeze the pretrained encoder; train only the task head (or the decoder for ASR).",
     settings_cls=FrozenEncoderSettings,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 
 
 @dataclass
@@ -20,7 +20,7 @@ def apply_full(model, settings: FullSettings, context: MethodContext):
     return model
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="full",
     help="Full fine-tuning: every weight trains (most memory, the reference for quality).",
     settings_cls=FullSettings,

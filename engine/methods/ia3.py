@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from engine.errors import MethodError
 from engine.methods.lora import target_list
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 from engine.settings import setting
 
 # family -> (target modules, the feed-forward ones among them); peft has no Whisper default.
@@ -45,7 +45,7 @@ def apply_ia3(model, settings: IA3Settings, context: MethodContext):
     return get_peft_model(model, config)
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="ia3",
     help="(IA)³: learned vectors rescale keys, values and feed-forward activations.",
     settings_cls=IA3Settings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import MethodError, SettingsError
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 from engine.settings import setting
 
 
@@ -86,7 +86,7 @@ def apply_lora(model, settings: LoraSettings, context: MethodContext):
     return peft_model
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="lora",
     help="Low-rank adapters on a frozen full-precision base model.",
     settings_cls=LoraSettings,

@@ -10,7 +10,7 @@ import torch
 
 from engine.errors import MethodError
 from engine.methods.lora import LoraSettings, apply_lora
-from engine.methods.registry import MethodContext, register_method
+from engine.methods.registry import MethodContext, make_method
 from engine.settings import setting
 
 
@@ -136,7 +136,7 @@ def keep_training_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-METHOD = register_method(
+METHOD = make_method(
     name="qlora",
     help="LoRA on a 4-bit quantised base model (bitsandbytes NF4, double quantisation).",
     settings_cls=QLoraSettings,
@@ -153,7 +153,7 @@ METHOD = register_method(
                 "4-bit weights.",
 )
 
-METHOD_8BIT = register_method(
+METHOD_8BIT = make_method(
     name="qlora-8bit",
     help="LoRA on an 8-bit base model (bitsandbytes LLM.int8()).",
     settings_cls=QLora8bitSettings,

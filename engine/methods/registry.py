@@ -4,22 +4,30 @@ A method is a lowercase name, a one-line help, a settings dataclass (every field
 and a help string) and ``apply(model, settings, context) -> model``. A method that must change
 how the base model is loaded (4-bit quantisation) also gives ``load_kwargs(settings, context)``.
 
-Third-party packages expose a ``Method`` (or a callable returning one) in the entry-point group
-``lessismore.methods``; see docs/plugins.md.
+Every method comes in through the entry-point group ``lessismore.methods``: the built-in
+ones are declared in the workbench's own pyproject.toml, third-party packages declare theirs
+the same way (a ``Method``, or a callable returning one; docs/plugins.md). ``ensure_loaded``
+loads the group once, built-ins first, and every method passes ``add_method``'s checks; a
+plugin that is broken or whose name is taken is logged and listed by ``plugin_problems()``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
+import threading
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 from engine.errors import MethodError
 
 ENTRY_POINT_GROUP = "lessismore.methods"
+DISTRIBUTION = "lessismore-workbench"  # this project (pyproject.toml), whose methods are built in
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 
 
@@ -70,24 +78,49 @@ class Method:
 
 _REGISTRY: dict[str, Method] = {}
 _loaded = False
+_loading = threading.RLock()
+# What went wrong while loading entry points (a broken plugin, a name clash), for the pages and
+# the command line to show; each is also logged as a warning.
+_problems: list[str] = []
+logger = logging.getLogger(__name__)
 
 
-def register_method(*, name: str, help: str, settings_cls: type, apply: Callable,
-                    load_kwargs: Callable | None = None, is_adapter: bool = True,
-                    on_optimizer_step: Callable | None = None, source: str = "built-in",
-                    **extra: Any) -> Method:
-    """Add a method to the registry; refuses bad names and duplicates."""
-    if not _NAME.match(name or ""):
+def make_method(*, name: str, help: str, settings_cls: type, apply: Callable,
+                load_kwargs: Callable | None = None, is_adapter: bool = True,
+                on_optimizer_step: Callable | None = None, source: str = "built-in",
+                **extra: Any) -> Method:
+    """A ``Method`` from keywords (``extra``: idea, formula, advantages, limitations), not yet
+    registered: a method module names it in an entry point, or ``register_method`` adds it."""
+    return Method(name=name, help=help, settings_cls=settings_cls, apply=apply,
+                  load_kwargs=load_kwargs or no_load_kwargs, is_adapter=is_adapter,
+                  on_optimizer_step=on_optimizer_step, source=source, extra=extra)
+
+
+def register_method(**keywords: Any) -> Method:
+    """``make_method(**keywords)``, added to the registry with ``add_method``'s checks."""
+    return add_method(make_method(**keywords))
+
+
+def add_method(method: Method) -> Method:
+    """The one way into the registry, for built-in and third-party methods alike: refuses bad
+    names, a name already taken, an ``apply`` that cannot be called and settings that are not a
+    dataclass with a default for every field."""
+    name = method.name
+    if not isinstance(name, str) or not _NAME.match(name):
         raise MethodError(f"method name {name!r} must be lowercase letters, digits and '-', "
                           "2-40 characters, starting with a letter")
     if name in _REGISTRY:
         raise MethodError(f"a method named {name!r} is already registered "
                           f"(by {_REGISTRY[name].source})")
-    if not callable(apply):
+    if not callable(method.apply):
         raise MethodError(f"method {name!r}: apply must be callable")
-    method = Method(name=name, help=help, settings_cls=settings_cls, apply=apply,
-                    load_kwargs=load_kwargs or no_load_kwargs, is_adapter=is_adapter,
-                    on_optimizer_step=on_optimizer_step, source=source, extra=extra)
+    if not (isinstance(method.settings_cls, type) and dataclasses.is_dataclass(method.settings_cls)):
+        raise MethodError(f"method {name!r}: settings_cls must be a dataclass")
+    no_default = [f.name for f in dataclasses.fields(method.settings_cls)
+                  if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if no_default:
+        raise MethodError(f"method {name!r}: every setting needs a default ({', '.join(no_default)} "
+                          "has none)")
     _REGISTRY[name] = method
     return method
 
@@ -109,27 +142,83 @@ def all_methods() -> list[Method]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def plugin_problems() -> list[str]:
+    """Why an entry point did not add its method (broken, or its name taken), one line each."""
+    ensure_loaded()
+    return list(_problems)
+
+
 def ensure_loaded() -> None:
-    """Import the built-in methods, then every installed plugin (once)."""
+    """Load every method of the entry-point group once: the workbench's own first, so a
+    third-party method can never replace a built-in one, then the rest by distribution."""
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    from engine.methods import builtin  # noqa: F401  (registers the built-in methods)
+    with _loading:  # the worker thread and a page may ask at once; the second waits
+        if _loaded:
+            return
+        _loaded = True  # (a plugin that asks for a method while loading gets those loaded so far)
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+        if not any(_is_builtin(entry) for entry in found):
+            # Not installed (a bare checkout run with PYTHONPATH): pyproject.toml declares them.
+            logger.warning("the workbench is not installed (pip install -e .); reading its "
+                           "built-in methods from pyproject.toml")
+            found += builtin_entry_points_from_pyproject()
+        for entry in sorted(found, key=lambda e: (not _is_builtin(e), _distribution(e), e.name)):
+            load_plugin(entry)
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        load_plugin(entry)
 
-
-def load_plugin(entry: Any) -> None:
-    """Load one entry point; a broken plugin is reported, not fatal to the workbench."""
-    import logging
-
+def load_plugin(entry: Any) -> Method | None:
+    """Load one entry point and add its method through ``add_method``. A broken plugin or one
+    whose name is taken is reported (logged as a warning, listed by ``plugin_problems``),
+    never fatal to the workbench and never dropped silently. Returns the method added."""
+    ensure_loaded()  # the built-ins come first, whoever loads a plugin
+    package = _distribution(entry)
+    where = f"{entry.name} = {entry.value}" + (f" (package {package})" if package else "")
     try:
         target = entry.load()
         if callable(target) and not isinstance(target, Method):
-            target = target()
-        if isinstance(target, Method) and target.name not in _REGISTRY:
-            _REGISTRY[target.name] = target
+            target = target()  # a function returning a Method, or registering one itself
+            if target is None:  # it called register_method: the checks have run
+                return _REGISTRY.get(entry.name)
+        if not isinstance(target, Method):
+            raise MethodError(f"it gave {type(target).__name__}, not an engine.methods.Method")
+        taken = _REGISTRY.get(target.name)
+        if taken is not None and (taken.apply, taken.settings_cls) == (target.apply, target.settings_cls):
+            return taken  # the very same method, loaded again
+        if taken is not None:
+            _report(f"method plugin {where} was not loaded: the name {target.name!r} is taken by "
+                    f"the method from {taken.source}; give the plugin's method another name to "
+                    "use it")
+            return None
+        if target.source == "built-in" and not _is_builtin(entry):  # say where it came from
+            target = dataclasses.replace(target, source=package or entry.value)
+        return add_method(target)
     except Exception as error:  # a plugin must never take the app down
-        logging.getLogger(__name__).warning("method plugin %s failed to load: %s", entry.name, error)
+        _report(f"method plugin {where} failed to load: {error}")
+        return None
+
+
+def _report(problem: str) -> None:
+    logger.warning(problem)
+    if problem not in _problems:
+        _problems.append(problem)
+
+
+def _distribution(entry: Any) -> str:
+    dist = getattr(entry, "dist", None)
+    return dist.name if dist is not None else ""
+
+
+def _is_builtin(entry: Any) -> bool:
+    return _distribution(entry) == DISTRIBUTION or (not _distribution(entry)
+                                                     and entry.value.startswith("engine.methods."))
+
+
+def builtin_entry_points_from_pyproject() -> list[EntryPoint]:
+    """The built-in methods' entry points as pyproject.toml declares them."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as error:
+        raise MethodError(f"cannot find the built-in methods: install the workbench "
+                          f"(pip install -e .): {error}") from error
+    return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in declared.items()]

@@ -16,7 +16,7 @@ from torch import nn
 from engine.data.audio import load_audio
 from engine.models.base import TaskModel, pad_to_multiple
 from engine.models.whisper import _device_of, _float_dtype_of, quiet_transformers
-from engine.training.metrics import classification_metrics
+from engine.metrics import classification_metrics
 
 
 class Classification(TaskModel):

@@ -26,7 +26,7 @@ from engine.models.whisper_window import (
     pad_batch,
     window_frames,
 )
-from engine.training.metrics import classification_metrics, speech_metrics
+from engine.metrics import classification_metrics, speech_metrics
 
 
 def quiet_transformers():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from engine.training.metrics import METRIC_DIRECTION
+from engine.metrics import METRIC_DIRECTION
 
 
 class EarlyStopping:

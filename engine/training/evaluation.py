@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.training.metrics import confusion_counts, item_speech_errors
+from engine.metrics import confusion_counts, item_speech_errors
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.jsonl"

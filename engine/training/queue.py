@@ -31,19 +31,7 @@ def seconds_left(storage: Storage, run: dict) -> float | None:
     if run["step"] and run["wall_time_s"]:
         per_step = run["wall_time_s"] / run["step"]
     else:
-        per_step = seconds_per_step(storage, run["model_id"], run["method"])
+        per_step = storage.seconds_per_step(run["model_id"], run["method"])
         if per_step is None:
             return None
     return per_step * max(0, total - (run["step"] or 0))
-
-
-def seconds_per_step(storage: Storage, model_id: int, method: str) -> float | None:
-    """Mean seconds per optimizer step of this machine's completed runs of this model and
-    method (None without one). Batch size and clip lengths differ between runs, so this is the
-    order of magnitude a form can warn with, not a promise."""
-    row = storage.db.execute(
-        "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
-        "model_id = ? and method = ? and step > 0", [model_id, method]).fetchone()
-    if not row or not row[1]:
-        return None
-    return row[0] / row[1]

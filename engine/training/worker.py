@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 
 import psutil
@@ -25,6 +26,7 @@ from engine.series import LiveSeries
 from storage import Storage, utc_now
 
 logger = logging.getLogger(__name__)
+_started: weakref.WeakSet[Worker] = weakref.WeakSet()  # every Worker started in this process
 
 
 def worker_name() -> str:
@@ -182,6 +184,13 @@ def store_display_series(storage: Storage, run_id: int) -> None:
         logger.exception("could not store the display series of run %s", run_id)
 
 
+def shutdown_all_workers() -> None:
+    """Stop every worker this process started: a benchmark that ran the app in-process (with
+    Streamlit's AppTest) ends its workers before it removes their data home."""
+    for worker in list(_started):
+        worker.shutdown()
+
+
 class Worker:
     """A background thread taking queued runs in submission order."""
 
@@ -199,6 +208,7 @@ class Worker:
             return
         self._thread = threading.Thread(target=self._loop, name="lim-worker", daemon=True)
         self._thread.start()
+        _started.add(self)
 
     def wake(self) -> None:
         self._wake.set()

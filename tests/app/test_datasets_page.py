@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import io
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from audio_files import speech_folder
 from streamlit.testing.v1 import AppTest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from audio_files import speech_folder  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 

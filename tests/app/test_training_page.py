@@ -64,7 +64,7 @@ def test_queue_can_be_reordered_and_cancelled_with_a_confirmation(app, demo_home
 
 
 def test_classification_run_shows_its_evaluation_and_confusion_matrix(app, demo_home):  # noqa: F811
-    run_id = finished_run(demo_home, "lora", dataset="demo-commands")
+    finished_run(demo_home, "lora", dataset="demo-commands")
     open_page(app, "pages/training.py")
     assert any("no test split" in i.value for i in app.info)
     examples = app.dataframe[0].value  # the monitor comes first, the list of all runs last

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from engine.errors import ExportError, ModelError
-from engine.models.ct2 import (bpe_merges, bytes_to_unicode, convert_ct2, find_ct2_source,
+from engine.models.ct2 import (bpe_merges, bytes_to_unicode, find_ct2_source,
                                read_model_bin)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,7 +358,7 @@ def test_ct2_export_transcribes_like_the_merged_model(whisper_base_run, tmp_path
 def test_ct2_export_refuses_other_formats_options_and_tasks(whisper_base_run, tmp_path, monkeypatch, capsys):
     from engine.cli import main
     from engine.export import RunArtifacts
-    from engine.export_ct2 import check_exportable
+    from engine.export.ct2 import check_exportable
 
     workbench, run_id = whisper_base_run
     monkeypatch.setenv("LIM_HOME", str(workbench.storage.files.home))

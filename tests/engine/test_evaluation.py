@@ -9,7 +9,7 @@ import pytest
 from conftest import FAST
 
 from engine.training.evaluation import per_example_rows
-from engine.training.metrics import confusion_counts
+from engine.metrics import confusion_counts
 
 
 def test_speech_rows_carry_per_item_error_rates_worst_first():

@@ -16,7 +16,6 @@ import torch
 from trained_runs import make_trained_home
 
 from engine.errors import ExportError
-from engine.inference import load_trained
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,13 +28,13 @@ def trained(tmp_path_factory, demo_template):
 
 
 def validation_batch(workbench, run: dict) -> dict:
-    task_model, _ = load_trained(workbench, run["run_id"])
+    task_model, _ = workbench.load_trained(run["run_id"])
     examples = [task_model.encode(item, run["dataset_dir"]) for item in run["items"][:4]]
     return task_model.collate(examples)
 
 
 def engine_logits(workbench, run_id: int, batch: dict) -> torch.Tensor:
-    _, model = load_trained(workbench, run_id)
+    _, model = workbench.load_trained(run_id)
     with torch.no_grad():
         return model(**batch).logits
 

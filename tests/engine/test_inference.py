@@ -66,21 +66,22 @@ def test_cache_evicts_the_least_recently_used_model_past_its_budget(trained):
     entries = {"speech": dict(run_id=speech), "commands": dict(run_id=commands),
                "base": dict(run_id=None, task="audio-classification", labels=labels)}
     probe = ModelCache()
-    sizes = {name: probe.get(workbench, "tiny-whisper", **kw).size_bytes for name, kw in entries.items()}
+    sizes = {name: workbench.loaded_model("tiny-whisper", cache=probe, **kw).size_bytes
+             for name, kw in entries.items()}
     cache = ModelCache(budget_bytes=sum(sizes.values()) - 1)  # all three do not fit, any two do
 
-    first = cache.get(workbench, "tiny-whisper", **entries["speech"])
-    cache.get(workbench, "tiny-whisper", **entries["commands"])
-    assert cache.get(workbench, "tiny-whisper", **entries["speech"]) is first  # a hit
+    first = workbench.loaded_model("tiny-whisper", cache=cache, **entries["speech"])
+    workbench.loaded_model("tiny-whisper", cache=cache, **entries["commands"])
+    assert workbench.loaded_model("tiny-whisper", cache=cache, **entries["speech"]) is first  # a hit
     assert cache.loads == 2
-    cache.get(workbench, "tiny-whisper", **entries["base"])
+    workbench.loaded_model("tiny-whisper", cache=cache, **entries["base"])
     assert [key[2] for key in cache.keys()] == [speech, None]  # commands was least recently used
     assert cache.used_bytes() == sizes["speech"] + sizes["base"] <= cache.budget_bytes
     assert cache.loads == 3
 
     tiny = ModelCache(budget_bytes=1)  # smaller than any model: the newest one still stays
-    tiny.get(workbench, "tiny-whisper", speech)
-    tiny.get(workbench, "tiny-whisper", commands)
+    workbench.loaded_model("tiny-whisper", speech, cache=tiny)
+    workbench.loaded_model("tiny-whisper", commands, cache=tiny)
     assert [key[2] for key in tiny.keys()] == [commands]
 
 

@@ -40,8 +40,6 @@ def test_built_in_methods_are_registered():
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("method", BUILT_IN)
 def test_method_trains_every_trainable_parameter_and_reloads(workbench, method, task):
-    from engine.inference import load_trained
-
     dataset, model = TASKS[task]
     run_id = workbench.submit_run(dataset, model, method, METHOD_SETTINGS.get(method, {}),
                                   {**FAST, "max_steps": 3, "learning_rate": 1e-2})
@@ -74,7 +72,7 @@ def test_method_trains_every_trainable_parameter_and_reloads(workbench, method, 
     recipe.model.eval()
     with torch.no_grad():
         expected = recipe.model(**batch).logits
-    _, reloaded = load_trained(workbench, run_id)
+    _, reloaded = workbench.load_trained(run_id)
     with torch.no_grad():
         actual = reloaded(**batch).logits
     # 4-bit inference on CPU uses a bf16 kernel (see test_training); the others are exact.

@@ -117,3 +117,69 @@ def test_a_broken_plugin_is_skipped(tmp_path, monkeypatch, caplog):
     registry.load_plugin(entry)
     assert "broken" not in {m.name for m in registry.all_methods()}
     assert "needs a missing library" in caplog.text
+
+
+# ---------------------------------------------------------------------- one registration path
+CLASH = PLUGIN.replace('name="head-only"', 'name="lora"').replace('source="my-method"', 'source="lora-remix"')
+
+
+def test_a_plugin_named_like_a_built_in_is_reported_not_dropped_silently(workbench, tmp_path,
+                                                                         monkeypatch, caplog):
+    monkeypatch.setattr(registry, "_problems", [])
+    install_fake_distribution(tmp_path / "site", monkeypatch, "lora_remix", CLASH, "lora")
+    [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP)
+               if e.name == "lora" and e.dist.name == "lora-remix"]
+    try:
+        assert registry.load_plugin(entry) is None
+    finally:
+        sys.modules.pop("lora_remix", None)
+    [problem] = registry.plugin_problems()
+    assert "lora-remix" in problem and "'lora' is taken" in problem and "built-in" in problem
+    assert problem in caplog.text  # logged as a warning too
+    assert {r.levelname for r in caplog.records if problem in r.getMessage()} == {"WARNING"}
+    assert registry.get_method("lora").source == "built-in"  # the built-in keeps its name
+    assert workbench.method_problems() == [problem]  # the Methods page shows it
+
+
+def test_plugins_pass_the_same_checks_as_built_ins(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_problems", [])
+    bad_name = PLUGIN.replace('name="head-only"', 'name="Head Only"')
+    install_fake_distribution(tmp_path / "site", monkeypatch, "bad_name", bad_name, "bad-name")
+    no_default = PLUGIN.replace("unfreeze_layer_norms: bool = field(default=False, ",
+                                "unfreeze_layer_norms: bool = field(")
+    install_fake_distribution(tmp_path / "site", monkeypatch, "no_default", no_default, "no-default")
+    try:
+        for name in ("bad-name", "no-default"):
+            [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == name]
+            assert registry.load_plugin(entry) is None
+    finally:
+        sys.modules.pop("bad_name", None)
+        sys.modules.pop("no_default", None)
+    first, second = registry.plugin_problems()
+    assert "must be lowercase letters" in first and "bad-name" in first
+    assert "every setting needs a default" in second and "unfreeze_layer_norms" in second
+    assert "Head Only" not in {m.name for m in registry.all_methods()}
+
+
+def test_a_plugin_that_leaves_its_source_unset_is_named_by_its_package(tmp_path, monkeypatch):
+    unnamed = PLUGIN.replace(', source="my-method"', "")
+    install_fake_distribution(tmp_path / "site", monkeypatch, "unnamed_method", unnamed, "head-only")
+    [entry] = [e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == "head-only"]
+    try:
+        assert registry.load_plugin(entry).source == "unnamed-method"  # not "built-in"
+    finally:
+        registry.unregister_method("head-only")
+        sys.modules.pop("unnamed_method", None)
+
+
+def test_built_in_methods_come_through_the_same_entry_points():
+    """pyproject.toml declares the built-ins in the plugins' group; the registry holds the very
+    objects those entry points name (nothing registers itself on import)."""
+    ours = {e.name: e for e in entry_points(group=ENTRY_POINT_GROUP)
+            if e.dist is not None and e.dist.name == registry.DISTRIBUTION}
+    assert set(ours) == {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3"}
+    for name, entry in ours.items():
+        assert registry.get_method(name) is entry.load()
+        assert registry.get_method(name).source == "built-in"
+    declared = {e.name: e.value for e in registry.builtin_entry_points_from_pyproject()}
+    assert declared == {name: entry.value for name, entry in ours.items()}  # install is current

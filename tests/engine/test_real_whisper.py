@@ -133,7 +133,6 @@ def test_short_qlora_run_lowers_wer_on_held_out_clips(voices_run):
     """The run's own test score (short windows, as it trained) and the same run loaded as
     anyone would (base in 4-bit + the saved adapter) under standard 30 s inference both beat
     the untouched model by a wide margin."""
-    from engine.inference import load_trained
     from engine.training.evaluation import evaluate
 
     workbench, run_id = voices_run["workbench"], voices_run["run_id"]
@@ -142,7 +141,7 @@ def test_short_qlora_run_lowers_wer_on_held_out_clips(voices_run):
                               language="en", speech_task="transcribe", generation_max_length=32)
     zero_shot, _ = evaluate(standard.load(), standard, items, folder, 16, torch.autocast("cpu", enabled=False))
     own = workbench.run_summary(run_id)["metrics"]["wer"]  # the run's own final test score
-    trained_task, trained = load_trained(workbench, run_id)
+    trained_task, trained = workbench.load_trained(run_id)
     trained_task.audio_padding = "30s"  # standard inference: every clip padded to 30 s
     anywhere, predictions = evaluate(trained, trained_task, items, folder, 16,
                                      torch.autocast("cpu", enabled=False))
@@ -160,7 +159,7 @@ def test_merged_export_decodes_with_the_runs_prompt_in_a_stock_pipeline(voices_r
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizer
 
     from engine.data.audio import load_audio
-    from engine.training.metrics import speech_metrics
+    from engine.metrics import speech_metrics
 
     workbench, run_id = voices_run["workbench"], voices_run["run_id"]
     folder = workbench.export_run(run_id, "merged", tmp_path / "merged")

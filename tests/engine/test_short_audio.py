@@ -225,7 +225,7 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
 ])
 def test_a_short_run_trains_evaluates_and_reloads_on_windowed_inputs(workbench, dataset, method, extra):
     from engine.data.audio import load_audio
-    from engine.inference import LoadedModel, load_trained, predict_item
+    from engine.inference import LoadedModel, predict_item
     from engine.training.recipe import FineTuneRecipe
 
     run_id = workbench.submit_run(dataset, "tiny-whisper", method, {},
@@ -256,7 +256,7 @@ def test_a_short_run_trains_evaluates_and_reloads_on_windowed_inputs(workbench, 
     saved = recipe.run_dir / "adapter" / "workbench.json"
     assert '"audio_padding": "longest"' in saved.read_text()
 
-    task_model, model = load_trained(workbench, run_id)  # the Playground's path
+    task_model, model = workbench.load_trained(run_id)  # the Playground's path
     assert task_model.audio_padding == "longest" and is_windowed(model)
     frames.clear()
     model.get_encoder().register_forward_pre_hook(

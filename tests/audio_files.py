@@ -1,5 +1,6 @@
-"""Makers of real audio and table files for the dataset tests (made at test time, none checked in),
-and the empty-workbench fixture (imported by the test modules: a conftest here would shadow tests/conftest.py)."""
+"""Makers of real audio and table files for the dataset and page tests (made at test time, none
+checked in), and the empty-workbench fixture (imported by the test modules: a second conftest
+would shadow tests/conftest.py). It sits beside conftest.py, whose folder pytest puts on sys.path."""
 
 from __future__ import annotations
 

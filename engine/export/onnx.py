@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from engine.errors import ExportError
-from engine.export import (Progress, RunArtifacts, copy_processor_files, merged_model,
-                           model_card)
+from engine.export.adapter import model_card
+from engine.export.artifacts import Progress, RunArtifacts
+from engine.export.merged import copy_processor_files, merged_model
 
 PARITY_TOLERANCE = 1e-3  # max |onnxruntime - torch| accepted on logits (float32 graphs)
 

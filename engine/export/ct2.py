@@ -1,7 +1,7 @@
 """CTranslate2 export of a Whisper speech-recognition run: the folder faster-whisper loads,
 checked against the merged transformers model before it is handed over.
 
-    write_ct2(artifacts, folder, say, quantization="float16", clips=[...])
+    write_ct2(artifacts, folder, say, quantization="float16")   # artifacts.parity_clips: what to check
 
 1. The merged model is written as the "merged" export writes it (``write_merged``), into a
    temporary folder.
@@ -27,7 +27,9 @@ import torch
 
 from engine.data.audio import load_audio
 from engine.errors import ExportError
-from engine.export import Progress, RunArtifacts, write_merged
+from engine.export.artifacts import Progress, RunArtifacts
+from engine.export.merged import write_merged
+from storage import Storage
 
 QUANTIZATIONS = ("float16", "int8", "float32", "int8_float16", "bfloat16")
 PARITY_CLIPS = 8
@@ -53,22 +55,20 @@ def check_exportable(artifacts: RunArtifacts, quantization: str) -> None:
         raise ExportError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {quantization!r}")
 
 
-def parity_clips(workbench, run_id: int) -> tuple[str, list[Path]]:
-    """Up to ``PARITY_CLIPS`` audio files of the run's test split (validation when it has none)."""
-    run = workbench.get_run(run_id)
-    dataset = workbench.storage.find_dataset(run["dataset_id"], workbench.owner_id)
+def parity_clips(storage: Storage, dataset: dict | None) -> tuple[str, list[Path]]:
+    """Up to ``PARITY_CLIPS`` audio files of the run's dataset (its record, None when deleted):
+    the test split, else the validation split."""
     if dataset is None:
         return "none (the dataset was deleted)", []
-    folder = workbench.storage.files.resolve(dataset["path"])
+    folder = storage.files.resolve(dataset["path"])
     for split in ("test", "validation"):
-        items = workbench.storage.dataset_items(dataset["id"], split)[:PARITY_CLIPS]
+        items = storage.dataset_items(dataset["id"], split)[:PARITY_CLIPS]
         if items:
             return split, [folder / item["file"] for item in items]
     return "none", []
 
 
-def write_ct2(artifacts: RunArtifacts, folder: Path, say: Progress, quantization: str = "float16",
-              clips: tuple[str, list[Path]] = ("none", [])) -> Path:
+def write_ct2(artifacts: RunArtifacts, folder: Path, say: Progress, quantization: str = "float16") -> Path:
     check_exportable(artifacts, quantization)
     require_ctranslate2()
     from ctranslate2.converters import TransformersConverter
@@ -78,7 +78,7 @@ def write_ct2(artifacts: RunArtifacts, folder: Path, say: Progress, quantization
         say(f"converting the merged model to CTranslate2 ({quantization})")
         TransformersConverter(str(merged), copy_files=FASTER_WHISPER_FILES).convert(
             str(folder), quantization=quantization, force=True)  # force: the folder exists, empty
-        split, files = clips
+        split, files = artifacts.parity_clips
         if files:
             say(f"checking transcripts of {len(files)} {split} clip(s): CTranslate2 against transformers")
             report = parity_report(merged, folder, files, language_and_task(artifacts.summary, merged))
