@@ -5,6 +5,7 @@ would shadow tests/conftest.py). It sits beside conftest.py, whose folder pytest
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,22 @@ def class_folder(root: Path, labels=("yes", "no"), per_class: int = 6) -> Path:
         for i in range(per_class):
             write_audio(root / label / f"{label}{i}.flac", freq=300 + 40 * i + 700 * c)
     return root
+
+
+def audiofolder_subset(source: Path, dest: Path, counts: dict[str, int]) -> Path:
+    """The first ``counts[split]`` clips of each split of an audiofolder speech set (e.g. a demo
+    set), copied with their transcriptions into ``dest``: a small real set for bounded runs."""
+    for split, count in counts.items():
+        with open(source / split / "metadata.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))[:count]
+        (dest / split).mkdir(parents=True)
+        for row in rows:
+            shutil.copy(source / split / row["file_name"], dest / split / row["file_name"])
+        with open(dest / split / "metadata.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["file_name", "transcription"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return dest
 
 
 @pytest.fixture

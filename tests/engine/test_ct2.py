@@ -8,7 +8,6 @@ one LoRA step on six clips.
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import shutil
 import struct
@@ -302,6 +301,7 @@ def test_demo_lists_and_registers_the_package_once(workbench):
 @pytest.fixture(scope="module")
 def whisper_base_run(tmp_path_factory, demo_template):
     """One LoRA step of whisper-base on six demo clips (four to train on, two to check)."""
+    from audio_files import audiofolder_subset
     from conftest import copy_home
 
     from engine import Workbench
@@ -311,18 +311,8 @@ def whisper_base_run(tmp_path_factory, demo_template):
 
     root = tmp_path_factory.mktemp("wb-run")
     copy_home(demo_template, root / "home")
-    data = root / "small-speech"
-    for split, count in (("train", 4), ("validation", 2)):
-        source = ROOT / "assets/demo/demo-speech" / split
-        (data / split).mkdir(parents=True)
-        with open(source / "metadata.csv", newline="") as handle:
-            rows = list(csv.DictReader(handle))[:count]
-        for row in rows:
-            shutil.copy(source / row["file_name"], data / split / row["file_name"])
-        with open(data / split / "metadata.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["file_name", "transcription"])
-            writer.writeheader()
-            writer.writerows(rows)
+    data = audiofolder_subset(ROOT / "assets/demo/demo-speech", root / "small-speech",
+                              {"train": 4, "validation": 2})
     workbench = Workbench(root / "home")
     workbench.import_dataset(data, "small-speech", options=ImportOptions(task="asr", splits="keep"))
     run_id = workbench.submit_run("small-speech", "whisper-base", "lora", {}, {

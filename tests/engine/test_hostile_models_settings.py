@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from audio_files import workbench_empty  # noqa: F401 (fixture)
+
 from engine import settings as settings_lib
 from engine.errors import ModelError, SettingsError
 from engine.models.sources import check_model_folder
@@ -22,22 +24,13 @@ def bert_folder(path, **config):
     return path
 
 
-@pytest.fixture
-def bare_workbench(home):
-    from engine import Workbench
-
-    workbench = Workbench(home)
-    yield workbench
-    workbench.storage.close()
-
-
-def test_folder_asking_for_custom_code_is_refused_and_nothing_copied(bare_workbench, tmp_path):
+def test_folder_asking_for_custom_code_is_refused_and_nothing_copied(workbench_empty, tmp_path):
     folder = bert_folder(tmp_path / "remote", auto_map={"AutoModel": "modeling_evil.EvilModel"})
     (folder / "modeling_evil.py").write_text("import os; os.system('echo owned')\n")
     with pytest.raises(ModelError, match="custom code") as error:
-        bare_workbench.register_model(folder, "evil")
+        workbench_empty.register_model(folder, "evil")
     assert "auto_map" in str(error.value) and "modeling_evil.py" in str(error.value)
-    assert not list((bare_workbench.home / "models").rglob("*"))
+    assert not list((workbench_empty.home / "models").rglob("*"))
 
 
 def test_python_files_alone_are_refused_too(tmp_path):
@@ -48,12 +41,12 @@ def test_python_files_alone_are_refused_too(tmp_path):
 
 
 @pytest.mark.parametrize("header", [b"\xff" * 8, (10).to_bytes(8, "little") + b"{not json}", b"\x01"])
-def test_corrupt_safetensors_is_a_model_error_not_a_traceback(bare_workbench, tmp_path, header):
+def test_corrupt_safetensors_is_a_model_error_not_a_traceback(workbench_empty, tmp_path, header):
     folder = bert_folder(tmp_path / "corrupt")
     (folder / "model.safetensors").write_bytes(header)
     with pytest.raises(ModelError, match="model.safetensors.*damaged"):
-        bare_workbench.register_model(folder, "corrupt")
-    assert not list((bare_workbench.home / "models").rglob("*"))
+        workbench_empty.register_model(folder, "corrupt")
+    assert not list((workbench_empty.home / "models").rglob("*"))
 
 
 def test_a_sound_folder_passes_the_check(tmp_path):

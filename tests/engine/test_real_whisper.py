@@ -9,7 +9,6 @@ seconds (``audio_padding=longest``), 16 held-out clips scored.
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -79,6 +78,7 @@ def test_unknown_language_is_refused_at_submit(workbench):
 @pytest.fixture(scope="module")
 def voices_run(tmp_path_factory, demo_template):
     """20 QLoRA steps of whisper-base on 64 demo-voices clips; 16 held-out test clips."""
+    from audio_files import audiofolder_subset
     from conftest import copy_home
 
     from engine import Workbench
@@ -88,16 +88,7 @@ def voices_run(tmp_path_factory, demo_template):
 
     root = tmp_path_factory.mktemp("voices-run")
     copy_home(demo_template, root / "home")
-    data = root / "voices-small"
-    for split, count in (("train", 64), ("test", 16)):
-        (data / split).mkdir(parents=True)
-        rows = voices_items(split, count)
-        for row in rows:
-            shutil.copy(VOICES / row["file"], data / row["file"])
-        with open(data / split / "metadata.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file_name", "transcription"])
-            writer.writerows([(Path(row["file"]).name, row["text"]) for row in rows])
+    data = audiofolder_subset(VOICES, root / "voices-small", {"train": 64, "test": 16})
     workbench = Workbench(root / "home")
     workbench.import_dataset(data, "voices-small", options=ImportOptions(task="asr", splits="keep"))
     run_id = workbench.submit_run("voices-small", "whisper-base", "qlora",
