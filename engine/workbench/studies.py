@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import settings as settings_lib
-from engine.errors import NotFoundError, RunError, SettingsError
+from engine.errors import NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
 from engine.training.settings import TrainingSettings
 from engine.studies import (ENDED, Grid, cell_label, differences, grid_cells, study_status,
@@ -44,8 +44,8 @@ class StudiesMixin:
             method_values, training_values = self._cell_settings(methods[cell["method"]], cell, settings)
             try:
                 plan = self.check_run(dataset, model, cell["method"], method_values, training_values)
-            except SettingsError as error:
-                raise SettingsError(f"{cell_label(cell)} (seed {cell['seed']}): {error}") from None
+            except WorkbenchError as error:  # the same kind of error, naming the cell
+                raise type(error)(f"{cell_label(cell)} (seed {cell['seed']}): {error}") from None
             plans.append(plan)
             if plan["estimated_seconds"] is None:
                 unestimated += 1
