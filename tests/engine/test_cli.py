@@ -175,3 +175,32 @@ def test_runs_delete_asks_on_a_terminal_and_needs_yes_without_one(demo_home, mon
     assert run_id not in [r["id"] for r in workbench.list_runs()]
     assert not (demo_home / "runs" / str(run_id)).exists()
     assert main(["runs", "show", str(run_id)]) == 1
+
+
+def test_study_wait_json_then_show_list_and_delete(cli_home):
+    result = cli(cli_home, "study", "--dataset", "demo-text", "--model", "tiny-bert",
+                 "--methods", "lora,ia3", "--ranks", "2", "--seeds", "1,2",
+                 "--set", "max_steps=2", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    study = json.loads(result.stdout)
+    assert study["status"] == "completed" and study["runs_total"] == 4
+    assert [row["cell"] for row in study["table"]] == ["lora · r=2", "ia3"]
+    assert all(row["completed"] == 2 and row["final_metric_mean"] is not None for row in study["table"])
+    assert [d["cell"] for d in study["differences"]] == ["ia3"] and study["reference"] == "lora · r=2"
+    run_ids = [run["id"] for run in study["runs"]]
+    runs = {r["id"]: r for r in json.loads(cli(cli_home, "runs", "list", "--json").stdout)}
+    assert all(runs[i]["status"] == "completed" and runs[i]["study_id"] == study["id"] for i in run_ids)
+    shown = json.loads(cli(cli_home, "study", "show", str(study["id"]), "--json").stdout)
+    assert shown["table"] == study["table"]
+    listed = json.loads(cli(cli_home, "study", "list", "--json").stdout)
+    assert study["id"] in [s["id"] for s in listed]
+    refused = cli(cli_home, "study", "delete", str(study["id"]))  # no terminal, no --yes
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    deleted = cli(cli_home, "study", "delete", str(study["id"]), "--yes")
+    assert deleted.returncode == 0 and "deleted with 4 runs" in deleted.stdout
+    left = {r["id"] for r in json.loads(cli(cli_home, "runs", "list", "--json").stdout)}
+    assert not left & set(run_ids)
+    missing = cli(cli_home, "study", "--dataset", "demo-text")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("error: study needs --model, --methods (or a sub-command: "
+                                      "list, show, stop, delete)")
