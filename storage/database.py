@@ -283,6 +283,7 @@ class Storage:
             study_id = db["studies"].insert(_encode(record)).last_pk
             run_ids = []
             for run in runs:
+                run = dict(run)
                 warnings = run.pop("warnings", [])
                 run_id = self.create_run({"owner_id": record["owner_id"], **run, "study_id": study_id})
                 for message, level in [("queued", "info"), *((w, "warning") for w in warnings)]:
