@@ -79,6 +79,8 @@ def actions(summary: dict) -> None:
 
 
 summary = wb.study_summary(chosen)
+if summary["status"] != by_id[chosen]["status"]:  # a run ended between the two reads
+    st.rerun()
 st.subheader(summary["name"])
 st.caption(f"{summary['model']} on {summary['dataset']} · methods {', '.join(summary['grid']['methods'])}"
            f" · seeds {', '.join(map(str, summary['grid']['seeds']))}")
