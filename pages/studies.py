@@ -37,15 +37,16 @@ chosen = st.selectbox("Study", list(by_id), key="studies.chosen",
 
 
 @st.fragment(run_every=2)
-def progress(study_id: int, shown_status: str) -> None:
-    """While the study trains: how far it is; the whole page follows when it ends."""
+def progress(study_id: int, shown_status: str, shown_ended: int) -> None:
+    """While the study trains: how far it is; the whole page follows when a run ends (the
+    table gains its result) and when the study ends."""
     try:
-        summary = wb.study_summary(study_id)
+        now = wb.study_progress(study_id)
     except NotFoundError:  # deleted from the command line
         st.rerun()
-    if summary["status"] != shown_status:
+    if (now["status"], now["runs_ended"]) != (shown_status, shown_ended):
         st.rerun()
-    views.progress(summary)
+    views.progress(now)
 
 
 def actions(summary: dict) -> None:
@@ -85,7 +86,7 @@ st.subheader(summary["name"])
 st.caption(f"{summary['model']} on {summary['dataset']} · methods {', '.join(summary['grid']['methods'])}"
            f" · seeds {', '.join(map(str, summary['grid']['seeds']))}")
 if summary["status"] in ("queued", "running"):
-    progress(summary["id"], summary["status"])
+    progress(summary["id"], summary["status"], summary["runs_ended"])
 else:
     views.progress(summary)
 actions(summary)

@@ -148,18 +148,23 @@ class StudiesMixin:
         rows = {row["run"]: row for row in self.compare_runs([run["id"] for run in runs])}
         return study_table(runs, rows)
 
-    def study_summary(self, study_id: int, reference: str | None = None) -> dict:
-        """What ``study show --json`` prints: the study, its runs (id, status, cell, step), its
-        table and every cell against ``reference`` (default: the first cell)."""
+    def study_progress(self, study_id: int) -> dict:
+        """The study's status and counts with its runs (id, status, cell, seed, step, error):
+        cheap enough to poll while it trains (no table)."""
         study = self.get_study(study_id)
         runs = self.storage.study_runs(study["id"], self.owner_id)
-        table = self.study_table(study["id"])
-        reference = reference or (table[0]["cell"] if table else None)
         return {**self._study_overview(study, runs),
                 "runs": [{"id": r["id"], "status": r["status"], "cell": cell_label(r["study_cell"]),
                           "seed": r["study_cell"]["seed"], "step": r["step"],
-                          "total_steps": r["total_steps"], "error": r["error"]} for r in runs],
-                "table": table, "reference": reference,
+                          "total_steps": r["total_steps"], "error": r["error"]} for r in runs]}
+
+    def study_summary(self, study_id: int, reference: str | None = None) -> dict:
+        """What ``study show --json`` prints: ``study_progress`` plus the study's table and
+        every cell against ``reference`` (default: the first cell)."""
+        progress = self.study_progress(study_id)
+        table = self.study_table(progress["id"])
+        reference = reference or (table[0]["cell"] if table else None)
+        return {**progress, "table": table, "reference": reference,
                 "differences": differences(table, reference) if reference else []}
 
     # ------------------------------------------------------------------ act
