@@ -88,7 +88,9 @@ class StudiesMixin:
         if unknown:
             raise SettingsError(f"unknown setting {', '.join(unknown)}: not a training setting "
                                 f"nor a setting of {', '.join(methods)}")
-        axes = {"seed": "seeds", "target_modules": "target sets"}
+        axes = {"seed": "seeds"}
+        if any(grid.target_sets):
+            axes["target_modules"] = "target sets"
         if grid.ranks:
             axes["r"] = "ranks"
         for method in methods.values():

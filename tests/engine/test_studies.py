@@ -149,7 +149,17 @@ def test_a_grid_with_one_impossible_cell_queues_nothing(workbench):
         workbench.submit_study("demo-text", "tiny-bert", Grid(["lora"]), {"nope": 1})
     with pytest.raises(SettingsError, match="seed comes from the study's seeds"):
         workbench.submit_study("demo-text", "tiny-bert", Grid(["lora"]), {"seed": 3})
+    with pytest.raises(SettingsError, match="target_modules comes from the study's target sets"):
+        workbench.plan_study("demo-text", "tiny-bert", Grid(["lora"], target_sets=["query"]),
+                             {"target_modules": "value"})
     assert workbench.list_studies() == [] and workbench.list_runs() == []
+    # Without target sets (or ranks), target_modules (or r) may be set for every run.
+    plan = workbench.plan_study("demo-text", "tiny-bert", Grid(["lora", "ia3"]),
+                                {"target_modules": "query", "r": 3, "lora_alpha": 6})
+    assert plan["plans"][0]["method_settings"] | {"target_modules": "query", "r": 3, "lora_alpha": 6} \
+        == plan["plans"][0]["method_settings"]
+    assert plan["plans"][1]["method_settings"]["target_modules"] == "query"  # ia3 has it too
+    assert "r" not in plan["plans"][1]["method_settings"]  # ia3 has no rank
 
 
 def test_studies_are_scoped_to_their_owner(workbench):
