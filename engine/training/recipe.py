@@ -35,6 +35,7 @@ from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, 
 from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
                                         utilisation_metrics)
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
+from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
@@ -103,6 +104,9 @@ class FineTuneRecipe:
                                          audio_padding=cfg.audio_padding,
                                          language=cfg.language, speech_task=cfg.task)
         self.count_steps()
+        capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
+        if capped:
+            self.log(capped)
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)
         if self.trainable_params == 0:
@@ -239,6 +243,20 @@ class FineTuneRecipe:
             batch = self.task_model.bucket(batch)
         return self.augment(batch) if self.augment is not None else batch
 
+    def train_loader(self, batches: list[list[int]]):
+        """The batches of one epoch, collated. With ``dataloader_num_workers`` the workers only
+        decode and encode items (while uncached ones remain); collation, bucketing and
+        SpecAugment stay in this thread, so their random draws are the checkpointed stream's."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        workers = self.config.dataloader_num_workers
+        if not workers or self.train_data.holds(batches):
+            return DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
+                              generator=generator, pin_memory=self.device.startswith("cuda"))
+        loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=list,
+                            num_workers=workers, generator=generator)
+        return (self.collate_train(self.train_data.remember(indices, examples))
+                for indices, examples in zip(batches, loader))
+
     def train(self) -> str:
         cfg = self.config
         accumulation = cfg.gradient_accumulation_steps
@@ -249,15 +267,12 @@ class FineTuneRecipe:
         while self.step < self.total_steps:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
             batches = self.epoch_batches(epoch)[offset:]
-            # num_workers=0: batches are built in this thread, so the masking draws come from
-            # the one RNG stream a checkpoint saves. Each new DataLoader iterator draws a base
+            # Batches are collated in this thread (workers, if any, only encode items), so the
+            # masking draws come from the one RNG stream a checkpoint saves. Each new DataLoader iterator draws a base
             # seed; from the global generator that draw would happen at a different point in
             # a resumed run (it starts a loader mid-epoch) and shift every later dropout mask,
             # so the loader gets a generator of its own.
-            loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
-                                generator=torch.Generator().manual_seed(self.config.seed),
-                                pin_memory=self.device.startswith("cuda"))
-            for indices, batch in zip(batches, loader):
+            for indices, batch in zip(batches, self.train_loader(batches)):
                 if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
                     batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
                 running_loss += self.trainer.forward_backward(batch, 1 / accumulation)

@@ -75,6 +75,11 @@ class TrainingSettings:
         1024.0, "Keep encoded training examples (log-mel features, token ids) in memory across "
         "epochs, up to this many MiB: later epochs skip audio decoding and feature extraction "
         "(0: encode every time).", min=0.0, max=10_000_000.0)
+    dataloader_num_workers: int = setting(
+        0, "Processes that decode audio and extract features for training while the model "
+        "trains (0: in the training thread). Each one is a process with its own memory, so "
+        "small boards keep 0; once the feature cache holds every item, none are started.",
+        min=0, max=64)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0, max=128)
