@@ -131,3 +131,16 @@ def test_dataloader_workers_give_the_same_run(workbench, monkeypatch):
         assert len(losses[workers]) == 6
     assert losses[2] == pytest.approx(losses[0], abs=1e-6)
     assert sum(remembered) == 120  # the first epoch came from the workers; the second from the cache
+
+
+def test_the_command_line_takes_a_profile_anywhere(home, monkeypatch, capsys):
+    import json
+
+    from engine.cli import main
+
+    monkeypatch.setenv("LIM_PROFILE", "")  # restored after the test (--profile sets it)
+    assert main(["profiles", "list", "--json", "--profile", "jetson-orin-nx-16gb"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows if row["active"]] == ["jetson-orin-nx-16gb"]
+    assert main(["--profile", "orin", "profiles", "list"]) == 1
+    assert capsys.readouterr().err.startswith("error: unknown device profile 'orin'")
