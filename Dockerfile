@@ -48,6 +48,7 @@ RUN mkdir -p /wheels \
        fi
 
 # ---------------------------------------------------------------- x86-64 CUDA server
+# (Its last lines repeat the Jetson stage's: stages on different base images share no instructions.)
 FROM ${SERVER_BASE_IMAGE} AS server
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 LIM_HOME=/data LIM_PROFILE=server-gpu
 # hadolint ignore=DL3008

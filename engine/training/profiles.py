@@ -134,7 +134,8 @@ def cap_gpu_memory(profile: DeviceProfile | None, device: str) -> str | None:
         return f"device profile {profile.name} (no CUDA device: nothing to cap)"
     import torch
 
-    index = torch.device(device).index or 0
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index  # a torchrun rank's own GPU
     total = torch.cuda.get_device_properties(index).total_memory
     fraction = gpu_memory_fraction(profile, total)
     if fraction is None:
