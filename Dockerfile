@@ -29,6 +29,8 @@ ARG BITSANDBYTES_SOURCE=build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /build
 COPY requirements.txt docker/image_requirements.py ./
+# CMake writes the library into src/bitsandbytes/; the wheel then packages it (CMAKE_ARGS too, in
+# case a version's build backend runs CMake itself). Git tags are the bare version numbers.
 # Debian/Ubuntu package versions are the base image's release's (DL3008: not pinned one by one).
 # hadolint ignore=DL3008
 RUN mkdir -p /wheels \
@@ -43,7 +45,7 @@ RUN mkdir -p /wheels \
               -DCOMPUTE_CAPABILITY="${CUDA_COMPUTE_CAPABILITY}" -DCMAKE_BUILD_TYPE=Release \
          && cmake --build src/build -j "$(nproc)" \
          && CMAKE_ARGS="-DCOMPUTE_BACKEND=cuda -DCOMPUTE_CAPABILITY=${CUDA_COMPUTE_CAPABILITY}" \
-              python3 -m pip wheel --no-cache-dir --no-deps --no-build-isolation -w /wheels ./src \
+              python3 -m pip wheel --no-cache-dir --no-deps -w /wheels ./src \
          && ls /wheels/bitsandbytes-"${version}"-*.whl; \
        fi
 
@@ -68,7 +70,7 @@ VOLUME ["/data"]
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
-ENTRYPOINT ["docker/entrypoint.sh"]
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
 
 # ---------------------------------------------------------------- Jetson Orin (default target)
 FROM ${BASE_IMAGE} AS jetson
@@ -103,4 +105,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
 # The self-test (one 4-bit matmul on the GPU) runs first and stops the container with its
 # message when the kernels cannot run; then the demo is added (idempotent) and the app starts.
-ENTRYPOINT ["docker/entrypoint.sh"]
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
