@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers live there only
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        if args.profile is not None:  # before the workbench: every part (the worker too) reads it
+            use_profile(args.profile)
+        if not getattr(args, "needs_workbench", True):
+            return args.handler(None, args) or 0
         from engine import Workbench
 
         return args.handler(Workbench(), args) or 0
@@ -53,15 +57,38 @@ def fail(message: str, debug: bool, details: str | None = None) -> int:
     return 1
 
 
-def add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
-    """``--debug`` before or after the command: sub-commands leave the top's value alone
-    unless given (``SUPPRESS``)."""
-    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="show the traceback behind an error")
+def add_global_flag(parser: argparse.ArgumentParser, flag: str, default: Any, top: bool = True,
+                    **kwargs: Any) -> None:
+    """``flag`` before or after the command: sub-commands leave the top's value alone unless
+    given (``SUPPRESS``)."""
+    parser.add_argument(flag, default=default if top else argparse.SUPPRESS, **kwargs)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in dict.fromkeys(action.choices.values()):
-                add_debug_flag(command, top=False)
+                add_global_flag(command, flag, default, top=False, **kwargs)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--debug", False, action="store_true",
+                    help="show the traceback behind an error")
+
+
+def add_profile_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--profile", None, metavar="NAME",
+                    help="device profile for this command (sets LIM_PROFILE): its defaults for "
+                         "new runs and, on a CUDA GPU, its memory cap; auto: the Jetson board "
+                         "this runs on; see `profiles list`")
+
+
+def use_profile(name: str) -> None:
+    """Make ``name`` the active device profile of this process (checked first)."""
+    import os
+
+    from engine.training.profiles import PROFILE_ENV, get_profile
+
+    if name not in ("auto", "none"):
+        get_profile(name)
+    os.environ[PROFILE_ENV] = name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("id", type=int)
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     delete.set_defaults(handler=cmd_study_delete)
+    profiles = commands.add_parser("profiles", help="device profiles (Jetson boards, laptop, "
+                                   "server)").add_subparsers()
+    listing = profiles.add_parser("list", help="every profile: memory for training and the "
+                                  "defaults it chooses (* marks the active one)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_profiles_list)
+    selftest = commands.add_parser("selftest", help="one 4-bit (NF4) matmul through bitsandbytes "
+                                   "on the GPU (the CPU without one): are the kernels usable here?")
+    selftest.add_argument("--require-gpu", action="store_true",
+                          help="fail when no CUDA device is visible (the Jetson image does)")
+    selftest.add_argument("--json", action="store_true")
+    selftest.set_defaults(handler=cmd_selftest, needs_workbench=False)
     add_debug_flag(parser)
+    add_profile_flag(parser)
     return parser
 
 
@@ -220,6 +260,26 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+def cmd_profiles_list(wb, args) -> None:
+    active = wb.device_profile()
+    rows = [{**row, "active": bool(active and active["name"] == row["name"])}
+            for row in wb.device_profiles()]
+    lines = [f"{'*' if row['active'] else ' '} {row['name']}: "
+             + (f"{row['training_gib']:g} GiB for training" if row["training_gib"] else "no memory limit")
+             + "; defaults " + ", ".join(f"{k}={v}" for k, v in row["defaults"].items())
+             for row in rows]
+    emit(args, rows, "\n".join(lines))
+
+
+def cmd_selftest(_wb, args) -> None:
+    from engine.selftest import run_selftest
+
+    report = run_selftest(require_gpu=args.require_gpu)
+    emit(args, report, f"selftest passed: 4-bit NF4 matmul on {report['device']} "
+                       f"({report['device_name']}), bitsandbytes {report['bitsandbytes']}, "
+                       f"torch {report['torch']}, max error {report['max_error']:.2e}")
 
 
 def cmd_demo(wb, args) -> None:

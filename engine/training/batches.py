@@ -4,12 +4,13 @@
 in a background thread while the current step runs on the accelerator, decoding each batch's
 items on a few threads (soundfile and the STFT release the GIL).
 
-Written here rather than ``DataLoader(num_workers=N)``: worker processes would each hold their
-own copy of the feature cache (``ItemDataset``), could not extract features on the GPU, and a
-loader started mid-epoch on resume draws its seeds at another point. The batches and their
-order are a pure function of the indices handed in, and anything random (SpecAugment) is left
-to the caller's thread, so a prefetched run trains exactly like one built step by step
-(tests/engine/test_batch_features.py).
+Written here rather than ``DataLoader(num_workers=N)`` alone: worker processes cannot extract
+features on the GPU and hold their own copy of the feature cache. With
+``dataloader_num_workers`` they still do the decoding (no interpreter lock shared with the
+training thread; the recipe hands their items in as ``items`` and keeps them in its cache), and
+this thread collates. The batches and their order are a pure function of the indices handed
+in, and anything random (SpecAugment) is left to the caller's thread, so a prefetched run
+trains exactly like one built step by step (tests/engine/test_batch_features.py).
 """
 
 from __future__ import annotations
@@ -28,23 +29,31 @@ _END = object()
 
 class Prefetcher:
     """Iterate ``(indices, batch)`` for ``batches`` (lists of item indices), each batch made by
-    ``collate([fetch(i) for i in indices])``; with ``depth`` 0 everything happens in the
+    ``collate([fetch(i) for i in indices])`` (or from ``items``, an iterator of the batches'
+    encoded items made elsewhere, e.g. by DataLoader worker processes); with ``depth`` 0 everything happens in the
     caller's thread when asked. An error building a batch is raised where that batch would
     have been consumed. Use as a context manager (or call ``close``) so that leaving the loop
     early stops the thread."""
 
     def __init__(self, fetch: Callable[[int], dict], collate: Callable[[list[dict]], dict],
-                 batches: list[list[int]], *, depth: int = 2, threads: int = 4, pin: bool = False):
-        self.fetch, self.collate, self.batches = fetch, collate, batches
+                 batches: list[list[int]], *, items: Iterator[list[dict]] | None = None,
+                 depth: int = 2, threads: int = 4, pin: bool = False):
+        self.fetch, self.collate, self.batches, self.items = fetch, collate, batches, items
         self.depth, self.pin = max(0, depth), pin
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="lim-decode") if threads > 1 else None
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="lim-decode") if (
+            threads > 1 and items is None) else None
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, self.depth))
         self.closed = threading.Event()
         self.thread: threading.Thread | None = None
         self.stream = torch.cuda.Stream() if pin else None
 
     def build(self, indices: list[int]) -> dict:
-        items = list(self.pool.map(self.fetch, indices)) if self.pool else [self.fetch(i) for i in indices]
+        if self.items is not None:  # encoded elsewhere (worker processes), in batch order
+            items = next(self.items)
+        elif self.pool is not None:
+            items = list(self.pool.map(self.fetch, indices))
+        else:
+            items = [self.fetch(i) for i in indices]
         if not self.pin:
             return self.collate(items)
         # On a GPU: collation may extract features there (WhisperBase.extract_features_on), on a

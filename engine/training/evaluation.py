@@ -56,6 +56,20 @@ class ItemDataset(Dataset):
                 return dict(encoded)
         return encoded
 
+    def holds(self, batches: list[list[int]]) -> bool:
+        """Whether every item of ``batches`` is in the cache (nothing left to decode)."""
+        return all(index in self.cache for batch in batches for index in batch)
+
+    def remember(self, indices: list[int], encoded: list[dict]) -> list[dict]:
+        """Cache items encoded elsewhere (a dataloader worker's copy of this dataset caches in
+        that process only); returns ``encoded``."""
+        for index, item in zip(indices, encoded):
+            size = _encoded_bytes(item) if self.cache_budget else 0
+            if size and index not in self.cache and self.cached_bytes + size <= self.cache_budget:
+                self.cache[index] = item
+                self.cached_bytes += size
+        return [dict(item) for item in encoded]  # as ``__getitem__``: the cache's dicts stay its own
+
 
 def _encoded_bytes(encoded: dict) -> int:
     size = 0

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
 from engine.errors import DatasetError, MethodError, ModelError, NotFoundError, WorkbenchError
@@ -36,6 +37,7 @@ from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, 
 from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
                                         utilisation_metrics)
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
+from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
@@ -104,6 +106,9 @@ class FineTuneRecipe:
                                          audio_padding=cfg.audio_padding,
                                          language=cfg.language, speech_task=cfg.task)
         self.count_steps()
+        capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
+        if capped:
+            self.log(capped)
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)
         if self.trainable_params == 0:
@@ -244,6 +249,19 @@ class FineTuneRecipe:
             batch = self.task_model.bucket(batch)
         return batch
 
+    def worker_items(self, batches: list[list[int]]):
+        """With ``dataloader_num_workers``, worker processes decode and encode the epoch's items
+        (while uncached ones remain) and yield them batch by batch, for the prefetcher to
+        collate; None: the prefetcher's own threads fetch them. Either way collation,
+        bucketing and SpecAugment never run in a worker."""
+        workers = self.config.dataloader_num_workers
+        if not workers or self.train_data.holds(batches):
+            return None
+        # A generator of its own: the loader's base-seed draw must not move the global stream.
+        loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=list,
+                            num_workers=workers, generator=torch.Generator().manual_seed(self.config.seed))
+        return (self.train_data.remember(indices, examples) for indices, examples in zip(batches, loader))
+
     def train(self) -> str:
         cfg = self.config
         accumulation = cfg.gradient_accumulation_steps
@@ -258,8 +276,8 @@ class FineTuneRecipe:
             # this thread, from the one RNG stream a checkpoint saves, so a resumed run masks
             # exactly as an uninterrupted one.
             with Prefetcher(self.train_data.__getitem__, self.collate_train, batches,
-                            depth=cfg.prefetch_batches, threads=min(4, os.cpu_count() or 1),
-                            pin=self.device.startswith("cuda")) as stream:
+                            items=self.worker_items(batches), depth=cfg.prefetch_batches,
+                            threads=min(4, os.cpu_count() or 1), pin=self.device.startswith("cuda")) as stream:
                 outcome = self.train_epoch(stream, accumulation, started, time_limit, throughput)
             if outcome is not None:
                 return outcome

@@ -85,6 +85,11 @@ class TrainingSettings:
         "within float tolerance, and the cache keeps waveforms), else per item on the CPU; cpu: "
         "always per item on the CPU. Short windows (audio_padding=longest) stay on the CPU.",
         choices=["auto", "cpu"])
+    dataloader_num_workers: int = setting(
+        0, "Processes that decode audio and extract features for training while the model "
+        "trains (0: on the prefetch thread, see prefetch_batches). Each one is a process with its own memory, so "
+        "small boards keep 0; once the feature cache holds every item, none are started.",
+        min=0, max=64)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0, max=128)

@@ -11,6 +11,7 @@ from engine import settings as settings_lib
 from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
 from engine.progress import format_duration
+from engine.training.profiles import active_profile
 from engine.training.settings import TrainingSettings
 from storage import utc_now
 
@@ -62,6 +63,7 @@ class RunsMixin:
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
         method_obj_settings = settings_lib.build(method_obj.settings_cls, method_settings, section=method)
+        training_settings = self.profile_defaults() | (training_settings or {})  # given values win
         training_obj = settings_lib.build(TrainingSettings, training_settings, section="training")
         training_values = settings_lib.as_dict(training_obj)
         self._check_splits(dataset_record, training_values)
@@ -106,14 +108,17 @@ class RunsMixin:
     def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
                       training_settings: dict | None = None) -> str:
         """The ``python -m engine train ...`` line that queues this same configuration: each
-        setting that differs from its default as ``--set name=value``."""
+        setting that differs from its default as ``--set name=value`` (the defaults of the
+        active device profile, which the line names with ``--profile``)."""
         pairs = []
-        for settings_cls, values in ((get_method(method).settings_cls, method_settings),
-                                     (TrainingSettings, training_settings)):
-            defaults = {field["name"]: field["default"] for field in settings_lib.describe(settings_cls)}
+        for fields, values in ((settings_lib.describe(get_method(method).settings_cls), method_settings),
+                               (self.training_settings_schema(), training_settings)):
+            defaults = {field["name"]: field["default"] for field in fields}
             pairs += settings_lib.assignments(values or {}, defaults)
+        profile = active_profile()
         words = ["python", "-m", "engine", "train", "--dataset", dataset, "--model", model,
-                 "--method", method, *(part for pair in pairs for part in ("--set", pair))]
+                 "--method", method, *(["--profile", profile.name] if profile else []),
+                 *(part for pair in pairs for part in ("--set", pair))]
         return " ".join(shlex.quote(str(word)) for word in words)
 
     def estimate_run(self, dataset: str | int, model: str | int, method: str,

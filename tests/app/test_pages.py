@@ -215,4 +215,4 @@ def test_streamlit_hides_its_toolbar_and_make_run_watches_no_files():
     assert {".venv", "data"} <= set(settings["server"]["folderWatchBlacklist"])
     run_line = (root / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "--server.fileWatcherType none" in run_line
-    assert "--server.fileWatcherType=none" in (root / "Dockerfile").read_text()
+    assert "--server.fileWatcherType=none" in (root / "docker" / "entrypoint.sh").read_text()
