@@ -249,6 +249,12 @@ class FineTuneRecipe:
             batch = self.task_model.bucket(batch)
         return batch
 
+    def batch_stream(self, batches: list[list[int]]) -> Prefetcher:
+        """The epoch's ``(indices, batch)`` before augmentation, built ahead (engine/training/batches.py)."""
+        return Prefetcher(self.train_data.__getitem__, self.collate_train, batches,
+                          items=self.worker_items(batches), depth=self.config.prefetch_batches,
+                          threads=min(4, os.cpu_count() or 1), pin=self.device.startswith("cuda"))
+
     def worker_items(self, batches: list[list[int]]):
         """With ``dataloader_num_workers``, worker processes decode and encode the epoch's items
         (while uncached ones remain) and yield them batch by batch, for the prefetcher to
@@ -275,9 +281,7 @@ class FineTuneRecipe:
             # Batches are built ahead on another thread; SpecAugment draws its masks here, in
             # this thread, from the one RNG stream a checkpoint saves, so a resumed run masks
             # exactly as an uninterrupted one.
-            with Prefetcher(self.train_data.__getitem__, self.collate_train, batches,
-                            items=self.worker_items(batches), depth=cfg.prefetch_batches,
-                            threads=min(4, os.cpu_count() or 1), pin=self.device.startswith("cuda")) as stream:
+            with self.batch_stream(batches) as stream:
                 outcome = self.train_epoch(stream, accumulation, started, time_limit, throughput)
             if outcome is not None:
                 return outcome
