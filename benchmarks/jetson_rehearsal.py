@@ -56,6 +56,11 @@ def random_whisper(workbench, shapes: str, name: str) -> dict:
     preset = dataclasses.replace(TINY_WHISPER, config={**COMMON, **WHISPER_SHAPES[shapes]})
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     build_preset(preset, folder)
+    # The tiny preset's processor config has a 5 s window; the real sizes have Whisper's 30 s.
+    from transformers import WhisperFeatureExtractor
+
+    (folder / "processor_config.json").unlink(missing_ok=True)
+    WhisperFeatureExtractor(feature_size=COMMON["num_mel_bins"]).save_pretrained(folder)
     return workbench.register_model(folder, name)
 
 
