@@ -43,7 +43,7 @@ from engine.errors import NotFoundError, RunError
 from engine.training.settings import TrainingSettings
 from storage import Storage
 
-__all__ = ["DistributedRunError", "launch_command", "other_node_command", "run_distributed",
+__all__ = ["DistributedRunError", "launch_command", "other_node_command", "spec_path", "run_distributed",
            "world_size_of"]
 
 FOLDER = "distributed"
@@ -88,8 +88,13 @@ def other_node_command(spec: Path, config: TrainingSettings) -> str:
     """What machine K (1 .. nnodes-1) of a multi-machine run starts, with the same data home
     (so ``spec`` is the same path there)."""
     words = ["python"] + launch_command(spec, config, node_rank=0)[1:]
-    words[words.index("--node-rank") + 1] = "K"
+    if "--node-rank" in words:
+        words[words.index("--node-rank") + 1] = "K"
     return " ".join(shlex.quote(word) for word in words)
+
+
+def spec_path(home: Path, run_id: int) -> Path:
+    return Path(home) / "runs" / str(int(run_id)) / FOLDER / SPEC
 
 
 def write_spec(storage: Storage, run: dict, folder: Path) -> Path:
@@ -107,7 +112,7 @@ def write_spec(storage: Storage, run: dict, folder: Path) -> Path:
                   for split in ("train", "validation", "test")},
         "parent_pid": os.getpid(),
     }
-    path = folder / SPEC
+    path = spec_path(storage.files.home, run["id"])
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(spec, default=str))
     partial.replace(path)
