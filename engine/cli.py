@@ -249,9 +249,10 @@ def cmd_train(wb, args) -> int:
     method_values, training_values = wb.split_settings(args.method, values)
     run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
     print(f"run {run_id} queued", file=sys.stderr)
-    if (wb.get_run(run_id)["settings"]["training"].get("nnodes") or 1) > 1:
-        print(f"on each other machine, with the same data home, run: {wb.other_node_command(run_id)}",
-              file=sys.stderr)
+    nnodes = wb.get_run(run_id)["settings"]["training"].get("nnodes") or 1
+    if nnodes > 1:  # this machine is machine 0, where the database is
+        print(f"on each other machine, with the same data home, run (K = 1 .. {nnodes - 1}): "
+              f"{wb.other_node_command(run_id)}", file=sys.stderr)
     for event in wb.run_events(run_id):
         if event["level"] == "warning":
             print(f"warning: {printable(event['message'])}", file=sys.stderr)

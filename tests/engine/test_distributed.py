@@ -149,3 +149,23 @@ def test_more_gpus_than_the_machine_has_is_refused(workbench, monkeypatch):
     monkeypatch.setattr(type(workbench), "gpu_count", staticmethod(lambda: 0))
     plan = workbench.check_run("demo-commands", "tiny-whisper", "lora", {}, {**STEPS, "gpus": 2})
     assert any("2 CPU processes (gloo" in warning for warning in plan["warnings"])
+
+
+def test_the_command_line_queues_a_multi_gpu_run_and_names_each_other_machines_command(demo_home, capsys):
+    from engine.cli import main
+
+    base = ["train", "--dataset", "demo-commands", "--model", "tiny-whisper", "--method", "lora"]
+    assert main([*base, "--gpus", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["training"]["gpus"] == 2
+    assert main([*base, "--gpus", "2", "--nnodes", "2"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: nnodes=2 needs rdzv_endpoint: the host:port of the first machine, where the "
+        "machines meet (docs/multi-gpu.md)")
+    assert main([*base, "--gpus", "2", "--nnodes", "3", "--rdzv-endpoint", "node0:29500", "--json"]) == 0
+    printed = capsys.readouterr()
+    run = json.loads(printed.out)
+    assert {k: run["settings"]["training"][k] for k in ("gpus", "nnodes", "rdzv_endpoint")} == {
+        "gpus": 2, "nnodes": 3, "rdzv_endpoint": "node0:29500"}
+    spec = demo_home / "runs" / str(run["id"]) / "distributed" / "launch.json"
+    assert (f"run (K = 1 .. 2): python -m torch.distributed.run --nproc-per-node 2 --nnodes 3 "
+            f"--node-rank K --rdzv-endpoint node0:29500 -m engine.training.rank {spec}") in printed.err
