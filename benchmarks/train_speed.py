@@ -434,7 +434,8 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     graphs = wants_graphs(options.get("cuda_graphs", "auto"), device, offload)
     messages: list[str] = []
     trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload,
-                        cuda_graphs=graphs, on_message=messages.append)
+                        cuda_graphs=graphs, on_message=messages.append,
+                        capture_error_mode="thread_local" if parallel is not None else "global")
     model.train()
 
     def step(batch, index):

@@ -214,7 +214,8 @@ class FineTuneRecipe:
             self.model, cfg, self.device, self.total_steps,
             on_optimizer_step=self.method.on_optimizer_step,
             micro_batch=plan.micro_batch if plan else 0, offload=offload,
-            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log)
+            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log,
+            capture_error_mode="thread_local" if self.parallel else "global")
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
