@@ -174,3 +174,15 @@ def test_the_command_line_queues_a_multi_gpu_run_and_names_each_other_machines_c
     spec = demo_home / "runs" / str(run["id"]) / "distributed" / "launch.json"
     assert (f"run (K = 1 .. 2): python -m torch.distributed.run --nproc-per-node 2 --nnodes 3 "
             f"--node-rank K --rdzv-endpoint node0:29500 -m engine.training.rank {spec}") in printed.err
+
+
+def test_rank_0_stops_when_the_process_that_launched_the_run_is_gone():
+    import os
+    import subprocess
+
+    from engine.training.rank import parent_gone
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert not parent_gone(os.getpid()) and not parent_gone(None)
+    assert parent_gone(gone.pid)  # its run is then found interrupted by the heartbeat rules
