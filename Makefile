@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 export LIM_HOME ?= $(CURDIR)/data
 
-.PHONY: run test lint venv demo browser-deps clean bench bench-gpu
+.PHONY: run test lint venv demo browser-deps clean bench bench-gpu bench-multi-gpu
 
 # The project itself goes in editable (pyproject.toml): the `lim` script, the methods' entry
 # points, its packages importable from anywhere. Offline: setuptools comes from requirements-dev.txt.
@@ -54,6 +54,11 @@ bench: venv
 bench-gpu: venv
 	$(PY) -m benchmarks.train_speed --suite gpu --json benchmarks/results-gpu.json
 	$(PY) -m benchmarks.train_speed --suite ablation --json benchmarks/results-ablation.json
+
+# Multi-GPU scaling (1 vs 2 GPUs), loss parity and 2-GPU command-line runs with stop + resume
+# (docs/multi-gpu.md); needs 2 CUDA GPUs.
+bench-multi-gpu: venv
+	$(PY) -m benchmarks.multi_gpu --json benchmarks/results-multi-gpu.json --cli
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -375,7 +375,10 @@ def run_reference(case: Case, model_dir: Path, batches, total_steps: int, device
             if hasattr(args.optim, "value") else str(args.optim)}
 
 
-def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: str, window: int):
+def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: str, window: int,
+               parallel=None):
+    """The engine side; with ``parallel`` (engine.training.parallel.DataParallel, under torchrun)
+    one rank of a multi-GPU run, ``batches`` being its shard (benchmarks/multi_gpu.py)."""
     from engine import settings as settings_lib
     from engine.methods import get_method
     from engine.models.whisper import WhisperSpeechRecognition
@@ -402,6 +405,8 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
                               memory_budget_gb=float(options.get("memory_budget_gb", 0.0)))
     model = build_training_model(task_model, method, method_settings, family="whisper", device=device,
                                  seed=case.seed, total_steps=total_steps)
+    if parallel is not None:  # as a run's ranks do
+        parallel.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
     if short:  # each batch padded to its longest clip (rounded to the conv stride)
         for batch in batches:
             longest = int(batch["frames"].max()) + int(batch["frames"].max()) % 2
@@ -429,11 +434,14 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     graphs = wants_graphs(options.get("cuda_graphs", "auto"), device, offload)
     messages: list[str] = []
     trainer = TrainStep(model, config, device, total_steps, micro_batch=micro, offload=offload,
-                        cuda_graphs=graphs, on_message=messages.append)
+                        cuda_graphs=graphs, on_message=messages.append,
+                        capture_error_mode="thread_local" if parallel is not None else "global")
     model.train()
 
     def step(batch, index):
         loss = trainer.forward_backward({k: batch[k] for k in ("input_features", "labels")})
+        if parallel is not None:  # every rank's gradients and loss averaged, as in a run
+            loss = parallel.average(trainer.parameters, loss)
         trainer.optimizer_step(index + 1)
         return float(loss)
 

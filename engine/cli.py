@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a method or training setting, e.g. --set r=16 --set max_steps=50")
     train.add_argument("--wait", action="store_true", help="train in this process until the run ends")
+    train.add_argument("--gpus", type=int, metavar="N", help="train on N GPUs of this machine "
+                       "(torchrun, data parallel; the setting gpus): batch per GPU stays "
+                       "per_device_train_batch_size (docs/multi-gpu.md)")
+    train.add_argument("--nnodes", type=int, metavar="M", help="train on M machines with N GPUs "
+                       "each (needs --rdzv-endpoint and a shared data home; docs/multi-gpu.md)")
+    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="where the machines of a multi-machine run meet: this machine's address")
     train.add_argument("--json", action="store_true")
     train.set_defaults(handler=cmd_train)
 
@@ -333,9 +340,16 @@ def cmd_methods_list(wb, args) -> None:
 def cmd_train(wb, args) -> int:
     from engine.settings import parse_assignments
 
-    method_values, training_values = wb.split_settings(args.method, parse_assignments(args.set))
+    values = parse_assignments(args.set)
+    launch = {"gpus": args.gpus, "nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint}
+    values |= {key: value for key, value in launch.items() if value is not None}
+    method_values, training_values = wb.split_settings(args.method, values)
     run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
     print(f"run {run_id} queued", file=sys.stderr)
+    nnodes = wb.get_run(run_id)["settings"]["training"].get("nnodes") or 1
+    if nnodes > 1:  # this machine is machine 0, where the database is
+        print(f"on each other machine, with the same data home, run (K = 1 .. {nnodes - 1}): "
+              f"{wb.other_node_command(run_id)}", file=sys.stderr)
     for event in wb.run_events(run_id):
         if event["level"] == "warning":
             print(f"warning: {printable(event['message'])}", file=sys.stderr)

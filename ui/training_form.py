@@ -19,6 +19,8 @@ from ui.state import format_duration
 RANK_FIELDS = ("r", "init_r")  # the method's rank, where it has one (LoRA family, AdaLoRA)
 HOW_LONG = {"steps": "a number of steps", "epochs": "a number of epochs"}
 DEFAULT_STEPS = 100  # shown when switching to steps from an epoch-based configuration
+# Where a run trains: a GPUs choice when this machine has several; machines are command-line only.
+LAUNCH_FIELDS = {"gpus", "nnodes", "rdzv_endpoint"}
 
 
 def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str, dict]) -> None:
@@ -45,6 +47,7 @@ def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str
 
     method_values, training_values, problems = basic_settings(
         method_fields, training_fields, method_start, training_start, prefix, method_name)
+    training_values |= gpu_choice(wb.gpu_count(), training_start, prefix)
     with st.expander("Advanced: every other setting", icon=":material/tune:"):
         st.markdown(f"**{method_name} settings**")
         values, found = settings_form(method_fields, f"{prefix}.{method_name}", values=method_start,
@@ -54,7 +57,7 @@ def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str
         st.markdown("**Training settings**")
         values, found = settings_form(training_fields, f"{prefix}.training", columns=3,
                                       values=training_start,
-                                      skip=set(training_values) | {"max_steps", "num_train_epochs"})
+                                      skip=set(training_values) | {"max_steps", "num_train_epochs"} | LAUNCH_FIELDS)
         training_values |= values
         problems += found
     # Settings of the other "how long" unit keep their value (unused by the run) without a widget.
@@ -149,6 +152,22 @@ def basic_settings(method_fields, training_fields, method_start, training_start,
         else:
             st.caption(f"{method_name} has no rank to set.")
     return method, training, problems
+
+
+def gpu_choice(visible: int, training_start: dict, prefix: str) -> dict:
+    """A "GPUs" choice when this machine has more than one GPU (one GPU, or none: no choice,
+    the run trains in one process). Several machines are a command-line matter (nnodes)."""
+    launch = {"gpus": 1, "nnodes": 1, "rdzv_endpoint": ""}
+    if visible > 1:
+        options = list(range(1, visible + 1))
+        launch["gpus"] = st.selectbox(
+            "GPUs", options, index=min(max(int(training_start.get("gpus") or 1), 1), visible) - 1,
+            key=f"{prefix}.training.gpus",
+            help="Train on this many GPUs at once (`gpus`, torchrun with data parallelism): each GPU "
+                 "trains on its own batch of `per_device_train_batch_size` examples and the "
+                 "gradients are averaged, so one optimizer step sees GPUs × batch size × "
+                 "accumulation examples (docs/multi-gpu.md).")
+    return launch
 
 
 def preflight(wb, dataset_name, model_name, method_name, method_values, training_values) -> bool:

@@ -75,8 +75,12 @@ class CapturedSteps:
     without synchronising with the host."""
 
     def __init__(self, run: Callable[[dict, float], torch.Tensor], parameters: list[torch.Tensor],
-                 *, warmup: int = 2, max_graphs: int = 8, on_message: Callable[[str], None] | None = None):
+                 *, warmup: int = 2, max_graphs: int = 8, on_message: Callable[[str], None] | None = None,
+                 capture_error_mode: str = "global"):
         self.run, self.parameters = run, parameters
+        # "thread_local" in a rank of a multi-GPU run: NCCL's watchdog thread queries CUDA
+        # events while this thread captures, which "global" forbids.
+        self.capture_error_mode = capture_error_mode
         self.warmup, self.max_graphs = warmup, max_graphs
         self.on_message = on_message or (lambda message: log.info(message))
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
@@ -112,7 +116,7 @@ class CapturedSteps:
         try:
             with CAPTURE_LOCK:
                 torch.cuda.synchronize()
-                with torch.cuda.graph(graph, pool=self.pool):
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode=self.capture_error_mode):
                     loss = self.run(static, weight)
         except Exception as error:  # noqa: BLE001 (any refusal: run this shape eagerly)
             self.refused.add(key)

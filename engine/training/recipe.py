@@ -9,6 +9,11 @@ thread calls these; nothing here knows about threads or pages.
 Resuming is exact: the batches of an epoch are a pure function of ``seed`` and the epoch, and
 a checkpoint holds weights, optimizer, scheduler, gradient scaler, callback and RNG state, so
 a stopped and resumed run logs the losses an uninterrupted one logs.
+
+With ``parallel`` (one of the processes of a multi-GPU run, engine/training/parallel.py) each
+rank trains on its shard of every batch and gradients are averaged before each step; rank 0
+alone evaluates, writes checkpoints (with every rank's RNG state) and the adapter, and decides
+when to stop; the other ranks' ``storage`` only logs (engine/training/rank.py).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from engine.models import count_parameters, linear_module_names, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.batches import Prefetcher
-from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                                        set_rng_state)
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
 from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
                                         utilisation_metrics)
+from engine.training.parallel import DataParallel
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
@@ -73,16 +80,23 @@ def build_training_model(task_model, method, method_settings, *, family: str, de
                           f"{type(error).__name__}: {error}") from error
 
 
+# What rank 0 tells every rank after each optimizer step (FineTuneRecipe.decide).
+GO_ON, FINISH_EARLY, STOP, TIME_UP = 0, 1, 2, 3
+
+
 class FineTuneRecipe:
-    def __init__(self, storage: Storage, run: dict, should_stop: Callable[[], bool]):
+    def __init__(self, storage: Storage, run: dict, should_stop: Callable[[], bool],
+                 parallel: DataParallel | None = None):
         self.storage, self.run, self.should_stop = storage, run, should_stop
+        self.parallel = parallel
+        self.is_main = parallel is None or parallel.is_main
         self.run_id = run["id"]
         self.run_dir = storage.files.run_dir(self.run_id)
         self.config = settings_lib.build(TrainingSettings, run["settings"]["training"], section="training")
         self.method = get_method(run["method"])
         self.method_settings = settings_lib.build(self.method.settings_cls, run["settings"]["method"],
                                                   section=run["method"])
-        self.device = pick_device()
+        self.device = parallel.device if parallel else pick_device()
 
     def log(self, message: str, level: str = "info") -> None:
         self.storage.add_event(self.run_id, message, level)
@@ -110,6 +124,10 @@ class FineTuneRecipe:
         if capped:
             self.log(capped)
         self.model = self.build_model()
+        if self.parallel:
+            self.parallel.broadcast_parameters([p for p in self.model.parameters() if p.requires_grad])
+            # Each rank draws its own dropout and masking (the ranks see different examples).
+            torch.manual_seed(cfg.seed * 1000 + self.parallel.rank)
         self.trainable_params, self.total_params = count_parameters(self.model)
         if self.trainable_params == 0:
             raise MethodError(f"method {self.method.name!r} left no parameter to train; check its "
@@ -130,7 +148,9 @@ class FineTuneRecipe:
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
                                 trainable_params=self.trainable_params, total_params=self.total_params)
-        self.log(f"{self.method.name} on {model_record['name']} ({self.device}): "
+        where = (f"{self.parallel.world_size} processes, {self.device} on this one" if self.parallel
+                 else self.device)
+        self.log(f"{self.method.name} on {model_record['name']} ({where}): "
                  f"{self.trainable_params:,} of {self.total_params:,} parameters train; "
                  f"{len(self.train_items)} train / {len(self.eval_items)} validation / "
                  f"{len(self.test_items)} test items; {self.total_steps} steps")
@@ -157,7 +177,7 @@ class FineTuneRecipe:
     def count_steps(self) -> None:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
         cfg = self.config
-        self.batches_per_epoch = math.ceil(len(self.train_items) / cfg.per_device_train_batch_size)
+        self.batches_per_epoch = math.ceil(len(self.train_items) / self.global_batch_size)
         self.total_steps = cfg.optimizer_steps(len(self.train_items))
 
     def count_flops(self) -> tuple[float | None, float | None]:
@@ -177,6 +197,8 @@ class FineTuneRecipe:
         except ValueError as error:
             self.log(f"no utilisation %: {error}", "warning")
             peak = None
+        if peak and self.parallel:  # samples/s count every rank's examples: so does the peak
+            peak *= self.parallel.world_size
         self.log(f"{flops / 1e9:.3g} GFLOP per training example ({3 if base_trains else 2} x forward); "
                  + (f"peak {peak:g} TFLOP/s" if peak else f"no known peak on {self.device}: no utilisation %"))
         return flops, peak
@@ -201,7 +223,8 @@ class FineTuneRecipe:
             self.model, cfg, self.device, self.total_steps,
             on_optimizer_step=self.method.on_optimizer_step,
             micro_batch=plan.micro_batch if plan else 0, offload=offload,
-            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log)
+            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log,
+            capture_error_mode="thread_local" if self.parallel else "global")
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
@@ -223,6 +246,8 @@ class FineTuneRecipe:
         if folder is None:
             return
         state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.scaler)
+        if self.parallel:
+            self.restore_rank_rng(state.get("rng_ranks") or [])
         self.step, self.micro_batches = state["step"], state["micro_batches"]
         self.wall_offset = state["wall_time"]
         self.early_stopping.load_state_dict(state.get("early_stopping") or {})
@@ -230,16 +255,31 @@ class FineTuneRecipe:
         self.storage.delete_metrics_after(self.run_id, self.step)
         self.log(f"resumed from the checkpoint at step {self.step}")
 
+    def restore_rank_rng(self, states: list[dict]) -> None:
+        """Every rank continues its own random stream (rank 0's is the checkpoint's ``rng``)."""
+        rank = self.parallel.rank
+        if rank < len(states):
+            set_rng_state(states[rank])
+        else:  # resumed with more processes than the checkpoint saw
+            torch.manual_seed(self.config.seed * 1000 + rank + 7919 * self.step)
+            self.log(f"the checkpoint has no random state for rank {rank}; it draws a fresh one", "warning")
+
     # ------------------------------------------------------------------ training
+    @property
+    def global_batch_size(self) -> int:
+        """Examples of one micro-batch over every rank (one per_device batch per rank)."""
+        return self.config.per_device_train_batch_size * (self.parallel.world_size if self.parallel else 1)
+
     def autocast(self):
         return self.trainer.autocast()
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The shuffled batches of one epoch: a pure function of seed and epoch, so a resumed
-        run sees exactly the batches an uninterrupted one would."""
+        run sees exactly the batches an uninterrupted one would. With several ranks these are
+        the batches of all of them together (``shard`` takes each rank's part)."""
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
         order = torch.randperm(len(self.train_items), generator=generator).tolist()
-        size = self.config.per_device_train_batch_size
+        size = self.global_batch_size
         return [order[i: i + size] for i in range(0, len(order), size)]
 
     def collate_train(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -278,30 +318,38 @@ class FineTuneRecipe:
         while self.step < self.total_steps:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
             batches = self.epoch_batches(epoch)[offset:]
+            mine = [self.parallel.shard(b) for b in batches] if self.parallel else batches
             # Batches are built ahead on another thread; SpecAugment draws its masks here, in
             # this thread, from the one RNG stream a checkpoint saves, so a resumed run masks
             # exactly as an uninterrupted one.
-            with self.batch_stream(batches) as stream:
-                outcome = self.train_epoch(stream, accumulation, started, time_limit, throughput)
+            with self.batch_stream([b for b in mine if b]) as stream:
+                outcome = self.train_epoch(batches, mine, iter(stream), accumulation, started,
+                                           time_limit, throughput)
             if outcome is not None:
                 return outcome
         self.finish(started)
         return "completed"
 
-    def train_epoch(self, stream, accumulation, started, time_limit, throughput) -> str | None:
-        """One epoch's (remaining) batches; a status when the run ends inside it."""
+    def train_epoch(self, batches, mine, stream, accumulation, started, time_limit, throughput) -> str | None:
+        """One epoch's (remaining) batches, ``mine`` this rank's share of each (all of it on one
+        device); a status when the run ends inside it."""
         cfg = self.config
-        for indices, batch in stream:
-            if self.augment is not None:
-                batch = self.augment(batch)
-            if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
-                batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
-            self.running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
+        for indices, my_indices in zip(batches, mine):
+            if my_indices:  # a rank's share of a short last batch may be empty
+                _, batch = next(stream)
+                if self.augment is not None:
+                    batch = self.augment(batch)
+                if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
+                    batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
+                share = self.parallel.share(len(my_indices), len(indices)) if self.parallel else 1.0
+                self.running_loss += self.trainer.forward_backward(batch, share / accumulation) * share
             self.seen_in_step += 1
             self.micro_batches += 1
             throughput.add(len(indices), sum(self.train_items[i]["duration_s"] or 0 for i in indices))
             if self.micro_batches % accumulation:
                 continue
+            if self.parallel:  # every rank's gradients and loss, averaged
+                self.running_loss = self.parallel.average(self.trainer.parameters, self.running_loss)
             grad_norm = self.optimizer_step()
             self.step += 1
             wall = self.wall_offset + time.perf_counter() - started
@@ -318,27 +366,43 @@ class FineTuneRecipe:
         """Evaluate, checkpoint, and decide whether the run ends here (a status) or goes on."""
         cfg = self.config
         wall = lambda: self.wall_offset + time.perf_counter() - started  # noqa: E731
-        early = False
-        if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
-            early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
-        if early:
-            self.log(f"early stopping at step {self.step}: validation "
-                     f"{self.early_stopping.metric} has not improved for "
-                     f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4f})")
+        decision = self.decide(started, time_limit)
+        if decision == FINISH_EARLY:
+            if self.is_main:
+                self.log(f"early stopping at step {self.step}: validation "
+                         f"{self.early_stopping.metric} has not improved for "
+                         f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4f})")
             self.finish(started)
             return "completed"
         if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
             self.checkpoint(wall())
-        if self.should_stop():
+        if decision == STOP:
             self.checkpoint(wall())
             self.log(f"stopped at step {self.step} of {self.total_steps}; checkpoint saved")
             return "stopped"
-        if time_limit.reached() and self.step < self.total_steps:
+        if decision == TIME_UP:
             self.checkpoint(wall())
             self.log(f"time limit of {cfg.max_time_minutes:g} minutes reached at step {self.step}; "
                      "checkpoint saved, resume to continue", "warning")
             return "stopped"
         return None
+
+    def decide(self, started: float, time_limit: TimeLimit) -> int:
+        """Whether the run goes on after this step: rank 0 evaluates and asks (validation,
+        stop requests, the time limit), every other rank is told its answer."""
+        cfg = self.config
+        decision = GO_ON
+        if self.is_main:
+            early = False
+            if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
+                early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
+            if early:
+                decision = FINISH_EARLY
+            elif self.should_stop():
+                decision = STOP
+            elif time_limit.reached() and self.step < self.total_steps:
+                decision = TIME_UP
+        return self.parallel.decide(decision) if self.parallel else decision
 
     def optimizer_step(self) -> float | None:
         return self.trainer.optimizer_step(self.step + 1)
@@ -355,10 +419,16 @@ class FineTuneRecipe:
                                 peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
+        """Rank 0 writes the checkpoint, with every rank's RNG state (all ranks call this)."""
+        state = {"step": self.step, "micro_batches": self.micro_batches, "wall_time": wall,
+                 "early_stopping": self.early_stopping.state_dict()}
+        if self.parallel:
+            state["rng_ranks"] = self.parallel.gather_json(rng_state())
+            state["world_size"] = self.parallel.world_size
+        if not self.is_main:
+            return
         folder = save_checkpoint(
-            self.run_dir, self.model, self.optimizer, self.scheduler,
-            {"step": self.step, "micro_batches": self.micro_batches, "wall_time": wall,
-             "early_stopping": self.early_stopping.state_dict()},
+            self.run_dir, self.model, self.optimizer, self.scheduler, state,
             scaler=self.scaler, keep=self.config.save_total_limit)
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
                                 wall_time_s=wall)
@@ -397,7 +467,9 @@ class FineTuneRecipe:
         return metrics
 
     def finish(self, started: float) -> None:
-        """The last validation point, the final score on the test split, the adapter."""
+        """The last validation point, the final score on the test split, the adapter (rank 0)."""
+        if not self.is_main:
+            return
         validation = self.evaluate_and_record(wall_start=started, final=True)
         if self.test_items:
             split, items, fell_back = "test", self.test_items, False

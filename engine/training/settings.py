@@ -8,12 +8,15 @@ so a bad value is answered at submit, naming the field, never as a traceback mid
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
 from engine.errors import SettingsError
 from engine.settings import setting
+
+_ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}")  # host:port, nothing else on a command line
 
 
 @dataclass
@@ -124,13 +127,31 @@ class TrainingSettings:
         "positional embedding sliced to match: several times faster for 1-5 s clips; the model "
         "has to adapt to the shorter context. Evaluation and the Playground use the run's choice.",
         choices=["30s", "longest"])
+    gpus: int = setting(
+        1, "GPUs to train on (data parallel: every GPU holds the model and trains on its share "
+        "of each batch, gradients are averaged). Above 1 the run starts torchrun as a child "
+        "process; per_device_train_batch_size is per GPU, so the batch of one optimizer step is "
+        "per_device_train_batch_size × gradient_accumulation_steps × gpus × nnodes "
+        "(docs/multi-gpu.md). Without a GPU, that many CPU processes (gloo backend).",
+        min=1, max=64)
+    nnodes: int = setting(1, "Machines to train on (torchrun --nnodes), each with `gpus` GPUs; "
+                          "above 1 needs rdzv_endpoint and a data home shared by every machine "
+                          "(docs/multi-gpu.md).", min=1, max=1024)
+    rdzv_endpoint: str = setting("", "host:port where the machines of a multi-machine run meet "
+                                 "(torchrun --rdzv-endpoint); empty on one machine.")
+
+    @property
+    def world_size(self) -> int:
+        """Processes training this run together (one per GPU)."""
+        return self.gpus * self.nnodes
 
     def optimizer_steps(self, train_items: int) -> int:
         """Optimizer steps of the whole run on ``train_items`` training examples: max_steps,
-        or num_train_epochs passes of batches (the last one partial) over the accumulation."""
+        or num_train_epochs passes of batches (the last one partial; a batch is one
+        per_device_train_batch_size per process) over the accumulation."""
         if self.max_steps > 0:
             return self.max_steps
-        batches_per_epoch = math.ceil(train_items / self.per_device_train_batch_size)
+        batches_per_epoch = math.ceil(train_items / (self.per_device_train_batch_size * self.world_size))
         return max(1, math.ceil(self.num_train_epochs * batches_per_epoch / self.gradient_accumulation_steps))
 
     def warnings(self) -> list[str]:
@@ -163,3 +184,9 @@ class TrainingSettings:
         if self.early_stopping_patience and not self.eval_steps:
             raise SettingsError("early_stopping_patience needs eval_steps > 0: early stopping "
                                 "watches the validation metric")
+        if self.nnodes > 1 and not self.rdzv_endpoint.strip():
+            raise SettingsError(f"nnodes={self.nnodes} needs rdzv_endpoint: the host:port of the "
+                                "first machine, where the machines meet (docs/multi-gpu.md)")
+        if self.rdzv_endpoint and not _ENDPOINT.fullmatch(self.rdzv_endpoint):
+            raise SettingsError(f"rdzv_endpoint must be host:port (e.g. node0:29500), got "
+                                f"{self.rdzv_endpoint!r}")

@@ -98,7 +98,8 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
 class TrainStep:
     def __init__(self, model: torch.nn.Module, config: TrainingSettings, device: str,
                  total_steps: int, *, on_optimizer_step=None, micro_batch: int = 0,
-                 offload: bool = False, cuda_graphs: bool = False, on_message=None):
+                 offload: bool = False, cuda_graphs: bool = False, on_message=None,
+                 capture_error_mode: str = "global"):
         from transformers import get_scheduler
 
         self.model, self.config, self.device = model, config, device
@@ -132,7 +133,8 @@ class TrainStep:
         elif cuda_graphs and self.scaler is None:  # a scaler's scale changes between replays
             from engine.training.graphs import CapturedSteps
 
-            self.graphs = CapturedSteps(self._forward_backward, self.parameters, on_message=on_message)
+            self.graphs = CapturedSteps(self._forward_backward, self.parameters, on_message=on_message,
+                                        capture_error_mode=capture_error_mode)
 
     def autocast(self):
         dtype = None if self.pure_dtype is not None else autocast_dtype(self.config.precision,

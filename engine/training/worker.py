@@ -22,6 +22,7 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
+from engine.training.distributed import run_distributed, world_size_of
 from engine.series import LiveSeries
 from storage import Storage, utc_now
 
@@ -136,7 +137,10 @@ def recover_interrupted(storage: Storage) -> list[int]:
 
 
 def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None = None) -> str:
-    """Train one claimed run to its end; returns the final status. Never raises."""
+    """Train one claimed run to its end; returns the final status. Never raises.
+
+    A run on more than one GPU trains in a torchrun child (engine/training/distributed.py)
+    while this thread keeps its heartbeat and live series, and records how it ended."""
     from engine.training.recipe import FineTuneRecipe
 
     run_id = run["id"]
@@ -148,11 +152,15 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
     try:
         storage.add_event(run_id, "started" if not run.get("checkpoint_dir") else "resuming")
         with heartbeat(storage, run_id, run.get("worker")), store_live_series(storage, run_id):
-            recipe = FineTuneRecipe(storage, run, should_stop)
-            recipe.setup()
-            status = recipe.train()
+            if world_size_of(run) > 1:
+                ended = run_distributed(storage, run, stop)
+                status, peak_memory_mb = ended["status"], ended["peak_memory_mb"]
+            else:
+                recipe = FineTuneRecipe(storage, run, should_stop)
+                recipe.setup()
+                status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
         storage.update_run(run_id, status=status, finished_at=utc_now(),
-                           peak_memory_mb=recipe.memory.peak_mb, stop_requested=0)
+                           peak_memory_mb=peak_memory_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
         return status
     except (KeyboardInterrupt, SystemExit):
@@ -165,7 +173,8 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
         message = failure_message(run, error, "cuda" if torch.cuda.is_available() else "cpu")
         storage.update_run(run_id, status="failed", error=message, finished_at=utc_now())
         storage.add_event(run_id, message, "error")
-        storage.add_event(run_id, traceback.format_exc(), "debug")
+        # a failed rank's own traceback, not this process's
+        storage.add_event(run_id, getattr(error, "details", "") or traceback.format_exc(), "debug")
         logger.exception("run %s failed", run_id)
         return "failed"
     finally:

@@ -77,7 +77,7 @@ class RunsMixin:
         check_target_modules(method_obj_settings, outline, task_model_cls)
         steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
         duration = self._estimated_seconds(model_record["id"], method, steps)
-        warnings = training_obj.warnings()  # absurd but legal values
+        warnings = training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
         if duration is not None and duration > LONG_RUN_S:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
@@ -93,6 +93,18 @@ class RunsMixin:
         per_step = self.storage.seconds_per_step(model_id, method)
         return None if per_step is None else per_step * steps
 
+    def _check_gpus(self, training: TrainingSettings) -> list[str]:
+        """Refuse more GPUs than this machine has; warnings for a multi-process run on CPUs."""
+        visible = self.gpu_count()
+        if training.gpus > 1 and visible and training.gpus > visible:
+            raise SettingsError(f"gpus={training.gpus}, but this machine has {visible} GPU"
+                                f"{'s' if visible > 1 else ''}; choose at most {visible}")
+        if training.world_size > 1 and not visible:
+            return [f"no GPU here: the run trains in {training.world_size} CPU processes (gloo "
+                    "backend), which only makes sense on a machine with many cores or to try "
+                    "the multi-GPU path"]
+        return []
+
     def _check_splits(self, dataset_record: dict, training: dict) -> None:
         counts = self.storage.count_items(dataset_record["id"])
         if not counts.get("train"):
@@ -101,6 +113,11 @@ class RunsMixin:
         if training["per_device_train_batch_size"] > counts["train"]:
             raise SettingsError(f"per_device_train_batch_size ({training['per_device_train_batch_size']}) "
                                 f"is larger than the train split ({counts['train']} items)")
+        processes = training.get("gpus", 1) * training.get("nnodes", 1)
+        if training["per_device_train_batch_size"] * processes > counts["train"]:
+            raise SettingsError(f"per_device_train_batch_size ({training['per_device_train_batch_size']}) "
+                                f"× {processes} GPUs is larger than the train split ({counts['train']} "
+                                "items): some GPUs would have nothing to train on")
         if training["early_stopping_patience"] and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
                                 f"{dataset_record['name']}'s validation split has no items")
@@ -244,6 +261,21 @@ class RunsMixin:
         self.storage.add_event(run["id"], "queued to resume")
         if self.worker is not None:
             self.worker.wake()
+
+    def other_node_command(self, run_id: int) -> str:
+        """What each other machine of a multi-machine run starts (docs/multi-gpu.md)."""
+        from engine.training.distributed import other_node_command, spec_path
+
+        run = self.get_run(run_id)
+        config = settings_lib.build(TrainingSettings, run["settings"]["training"], section="training")
+        return other_node_command(spec_path(self.storage.files.home, run["id"]), config)
+
+    @staticmethod
+    def gpu_count() -> int:
+        """CUDA GPUs this process sees (the Training page offers a GPUs choice above 1)."""
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def wait_for_run(self, run_id: int, on_progress=None) -> dict:
         """Train in this process until the run ends (the CLI's ``--wait``)."""
