@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--shapes", choices=["real", "tiny"], default="real")
     parser.add_argument("--home", type=Path, help="data home (default: a new temporary folder)")
+    parser.add_argument("--cases", help="comma-separated indices into the case list (default: all)")
     args = parser.parse_args(argv)
+    chosen = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
     os.environ["LIM_PROFILE"] = args.profile  # before the engine reads it
     os.environ["LIM_HOME"] = str(args.home or tempfile.mkdtemp(prefix="lim-rehearsal-"))
     import torch
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         device = {"name": torch.cuda.get_device_name(0), "total_mb": total / 2**20}
     results = {"profile": profile.as_dict(), "device": device, "cap_mb": cap_mb, "models": models,
                "torch": torch.__version__, "python": platform.python_version(), "cases": []}
-    for label, model, extra in CASES:
+    for label, model, extra in chosen:
         print(f"… {label}", file=sys.stderr, flush=True)
         case = run_case(workbench, label, models[model]["name"], extra, args.steps, cap_mb)
         case["weights"] = models[model]["weights"]
