@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.errors import ExportError
 from engine.export.artifacts import RunArtifacts, read_meta, zip_folder_bytes
+from engine.methods import get_method
 from engine.models import TASK_MODELS, TaskModel
 
 
@@ -159,9 +160,16 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
     base = portable_base_model(artifacts)
     where = (f"\"{base}\"" if artifacts.base_source.startswith("hub:")
              else f"# the base model's folder: see \"Base model\" above\n    \"path/to/{base}\"")
-    return (f"from peft import PeftModel\n{imports}\n\n"
-            f"base = {cls}.from_pretrained(\n    {where}{labels}{quantization})\n"
-            "model = PeftModel.from_pretrained(base, \"adapter\")  # the unzipped folder")
+    snippet = (f"from peft import PeftModel\n{imports}\n\n"
+               f"base = {cls}.from_pretrained(\n    {where}{labels}{quantization})\n"
+               "model = PeftModel.from_pretrained(base, \"adapter\")  # the unzipped folder")
+    if get_method(s["method"]).load_adapter is not None:
+        return (f"# {s['method']} keeps modules of its own inside peft's LoRA layers, which\n"
+                "# PeftModel.from_pretrained alone does not rebuild (it would drop their weights):\n"
+                "# load the base as below, then\n"
+                f"# engine.methods.get_method({s['method']!r}).load_adapter(base, folder, settings, context)\n"
+                "# (engine.inference.load_trained does this).\n" + snippet)
+    return snippet
 
 
 def task_model_class(task: str) -> type[TaskModel]:

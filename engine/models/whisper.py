@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.data.audio import load_audio
+from engine.data.audio import load_audio, trim_silence
 from engine.errors import ModelError
 from engine.models.base import TaskModel, pad_to_multiple, tie_like_pretrained
 from engine.models.whisper_window import (
@@ -147,7 +147,9 @@ class WhisperBase(TaskModel):
         return batch
 
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
-        return self.features(load_audio(dataset_dir / item["file"]))
+        audio = load_audio(dataset_dir / item["file"])
+        trim_db = float(self.options.get("trim_silence_db") or 0)
+        return self.features(trim_silence(audio, trim_db) if trim_db > 0 else audio)
 
     @staticmethod
     def keep_positions_fixed(model: nn.Module) -> nn.Module:
