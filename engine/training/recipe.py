@@ -110,12 +110,11 @@ class FineTuneRecipe:
         if not self.train_items:
             raise DatasetError(f"dataset {dataset['name']!r} has no items in its train split; "
                                "add some, or import it again with a train split")
+        options = {"generation_max_length": cfg.generation_max_length,
+                   "audio_padding": cfg.audio_padding, "language": cfg.language,
+                   "speech_task": cfg.task, **self.method_task_options()}
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
-                                         dataset["labels"],
-                                         generation_max_length=cfg.generation_max_length,
-                                         audio_padding=cfg.audio_padding,
-                                         language=cfg.language, speech_task=cfg.task,
-                                         **self.method_task_options())
+                                         dataset["labels"], **options)
         self.count_steps()
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)
