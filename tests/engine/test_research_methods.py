@@ -112,8 +112,12 @@ def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench):
     assert all(layer["score"] > 0 for layer in by_score)
     assert [layer["rank"] for layer in by_score] == sorted(layer["rank"] for layer in by_score)
     assert by_score[0]["rank"] < by_score[-1]["rank"]
-    saved = (recipe.run_dir / "method_report.json").read_text()
-    assert '"importance"' in saved  # the run records the allocation for the page
+    assert workbench.run_method_report(recipe.run_id) == report  # recorded for the run page
+    from ui.charts import rank_allocation_figure
+
+    figure = rank_allocation_figure(report["layers"])
+    assert sorted(trace.name for trace in figure.data) == ["audio encoder", "cross-attention", "text decoder"]
+    assert sum(sum(trace.y) for trace in figure.data) == sum(layer["rank"] for layer in report["layers"])
 
     base = recipe.model.base_model.model  # the layers' names and sizes are all planning reads
     context = recipe_context(recipe)
