@@ -97,7 +97,8 @@ def lora_parameters(model) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
 
 
-def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench):
+def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench, monkeypatch):
+    from engine.methods import cmra
     from engine.methods.cmra import CmraSettings, plan_allocation
 
     budget = 20_000
@@ -118,6 +119,13 @@ def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench):
     figure = rank_allocation_figure(report["layers"])
     assert sorted(trace.name for trace in figure.data) == ["audio encoder", "cross-attention", "text decoder"]
     assert sum(sum(trace.y) for trace in figure.data) == sum(layer["rank"] for layer in report["layers"])
+
+    # A resumed run (set up again from its record) keeps its ranks without scoring again.
+    monkeypatch.setattr(cmra, "importance_scores", lambda *a, **k: pytest.fail("scored again"))
+    again = FineTuneRecipe(workbench.storage, recipe.run, should_stop=lambda: False)
+    again.setup()
+    assert again.method_report == report and lora_parameters(again.model) == report["used"]
+    monkeypatch.undo()
 
     base = recipe.model.base_model.model  # the layers' names and sizes are all planning reads
     context = recipe_context(recipe)
