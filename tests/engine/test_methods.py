@@ -30,8 +30,8 @@ def pruned_by_adalora(name, parameter, changed):
     return all(name.replace("lora_E", factor) in changed for factor in ("lora_A", "lora_B"))
 # The research methods of issue 16 (4-bit base each) run where they mean something, to keep
 # the matrix short: speech recognition has all three parts (encoder, cross-attention, decoder);
-# cmra and mma also run on the text model (one part, one modality).
-RESEARCH = {("ta-qlora", "asr"), ("cmra", "asr"), ("cmra", "text-classification"), ("qass", "asr"),
+# mma also runs on the text model (one modality).
+RESEARCH = {("ta-qlora", "asr"), ("cmra", "asr"), ("qass", "asr"),
             ("mma", "asr"), ("mma", "text-classification")}
 FOUR_BIT = {"qlora", "ta-qlora", "cmra", "qass", "mma"}
 BUILT_IN = [method.name for method in all_methods() if method.source == "built-in"]
