@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.errors import ExportError
 from engine.export.artifacts import RunArtifacts, read_meta, zip_folder_bytes
+from engine.inference import method_report
 from engine.methods import get_method
 from engine.models import TASK_MODELS, TaskModel
 
@@ -149,13 +150,15 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
         labels = (f", num_labels={len(artifacts.labels)},\n    "
                   f"id2label={dict(enumerate(artifacts.labels))!r}")
     quantization, imports = "", f"from transformers import {cls}"
-    if s["method"] == "qlora":
-        method = s["settings"]["method"]
+    method = s["settings"]["method"]
+    if "bnb_4bit_quant_type" in method:  # qlora and the methods on its 4-bit base
+        # qass keeps the layers it measured as most sensitive out of 4 bits (its report)
+        kept = method_report(artifacts.adapter_dir).get("keep_16bit", [])
         quantization = (
             ",\n    device_map=\"cpu\",  # or \"cuda\"\n    quantization_config=BitsAndBytesConfig(\n"
             f"        load_in_4bit=True, bnb_4bit_quant_type=\"{method['bnb_4bit_quant_type']}\",\n"
             f"        bnb_4bit_use_double_quant={method['bnb_4bit_use_double_quant']},\n"
-            f"        llm_int8_skip_modules={task_model_class(s['task']).unquantized_modules!r})")
+            f"        llm_int8_skip_modules={task_model_class(s['task']).unquantized_modules + kept!r})")
         imports = f"from transformers import BitsAndBytesConfig, {cls}"
     base = portable_base_model(artifacts)
     where = (f"\"{base}\"" if artifacts.base_source.startswith("hub:")
