@@ -1,12 +1,13 @@
 """Modality-routed adapters (after LaVIN's Mixture-of-Modality Adaptation): several low-rank
 adapters per targeted layer and a small router that weighs them per input, on a 4-bit base.
 
-Each targeted layer gets ``adapters`` LoRA pairs (B_i, A_i) of rank r and a router R:
+Each targeted layer gets n = ``adapters`` LoRA pairs (B_i, A_i) of rank r/n and a router R:
 
     h = W x + (α/r) Σ_i w_i(x) · B_i A_i x,    w(x) = softmax(R · pool(A x))
 
-where A x stacks every A_i x (n·r channels), so the router reads a learned projection of the
-input (as MMA's router projects the pooled input) at n·r·n parameters per layer. pool is the
+where A x stacks every A_i x (r channels), so the router reads a learned projection of the
+input (as MMA's router projects the pooled input) at n·r parameters per layer; the adapters
+together cost what LoRA at rank r costs. pool is the
 mean over time for layers whose input is bidirectional (the audio encoder, the cross-attention
 keys and values, which read the encoder's output, and text encoders), and no pooling (one
 weight vector per token) for the causal text decoder: a mean over the whole sequence would let
@@ -17,7 +18,7 @@ self-attention and feed-forward; the router weights of each path are logged ever
 adapters per input, the log says so and only ``router/text_w*`` appear.
 
 Why modules of our own (custom_lora.py): the stacked A_i are exactly peft's ``lora_A`` at rank
-n·r; ``lora_B`` becomes a ``RoutedLoraB`` (an ``nn.Linear`` holding the n B_i side by side,
+r; ``lora_B`` becomes a ``RoutedLoraB`` (an ``nn.Linear`` holding the n B_i side by side,
 plus the router). B and R start at zero: step 0 is the base model and the adapters start
 equally weighted. Not mergeable: the weights depend on the input.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engine.errors import MethodError
+from engine.errors import MethodError, SettingsError
 from engine.methods.custom_lora import (ADAPTER, AUDIO_ENCODER, CROSS_ATTENTION, TEXT_DECODER,
                                         FourBitAdapterSettings, as_qlora, group_of,
                                         load_custom_adapter, lora_layers, short_name, swap_factor)
@@ -40,13 +41,20 @@ from engine.settings import setting
 
 @dataclass
 class MmaSettings(FourBitAdapterSettings):
-    r: int = setting(4, "Rank of each of the adapters of a layer (the layer trains adapters × r "
-                     "ranks in all).", min=1, max=1024)
-    adapters: int = setting(2, "Adapters per layer that the router weighs.", min=2, max=8)
+    r: int = setting(8, "Rank of a layer's adapters together, split evenly between them (as "
+                     "LoRA's r: the same r trains the same LoRA parameters plus the routers).",
+                     min=2, max=1024)
+    adapters: int = setting(2, "Adapters per layer that the router weighs (each of rank "
+                            "r / adapters).", min=2, max=8)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.r % self.adapters:
+            raise SettingsError(f"r ({self.r}) must split evenly between {self.adapters} adapters")
 
 
 class RoutedLoraB(nn.Linear):
-    """peft's ``lora_B`` for ``n`` adapters of rank ``r`` side by side, weighed by a router.
+    """peft's ``lora_B`` for ``n`` adapters of rank ``r`` (each) side by side, weighed by a router.
 
     ``weight`` (out, n·r) holds B_1 .. B_n; ``router`` (n, n·r) reads the stacked A_i x.
     Input h = A x: (B, T, n·r) or (T, n·r); ``pooled`` routes on the mean over T, otherwise per
@@ -84,7 +92,7 @@ def modality(name: str, task: str) -> str:
 
 
 def add_routers(model: nn.Module, task: str, adapters: int) -> list[str]:
-    """Swap every LoRA layer's ``lora_B`` (zero, n·r -> out) for a RoutedLoraB."""
+    """Swap every LoRA layer's ``lora_B`` (zero, r -> out) for a RoutedLoraB of n adapters."""
     converted = []
     for name, layer in list(lora_layers(model)):
         old = layer.lora_B[ADAPTER]
@@ -119,10 +127,8 @@ def step_metrics(model: nn.Module) -> dict[str, float]:
 
 
 def apply_mma(model, settings: MmaSettings, context: MethodContext):
-    # peft builds one LoRA pair of rank n·r per layer: A is the n stacked A_i, B is swapped
-    peft_model = apply_qlora(model, as_qlora(settings, r=settings.r * settings.adapters,
-                                             lora_alpha=settings.lora_alpha * settings.adapters),
-                             context)
+    # peft builds one LoRA pair of rank r per layer: A is the n stacked A_i, B is swapped
+    peft_model = apply_qlora(model, as_qlora(settings), context)
     converted = add_routers(peft_model, context.task, settings.adapters)
     modalities = sorted({modality(name, context.task) for name in converted})
     context.report.update({"method": "mma", "adapters": settings.adapters, "modalities": modalities,
@@ -160,7 +166,7 @@ METHOD = make_method(
          "per modality.",
     formula="h = W_nf4 x + (α/r) Σ_i w_i B_i A_i x,  w = softmax(R · mean_t(A x))  "
             "(per token in the causal decoder)",
-    advantages="Input-dependent adaptation for the parameters of LoRA at rank n·r plus tiny "
+    advantages="Input-dependent adaptation for the parameters of LoRA at rank r plus tiny "
                "routers; starts as the base model with the adapters equally weighted.",
     limitations="Cannot be merged (adapter export only); a little slower than LoRA (the "
                 "router and the gating); with one modality (text models) it is a routed "

@@ -243,3 +243,21 @@ def test_unmergeable_methods_refuse_a_merged_export(workbench, tmp_path, method)
     with pytest.raises(ExportError, match="cannot be exported merged.*export the adapter"):
         export_run(artifacts, "merged", tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_qass_run_merges_onto_its_kept_and_quantised_layers(workbench, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    from engine.models import task_model_for
+
+    recipe = recipe_for(workbench, "qass", {"keep_share": 0.25})
+    assert recipe.train() == "completed"
+    folder = workbench.export_run(recipe.run_id, "merged", tmp_path / "merged")
+    merged = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    stock = task_model_for("whisper", "asr", recipe.model_dir)  # the 30 s window exports run
+    batch = stock.collate([stock.encode(item, recipe.dataset_dir) for item in recipe.eval_items[:3]])
+    _, trained = workbench.load_trained(recipe.run_id)  # kept layers from the run's report
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, trained(**batch).logits, rtol=1e-2, atol=5e-3)
+    kept = recipe.method_report["keep_16bit"][0]
+    assert type(trained.base_model.model.get_submodule(kept)).__name__ != "Linear4bit"
