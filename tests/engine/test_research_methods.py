@@ -251,7 +251,10 @@ def test_a_qass_run_merges_onto_its_kept_and_quantised_layers(workbench, tmp_pat
     from engine.models import task_model_for
 
     recipe = recipe_for(workbench, "qass", {"keep_share": 0.25})
+    from storage import utc_now
+
     assert recipe.train() == "completed"
+    workbench.storage.update_run(recipe.run_id, status="completed", finished_at=utc_now())  # as the worker
     folder = workbench.export_run(recipe.run_id, "merged", tmp_path / "merged")
     merged = WhisperForConditionalGeneration.from_pretrained(folder).eval()
     stock = task_model_for("whisper", "asr", recipe.model_dir)  # the 30 s window exports run
