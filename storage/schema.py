@@ -155,5 +155,23 @@ def m007_deleted_run_ids(db: Database) -> None:
     db["deleted_runs"].create({"id": int}, pk="id")
 
 
+@migrations()
+def m008_studies(db: Database) -> None:
+    """Studies: a grid of runs (methods x ranks or budgets x target sets x seeds) on one dataset
+    and model. ``grid`` and ``settings`` (JSON) say what was asked; each run of a study keeps
+    ``study_id`` and its ``study_cell`` (JSON: method, size, targets, seed). Owned like runs."""
+    db["studies"].create(
+        {"id": int, "owner_id": int, "name": str, "dataset_id": int, "dataset_name": str,
+         "model_id": int, "model_name": str, "grid": str, "settings": str, "created_at": str},
+        pk="id",
+        not_null={"owner_id", "name"},
+        foreign_keys=[("owner_id", "users")],
+    )
+    db["studies"].create_index(["owner_id", "id"])
+    db["runs"].add_column("study_id", int)  # no foreign key: deleting a study deletes its runs
+    db["runs"].add_column("study_cell", str)
+    db["runs"].create_index(["study_id", "id"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

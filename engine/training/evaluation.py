@@ -9,6 +9,7 @@ no test split, and says so) and stores, in ``runs/<id>/``:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,6 +38,7 @@ class ItemDataset(Dataset):
         self.cache_budget = int(cache_mb * 2**20)
         self.cache: dict[int, dict] = {}
         self.cached_bytes = 0
+        self.lock = threading.Lock()  # the prefetcher fetches items on several threads
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,10 +49,11 @@ class ItemDataset(Dataset):
             return dict(hit)
         encoded = self.task_model.encode(self.items[index], self.dataset_dir)
         size = _encoded_bytes(encoded) if self.cache_budget else 0
-        if size and self.cached_bytes + size <= self.cache_budget:
-            self.cache[index] = encoded
-            self.cached_bytes += size
-            return dict(encoded)
+        with self.lock:
+            if size and self.cached_bytes + size <= self.cache_budget:
+                self.cache[index] = encoded
+                self.cached_bytes += size
+                return dict(encoded)
         return encoded
 
 

@@ -22,6 +22,7 @@ from engine.series import LiveSeries
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
+from engine.workbench.studies import StudiesMixin
 from storage import LOCAL_USER_ID, Storage, safe_name
 
 DEFAULT_HOME = "data"
@@ -31,8 +32,8 @@ def data_home() -> Path:
     return Path(os.environ.get("LIM_HOME") or DEFAULT_HOME)
 
 
-class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
-    """One data home's datasets, models, methods and runs (sections in the mixin modules)."""
+class Workbench(DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
+    """One data home's datasets, models, methods, runs and studies (sections in the mixin modules)."""
 
     def __init__(self, home: str | Path | None = None, owner_id: int = LOCAL_USER_ID):
         self.storage = Storage(home if home is not None else data_home())

@@ -23,22 +23,27 @@ class RunsMixin:
                    method_settings: dict | None = None, training_settings: dict | None = None) -> int:
         """Validate everything that can be checked before training, then queue the run."""
         plan = self.check_run(dataset, model, method, method_settings, training_settings)
+        record = self._run_record(plan, method)
+        warnings = record.pop("warnings")
+        run_id = self.storage.create_run(record)
+        self.storage.add_event(run_id, "queued")
+        for warning in warnings:
+            self.storage.add_event(run_id, warning, "warning")
+        if self.worker is not None:
+            self.worker.wake()
+        return run_id
+
+    def _run_record(self, plan: dict, method: str) -> dict:
+        """The runs row a checked plan (``check_run``) queues, with the ``warnings`` its log gets."""
         dataset_record, model_record = plan["dataset"], plan["model"]
-        run_id = self.storage.create_run({
+        return {
             "owner_id": self.owner_id, "method": method, "task": dataset_record["task"],
             "dataset_id": dataset_record["id"], "dataset_name": dataset_record["name"],
             "dataset_version": dataset_record["version"], "model_id": model_record["id"],
             "model_name": model_record["name"],
             "settings": {"method": plan["method_settings"], "training": plan["training_settings"]},
-        })
-        self.storage.add_event(run_id, "queued")
-        if not plan["memory"]["fits"]:
-            self.storage.add_event(run_id, plan["memory"]["message"], "warning")
-        for warning in plan["warnings"]:
-            self.storage.add_event(run_id, warning, "warning")
-        if self.worker is not None:
-            self.worker.wake()
-        return run_id
+            "warnings": ([] if plan["memory"]["fits"] else [plan["memory"]["message"]]) + plan["warnings"],
+        }
 
     def check_run(self, dataset: str | int, model: str | int, method: str,
                   method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
