@@ -280,6 +280,7 @@ METHOD = make_method(
     settings_cls=CmraSettings,
     apply=apply_cmra,
     load_kwargs=quantization_kwargs,
+    budget_setting="budget",  # studies' --budgets set it (engine/studies.py); --ranks set r
     idea="Instead of one rank everywhere, give each layer a rank from one parameter budget: "
          "by a fixed ratio between the audio encoder, the cross-attention and the text "
          "decoder, by layer width, or by importance scored on real batches before training "
