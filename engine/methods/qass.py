@@ -152,7 +152,9 @@ def measure(settings: QassSettings, context: MethodContext) -> dict:
             torch.cuda.empty_cache()
     if not errors:
         raise MethodError("qass measured no linear layer on the training batches")
-    width = torch.tensor([], dtype=compute_dtype(settings, context)).element_size()
+    # Kept layers load in the compute dtype, or in fp32 with upcast_frozen (no dtype given).
+    kept_dtype = torch.float32 if settings.upcast_frozen else compute_dtype(settings, context)
+    width = torch.tensor([], dtype=kept_dtype).element_size()
     kept = choose_kept(errors, sizes, settings, width)
     layers = [{"name": name, "group": group_of(name, context.task), "error": errors[name],
                "params": sizes[name], "kept": name in kept,
@@ -163,7 +165,7 @@ def measure(settings: QassSettings, context: MethodContext) -> dict:
         groups.setdefault(layer["group"], []).append(layer["error"])
     all_4bit = sum(four_bit_bytes(n) for n in sizes.values()) / MIB
     return {
-        "method": "qass", "keep_16bit": kept, "kept_dtype": str(compute_dtype(settings, context)).split(".")[-1],
+        "method": "qass", "keep_16bit": kept, "kept_dtype": str(kept_dtype).split(".")[-1],
         "budget": (f"{settings.keep_mib:g} MiB" if settings.keep_mib > 0
                    else f"{settings.keep_share:.0%} of {len(errors)} layers"),
         "extra_mib": sum(layer["extra_mib"] for layer in layers if layer["kept"]),
