@@ -112,6 +112,8 @@ def monitor(run_id: int, shown_status: str) -> None:
     if live["series"]:
         views.live_charts(run_id, live)
     views.event_log(wb.run_events(run_id, limit=30))
+    if status in views.FINISHED:
+        views.method_report(run_id, wb.run_method_report(run_id))
     if status == "completed":
         views.evaluation(run_id, wb.run_evaluation(run_id))
 

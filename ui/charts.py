@@ -147,6 +147,28 @@ def confusion_figure(labels: list[str], matrix: list[list[int]], height: int = 4
     return figure
 
 
+PART_COLOURS = {"audio encoder": "#1f77b4", "cross-attention": "#2ca02c", "text decoder": "#ff7f0e",
+                "text encoder": "#9467bd"}
+
+
+def rank_allocation_figure(layers: list[dict], height: int = 360) -> go.Figure:
+    """cmra's allocation: one bar per adapted layer (in model order), its rank, coloured by
+    the part of the model it belongs to."""
+    figure = go.Figure()
+    for part, colour in PART_COLOURS.items():
+        rows = [layer for layer in layers if layer["group"] == part]
+        if rows:
+            figure.add_bar(x=[layer["name"] for layer in rows], y=[layer["rank"] for layer in rows],
+                           name=part, marker_color=colour,
+                           customdata=[[layer["params"]] for layer in rows],
+                           hovertemplate="%{x}<br>rank %{y}, %{customdata[0]:,} parameters<extra></extra>")
+    figure.update_layout(height=height, barmode="group", xaxis_title="layer", yaxis_title="rank",
+                         xaxis={"categoryorder": "array", "categoryarray": [l_["name"] for l_ in layers],
+                                "showticklabels": False},
+                         legend={"orientation": "h"}, margin={"t": 30, "b": 30})
+    return figure
+
+
 # ---------------------------------------------------------------------- studies
 STUDY_COSTS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak memory (MiB)"}
 

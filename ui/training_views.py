@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine.progress import eta_seconds
 from engine.training import monitoring as m
-from ui.charts import confusion_figure, run_series_figure
+from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
 from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
@@ -152,6 +152,31 @@ def evaluation(run_id: int, result: dict | None) -> None:
     if result.get("confusion"):
         st.plotly_chart(confusion_figure(result["labels"], result["confusion"]),
                         key=f"train.confusion.{run_id}")
+
+
+def method_report(run_id: int, report: dict | None) -> None:
+    """What the run's method decided before training (cmra, qass, mma; docs/methods.md)."""
+    if not report:
+        return
+    method = report.get("method")
+    if method == "cmra":
+        st.markdown("#### Rank allocation")
+        parts = ", ".join(f"{part} {p['params']:,}" for part, p in report["parts"].items())
+        st.caption(f"Strategy {report['used_strategy']}: {report['used']:,} of {report['budget']:,} "
+                   f"adapter parameters. Per part: {parts}." + (f" {report['note']}." if report.get("note") else ""))
+        st.plotly_chart(rank_allocation_figure(report["layers"]), key=f"train.ranks.{run_id}")
+    elif method == "qass":
+        st.markdown("#### Layers kept out of 4 bits")
+        st.caption(f"{len(report['keep_16bit'])} of {len(report['layers'])} layers kept in "
+                   f"{report['kept_dtype']} (budget {report['budget']}): +{report['extra_mib']:.2f} MiB "
+                   f"over {report['all_4bit_mib']:.2f} MiB all-4-bit. Relative 4-bit output error, "
+                   "largest first; signal: " + ", ".join(f"{k} {v}" for k, v in report["signal"].items()))
+        st.dataframe(pd.DataFrame(report["layers"])[["name", "group", "error", "kept", "extra_mib"]],
+                     hide_index=True, width="stretch", key=f"train.qass.{run_id}")
+    elif method == "mma":
+        st.caption(f"Routed adapters: {report['adapters']} per layer in {len(report['layers'])} "
+                   f"layers; modalities: {', '.join(report['modalities'])} (router weights: the "
+                   "router/* metrics on Compare).")
 
 
 def queue_table(queue: list[dict]) -> None:

@@ -26,3 +26,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def trim_silence(audio: np.ndarray, top_db: float) -> np.ndarray:
+    """``audio`` without its leading and trailing silence: what lies more than ``top_db``
+    below the clip's loudest frame (librosa.effects.trim). A clip with no quiet edge comes
+    back unchanged; one that is silence throughout is kept whole (nothing to select)."""
+    if top_db <= 0 or audio.size == 0:
+        return audio
+    import librosa
+
+    trimmed, _ = librosa.effects.trim(audio, top_db=top_db)
+    return np.ascontiguousarray(trimmed) if trimmed.size else audio

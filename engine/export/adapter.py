@@ -8,6 +8,8 @@ from pathlib import Path
 
 from engine.errors import ExportError
 from engine.export.artifacts import RunArtifacts, read_meta, zip_folder_bytes
+from engine.inference import method_report
+from engine.methods import get_method
 from engine.models import TASK_MODELS, TaskModel
 
 
@@ -148,20 +150,29 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
         labels = (f", num_labels={len(artifacts.labels)},\n    "
                   f"id2label={dict(enumerate(artifacts.labels))!r}")
     quantization, imports = "", f"from transformers import {cls}"
-    if s["method"] == "qlora":
-        method = s["settings"]["method"]
+    method = s["settings"]["method"]
+    if "bnb_4bit_quant_type" in method:  # qlora and the methods on its 4-bit base
+        # qass keeps the layers it measured as most sensitive out of 4 bits (its report)
+        kept = method_report(artifacts.adapter_dir).get("keep_16bit", [])
         quantization = (
             ",\n    device_map=\"cpu\",  # or \"cuda\"\n    quantization_config=BitsAndBytesConfig(\n"
             f"        load_in_4bit=True, bnb_4bit_quant_type=\"{method['bnb_4bit_quant_type']}\",\n"
             f"        bnb_4bit_use_double_quant={method['bnb_4bit_use_double_quant']},\n"
-            f"        llm_int8_skip_modules={task_model_class(s['task']).unquantized_modules!r})")
+            f"        llm_int8_skip_modules={task_model_class(s['task']).unquantized_modules + kept!r})")
         imports = f"from transformers import BitsAndBytesConfig, {cls}"
     base = portable_base_model(artifacts)
     where = (f"\"{base}\"" if artifacts.base_source.startswith("hub:")
              else f"# the base model's folder: see \"Base model\" above\n    \"path/to/{base}\"")
-    return (f"from peft import PeftModel\n{imports}\n\n"
-            f"base = {cls}.from_pretrained(\n    {where}{labels}{quantization})\n"
-            "model = PeftModel.from_pretrained(base, \"adapter\")  # the unzipped folder")
+    snippet = (f"from peft import PeftModel\n{imports}\n\n"
+               f"base = {cls}.from_pretrained(\n    {where}{labels}{quantization})\n"
+               "model = PeftModel.from_pretrained(base, \"adapter\")  # the unzipped folder")
+    if get_method(s["method"]).load_adapter is not None:
+        return (f"# {s['method']} keeps modules of its own inside peft's LoRA layers, which\n"
+                "# PeftModel.from_pretrained alone does not rebuild (it would drop their weights):\n"
+                "# load the base as below, then\n"
+                f"# engine.methods.get_method({s['method']!r}).load_adapter(base, folder, settings, context)\n"
+                "# (engine.inference.load_trained does this).\n" + snippet)
+    return snippet
 
 
 def task_model_class(task: str) -> type[TaskModel]:

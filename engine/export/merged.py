@@ -16,7 +16,8 @@ import torch
 
 from engine.export.adapter import model_card
 from engine.export.artifacts import Progress, RunArtifacts
-from engine.inference import method_load_kwargs, task_options
+from engine.errors import ExportError
+from engine.inference import method_load_kwargs, method_report, task_options
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
 
@@ -34,9 +35,14 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
                                     **options)
         return task_model, task_model.load().eval()
     task_model = task_model_for(artifacts.family, s["task"], artifacts.base_dir, artifacts.labels, **options)
+    method = get_method(s["method"])
+    if method.merge_refusal:
+        raise ExportError(f"run {s['id']} ({method.name}) cannot be exported merged: "
+                          f"{method.merge_refusal}; export the adapter instead")
     say("loading the base model in full precision")
     base = task_model.load()
-    load_kwargs = method_load_kwargs(get_method(s["method"]), s["settings"]["method"], task_model)
+    load_kwargs = method_load_kwargs(method, s["settings"]["method"], task_model,
+                                     report=method_report(artifacts.adapter_dir))
     if "quantization_config" in load_kwargs:
         say("dequantising the 4-bit base the adapter was trained on")
         copy_dequantized_weights(task_model.load(**load_kwargs), base)

@@ -107,6 +107,10 @@ def _fusable(module: nn.Module) -> bool:
         return False  # AdaLoRA's SVD layers, embeddings, convolutions, 8-bit bases
     base = module.base_layer
     plain = type(base) is nn.Linear or type(base).__name__ == "Linear4bit"
+    # ta-qlora and mma put modules of their own in lora_A / lora_B (a convolution, a router):
+    # only plain linear factors compute what LoraLinearFunction computes.
+    plain = plain and all(type(factors[adapter]) is nn.Linear for adapter in module.active_adapters
+                          for factors in (module.lora_A, module.lora_B) if adapter in factors)
     return (plain and len(module.active_adapters) == 1 and not getattr(module, "lora_variant", {})
             and not getattr(module, "use_dora", {}).get(module.active_adapters[0], False))
 

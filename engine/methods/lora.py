@@ -55,14 +55,17 @@ def resolve_targets(settings: LoraSettings, context: MethodContext) -> list[str]
 
 
 def lora_config(settings: LoraSettings, context: MethodContext, config_cls=None, **extra):
+    """peft's config for ``settings``; ``extra`` adds or overrides LoraConfig fields (cmra sets
+    exact target_modules and a rank_pattern)."""
     from peft import LoraConfig
 
     init = {"default": True}.get(settings.init_lora_weights, settings.init_lora_weights)
+    targets = extra.pop("target_modules", None) or resolve_targets(settings, context)
     return (config_cls or LoraConfig)(
         r=settings.r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
-        target_modules=resolve_targets(settings, context),
+        target_modules=targets,
         # Task heads are new and must train in full; peft saves them with the adapter.
         modules_to_save=context.head_modules or None,
         bias="none",
@@ -73,14 +76,14 @@ def lora_config(settings: LoraSettings, context: MethodContext, config_cls=None,
     )
 
 
-def apply_lora(model, settings: LoraSettings, context: MethodContext):
+def apply_lora(model, settings: LoraSettings, context: MethodContext, **config_extra):
     from peft import get_peft_model
 
     from engine.methods.fast_lora import fuse_lora
 
     if context.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    peft_model = get_peft_model(model, lora_config(settings, context))
+    peft_model = get_peft_model(model, lora_config(settings, context, **config_extra))
     if getattr(settings, "kernels", "peft") == "fused":
         fuse_lora(peft_model)
     return peft_model

@@ -70,7 +70,7 @@ def quantization_kwargs(settings: QLoraSettings, context: MethodContext) -> dict
     return kwargs
 
 
-def apply_qlora(model, settings: QLoraSettings, context: MethodContext):
+def apply_qlora(model, settings: QLoraSettings, context: MethodContext, **config_extra):
     from peft import prepare_model_for_kbit_training
 
     from engine.methods.fast_lora import run_in_dtype
@@ -85,7 +85,7 @@ def apply_qlora(model, settings: QLoraSettings, context: MethodContext):
     loftq = settings.init_lora_weights == "loftq"
     if loftq:  # LoRA starts at default; LoftQ then replaces A and B from the original weights
         settings = dataclasses.replace(settings, init_lora_weights="default")
-    peft_model = apply_lora(model, settings, context)
+    peft_model = apply_lora(model, settings, context, **config_extra)
     if loftq:
         from peft import replace_lora_weights_loftq
 

@@ -29,6 +29,8 @@ from engine.errors import MethodError
 ENTRY_POINT_GROUP = "lessismore.methods"
 DISTRIBUTION = "lessismore-workbench"  # this project (pyproject.toml), whose methods are built in
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
+# What a method decided from data (MethodContext.report), as JSON in runs/<id>/ and its adapter/.
+METHOD_REPORT = "method_report.json"
 
 
 @dataclass
@@ -46,6 +48,17 @@ class MethodContext:
     gradient_checkpointing: bool = False
     model_dir: Path | None = None  # the base model's folder (LoftQ reads the original weights)
     total_steps: int = 0  # optimizer steps the run will take (AdaLoRA schedules ranks with it)
+    # ``sample_batches(n)``: up to n collated batches of real training items (cmra and qass
+    # measure the model on them before training); None where no data is at hand (estimates).
+    sample_batches: Callable[[int], list[dict]] | None = None
+    # ``load_base(**kwargs)``: the base model loaded anew (qass measures it in full precision
+    # before choosing what to quantise); None where no loader is at hand.
+    load_base: Callable[..., Any] | None = None
+    # What the method decided from data (qass's 16-bit layers, cmra's ranks), kept as JSON in
+    # the run's folder and beside its adapter. A resumed run or a reloaded adapter gets the
+    # recorded report back here, so the same decision is never measured twice.
+    report: dict = field(default_factory=dict)
+    log: Callable[[str], None] = field(default=lambda message: None)  # the run's event log
 
     @classmethod
     def for_task_model(cls, task_model: Any, **overrides: Any) -> "MethodContext":
@@ -74,6 +87,17 @@ class Method:
     on_optimizer_step: Callable[[Any, int], None] | None = None
     source: str = "built-in"
     extra: dict = field(default_factory=dict)  # idea, formula, pros, cons (Methods page)
+    # For adapters with modules of their own inside peft's LoRA layers (a convolution, a
+    # router), which ``PeftModel.from_pretrained`` alone cannot rebuild:
+    # ``load_adapter(base, adapter_dir, settings, context) -> model``.
+    load_adapter: Callable[[Any, Path, Any, MethodContext], Any] | None = None
+    # Why the adapter cannot be merged into the base weights (empty: it can).
+    merge_refusal: str = ""
+    # ``step_metrics(model) -> {name: value}``: logged with every training step (mma's router).
+    step_metrics: Callable[[Any], dict] | None = None
+    # ``task_options(settings) -> dict``: options the method sets on the task model, for
+    # training and for every later load (qass trims silence and pads to the longest clip).
+    task_options: Callable[[Any], dict] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -88,12 +112,16 @@ logger = logging.getLogger(__name__)
 def make_method(*, name: str, help: str, settings_cls: type, apply: Callable,
                 load_kwargs: Callable | None = None, is_adapter: bool = True,
                 on_optimizer_step: Callable | None = None, source: str = "built-in",
+                load_adapter: Callable | None = None, merge_refusal: str = "",
+                step_metrics: Callable | None = None, task_options: Callable | None = None,
                 **extra: Any) -> Method:
     """A ``Method`` from keywords (``extra``: idea, formula, advantages, limitations), not yet
     registered: a method module names it in an entry point, or ``register_method`` adds it."""
     return Method(name=name, help=help, settings_cls=settings_cls, apply=apply,
                   load_kwargs=load_kwargs or no_load_kwargs, is_adapter=is_adapter,
-                  on_optimizer_step=on_optimizer_step, source=source, extra=extra)
+                  on_optimizer_step=on_optimizer_step, source=source, extra=extra,
+                  load_adapter=load_adapter, merge_refusal=merge_refusal,
+                  step_metrics=step_metrics, task_options=task_options)
 
 
 def register_method(**keywords: Any) -> Method:
@@ -162,6 +190,12 @@ def ensure_loaded() -> None:
             logger.warning("the workbench is not installed (pip install -e .); reading its "
                            "built-in methods from pyproject.toml")
             found += builtin_entry_points_from_pyproject()
+        elif _PYPROJECT.is_file():
+            # An editable install keeps the entry points of the day it was installed; a
+            # checkout that declares newer built-ins still offers them (from pyproject.toml).
+            installed = {entry.name for entry in found if _is_builtin(entry)}
+            found += [entry for entry in builtin_entry_points_from_pyproject()
+                      if entry.name not in installed]
         for entry in sorted(found, key=lambda e: (not _is_builtin(e), _distribution(e), e.name)):
             load_plugin(entry)
 
@@ -213,11 +247,13 @@ def _is_builtin(entry: Any) -> bool:
                                                      and entry.value.startswith("engine.methods."))
 
 
+_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # in a checkout
+
+
 def builtin_entry_points_from_pyproject() -> list[EntryPoint]:
     """The built-in methods' entry points as pyproject.toml declares them."""
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     try:
-        declared = tomllib.loads(pyproject.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
+        declared = tomllib.loads(_PYPROJECT.read_text())["project"]["entry-points"][ENTRY_POINT_GROUP]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as error:
         raise MethodError(f"cannot find the built-in methods: install the workbench "
                           f"(pip install -e .): {error}") from error

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.data.audio import load_audio
+from engine.data.audio import load_audio, trim_silence
 from engine.models.base import TaskModel, pad_to_multiple
 from engine.models.whisper import _device_of, _float_dtype_of, quiet_transformers
 from engine.metrics import classification_metrics
@@ -132,7 +132,9 @@ class SpeechEncoderClassification(Classification):
         return AutoModelForAudioClassification
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
-        audio = load_audio(dataset_dir / item["file"])[: int(self.max_seconds * 16_000)]
+        audio = load_audio(dataset_dir / item["file"])
+        trim_db = float(self.options.get("trim_silence_db") or 0)
+        audio = (trim_silence(audio, trim_db) if trim_db > 0 else audio)[: int(self.max_seconds * 16_000)]
         return {"audio": audio, "labels": self.label_index(item)}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.data.audio import load_audio
+from engine.data.audio import load_audio, trim_silence
 from engine.errors import ModelError
 from engine.models.base import TaskModel, pad_to_multiple, tie_like_pretrained
 from engine.models.whisper_window import (
@@ -114,8 +114,7 @@ class WhisperBase(TaskModel):
         to the model's window, for ``collate_features`` to extract per batch."""
         if self.feature_device is None:
             return {"input_features": self.encode_audio(item, dataset_dir)}
-        audio = load_audio(dataset_dir / item["file"])
-        return {"audio": audio[: self.feature_extractor.n_samples]}
+        return {"audio": self.load_clip(item, dataset_dir)[: self.feature_extractor.n_samples]}
 
     def clip_frames(self, num_samples: int) -> int:
         extractor = self.feature_extractor
@@ -171,8 +170,15 @@ class WhisperBase(TaskModel):
                                                       value=0, limit=window)
         return batch
 
+    def load_clip(self, item: dict, dataset_dir: Path) -> np.ndarray:
+        """An item's waveform, without its silent edges when the run trims them (qass's
+        ``trim_silence_db`` task option)."""
+        audio = load_audio(dataset_dir / item["file"])
+        trim_db = float(self.options.get("trim_silence_db") or 0)
+        return trim_silence(audio, trim_db) if trim_db > 0 else audio
+
     def encode_audio(self, item: dict, dataset_dir: Path) -> np.ndarray:
-        return self.features(load_audio(dataset_dir / item["file"]))
+        return self.features(self.load_clip(item, dataset_dir))
 
     @staticmethod
     def keep_positions_fixed(model: nn.Module) -> nn.Module:

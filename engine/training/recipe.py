@@ -33,6 +33,7 @@ from engine import settings as settings_lib
 from engine.errors import DatasetError, MethodError, ModelError, NotFoundError, WorkbenchError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
 from engine.methods import MethodContext, get_method
+from engine.methods.registry import METHOD_REPORT
 from engine.models import count_parameters, linear_module_names, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
@@ -57,14 +58,26 @@ def pick_device() -> str:
 
 
 def build_training_model(task_model, method, method_settings, *, family: str, device: str,
-                         seed: int, total_steps: int, gradient_checkpointing: bool = False):
+                         seed: int, total_steps: int, gradient_checkpointing: bool = False,
+                         sample_batches: Callable | None = None, report: dict | None = None,
+                         log: Callable[[str], None] | None = None):
     """Load the base model the way ``method`` needs it and apply the method: what a run trains
-    (the speed benchmark builds its engine models with this too)."""
+    (the speed benchmark builds its engine models with this too). ``sample_batches``, ``report``
+    and ``log`` reach the method through its context (registry.MethodContext); the method
+    fills ``report`` in place with what it decided."""
     torch.manual_seed(seed)  # new heads and LoRA weights start the same every run
+
+    def load_base(**kwargs):
+        model = task_model.load(**kwargs)
+        return model if "device_map" in kwargs else model.to(device)
+
     context = MethodContext.for_task_model(
         task_model, family=family, device=device,
-        gradient_checkpointing=gradient_checkpointing, total_steps=total_steps)
+        gradient_checkpointing=gradient_checkpointing, total_steps=total_steps,
+        sample_batches=sample_batches, load_base=load_base,
+        report=report if report is not None else {}, log=log or (lambda message: None))
     load_kwargs = method.load_kwargs(method_settings, context)
+    torch.manual_seed(seed)  # a method that measured the model first drew nothing from this
     model = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
         model = model.to(device)
@@ -114,11 +127,11 @@ class FineTuneRecipe:
         if not self.train_items:
             raise DatasetError(f"dataset {dataset['name']!r} has no items in its train split; "
                                "add some, or import it again with a train split")
+        options = {"generation_max_length": cfg.generation_max_length,
+                   "audio_padding": cfg.audio_padding, "language": cfg.language,
+                   "speech_task": cfg.task, **self.method_task_options()}
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
-                                         dataset["labels"],
-                                         generation_max_length=cfg.generation_max_length,
-                                         audio_padding=cfg.audio_padding,
-                                         language=cfg.language, speech_task=cfg.task)
+                                         dataset["labels"], **options)
         self.count_steps()
         capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
         if capped:
@@ -174,6 +187,12 @@ class FineTuneRecipe:
                              "delete it and register it again")
         return dataset_dir, model_dir
 
+    def method_task_options(self) -> dict:
+        """Task options the method sets itself (qass: silence trimming, longest padding)."""
+        if self.method.task_options is None:
+            return {}
+        return self.method.task_options(self.method_settings)
+
     def count_steps(self) -> None:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
         cfg = self.config
@@ -204,10 +223,28 @@ class FineTuneRecipe:
         return flops, peak
 
     def build_model(self) -> torch.nn.Module:
-        return build_training_model(self.task_model, self.method, self.method_settings,
-                                    family=self.model_record["family"], device=self.device,
-                                    seed=self.config.seed, total_steps=self.total_steps,
-                                    gradient_checkpointing=self.config.gradient_checkpointing)
+        # A resumed run reuses what its method decided the first time (the same 16-bit layers,
+        # the same ranks), so its checkpoint fits the model.
+        report_file = self.run_dir / METHOD_REPORT
+        self.method_report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        model = build_training_model(self.task_model, self.method, self.method_settings,
+                                     family=self.model_record["family"], device=self.device,
+                                     seed=self.config.seed, total_steps=self.total_steps,
+                                     gradient_checkpointing=self.config.gradient_checkpointing,
+                                     sample_batches=self.sample_batches, report=self.method_report,
+                                     log=self.log)
+        if self.method_report:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            partial = report_file.with_suffix(".partial")
+            partial.write_text(json.dumps(self.method_report, indent=2))
+            partial.replace(report_file)  # never half-written
+        return model
+
+    def sample_batches(self, count: int) -> list[dict]:
+        """The first ``count`` batches of the first epoch, collated (methods measure on them)."""
+        return [self.task_model.collate([self.task_model.encode(self.train_items[i], self.dataset_dir)
+                                         for i in batch])
+                for batch in self.epoch_batches(0)[:count]]
 
     def build_optimization(self) -> None:
         cfg = self.config
@@ -414,6 +451,7 @@ class FineTuneRecipe:
             "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
             **utilisation_metrics(rates[SAMPLES_PER_S], self.train_flops_per_sample, self.peak_tflops),
             **system_sample(self.device),
+            **(self.method.step_metrics(self.model) if self.method.step_metrics else {}),
         })
         self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
                                 peak_memory_mb=self.memory.peak_mb)
@@ -508,6 +546,8 @@ class FineTuneRecipe:
             "base_model_path": str(self.model_dir), "labels": self.task_model.labels,
             "settings": self.run["settings"],
         }, indent=2))
+        if getattr(self, "method_report", None):  # reloading the adapter needs what was decided
+            (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))
         self.storage.update_run(self.run_id, adapter_dir=self.storage.files.relative(out))
         self.log(f"saved {'adapter' if self.method.is_adapter else 'model'} to {out}")
         return out

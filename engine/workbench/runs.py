@@ -196,6 +196,18 @@ class RunsMixin:
         run = self.get_run(run_id)
         return read_evaluation(self.storage.files.home / "runs" / str(run["id"]))
 
+    def run_method_report(self, run_id: int) -> dict | None:
+        """What the run's method decided from data (cmra's ranks per layer, qass's 16-bit
+        layers, mma's routed layers), as it recorded it at start-up; None when it recorded
+        nothing (every other method)."""
+        import json
+
+        from engine.methods.registry import METHOD_REPORT
+
+        run = self.get_run(run_id)
+        path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def list_runs(self, limit: int | None = None) -> list[dict]:
         return self.storage.list_runs(self.owner_id, limit)
 

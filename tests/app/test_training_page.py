@@ -249,3 +249,18 @@ def test_delete_asks_first_then_removes_the_run_with_its_files(app, demo_home): 
     assert not folder.exists() and not workbench.storage.metrics(newest)
     assert any("deleted" in toast.value for toast in app.toast)
     assert app.selectbox(key="train.watch_select").value != newest
+
+
+def test_a_finished_cmra_run_shows_its_rank_allocation(app, demo_home):  # noqa: F811
+    import json
+
+    from engine import Workbench
+
+    run_id = finished_run(demo_home, "cmra")
+    report = Workbench(demo_home).run_method_report(run_id)
+    open_page(app, "pages/training.py")
+    assert any(f"{report['used']:,} of {report['budget']:,} adapter parameters" in caption.value
+               for caption in app.caption)
+    [chart] = [json.loads(c.proto.spec) for c in app.get("plotly_chart") if "ranks" in c.proto.id]
+    drawn = {trace["name"]: len(trace["x"]) for trace in chart["data"]}
+    assert drawn == {"audio encoder": 4, "cross-attention": 4, "text decoder": 4}

@@ -1,0 +1,267 @@
+"""What each research method (issue 16) claims, beyond the plugin matrix of test_methods.py:
+ta-qlora starts at the base and sees neighbouring frames; cmra spends its budget by strategy;
+qass keeps in 16-bit the layers it says and trimming leaves silence-free clips alone; mma's
+router weights sum to one and differ between modalities; unmergeable methods refuse merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from conftest import FAST
+from torch import nn
+
+from engine.errors import ExportError, MethodError
+from engine.training.recipe import FineTuneRecipe
+
+
+def recipe_for(workbench, method, settings=None, dataset="demo-speech", model="tiny-whisper", **training):
+    """A run of ``method`` set up the way the worker sets it up (4-bit base, real batches)."""
+    run_id = workbench.submit_run(dataset, model, method, settings or {},
+                                  {**FAST, "max_steps": 3, "learning_rate": 1e-2, **training})
+    run = workbench.storage.claim_next_run("test", run_id=run_id)
+    recipe = FineTuneRecipe(workbench.storage, run, should_stop=lambda: False)
+    recipe.setup()
+    return recipe
+
+
+def train_steps(recipe, steps):
+    recipe.model.train()
+    for step, batch in enumerate(recipe.sample_batches(steps)):
+        recipe.trainer.forward_backward(batch)
+        recipe.trainer.optimizer_step(step + 1)
+
+
+def lora_update(layer, x):
+    """What a peft LoRA layer adds to its base layer's output for input x."""
+    return layer(x) - layer.base_layer(x)
+
+
+# ---------------------------------------------------------------------- ta-qlora
+def test_ta_qlora_starts_at_the_base_and_its_update_sees_neighbouring_frames(workbench):
+    from engine.methods.ta_qlora import TemporalLoraA
+
+    recipe = recipe_for(workbench, "ta-qlora", {"temporal_kernel_size": 3})
+    model = recipe.model.eval()
+    batch = recipe.sample_batches(1)[0]
+    with torch.no_grad():
+        adapted = model(**batch).logits
+        with model.disable_adapter():
+            base = model(**batch).logits
+    torch.testing.assert_close(adapted, base, rtol=0, atol=0)  # step 0 is the 4-bit base
+
+    encoder = model.base_model.model.model.encoder.layers[0].self_attn.q_proj
+    decoder = model.base_model.model.model.decoder.layers[0].self_attn.q_proj
+    assert isinstance(encoder.lora_A["default"], TemporalLoraA)
+    assert type(decoder.lora_A["default"]) is nn.Linear  # the decoder keeps plain LoRA
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer in (encoder, decoder):
+            layer.lora_B["default"].weight.normal_()
+        encoder.lora_A["default"].temporal.normal_()
+        x = torch.randn(1, 12, encoder.in_features)
+        order = torch.randperm(12)
+        # A per-frame update commutes with permuting the frames; the temporal one does not.
+        torch.testing.assert_close(lora_update(decoder, x[:, order]), lora_update(decoder, x)[:, order])
+        moved = lora_update(encoder, x[:, order]) - lora_update(encoder, x)[:, order]
+        assert moved.abs().max() > 1e-2
+
+
+def test_ta_qlora_refuses_a_text_model_and_an_even_kernel(workbench):
+    with pytest.raises(MethodError, match="text model"):
+        recipe_for(workbench, "ta-qlora", dataset="demo-text", model="tiny-bert")
+    from engine.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="odd"):
+        workbench.submit_run("demo-speech", "tiny-whisper", "ta-qlora", {"temporal_kernel_size": 4}, FAST)
+
+
+# ---------------------------------------------------------------------- cmra
+def test_allocate_spends_the_budget_in_proportion_to_the_weights():
+    from engine.methods.cmra import allocate
+
+    costs = {"a": 100, "b": 100, "c": 100}
+    ranks = allocate(costs, {"a": 1.0, "b": 2.0, "c": 4.0}, 2800, min_rank=0, max_rank=64)
+    assert ranks == {"a": 4, "b": 8, "c": 16}
+    ranks = allocate({"a": 96, "b": 160}, {"a": 1.0, "b": 1.0}, 5000, min_rank=1, max_rank=64)
+    used = 96 * ranks["a"] + 160 * ranks["b"]
+    assert used <= 5000 and 5000 - used < 96 and abs(ranks["a"] - ranks["b"]) <= 1
+    capped = allocate(costs, {"a": 1.0, "b": 1.0, "c": 100.0}, 3000, min_rank=1, max_rank=12)
+    assert capped["c"] == 12 and sum(capped.values()) * 100 == 3000  # the rest goes elsewhere
+    with pytest.raises(MethodError, match="below min_rank"):
+        allocate(costs, {"a": 1.0, "b": 1.0, "c": 1.0}, 200, min_rank=1, max_rank=8)
+
+
+def lora_parameters(model) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+
+
+def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench, monkeypatch):
+    from engine.methods import cmra
+    from engine.methods.cmra import CmraSettings, plan_allocation
+
+    budget = 20_000
+    recipe = recipe_for(workbench, "cmra", {"strategy": "importance", "budget": budget})
+    report = recipe.method_report
+    smallest = min(layer["cost_per_rank"] for layer in report["layers"])
+    assert report["used"] <= budget and budget - report["used"] < smallest
+    assert lora_parameters(recipe.model) == report["used"]  # what peft built is what it says
+    assert {layer["group"] for layer in report["layers"]} == {"audio encoder", "cross-attention",
+                                                             "text decoder"}
+    by_score = sorted(report["layers"], key=lambda layer: layer["score"])
+    assert all(layer["score"] > 0 for layer in by_score)
+    assert [layer["rank"] for layer in by_score] == sorted(layer["rank"] for layer in by_score)
+    assert by_score[0]["rank"] < by_score[-1]["rank"]
+    assert workbench.run_method_report(recipe.run_id) == report  # recorded for the run page
+    from ui.charts import rank_allocation_figure
+
+    figure = rank_allocation_figure(report["layers"])
+    assert sorted(trace.name for trace in figure.data) == ["audio encoder", "cross-attention", "text decoder"]
+    assert sum(sum(trace.y) for trace in figure.data) == sum(layer["rank"] for layer in report["layers"])
+
+    # A resumed run (set up again from its record) keeps its ranks without scoring again.
+    monkeypatch.setattr(cmra, "importance_scores", lambda *a, **k: pytest.fail("scored again"))
+    again = FineTuneRecipe(workbench.storage, recipe.run, should_stop=lambda: False)
+    again.setup()
+    assert again.method_report == report and lora_parameters(again.model) == report["used"]
+    monkeypatch.undo()
+
+    base = recipe.model.base_model.model  # the layers' names and sizes are all planning reads
+    context = recipe_context(recipe)
+    uniform = plan_allocation(base, CmraSettings(strategy="uniform", budget=budget), context)
+    ranks = [layer["rank"] for layer in uniform["layers"]]
+    assert max(ranks) - min(ranks) <= 1 and budget - uniform["used"] < smallest
+    ratio = plan_allocation(base, CmraSettings(strategy="ratio", ratio="3:1:1", budget=budget), context)
+    shares = {g: part["params"] / ratio["used"] for g, part in ratio["parts"].items()}
+    assert shares["audio encoder"] == pytest.approx(0.6, abs=0.05)
+    assert shares["cross-attention"] == pytest.approx(0.2, abs=0.05)
+    assert shares["text decoder"] == pytest.approx(0.2, abs=0.05)
+
+
+def recipe_context(recipe):
+    from engine.methods import MethodContext
+    from engine.models import linear_module_names
+
+    base = recipe.model.base_model.model
+    names = [name for name in linear_module_names(base)
+             if not any(part in name.split(".") for part in ("base_layer", "lora_A", "lora_B"))]
+    return MethodContext.for_task_model(recipe.task_model, linear_module_names=names)
+
+
+# ---------------------------------------------------------------------- qass
+def test_qass_keeps_in_16_bit_exactly_the_layers_it_names(workbench):
+    recipe = recipe_for(workbench, "qass", {"keep_share": 0.25})
+    report = recipe.method_report
+    kept = set(report["keep_16bit"])
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert len(kept) == round(0.25 * len(layers)) > 0
+    assert min(layers[n]["error"] for n in kept) >= max(
+        layer["error"] for n, layer in layers.items() if n not in kept)  # the most sensitive
+    base = recipe.model.base_model.model
+    for name in layers:
+        module = base.get_submodule(name)
+        module = getattr(module, "base_layer", module)  # under a LoRA layer
+        assert (type(module).__name__ == "Linear4bit") == (name not in kept), name
+    assert report["signal"] == {"trim_silence_db": 40.0, "audio_padding": "longest"}
+    assert recipe.task_model.windowed  # pads only to the longest clip
+
+    from engine.methods.qass import QassSettings, choose_kept
+
+    errors = {n: layer["error"] for n, layer in layers.items()}
+    sizes = {n: layer["params"] for n, layer in layers.items()}
+    extra = {n: layer["extra_mib"] for n, layer in layers.items()}
+    within = choose_kept(errors, sizes, QassSettings(keep_mib=0.05), bytes_per_weight=4)
+    assert within and sum(extra[n] for n in within) <= 0.05  # a MiB budget holds
+    assert sum(extra[n] for n in within) + min(extra[n] for n in layers if n not in within) > 0.05
+
+
+def test_trimming_leaves_a_clip_without_silence_unchanged(workbench, tmp_path):
+    from engine.models import task_model_for
+
+    rng = np.random.default_rng(0)
+    speech = (0.3 * rng.standard_normal(16_000)).astype(np.float32)  # loud throughout
+    padded = np.concatenate([np.zeros(8_000, np.float32), speech, np.zeros(8_000, np.float32)])
+    soundfile.write(tmp_path / "loud.wav", speech, 16_000)
+    soundfile.write(tmp_path / "padded.wav", padded, 16_000)
+    folder = workbench.storage.files.resolve(workbench.get_model("tiny-whisper")["path"])
+    plain = task_model_for("whisper", "asr", folder, audio_padding="longest")
+    trimming = task_model_for("whisper", "asr", folder, audio_padding="longest", trim_silence_db=40.0)
+    torch.manual_seed(0)
+    model = plain.load().eval()
+    for task_model in (plain, trimming):
+        task_model.generation_max_length = 6
+    item = {"file": "loud.wav", "text": ""}
+    same = [task_model.predict(model, task_model.collate([task_model.encode(item, tmp_path)]))
+            for task_model in (plain, trimming)]
+    assert same[0] == same[1]
+    np.testing.assert_array_equal(plain.encode(item, tmp_path)["input_features"],
+                                  trimming.encode(item, tmp_path)["input_features"])
+    long = plain.encode({"file": "padded.wav", "text": ""}, tmp_path)["input_features"]
+    short = trimming.encode({"file": "padded.wav", "text": ""}, tmp_path)["input_features"]
+    assert short.shape[-1] < long.shape[-1] * 0.7  # the silent second is gone
+
+
+# ---------------------------------------------------------------------- mma
+def test_mma_router_weights_sum_to_one_and_differ_between_modalities(workbench):
+    from engine.methods.mma import RoutedLoraB, router_weights, step_metrics
+
+    recipe = recipe_for(workbench, "mma", {"adapters": 2})
+    routed = [m for m in recipe.model.modules() if isinstance(m, RoutedLoraB)]
+    assert {m.modality for m in routed} == {"audio", "text"}
+    train_steps(recipe, 3)
+    with torch.no_grad():
+        h = torch.randn(2, 7, routed[0].in_features)
+        for module in routed:
+            torch.testing.assert_close(module.routing(h).sum(-1), torch.ones(2, 1 if module.pooled else 7))
+    weights = router_weights(recipe.model)
+    assert set(weights) == {"audio", "text"}
+    for values in weights.values():
+        assert sum(values) == pytest.approx(1.0, abs=1e-5)
+    assert max(abs(a - t) for a, t in zip(weights["audio"], weights["text"])) > 1e-4
+    assert set(step_metrics(recipe.model)) == {"router/audio_w0", "router/audio_w1",
+                                               "router/text_w0", "router/text_w1"}
+
+
+def test_mma_on_a_text_model_has_one_modality_and_says_so(workbench):
+    recipe = recipe_for(workbench, "mma", dataset="demo-text", model="tiny-bert")
+    assert recipe.method_report["modalities"] == ["text"]
+    events = " ".join(event["message"] for event in workbench.run_events(recipe.run_id))
+    assert "text-only model, one modality" in events
+
+
+# ---------------------------------------------------------------------- exports
+@pytest.mark.parametrize("method", ["ta-qlora", "mma"])
+def test_unmergeable_methods_refuse_a_merged_export(workbench, tmp_path, method):
+    from engine.export import RunArtifacts, export_run
+
+    folder = workbench.storage.files.resolve(workbench.get_model("tiny-whisper")["path"])
+    summary = {"id": 7, "method": method, "task": "asr",
+               "settings": {"training": {}, "method": {}}}
+    artifacts = RunArtifacts(summary=summary, adapter_dir=tmp_path / "adapter", base_dir=folder,
+                             family="whisper", labels=[], is_adapter=True)
+    with pytest.raises(ExportError, match="cannot be exported merged.*export the adapter"):
+        export_run(artifacts, "merged", tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_qass_run_merges_onto_its_kept_and_quantised_layers(workbench, tmp_path):
+    from transformers import WhisperForConditionalGeneration
+
+    from engine.models import task_model_for
+
+    recipe = recipe_for(workbench, "qass", {"keep_share": 0.25})
+    from storage import utc_now
+
+    assert recipe.train() == "completed"
+    workbench.storage.update_run(recipe.run_id, status="completed", finished_at=utc_now())  # as the worker
+    folder = workbench.export_run(recipe.run_id, "merged", tmp_path / "merged")
+    merged = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    stock = task_model_for("whisper", "asr", recipe.model_dir)  # the 30 s window exports run
+    batch = stock.collate([stock.encode(item, recipe.dataset_dir) for item in recipe.eval_items[:3]])
+    _, trained = workbench.load_trained(recipe.run_id)  # kept layers from the run's report
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, trained(**batch).logits, rtol=1e-2, atol=5e-3)
+    for name in recipe.method_report["keep_16bit"]:
+        module = trained.base_model.model.get_submodule(name)
+        assert type(getattr(module, "base_layer", module)) is nn.Linear, name
