@@ -29,11 +29,13 @@ def measure(workbench, model, task, labels, method, batch, device) -> float:
     """Peak memory of one real training step with a batch of the estimate's shape."""
     from engine import settings as settings_lib
     from engine.methods import get_method
-    from engine.models.memory import load_with_method, measure_training_memory_mb
+    from engine.memory import measure_training_memory_mb
+    from engine.methods.build import build_method_model
 
     task_model = workbench.task_model(model, task, labels)
     method_obj = get_method(method)
-    trained = load_with_method(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}), device)
+    trained = build_method_model(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}),
+                                 device=device)
     batch_tensors = {k: v.to(device) for k, v in task_model.fake_batch(batch, seconds=1.0, sequence_length=32).items()}
     return measure_training_memory_mb(trained, batch_tensors)
 

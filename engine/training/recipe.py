@@ -24,50 +24,26 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
-from engine.errors import DatasetError, MethodError, ModelError, NotFoundError, WorkbenchError
+from engine.errors import DatasetError, MethodError, ModelError, NotFoundError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
-from engine.methods import MethodContext, get_method
-from engine.models import count_parameters, linear_module_names, task_model_for
+from engine.memory import MemoryMeter, MemoryPlan, apply_checkpointing, plan_for_budget
+from engine.methods import get_method
+from engine.methods.build import build_method_model
+from engine.models import count_parameters, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
-from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
-                                        utilisation_metrics)
-from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
+from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
 
-__all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
+__all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
 
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_training_model(task_model, method, method_settings, *, family: str, device: str,
-                         seed: int, total_steps: int, gradient_checkpointing: bool = False):
-    """Load the base model the way ``method`` needs it and apply the method: what a run trains
-    (the speed benchmark builds its engine models with this too)."""
-    torch.manual_seed(seed)  # new heads and LoRA weights start the same every run
-    context = MethodContext.for_task_model(
-        task_model, family=family, device=device,
-        gradient_checkpointing=gradient_checkpointing, total_steps=total_steps)
-    load_kwargs = method.load_kwargs(method_settings, context)
-    model = task_model.load(**load_kwargs)
-    if "device_map" not in load_kwargs:
-        model = model.to(device)
-    context.linear_module_names = linear_module_names(model)
-    try:
-        return method.apply(model, method_settings, context)
-    except (torch.OutOfMemoryError, MemoryError, WorkbenchError):
-        raise  # the worker explains out-of-memory with numbers; typed errors speak for themselves
-    except Exception as error:
-        # A MethodError, not ``type(error)(message)``: an exception class whose constructor
-        # takes other arguments would raise a TypeError here and lose the original error.
-        raise MethodError(f"method {method.name!r} failed to apply: "
-                          f"{type(error).__name__}: {error}") from error
 
 
 class FineTuneRecipe:
@@ -173,10 +149,10 @@ class FineTuneRecipe:
         return flops, peak
 
     def build_model(self) -> torch.nn.Module:
-        return build_training_model(self.task_model, self.method, self.method_settings,
-                                    family=self.model_record["family"], device=self.device,
-                                    seed=self.config.seed, total_steps=self.total_steps,
-                                    gradient_checkpointing=self.config.gradient_checkpointing)
+        return build_method_model(self.task_model, self.method, self.method_settings,
+                                  family=self.model_record["family"], device=self.device,
+                                  seed=self.config.seed, total_steps=self.total_steps,
+                                  gradient_checkpointing=self.config.gradient_checkpointing)
 
     def build_optimization(self) -> None:
         cfg = self.config
@@ -204,7 +180,7 @@ class FineTuneRecipe:
             item.get("duration_s") or 0, len(item.get("text") or "")))[:size]
         batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
                                          for item in longest])
-        plan = plan_memory(self.model, batch, budget_gib=self.config.memory_budget_gb)
+        plan = plan_for_budget(self.model, batch, budget_gib=self.config.memory_budget_gb)
         self.memory_plan = plan
         self.log(plan.describe())
         return plan

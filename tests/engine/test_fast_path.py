@@ -15,8 +15,8 @@ from torch import nn
 
 from benchmarks import train_speed
 from engine.methods.fast_lora import LoraLinearFunction, fused_layers
-from engine.models.memory import measure_training_memory_mb
-from engine.training.planner import apply_checkpointing, estimate_for, plan_memory
+from engine.memory import measure_training_memory_mb
+from engine.memory.plan import apply_checkpointing, estimate_for, plan_for_budget
 from engine.errors import SettingsError
 
 
@@ -67,13 +67,13 @@ def _tiny_qlora_model(model_dir):
     from engine import settings as settings_lib
     from engine.methods import get_method
     from engine.models.whisper import WhisperSpeechRecognition
-    from engine.training.recipe import build_training_model
+    from engine.methods.build import build_method_model
 
     task_model = WhisperSpeechRecognition(model_dir)
     method = get_method("qlora")
     settings = settings_lib.build(method.settings_cls, {"r": 8}, section="qlora")
-    model = build_training_model(task_model, method, settings, family="whisper", device="cpu",
-                                 seed=0, total_steps=10)
+    model = build_method_model(task_model, method, settings, family="whisper", device="cpu",
+                               seed=0, total_steps=10)
     return model
 
 
@@ -118,11 +118,11 @@ def test_planner_choices_fit_the_budget(tiny_whisper):
     roomy = estimate_for(model, batch, 8, {"encoder": 0, "decoder": 0})
     tight = estimate_for(model, batch, 1, {"encoder": 2, "decoder": 2})
     assert tight < roomy
-    generous = plan_memory(model, batch, budget_gib=roomy * 2)
+    generous = plan_for_budget(model, batch, budget_gib=roomy * 2)
     assert generous.micro_batch == 8 and not any(generous.checkpoint.values())
     assert not generous.offload
     for budget in (roomy * 0.9, (roomy + tight) / 2, tight * 1.3):
-        plan = plan_memory(model, batch, budget_gib=budget)
+        plan = plan_for_budget(model, batch, budget_gib=budget)
         assert plan.estimated_gib <= budget
         apply_checkpointing(model, plan.checkpoint)
         peak = 0.0
@@ -132,7 +132,7 @@ def test_planner_choices_fit_the_budget(tiny_whisper):
         assert peak / 1024 <= budget, (plan.describe(), peak)
         assert "micro-batch" in plan.describe()
     with pytest.raises(SettingsError, match="too small"):
-        plan_memory(model, batch, budget_gib=tight / 100)
+        plan_for_budget(model, batch, budget_gib=tight / 100)
 
 
 def test_benchmark_runner_end_to_end(tmp_path, capsys):

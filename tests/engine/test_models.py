@@ -122,7 +122,8 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(workbench, mod
                                                                   method, batch):
     from engine import settings as settings_lib
     from engine.methods import get_method
-    from engine.models.memory import load_with_method, measure_training_memory_mb
+    from engine.memory import measure_training_memory_mb
+    from engine.methods.build import build_method_model
 
     task = workbench.get_dataset(dataset)["task"]
     labels = workbench.get_dataset(dataset)["labels"]
@@ -133,7 +134,7 @@ def test_memory_estimate_is_within_a_quarter_of_the_measured_peak(workbench, mod
     # The real thing: load, apply, one step on a batch of the same shape, measured.
     task_model = workbench.task_model(model, task, labels)
     method_obj = get_method(method)
-    trained = load_with_method(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}))
+    trained = build_method_model(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}))
     torch.manual_seed(0)
     measured = measure_training_memory_mb(trained, task_model.fake_batch(batch, seconds=1.0, sequence_length=32))
     assert estimate["trainable_params"] == sum(p.numel() for p in trained.parameters() if p.requires_grad)
