@@ -24,7 +24,7 @@ import torch
 
 from engine.memory.advice import is_out_of_memory, out_of_memory_message, requested_mb
 from engine.memory.check import check_memory
-from engine.memory.estimator import estimate_in_child
+from engine.memory.estimator import estimate_in_child, start_estimator
 from engine.memory.dryrun import MemoryEstimate, estimate_training_memory
 from engine.memory.measure import (MemoryMeter, free_memory_mb, measure_training_memory_mb,
                                    model_tensor_bytes, process_memory_mb)
@@ -34,7 +34,7 @@ __all__ = ["MemoryEstimate", "MemoryMeter", "MemoryPlan", "apply_checkpointing",
            "estimate", "estimate_training_memory", "find_stacks", "free_memory_mb",
            "is_out_of_memory", "measure_training_memory_mb", "model_tensor_bytes",
            "out_of_memory_message", "plan_for_budget", "process_memory_mb", "requested_mb",
-           "training_device"]
+           "start_estimator", "training_device"]
 
 
 def training_device() -> str:

@@ -22,7 +22,7 @@ def check_memory(estimate: dict | str, *, device: str, free_mb: float, batch_siz
     """
     if isinstance(estimate, str):
         return {"estimate_mb": None, "free_mb": free_mb, "fits": True, "device": device,
-                "breakdown": None, "message": f"memory: {estimate}"}
+                "breakdown": None, "message": estimate}
     budget_mb = memory_budget_gb * GIB_MB
     training = min(estimate["training_mb"], budget_mb) if budget_mb else estimate["training_mb"]
     total = estimate["process_mb"] + training

@@ -50,6 +50,12 @@ def estimate_in_child(request: dict, timeout: float = 300) -> dict[str, dict | s
     return results
 
 
+def start_estimator() -> None:
+    """Start the estimator process now (its imports take seconds), if it is not running."""
+    with _lock:
+        _running()
+
+
 def _ask(request: dict, timeout: float) -> tuple[dict | str, bool]:
     """One answer from the estimator process, and whether it may be cached."""
     process = _running()

@@ -121,6 +121,11 @@ class ModelsMixin:
             "gradient_checkpointing": gradient_checkpointing,
         })
 
+    def start_memory_estimator(self) -> None:
+        """Start the estimator process ahead of the first ``estimate_memory`` (the app does), so
+        the New run form's first estimate does not wait for torch, transformers and peft."""
+        memory.start_estimator()
+
     # ------------------------------------------------------------------ methods and settings
     def list_methods(self) -> list[dict]:
         return [{"name": m.name, "help": m.help, "source": m.source, "is_adapter": m.is_adapter,
