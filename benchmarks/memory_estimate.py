@@ -4,7 +4,7 @@
 
 Uses the demo presets and the packaged MiniLM (installs the demo into LIM_HOME first). On a
 CUDA machine the measurement is torch.cuda.max_memory_allocated; on a CPU, the profiler's
-per-op memory accounting (see engine/models/memory.py).
+per-op memory accounting (see engine/memory/dryrun.py).
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def main() -> None:
                                              seconds=1.0, sequence_length=32,
                                              labels=max(2, len(labels)))[method]
         measured = measure(workbench, model, record["task"], labels, method, batch, device)
-        total = estimate["total_mb"] if isinstance(estimate, dict) else float("nan")
+        # the step's tensors: the measurement below leaves the process itself out as well
+        total = estimate["training_mb"] if isinstance(estimate, dict) else float("nan")
         rows.append({"model": model, "task": record["task"], "method": method, "batch": batch,
                      "estimate_mb": round(total, 1), "measured_mb": round(measured, 1),
                      "ratio": round(total / measured, 3), "device": device})

@@ -5,7 +5,7 @@ with ``BitsAndBytesConfig`` (NF4, double quantisation, bf16 compute),
 ``prepare_model_for_kbit_training`` (gradient checkpointing on), ``LoraConfig(r=32,
 lora_alpha=64, target_modules=["q_proj", "v_proj"], lora_dropout=0.05)`` and
 ``Seq2SeqTrainer`` with bf16. The engine side builds its model with the engine's own
-``build_training_model`` and trains with the engine's ``TrainStep``, the objects a real run uses.
+``build_method_model`` and trains with the engine's ``TrainStep``, the objects a real run uses.
 
 Both see the same synthetic batches: random log-mel features (normal, not zeros) of the chosen
 length and random label tokens; Whisper's models have random weights of the real configs (speed
