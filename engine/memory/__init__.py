@@ -46,8 +46,8 @@ def estimate(request: dict, *, device: str | None = None) -> dict[str, dict | st
     """Method -> ``MemoryEstimate.as_dict()`` (``total_mb`` is the one number) or the reason
     there is none. ``request`` is ``estimate_in_child``'s; ``device`` (default: where a run
     would train) decides what the process already holds (``process_memory_mb``)."""
-    held = process_memory_mb(device or training_device())
     results = estimate_in_child(request)
+    held = process_memory_mb(device or training_device())  # after: a dry run here imports what training will
     for name, result in results.items():
         if isinstance(result, dict):
             results[name] = {**result, "process_mb": held, "total_mb": result["training_mb"] + held}

@@ -53,6 +53,9 @@ def out_of_memory_message(error: BaseException, device: str, training: dict | No
                       f"gradient_accumulation_steps={accumulation * 2} (same effective batch)")
     if not training.get("gradient_checkpointing"):
         advice.append("gradient_checkpointing=true (recompute activations: less memory, slower)")
+    if not training.get("memory_budget_gb"):
+        advice.append(f"memory_budget_gb={max(0.1, free / 1024):.1f} (the planner picks micro-batch, "
+                      "checkpointing and offload to fit)")
     if method != "qlora":
         advice.append("the qlora method (4-bit base model)")
     advice.append("a shorter audio window (shorter clips, or a model preset with a shorter window)")

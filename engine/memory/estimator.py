@@ -20,6 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
+from engine.memory.child import estimate_one
+
 ROOT = Path(__file__).resolve().parents[2]  # the folder ``engine`` is imported from
 CACHE_ENTRIES = 256
 _lock = threading.Lock()  # one request at a time through the one estimator process
@@ -32,14 +34,20 @@ def estimate_in_child(request: dict, timeout: float = 300) -> dict[str, dict | s
     """``request``: family, task, model_dir, model_mtime (cache key only), labels, methods
     [{name, settings}], batch_size, seconds, sequence_length, precision, gradient_checkpointing,
     audio_padding ("30s" or "longest": Whisper's window is then ``seconds`` long). Returns
-    method -> ``MemoryEstimate.as_dict()`` (``process_mb`` 0) or the reason there is none."""
+    method -> ``MemoryEstimate.as_dict()`` (``process_mb`` 0) or the reason there is none.
+
+    A process with no other thread alive (the command line at submit) dry-runs here: the
+    crashes were seen only beside other threads, and the estimator's start-up (seconds of
+    imports) would double a ``train`` command's wait."""
     common = {key: value for key, value in request.items() if key != "methods"}
     results: dict[str, dict | str] = {}
     with _lock:
         for method in request["methods"]:
             key = json.dumps({**common, "method": method}, sort_keys=True, default=str)
             if key not in _cache:
-                answer, keep = _ask({**common, "method": method}, timeout)
+                one = {**common, "method": method}
+                alone = threading.active_count() == 1
+                answer, keep = (estimate_one(one), True) if alone else _ask(one, timeout)
                 if not keep:  # a timeout or a crash may not happen again
                     results[method["name"]] = answer
                     continue

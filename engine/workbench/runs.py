@@ -84,26 +84,37 @@ class RunsMixin:
                                             training_values)}
 
     def _check_memory(self, dataset_record: dict, model_record: dict, method: str,
-                     method_settings: dict, training: dict) -> dict:
+                      method_settings: dict, training: dict) -> dict:
         """The memory check of ``check_run``: ``estimate_memory`` (the number the Models and
-        Methods pages show) for this run's batch, longest item, precision and checkpointing,
-        against the memory free now (``engine.memory.check_memory``)."""
+        Methods pages show) for this run's batch of its longest item (``shape``), precision and
+        checkpointing, against the memory free now (``engine.memory.check_memory``)."""
         device = memory.training_device()
-        audio = dataset_record["task"] != "text-classification"
-        longest = self.storage.item_stats(dataset_record["id"], 1.0)["totals"]["longest"] if audio else None
         precision = training["precision"]
         if precision == "auto":
             precision = "bf16" if device == "cuda" else "fp32"
-        batch = training["per_device_train_batch_size"]
+        shape = {"batch_size": training["per_device_train_batch_size"],
+                 **self._longest_item(dataset_record, model_record)}
         estimate = self.estimate_memory(
             model_record["id"], [method], task=dataset_record["task"],
-            method_settings={method: method_settings}, batch_size=batch,
-            seconds=float(longest or 1.0), sequence_length=None,
+            method_settings={method: method_settings}, **shape,
             labels=len(dataset_record["labels"] or []), precision=precision,
             audio_padding=training["audio_padding"],
             gradient_checkpointing=bool(training["gradient_checkpointing"]))[method]
-        return memory.check_memory(estimate, device=device, free_mb=memory.free_memory_mb(device),
-                                   batch_size=batch, memory_budget_gb=training["memory_budget_gb"])
+        check = memory.check_memory(estimate, device=device, free_mb=memory.free_memory_mb(device),
+                                    batch_size=shape["batch_size"],
+                                    memory_budget_gb=training["memory_budget_gb"])
+        return {**check, "shape": shape}
+
+    def _longest_item(self, dataset_record: dict, model_record: dict) -> dict:
+        """``seconds`` of the longest clip, or ``sequence_length``: the tokens of the longest
+        text as the model reads it (truncated where the model truncates)."""
+        if dataset_record["task"] != "text-classification":
+            longest = self.storage.item_stats(dataset_record["id"], 1.0)["totals"]["longest"]
+            return {"seconds": float(longest or 1.0)}
+        items = self.storage.dataset_items(dataset_record["id"], "train")
+        text = max(items, key=lambda item: len(item["text"] or ""))
+        task_model = self.task_model(model_record["id"], dataset_record["task"], dataset_record["labels"])
+        return {"sequence_length": len(task_model.encode(text, Path())["input_ids"])}
 
     def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
         per_step = self.storage.seconds_per_step(model_id, method)

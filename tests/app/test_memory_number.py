@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_pages import app, open_page  # noqa: F401  (fixture)
 
-BATCH, TOKENS = 4, 128  # tiny-bert reads at most 128 tokens: the form estimates its longest input
+BATCH = 4
 
 
 def test_the_form_and_the_models_page_show_the_facades_number(app, demo_home, monkeypatch):  # noqa: F811
@@ -16,9 +16,14 @@ def test_the_form_and_the_models_page_show_the_facades_number(app, demo_home, mo
     monkeypatch.setattr(engine.memory, "process_memory_mb", lambda device: 1000.0)
     workbench = Workbench(demo_home)
     assert len(workbench.get_dataset("demo-text")["labels"]) == 2  # the Models page's 2 classes
+    check = workbench.check_run("demo-text", "tiny-bert", "lora", {},
+                                {"per_device_train_batch_size": BATCH})["memory"]
+    tokens = check["shape"]["sequence_length"]  # the longest demo-text item, as tiny-bert reads it
+    assert check["shape"] == {"batch_size": BATCH, "sequence_length": tokens} and tokens > 1
     expected = workbench.estimate_memory("tiny-bert", ["lora"], task="text-classification",
-                                         batch_size=BATCH, sequence_length=TOKENS)["lora"]
+                                         batch_size=BATCH, sequence_length=tokens)["lora"]
     assert expected["total_mb"] == 1000.0 + expected["training_mb"] and expected["training_mb"] > 0
+    assert check["estimate_mb"] == expected["total_mb"]
     shown = f"about {expected['total_mb']:,.0f} MiB at peak"
 
     open_page(app, "pages/training.py")
@@ -33,7 +38,7 @@ def test_the_form_and_the_models_page_show_the_facades_number(app, demo_home, mo
     open_page(app, "pages/models.py")
     app.selectbox(key="models.selected").select("tiny-bert").run()
     app.number_input(key="models.batch").set_value(BATCH)
-    app.number_input(key="models.length.tiny-bert.text-classification").set_value(TOKENS).run()
+    app.number_input(key="models.length.tiny-bert.text-classification").set_value(tokens).run()
     app.button(key="models.estimate").click().run()
     assert not app.exception, app.exception
     table = app.dataframe[-1].value.set_index("method")
