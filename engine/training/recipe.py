@@ -156,7 +156,7 @@ class FineTuneRecipe:
 
     def build_optimization(self) -> None:
         cfg = self.config
-        plan = self.plan_for_budget() if cfg.memory_budget_gb > 0 else None
+        plan = self.fit_memory_budget() if cfg.memory_budget_gb > 0 else None
         compiled = wants_compile(cfg.compile_layers, self.device)
         policy = plan.checkpoint if plan else bool(cfg.gradient_checkpointing)
         apply_checkpointing(self.model, policy)
@@ -172,7 +172,7 @@ class FineTuneRecipe:
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
-    def plan_for_budget(self) -> MemoryPlan:
+    def fit_memory_budget(self) -> MemoryPlan:
         """Choose micro-batch, checkpointing and offload for the memory budget, on a batch of
         the longest training items (their shapes bound every later batch's)."""
         size = self.config.per_device_train_batch_size
