@@ -113,3 +113,23 @@ def test_the_check_warns_when_a_configuration_will_not_fit(workbench, monkeypatc
     run_id = workbench.submit_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)  # a warning, not a refusal
     warnings = [e["message"] for e in workbench.run_events(run_id) if e["level"] == "warning"]
     assert any(f"about {tight['estimate_mb']:,.0f} MiB at peak" in w for w in warnings), warnings
+
+
+def test_a_stuck_or_dead_estimator_costs_one_estimate_and_the_next_one_works(workbench, monkeypatch):
+    from engine.memory import estimator
+
+    monkeypatch.setattr(estimator.threading, "active_count", lambda: 2)  # as in the app: a child
+    request = {"family": "bert", "task": "text-classification", "model_mtime": 0,
+               "model_dir": str(workbench.home / workbench.get_model("tiny-bert")["path"]),
+               "labels": ["a", "b"], "methods": [{"name": "lora", "settings": {}}], "batch_size": 3,
+               "seconds": 1.0, "sequence_length": 8, "precision": "fp32", "audio_padding": "30s",
+               "gradient_checkpointing": False}
+    stuck = estimator.estimate_in_child(request, timeout=0.01)
+    assert stuck == {"lora": "no estimate: took longer than 0 s"} and estimator._process is None
+    answer = estimator.estimate_in_child(request)["lora"]
+    assert answer["training_mb"] > 0
+    estimator._process.kill()  # a crash between requests: the next one starts a fresh process
+    estimator._process.wait()
+    again = estimator.estimate_in_child({**request, "batch_size": 5})["lora"]
+    assert again["activations_mb"] > answer["activations_mb"]
+    assert estimator.estimate_in_child(request)["lora"] == answer  # cached: no second dry run
