@@ -6,7 +6,8 @@ the estimator costs one method's estimate, never the app or a run. The estimator
 (``python -m engine.memory.child``, JSON lines in and out) is started on the first request
 and kept, so only the first estimate pays for importing torch, transformers and peft
 (seconds); one that crashes or takes too long is stopped and the next request starts a fresh
-one. Results are cached by request (the model folder's config time is part of it), so the
+one. It holds about a gigabyte (torch, transformers, peft), so it stops after
+``IDLE_S`` without a request. Results are cached by request (the model folder's config time is part of it), so the
 form, the pages and the submit check share one dry run per configuration.
 """
 
@@ -18,16 +19,19 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from engine.memory.child import estimate_one
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder ``engine`` is imported from
 CACHE_ENTRIES = 256
+IDLE_S = 600.0  # an estimator unused this long is stopped (the next request starts one)
 _lock = threading.Lock()  # one request at a time through the one estimator process
 _process: subprocess.Popen | None = None
 _answers: queue.Queue = queue.Queue()
 _cache: dict[str, dict | str] = {}
+_last_used = 0.0
 
 
 def estimate_in_child(request: dict, timeout: float = 300) -> dict[str, dict | str]:
@@ -66,6 +70,7 @@ def start_estimator() -> None:
 
 def _ask(request: dict, timeout: float) -> tuple[dict | str, bool]:
     """One answer from the estimator process, and whether it may be cached."""
+    global _last_used
     process = _running()
     try:
         process.stdin.write(json.dumps(request, default=str) + "\n")
@@ -79,11 +84,13 @@ def _ask(request: dict, timeout: float) -> tuple[dict | str, bool]:
     if line is None:  # the process ended (a crash in the dry run)
         _stop()
         return "no estimate: the estimator process stopped", False
+    _last_used = time.monotonic()  # idle from the answer on, however long the dry run took
     return json.loads(line), True
 
 
 def _running() -> subprocess.Popen:
-    global _process, _answers
+    global _process, _answers, _last_used
+    _last_used = time.monotonic()
     if _process is None or _process.poll() is not None:
         _process = subprocess.Popen([sys.executable, "-m", "engine.memory.child"], cwd=ROOT,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -91,7 +98,17 @@ def _running() -> subprocess.Popen:
         _answers = queue.Queue()
         threading.Thread(target=_read_answers, args=(_process.stdout, _answers), daemon=True,
                          name="lim-memory-estimator").start()
+        threading.Thread(target=_stop_when_idle, args=(_process,), daemon=True,
+                         name="lim-memory-estimator-idle").start()
     return _process
+
+
+def _stop_when_idle(process: subprocess.Popen) -> None:
+    while process.poll() is None:
+        time.sleep(IDLE_S / 10)
+        with _lock:
+            if process is _process and time.monotonic() - _last_used > IDLE_S:
+                _stop()
 
 
 def _read_answers(stream, answers: queue.Queue) -> None:

@@ -3,6 +3,8 @@ builds is the run's, and the number a run is measured against."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import FAST
@@ -119,6 +121,7 @@ def test_a_stuck_or_dead_estimator_costs_one_estimate_and_the_next_one_works(wor
     from engine.memory import estimator
 
     monkeypatch.setattr(estimator.threading, "active_count", lambda: 2)  # as in the app: a child
+    monkeypatch.setattr(estimator, "IDLE_S", 5.0)
     request = {"family": "bert", "task": "text-classification", "model_mtime": 0,
                "model_dir": str(workbench.home / workbench.get_model("tiny-bert")["path"]),
                "labels": ["a", "b"], "methods": [{"name": "lora", "settings": {}}], "batch_size": 3,
@@ -133,3 +136,7 @@ def test_a_stuck_or_dead_estimator_costs_one_estimate_and_the_next_one_works(wor
     again = estimator.estimate_in_child({**request, "batch_size": 5})["lora"]
     assert again["activations_mb"] > answer["activations_mb"]
     assert estimator.estimate_in_child(request)["lora"] == answer  # cached: no second dry run
+    deadline = time.monotonic() + 30
+    while estimator._process is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert estimator._process is None  # idle: stopped, its memory given back
