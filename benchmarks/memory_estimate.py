@@ -4,7 +4,7 @@
 
 Uses the demo presets and the packaged MiniLM (installs the demo into LIM_HOME first). On a
 CUDA machine the measurement is torch.cuda.max_memory_allocated; on a CPU, the profiler's
-per-op memory accounting (see engine/models/memory.py).
+per-op memory accounting (see engine/memory/dryrun.py).
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ def measure(workbench, model, task, labels, method, batch, device) -> float:
     """Peak memory of one real training step with a batch of the estimate's shape."""
     from engine import settings as settings_lib
     from engine.methods import get_method
-    from engine.models.memory import load_with_method, measure_training_memory_mb
+    from engine.memory import measure_training_memory_mb
+    from engine.methods.build import build_method_model
 
     task_model = workbench.task_model(model, task, labels)
     method_obj = get_method(method)
-    trained = load_with_method(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}), device)
+    trained = build_method_model(task_model, method_obj, settings_lib.build(method_obj.settings_cls, {}),
+                                 device=device)
     batch_tensors = {k: v.to(device) for k, v in task_model.fake_batch(batch, seconds=1.0, sequence_length=32).items()}
     return measure_training_memory_mb(trained, batch_tensors)
 
@@ -56,7 +58,8 @@ def main() -> None:
                                              seconds=1.0, sequence_length=32,
                                              labels=max(2, len(labels)))[method]
         measured = measure(workbench, model, record["task"], labels, method, batch, device)
-        total = estimate["total_mb"] if isinstance(estimate, dict) else float("nan")
+        # the step's tensors: the measurement below leaves the process itself out as well
+        total = estimate["training_mb"] if isinstance(estimate, dict) else float("nan")
         rows.append({"model": model, "task": record["task"], "method": method, "batch": batch,
                      "estimate_mb": round(total, 1), "measured_mb": round(measured, 1),
                      "ratio": round(total / measured, 3), "device": device})

@@ -2,7 +2,7 @@
 
 Throughput: whisper-small and whisper-large-v3 QLoRA with random weights of the real configs,
 30 s windows, batch 16 per GPU, timed on 1 GPU and on 2 GPUs; each measurement is a torchrun
-child whose ranks build the model with the engine's ``build_training_model``, train with its
+child whose ranks build the model with the engine's ``build_method_model``, train with its
 ``TrainStep`` and average gradients with the run's ``DataParallel`` (the objects a run uses;
 ``benchmarks.train_speed.run_engine`` drives them). Scaling efficiency = samples/s on 2 GPUs ÷
 (2 × samples/s on 1 GPU). Peak memory is ``torch.cuda.max_memory_allocated`` per GPU.

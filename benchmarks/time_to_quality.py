@@ -43,7 +43,7 @@ from engine import Workbench
 from engine.methods import get_method
 from engine.models import task_model_for
 from engine.training.checkpoint import checkpoints
-from engine.training.recipe import build_training_model
+from engine.methods.build import build_method_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "assets" / "demo" / "demo-voices"
@@ -144,8 +144,8 @@ def score_engine(result: dict, test: list[dict]) -> list[dict]:
     method = get_method(result["method"])
     settings = method.settings_cls(**{k: v for k, v in SETTINGS.items()
                                       if k in method.settings_cls.__dataclass_fields__})
-    model = build_training_model(task_model, method, settings, family="whisper", device="cpu",
-                                 seed=SETTINGS["seed"], total_steps=1)
+    model = build_method_model(task_model, method, settings, family="whisper", device="cpu",
+                               seed=SETTINGS["seed"], total_steps=1)
     points = []
     for snapshot in result["snapshots"]:
         load_snapshot(model, snapshot)

@@ -5,7 +5,7 @@ with ``BitsAndBytesConfig`` (NF4, double quantisation, bf16 compute),
 ``prepare_model_for_kbit_training`` (gradient checkpointing on), ``LoraConfig(r=32,
 lora_alpha=64, target_modules=["q_proj", "v_proj"], lora_dropout=0.05)`` and
 ``Seq2SeqTrainer`` with bf16. The engine side builds its model with the engine's own
-``build_training_model`` and trains with the engine's ``TrainStep``, the objects a real run uses.
+``build_method_model`` and trains with the engine's ``TrainStep``, the objects a real run uses.
 
 Both see the same synthetic batches: random log-mel features (normal, not zeros) of the chosen
 length and random label tokens; Whisper's models have random weights of the real configs (speed
@@ -382,8 +382,8 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
     from engine import settings as settings_lib
     from engine.methods import get_method
     from engine.models.whisper import WhisperSpeechRecognition
-    from engine.training.planner import apply_checkpointing, estimate_for, plan_memory
-    from engine.training.recipe import build_training_model
+    from engine.memory.plan import apply_checkpointing, estimate_for, plan_for_budget
+    from engine.methods.build import build_method_model
     from engine.training.settings import TrainingSettings
     from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 
@@ -403,8 +403,8 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
                               max_steps=total_steps, warmup_steps=0, lr_scheduler_type="linear",
                               weight_decay=0.0, max_grad_norm=1.0, seed=case.seed,
                               memory_budget_gb=float(options.get("memory_budget_gb", 0.0)))
-    model = build_training_model(task_model, method, method_settings, family="whisper", device=device,
-                                 seed=case.seed, total_steps=total_steps)
+    model = build_method_model(task_model, method, method_settings, family="whisper", device=device,
+                               seed=case.seed, total_steps=total_steps)
     if parallel is not None:  # as a run's ranks do
         parallel.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
     if short:  # each batch padded to its longest clip (rounded to the conv stride)
@@ -417,7 +417,7 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
                    for b in batches]
     plan, micro, offload = None, 0, False
     if config.memory_budget_gb > 0:
-        plan = plan_memory(model, {k: batches[0][k] for k in ("input_features", "labels")},
+        plan = plan_for_budget(model, {k: batches[0][k] for k in ("input_features", "labels")},
                            budget_gib=config.memory_budget_gb)
         policy, micro, offload = plan.checkpoint, plan.micro_batch, plan.offload
     else:
@@ -457,7 +457,7 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
 
 def checkpoint_policy(model) -> dict[str, int]:
     """Checkpointed layers per stack."""
-    from engine.training.planner import find_stacks
+    from engine.memory import find_stacks
 
     return {s.name: sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in s.layers)
             for s in find_stacks(model)}

@@ -10,7 +10,7 @@ adds about 2r / width of a layer's work).
 The forward pass is counted on the meta device (shapes only: no weights, no arithmetic: about a
 second for whisper-large-v3 on 30 s of audio), the way engine/models/inspect.py builds models.
 Fake tensors would do too, but they have crashed the interpreter in garbage collection when
-other threads were alive (engine/models/memory.py), and the recipe runs in the app's worker
+other threads were alive (engine/memory/dryrun.py), and the recipe runs in the app's worker
 thread.
 
     forward = forward_flops_per_sample(task_model)            # from task_model.fake_batch(1)

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.models import TASK_NAMES
-from ui.estimates import estimates_for, memory_figure
+from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
 from ui.state import get_workbench
 
 wb = get_workbench()
@@ -36,6 +36,7 @@ if models:
     if saved_for == wanted:
         results = saved
         st.plotly_chart(memory_figure(results), key="methods.memory")
+        st.caption(WHAT_IT_INCLUDES)
     else:
         st.caption("Trainable parameters and memory of one training step per method on this model "
                    "(a dry run on fake tensors, some seconds): press the button.")
@@ -48,7 +49,7 @@ for method in methods:
     table.append({
         "method": method["name"], "what it does": method["help"], "source": method["source"],
         "trainable params": cost["trainable_params"] if isinstance(cost, dict) else None,
-        "est. memory (MiB)": round(cost["total_mb"], 1) if isinstance(cost, dict) else None,
+        "est. peak memory (MiB)": round(cost["total_mb"]) if isinstance(cost, dict) else None,
     })
 st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 

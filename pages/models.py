@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
-from ui.estimates import estimates_for, memory_figure
+from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
 from ui.state import get_workbench
 
 wb = get_workbench()
@@ -81,11 +81,10 @@ else:
         st.plotly_chart(memory_figure(results), key="models.memory")
         st.dataframe(pd.DataFrame([{
             "method": method, "trainable params": r["trainable_params"] if isinstance(r, dict) else None,
-            "total MiB": round(r["total_mb"], 1) if isinstance(r, dict) else None,
+            "peak MiB": round(r["total_mb"]) if isinstance(r, dict) else None,
             "note": "" if isinstance(r, dict) else r,
         } for method, r in results.items()]), hide_index=True, width="stretch")
-        st.caption("A dry run of one training step on fake tensors (nothing is allocated). "
-                   "Checked against measured peaks in the test suite.")
+        st.caption(WHAT_IT_INCLUDES)
 
     if model["owner_id"] == wb.owner_id and not model["shared"]:
         @st.dialog("Delete model?")

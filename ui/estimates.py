@@ -1,4 +1,8 @@
-"""Cached memory estimates and the figure that shows them (shared by Models and Methods)."""
+"""Memory estimates and the figure that shows them (shared by Models and Methods).
+
+The engine caches the dry runs (engine/memory/estimator.py), so this asks it every time: the
+number includes what the process holds now, as the New run form's does for the same
+configuration."""
 
 from __future__ import annotations
 
@@ -8,19 +12,24 @@ import streamlit as st
 from engine.errors import WorkbenchError
 from ui.state import get_workbench
 
-PARTS = [("weights_mb", "base weights"), ("trainable_mb", "trainable weights"),
-         ("gradients_mb", "gradients"), ("optimizer_mb", "optimizer state"),
-         ("activations_mb", "activations")]
+PARTS = [("process_mb", "process (Python, torch, the app)"), ("weights_mb", "base weights"),
+         ("trainable_mb", "trainable weights"), ("gradients_mb", "gradients"),
+         ("optimizer_mb", "optimizer state"), ("activations_mb", "activations")]
+WHAT_IT_INCLUDES = ("The peak a run will measure: a dry run of one training step on fake tensors "
+                    "(weights, gradients, AdamW state, activations; nothing is allocated) plus what "
+                    "this process holds now (on a CPU its resident memory: Python, torch, the app; "
+                    "on a GPU the CUDA allocations already made). The New run form shows the same "
+                    "number; the dry run is checked against measured steps in the test suite.")
 
 
-@st.cache_data(show_spinner="Dry-running one training step per method…", max_entries=64)
 def estimates_for(model: str, methods: tuple[str, ...], task: str, batch_size: int, seconds: float,
                   sequence_length: int, precision: str, audio_padding: str = "30s") -> dict[str, dict | str]:
     """method -> estimate, or the reason there is none."""
     try:
-        return get_workbench().estimate_memory(model, list(methods), task=task, batch_size=batch_size,
-                                               seconds=seconds, sequence_length=sequence_length,
-                                               precision=precision, audio_padding=audio_padding)
+        with st.spinner("Dry-running one training step per method…"):
+            return get_workbench().estimate_memory(model, list(methods), task=task, batch_size=batch_size,
+                                                   seconds=seconds, sequence_length=sequence_length,
+                                                   precision=precision, audio_padding=audio_padding)
     except WorkbenchError as error:
         return {method: f"no estimate: {error}" for method in methods}
 
@@ -32,6 +41,6 @@ def memory_figure(results: dict[str, dict | str]) -> go.Figure:
     for key, label in PARTS:
         figure.add_trace(go.Bar(name=label, x=methods, y=[results[m][key] for m in methods]))
     figure.update_layout(barmode="stack", height=360, yaxis_title="MiB",
-                         title="Estimated memory of one training step",
+                         title="Estimated peak memory of a run (one training step)",
                          margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
     return figure

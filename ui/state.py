@@ -15,6 +15,7 @@ _started: list[Workbench] = []
 def _workbench_for(home: str) -> Workbench:
     workbench = Workbench(home)
     workbench.start_worker()  # one background training thread for the whole app
+    workbench.start_memory_estimator()  # its imports run while the first page draws
     _started.append(workbench)
     return workbench
 

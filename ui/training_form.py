@@ -174,16 +174,16 @@ def preflight(wb, dataset_name, model_name, method_name, method_values, training
     """The engine's checks of the whole configuration: an error (False: Start stays blocked),
     else warnings, memory and how long it will take."""
     try:
-        plan = wb.check_run(dataset_name, model_name, method_name, method_values, training_values)
+        with st.spinner("Checking the configuration and estimating its memory…"):
+            plan = wb.check_run(dataset_name, model_name, method_name, method_values, training_values)
     except WorkbenchError as error:
         st.error(f"Cannot start: {error}", icon=":material/block:")
         return False
     for warning in plan["warnings"]:
         st.warning(f"Check before Start (it queues anyway): {warning}.", icon=":material/warning:")
     memory = plan["memory"]
-    if memory["fits"]:
-        st.caption(f"Memory: about {memory['estimate_mb']:,.0f} MiB needed on {memory['device']}, "
-                   f"{memory['free_mb']:,.0f} MiB free (a rough estimate).")
+    if memory["fits"]:  # the number the Models and Methods pages show for this configuration
+        st.caption(f"Memory: {memory['message']}.")
     else:
         st.warning(memory["message"])
     duration = plan["estimated_seconds"]

@@ -1,4 +1,5 @@
-"""What the live monitor plots besides the loss: memory, CPU/RAM/GPU, throughput, utilisation.
+"""What the live monitor plots besides the loss: CPU/RAM/GPU, throughput, utilisation (the
+run's own memory is sampled by engine.memory.MemoryMeter).
 
 Every sample is a plain dict of metric name -> value that the recipe writes with the step's
 other metrics, so the page only ever reads rows from ``run_metrics``.
@@ -18,26 +19,6 @@ AUDIO_HOURS_PER_HOUR = "train/audio_hours_per_hour"  # the same ratio, as speech
 TFLOPS = "train/tflops"  # achieved model TFLOP/s
 MFU_PERCENT = "train/mfu_percent"  # model-FLOPs utilisation: achieved / the device's peak, in %
 CPU_PERCENT, GPU_MEMORY_MB = "system/cpu_percent", "system/gpu_memory_mb"  # every run / GPU runs
-
-
-class MemoryMeter:
-    """Memory in use now and at peak: CUDA allocations on a GPU, process RSS on a CPU."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.process = psutil.Process()
-        self.peak_mb = 0.0
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-
-    def sample(self) -> float:
-        if self.device.startswith("cuda"):
-            now = torch.cuda.memory_allocated() / 2**20
-            self.peak_mb = max(self.peak_mb, torch.cuda.max_memory_allocated() / 2**20)
-        else:
-            now = self.process.memory_info().rss / 2**20
-            self.peak_mb = max(self.peak_mb, now)
-        return now
 
 
 def system_sample(device: str) -> dict[str, float]:

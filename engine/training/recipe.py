@@ -30,67 +30,31 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine import settings as settings_lib
-from engine.errors import DatasetError, MethodError, ModelError, NotFoundError, WorkbenchError
+from engine.errors import DatasetError, MethodError, ModelError, NotFoundError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
-from engine.methods import MethodContext, get_method
+from engine.memory import MemoryMeter, MemoryPlan, apply_checkpointing, plan_for_budget
+from engine.methods import get_method
+from engine.methods.build import build_method_model
 from engine.methods.registry import METHOD_REPORT
-from engine.models import count_parameters, linear_module_names, task_model_for
+from engine.models import count_parameters, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.batches import Prefetcher
 from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                         set_rng_state)
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
-from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
-                                        utilisation_metrics)
+from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.parallel import DataParallel
-from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
 from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
 
-__all__ = ["FineTuneRecipe", "ItemDataset", "MemoryMeter", "pick_device"]
+__all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
 
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def build_training_model(task_model, method, method_settings, *, family: str, device: str,
-                         seed: int, total_steps: int, gradient_checkpointing: bool = False,
-                         sample_batches: Callable | None = None, report: dict | None = None,
-                         log: Callable[[str], None] | None = None):
-    """Load the base model the way ``method`` needs it and apply the method: what a run trains
-    (the speed benchmark builds its engine models with this too). ``sample_batches``, ``report``
-    and ``log`` reach the method through its context (registry.MethodContext); the method
-    fills ``report`` in place with what it decided."""
-    torch.manual_seed(seed)  # new heads and LoRA weights start the same every run
-
-    def load_base(**kwargs):
-        model = task_model.load(**kwargs)
-        return model if "device_map" in kwargs else model.to(device)
-
-    context = MethodContext.for_task_model(
-        task_model, family=family, device=device,
-        gradient_checkpointing=gradient_checkpointing, total_steps=total_steps,
-        sample_batches=sample_batches, load_base=load_base,
-        report=report if report is not None else {}, log=log or (lambda message: None))
-    load_kwargs = method.load_kwargs(method_settings, context)
-    torch.manual_seed(seed)  # a method that measured the model first drew nothing from this
-    model = task_model.load(**load_kwargs)
-    if "device_map" not in load_kwargs:
-        model = model.to(device)
-    context.linear_module_names = linear_module_names(model)
-    try:
-        return method.apply(model, method_settings, context)
-    except (torch.OutOfMemoryError, MemoryError, WorkbenchError):
-        raise  # the worker explains out-of-memory with numbers; typed errors speak for themselves
-    except Exception as error:
-        # A MethodError, not ``type(error)(message)``: an exception class whose constructor
-        # takes other arguments would raise a TypeError here and lose the original error.
-        raise MethodError(f"method {method.name!r} failed to apply: "
-                          f"{type(error).__name__}: {error}") from error
 
 
 # What rank 0 tells every rank after each optimizer step (FineTuneRecipe.decide).
@@ -227,12 +191,12 @@ class FineTuneRecipe:
         # the same ranks), so its checkpoint fits the model.
         report_file = self.run_dir / METHOD_REPORT
         self.method_report = json.loads(report_file.read_text()) if report_file.is_file() else {}
-        model = build_training_model(self.task_model, self.method, self.method_settings,
-                                     family=self.model_record["family"], device=self.device,
-                                     seed=self.config.seed, total_steps=self.total_steps,
-                                     gradient_checkpointing=self.config.gradient_checkpointing,
-                                     sample_batches=self.sample_batches, report=self.method_report,
-                                     log=self.log)
+        model = build_method_model(self.task_model, self.method, self.method_settings,
+                                   family=self.model_record["family"], device=self.device,
+                                   seed=self.config.seed, total_steps=self.total_steps,
+                                   gradient_checkpointing=self.config.gradient_checkpointing,
+                                   sample_batches=self.sample_batches, report=self.method_report,
+                                   log=self.log)
         if self.method_report:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             partial = report_file.with_suffix(".partial")
@@ -248,7 +212,7 @@ class FineTuneRecipe:
 
     def build_optimization(self) -> None:
         cfg = self.config
-        plan = self.plan_memory() if cfg.memory_budget_gb > 0 else None
+        plan = self.fit_memory_budget() if cfg.memory_budget_gb > 0 else None
         compiled = wants_compile(cfg.compile_layers, self.device)
         policy = plan.checkpoint if plan else bool(cfg.gradient_checkpointing)
         apply_checkpointing(self.model, policy)
@@ -265,7 +229,7 @@ class FineTuneRecipe:
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
-    def plan_memory(self) -> MemoryPlan:
+    def fit_memory_budget(self) -> MemoryPlan:
         """Choose micro-batch, checkpointing and offload for the memory budget, on a batch of
         the longest training items (their shapes bound every later batch's)."""
         size = self.config.per_device_train_batch_size
@@ -273,7 +237,7 @@ class FineTuneRecipe:
             item.get("duration_s") or 0, len(item.get("text") or "")))[:size]
         batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
                                          for item in longest])
-        plan = plan_memory(self.model, batch, budget_gib=self.config.memory_budget_gb)
+        plan = plan_for_budget(self.model, batch, budget_gib=self.config.memory_budget_gb)
         self.memory_plan = plan
         self.log(plan.describe())
         return plan

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
+from engine.memory import find_stacks
 from engine.training.settings import TrainingSettings
 
 __all__ = ["TrainStep", "autocast_dtype", "compile_layers", "wants_compile", "wants_graphs"]
@@ -43,8 +44,6 @@ def compile_layers(model: torch.nn.Module) -> int:
     log-sum-exp), and a save-everything selective checkpoint around the plain ones failed on a
     mutated cached tensor. Returns the number of layers compiled."""
     import torch._dynamo
-
-    from engine.training.planner import find_stacks
 
     stacks = find_stacks(model)
     flags = [bool(getattr(layer, "gradient_checkpointing", False))

@@ -22,6 +22,7 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
+from engine.memory import is_out_of_memory, out_of_memory_message
 from engine.training.distributed import run_distributed, world_size_of
 from engine.series import LiveSeries
 from storage import Storage, utc_now
@@ -110,8 +111,6 @@ def store_live_series(storage: Storage, run_id: int, interval: float = 60.0) -> 
 
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
     """A message a student can act on, for any exception a run may raise."""
-    from engine.training.memory import is_out_of_memory, out_of_memory_message
-
     if is_out_of_memory(error):
         return out_of_memory_message(error, device, (run.get("settings") or {}).get("training"),
                                      run.get("method", ""))

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine import memory
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, SettingsError
 from engine.methods import all_methods, get_method, plugin_problems
@@ -98,24 +99,33 @@ class ModelsMixin:
 
     def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
                         method_settings: dict[str, dict] | None = None, batch_size: int = 8,
-                        seconds: float = 5.0, sequence_length: int = 64, labels: int = 2,
-                        precision: str = "fp32", audio_padding: str = "30s") -> dict[str, dict | str]:
-        """Memory (MiB, by part) one training step needs with each method, from a dry run on
-        fake tensors in a child process; a method without an estimate maps to the reason.
-        ``audio_padding="longest"``: Whisper runs on ``seconds`` of audio, not its whole window."""
-        from engine.models.memory import estimate_in_subprocess
-
+                        seconds: float = 5.0, sequence_length: int | None = 64, labels: int = 2,
+                        precision: str = "fp32", audio_padding: str = "30s",
+                        gradient_checkpointing: bool = False) -> dict[str, dict | str]:
+        """The one memory estimate (engine.memory.estimate): per method, MiB by part and
+        ``total_mb``, the number a run's ``peak_memory_mb`` is measured against; a method
+        without an estimate maps to the reason. A dry run of one training step on fake tensors
+        in an estimator process (seconds the first time, cached per configuration).
+        ``audio_padding="longest"``: Whisper runs on ``seconds`` of audio, not its whole window;
+        ``sequence_length=None``: the text model's longest input."""
         record = self.get_model(model)
         for name in methods:
             get_method(name)  # unknown names fail here, with the list of methods
-        return estimate_in_subprocess({
+        folder = self.storage.files.resolve(record["path"])
+        return memory.estimate({
             "family": record["family"], "task": task or record["tasks"][0],
-            "model_dir": str(self.storage.files.resolve(record["path"])),
+            "model_dir": str(folder), "model_mtime": (folder / "config.json").stat().st_mtime,
             "labels": [f"class-{i}" for i in range(max(2, labels))],
             "methods": [{"name": m, "settings": (method_settings or {}).get(m, {})} for m in methods],
             "batch_size": batch_size, "seconds": seconds, "sequence_length": sequence_length,
             "precision": precision, "audio_padding": audio_padding,
+            "gradient_checkpointing": gradient_checkpointing,
         })
+
+    def start_memory_estimator(self) -> None:
+        """Start the estimator process ahead of the first ``estimate_memory`` (the app does), so
+        the New run form's first estimate does not wait for torch, transformers and peft."""
+        memory.start_estimator()
 
     # ------------------------------------------------------------------ methods and settings
     def list_methods(self) -> list[dict]:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine import memory
 from engine import settings as settings_lib
 from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
@@ -53,7 +54,7 @@ class RunsMixin:
         absurd but legal settings. Raises a
         ``WorkbenchError`` naming the field for a configuration that cannot train."""
         from engine.models import TASK_MODELS, TASK_NAMES
-        from engine.training.preflight import check_target_modules, memory_check, outline_for
+        from engine.training.preflight import check_target_modules, outline_for
 
         dataset_record = self.get_dataset(dataset)
         model_record = self.get_model(model)
@@ -82,12 +83,45 @@ class RunsMixin:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
                             "max_time_minutes or fewer steps")
+        method_values = settings_lib.as_dict(method_obj_settings)
         return {"dataset": dataset_record, "model": model_record,
-                "method_settings": settings_lib.as_dict(method_obj_settings),
-                "training_settings": training_values,
+                "method_settings": method_values, "training_settings": training_values,
                 "steps": steps, "estimated_seconds": duration, "warnings": warnings,
-                "memory": memory_check(method, method_obj_settings, training_values,
-                                       outline, task_model_cls)}
+                "memory": self._check_memory(dataset_record, model_record, method, method_values,
+                                            training_values)}
+
+    def _check_memory(self, dataset_record: dict, model_record: dict, method: str,
+                      method_settings: dict, training: dict) -> dict:
+        """The memory check of ``check_run``: ``estimate_memory`` (the number the Models and
+        Methods pages show) for this run's batch of its longest item (``shape``), precision and
+        checkpointing, against the memory free now (``engine.memory.check_memory``)."""
+        device = memory.training_device()
+        precision = training["precision"]
+        if precision == "auto":
+            precision = "bf16" if device == "cuda" else "fp32"
+        shape = {"batch_size": training["per_device_train_batch_size"],
+                 **self._longest_item(dataset_record, model_record)}
+        estimate = self.estimate_memory(
+            model_record["id"], [method], task=dataset_record["task"],
+            method_settings={method: method_settings}, **shape,
+            labels=len(dataset_record["labels"] or []), precision=precision,
+            audio_padding=training["audio_padding"],
+            gradient_checkpointing=bool(training["gradient_checkpointing"]))[method]
+        check = memory.check_memory(estimate, device=device, free_mb=memory.free_memory_mb(device),
+                                    batch_size=shape["batch_size"],
+                                    memory_budget_gb=training["memory_budget_gb"])
+        return {**check, "shape": shape}
+
+    def _longest_item(self, dataset_record: dict, model_record: dict) -> dict:
+        """``seconds`` of the longest clip, or ``sequence_length``: the tokens of the longest
+        text as the model reads it (truncated where the model truncates)."""
+        if dataset_record["task"] != "text-classification":
+            longest = self.storage.item_stats(dataset_record["id"], 1.0)["totals"]["longest"]
+            return {"seconds": float(longest or 1.0)}
+        items = self.storage.dataset_items(dataset_record["id"], "train")
+        text = max(items, key=lambda item: len(item["text"] or ""))
+        task_model = self.task_model(model_record["id"], dataset_record["task"], dataset_record["labels"])
+        return {"sequence_length": len(task_model.encode(text, Path())["input_ids"])}
 
     def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
         per_step = self.storage.seconds_per_step(model_id, method)
@@ -137,11 +171,6 @@ class RunsMixin:
                  "--method", method, *(["--profile", profile.name] if profile else []),
                  *(part for pair in pairs for part in ("--set", pair))]
         return " ".join(shlex.quote(str(word)) for word in words)
-
-    def estimate_run(self, dataset: str | int, model: str | int, method: str,
-                     method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
-        """The memory estimate for a configuration (see ``check_run``)."""
-        return self.check_run(dataset, model, method, method_settings, training_settings)["memory"]
 
     def clone_run(self, run_id: int, changes: dict[str, Any] | None = None) -> int:
         """Queue a new run with this run's dataset, model, method and settings, plus ``changes``

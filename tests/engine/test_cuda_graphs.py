@@ -19,7 +19,7 @@ from engine.models.base import pad_to_multiple
 from engine.models.encoders import TextClassification
 from engine.models.presets import PRESETS, build_preset
 from engine.models.whisper import WhisperSpeechRecognition
-from engine.training.recipe import build_training_model
+from engine.methods.build import build_method_model
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, wants_graphs
 
@@ -102,8 +102,8 @@ def _trainer(model_dir, *, graphs: bool, dropout: float, lr: float = 1e-2):
     method_settings = settings_lib.build(method.settings_cls, {
         "r": 8, "lora_alpha": 16, "lora_dropout": dropout, "target_modules": "q_proj,v_proj"},
         section="qlora")
-    model = build_training_model(task, method, method_settings, family="whisper", device="cuda",
-                                 seed=0, total_steps=20)
+    model = build_method_model(task, method, method_settings, family="whisper", device="cuda",
+                               seed=0, total_steps=20)
     config = TrainingSettings(per_device_train_batch_size=4, learning_rate=lr, max_steps=20,
                               warmup_steps=0, seed=0)
     messages: list[str] = []

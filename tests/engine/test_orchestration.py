@@ -164,23 +164,6 @@ def test_out_of_memory_fails_with_numbers_and_advice_and_the_queue_goes_on(workb
         assert [m["step"] for m in workbench.run_metrics(bad, ["train/loss"])] == [1, 2]
 
 
-def test_memory_estimate_warns_when_a_configuration_will_not_fit(workbench, monkeypatch):
-    import engine.training.memory as memory
-
-    fits = workbench.estimate_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)
-    assert fits["fits"] and 0 < fits["estimate_mb"] < fits["free_mb"]
-    small = workbench.estimate_run("demo-speech", "tiny-whisper", "qlora", {}, {**FAST, "per_device_train_batch_size": 1})
-    assert small["breakdown"]["activations_mb"] < fits["breakdown"]["activations_mb"]
-    full = workbench.estimate_run("demo-speech", "tiny-whisper", "full", {}, FAST)
-    assert full["breakdown"]["gradients_and_optimizer_mb"] > fits["breakdown"]["gradients_and_optimizer_mb"]
-
-    monkeypatch.setattr(memory, "free_memory_mb", lambda device: 10.0)
-    tight = workbench.estimate_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)
-    assert not tight["fits"] and "will probably not fit" in tight["message"]
-    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)  # a warning, not a refusal
-    assert any(e["level"] == "warning" and "not fit" in e["message"] for e in workbench.run_events(run_id))
-
-
 # ---------------------------------------------------------------------------- settings
 def only_validation_items(workbench) -> str:
     source = workbench.get_dataset("demo-commands")
@@ -298,7 +281,7 @@ def test_submit_checks_leave_models_other_threads_build_alone(workbench):
     try:
         for _ in range(15):
             model_outline.cache_clear()
-            workbench.estimate_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)
+            workbench.check_run("demo-speech", "tiny-whisper", "qlora", {}, FAST)
     finally:
         stop.set()
         builder.join(30)

@@ -1,6 +1,6 @@
 """The memory planner: fit a run into a memory budget (a Jetson, a small GPU, a capped share).
 
-Given the built model, the batch size and a budget, ``plan_memory`` chooses the micro-batch
+Given the built model, the batch size and a budget, ``plan_for_budget`` chooses the micro-batch
 (the batch is split and its gradients summed, so the optimizer sees the same batch), how many
 layers of each stack recompute their activations in backward (gradient checkpointing, layer by
 layer), and whether saved activations go to pinned host memory (offload). It picks the plan with
@@ -9,7 +9,11 @@ the highest estimated throughput whose estimated peak fits the budget, and says 
 The estimate is analytic, per token and per layer, for the engine's fast LoRA path (bf16 base,
 fused LoRA, SDPA attention), and its constants are checked against measured peaks on a GPU
 (docs/benchmarks.md, "The memory planner against measured peaks") and on the CPU
-(tests/engine/test_fast_path.py, ``test_planner_choices_fit_the_budget``):
+(tests/engine/memory/test_plan.py, ``test_planner_choices_fit_the_budget``). Where a
+device profile sets the budget (``memory_budget_gb``), ``plan_for_budget`` is the one call
+from budget to plan; the recipe makes it with a batch of the longest training items. The
+estimate before launch is the dry run (engine/memory/dryrun.py), which needs no weights;
+this one needs the built model, and is fast enough to try every candidate plan:
 
 * a layer that keeps its activations saves, per token, its input and the normalised input,
   q, k, v and the attention output, the second residual (7·d values), the MLP's hidden
@@ -33,6 +37,7 @@ import torch
 from torch import nn
 
 from engine.errors import SettingsError
+from engine.memory.measure import model_tensor_bytes
 
 GIB = 2**30
 SAFETY = 0.85  # the allocator's fragmentation and cuBLAS workspaces live in the rest
@@ -124,8 +129,6 @@ def _fixed_bytes(model: nn.Module) -> int:
     """What does not grow with the batch: the model's tensors (4-bit weights with their block
     scales), gradients and AdamW state of the trainable parameters (12 bytes each), and the
     largest 4-bit weight dequantised twice over (forward temporary, backward temporary)."""
-    from engine.models.memory import model_tensor_bytes
-
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     largest = max((int(torch.Size(p.quant_state.shape).numel()) * 2 for p in model.parameters()
                    if getattr(p, "quant_state", None) is not None), default=0)
@@ -195,8 +198,8 @@ def estimate_for(model: nn.Module, batch: dict, micro: int, checkpoint: dict[str
                                offload, inputs, logits) / GIB
 
 
-def plan_memory(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib: float,
-                vocab_size: int | None = None) -> MemoryPlan:
+def plan_for_budget(model: nn.Module, batch: dict[str, torch.Tensor], *, budget_gib: float,
+                    vocab_size: int | None = None) -> MemoryPlan:
     """The fastest plan whose estimated peak fits ``budget_gib`` (raises when none does).
 
     ``batch`` is a full-size batch of the longest items (it gives the batch size and the
