@@ -193,7 +193,7 @@ def _build_fake(task_model, method, method_settings, gradient_checkpointing: boo
 
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
-            model = _apply_structure(apply_lora, model, settings, context)
+            model = _apply_structure(apply_lora, model, _as_lora_settings(settings), context)
         else:
             model = _apply_structure(method.apply, model, settings, context)
         if method.is_adapter:
@@ -206,6 +206,21 @@ def _build_fake(task_model, method, method_settings, gradient_checkpointing: boo
     found["model"] = build_method_model(task_model, method, method_settings, load=load, apply=apply,
                                         gradient_checkpointing=gradient_checkpointing)
     return found
+
+
+def _as_lora_settings(settings):
+    """LoRA's settings from a k-bit method's own (ta-qlora, mma, ... carry more fields or fewer):
+    the fields the two share, LoRA's defaults for the rest. Their extra parts (a temporal
+    convolution, routers) are a few hundred parameters per layer and are not counted."""
+    import dataclasses
+
+    from engine.methods.lora import LoraSettings
+
+    if isinstance(settings, LoraSettings):
+        return settings
+    shared = {f.name: getattr(settings, f.name) for f in dataclasses.fields(LoraSettings)
+              if hasattr(settings, f.name)}
+    return LoraSettings(**shared)
 
 
 def _apply_structure(apply, model, settings, context):
