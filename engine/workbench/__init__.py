@@ -11,7 +11,6 @@ SQLite or torch. Errors are ``WorkbenchError`` subclasses with a message for the
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
@@ -19,16 +18,15 @@ from engine.data.pipeline import clean_stale_staging
 from engine.demo import DEMO_ASSETS, DEMO_DATASETS, DEMO_RUN, demo_story, packaged_description
 from engine.errors import RunError
 from engine.series import LiveSeries
+from engine.settings import load_config
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
 from storage import LOCAL_USER_ID, Storage, safe_name
 
-DEFAULT_HOME = "data"
-
-
 def data_home() -> Path:
-    return Path(os.environ.get("LIM_HOME") or DEFAULT_HOME)
+    """``LIM_HOME`` or the config file's ``home`` (engine.settings.load_config), default ./data."""
+    return Path(load_config().home)
 
 
 class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
