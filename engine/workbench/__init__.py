@@ -19,6 +19,7 @@ from engine.demo import DEMO_ASSETS, DEMO_DATASETS, DEMO_RUN, demo_story, packag
 from engine.errors import RunError
 from engine.series import LiveSeries
 from engine.settings import load_config
+from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
@@ -29,13 +30,16 @@ def data_home() -> Path:
     return Path(load_config().home)
 
 
-class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
-    """One data home's datasets, models, methods and runs (sections in the mixin modules)."""
+class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin):
+    """One data home's datasets, models, methods and runs (sections in the mixin modules), as
+    one user sees them: the local owner, or ``for_user(...)``'s account (engine/workbench/accounts.py)."""
 
     def __init__(self, home: str | Path | None = None, owner_id: int = LOCAL_USER_ID):
         self.storage = Storage(home if home is not None else data_home())
         self.home = self.storage.home
         self.owner_id = owner_id
+        self.see_all = False  # an admin's view (for_user) reads every owner's items
+        self.user = None
         self.worker = None
         self.live_series = LiveSeries()  # the live monitor's incremental, downsampled series
         self.recover_interrupted()
@@ -128,7 +132,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         labels = adapter_labels(adapter_dir)
         if labels is not None:
             return labels
-        dataset = self.storage.find_dataset(run["dataset_id"], self.owner_id)
+        dataset = self.storage.find_dataset(run["dataset_id"], run["owner_id"])  # a shared run's too
         return dataset["labels"] if dataset else []
 
     def load_trained(self, run_id: int, device: str = "cpu"):
@@ -140,7 +144,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin):
         if not run["adapter_dir"]:
             raise RunError(f"run {run_id} has no saved adapter (status {run['status']})")
         adapter_dir = self.storage.files.resolve(run["adapter_dir"])
-        model = self.get_model(run["model_id"])
+        model = self._run_model(run)
         return load_trained(run, model["family"], self.storage.files.resolve(model["path"]), adapter_dir,
                             self._run_labels(run, adapter_dir), device)
 
