@@ -6,6 +6,7 @@ stores rows. Usernames are compared case-insensitively, so "Ada" and "ada" are o
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -13,12 +14,11 @@ class UserStore:
     """User rows and the log of failed log-ins; needs ``_rows``, ``_one`` and ``atomic``."""
 
     def add_user(self, name: str, password_hash: str, *, is_admin: bool = False) -> int:
-        from storage.database import utc_now
-
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.atomic() as db:
             return db["users"].insert({"name": name, "password_hash": password_hash,
                                        "is_admin": int(is_admin), "disabled": 0,
-                                       "created_at": utc_now()}).last_pk
+                                       "created_at": created}).last_pk
 
     def find_user(self, name_or_id: str | int) -> dict | None:
         if isinstance(name_or_id, int):
