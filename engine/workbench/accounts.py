@@ -14,6 +14,7 @@ failures within ``FAILURE_WINDOW_S``, each further attempt must wait twice as lo
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 
@@ -116,7 +117,7 @@ class AccountsMixin:
             failures, last = self.storage.login_failures(column, value, since)
             wait = (last or now) + slow_down_delay(failures, free) - now
             if wait > 0:
-                raise AuthError(f"too many failed log-ins {who}; try again in {int(wait) + 1} s")
+                raise AuthError(f"too many failed log-ins {who}; try again in {math.ceil(wait)} s")
         user = self.storage.find_user(name) if name else None
         if not _verify(user["password_hash"] if user and user["password_hash"] else _DUMMY_HASH, password) \
                 or user is None or not user["password_hash"]:
