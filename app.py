@@ -19,7 +19,7 @@ workbench = shared_workbench()
 user = session_user(workbench)
 if user is None:  # auth on, nobody logged in: the log-in page is the only page there is
     st.navigation([st.Page(lambda: log_in_page(workbench), title="Log in", icon=":material/login:",
-                           url_path="login")]).run()
+                           default=True)]).run()  # default: the same address as Home
     st.stop()
 if auth_on():
     account_sidebar(user)

@@ -54,9 +54,10 @@ def log_out(notice: str | None = None) -> None:
 def client_address() -> str:
     """The browser's address as the server sees it (a reverse proxy's own address behind one)."""
     try:
-        return st.context.ip_address or "unknown"
-    except Exception:  # no address outside a real server (tests)
-        return "unknown"
+        address = st.context.ip_address
+    except Exception:  # no address outside a real server
+        address = None
+    return address if isinstance(address, str) and address else "unknown"  # AppTest: a mock
 
 
 def log_in_page(workbench) -> None:
@@ -102,6 +103,7 @@ def _enter(attempt) -> None:
 def account_sidebar(user: dict) -> None:
     with st.sidebar:
         st.caption(f"Logged in as **{user['name']}**" + (" (admin)" if user["is_admin"] else ""))
-        if st.button("Log out", key="auth.log_out", icon=":material/logout:"):
+        clicked = st.button("Log out", key="auth.log_out", icon=":material/logout:")
+        if clicked:
             log_out("You logged out.")
             st.rerun()
