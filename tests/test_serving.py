@@ -102,11 +102,3 @@ def test_settings_come_from_the_environment_over_the_config_file(tmp_path, monke
     with pytest.raises(SettingsError, match="not a file"):
         load_config()
 
-
-def test_upload_names_cannot_leave_staging(tmp_path, monkeypatch):
-    from engine import Workbench
-
-    monkeypatch.delenv("LIM_CONFIG", raising=False)
-    workbench = Workbench(tmp_path / "home")
-    saved = workbench.save_upload("../../../etc/passwd.csv", io.BytesIO(b"text,label\n"))
-    assert saved.is_relative_to(workbench.home / "staging") and saved.name == "passwd.csv"
