@@ -165,6 +165,9 @@ class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin):
 
         if cache is None:
             cache = self.__dict__.setdefault("_model_cache", ModelCache())
+        # The cache is shared by every user: check this user may read the run (or model) before
+        # a model another user loaded is handed out.
+        self.get_run(run_id) if run_id is not None else self.get_model(model)
         key = (str(self.home), str(model), run_id, task if run_id is None else None,
                tuple(labels or ()) if run_id is None else ())
         return cache.get(key, lambda: (self.load_trained(run_id) if run_id is not None

@@ -37,7 +37,7 @@ def server(demo_home):
     # Another account with a run of its own (run #1, kept but never trained): the journey's
     # person must not see it. It signed up first, so it is the admin and the person is not.
     workbench = Workbench(demo_home)
-    other = workbench.for_user(workbench.sign_up("teacher", "a long teacher passphrase"))
+    other = workbench.for_user(workbench.sign_up("teacher", "a long chalkboard passphrase"))
     other.cancel_run(other.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2}))
     workbench.storage.close()
     port = free_port()

@@ -128,6 +128,14 @@ def test_another_users_run_is_not_found_through_every_facade_call(people, tmp_pa
     for name, call in calls.items():
         with pytest.raises(NotFoundError, match=f"no run {run_id}"):
             call()
+    # Models stay loaded for everybody (one cache): one bob's run loaded is not handed to carol.
+    class CacheHoldingBobsModel:
+        def get(self, key, load, run_id):
+            return "bob's loaded model"
+
+    assert bob.loaded_model("tiny-bert", run_id, cache=CacheHoldingBobsModel()) == "bob's loaded model"
+    with pytest.raises(NotFoundError, match=f"no run {run_id}"):
+        carol.loaded_model("tiny-bert", run_id, cache=CacheHoldingBobsModel())
     assert bob.get_run(run_id)["status"] == "queued"  # nothing happened to it
     assert not (tmp_path / "out.zip").exists()
 
