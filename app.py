@@ -34,6 +34,7 @@ pages = [
     st.Page("pages/methods.py", title="Methods", icon=":material/tune:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:"),
+    st.Page("pages/studies.py", title="Studies", icon=":material/science:"),
     st.Page("pages/playground.py", title="Playground", icon=":material/mic:"),
     st.Page("pages/account.py", title="Account", icon=":material/manage_accounts:"),
 ]

@@ -149,7 +149,7 @@ def prepare_model(name: str, root: Path, device: str) -> Path:
     del model
     WhisperFeatureExtractor(feature_size=dims["num_mel_bins"]).save_pretrained(dest)
     for source in tokenizer_dir.iterdir():
-        if source.is_file() and not (dest / source.name).exists() and "preprocessor" not in source.name:
+        if source.is_file() and not (dest / source.name).exists() and "processor" not in source.name:
             shutil.copy2(source, dest / source.name)
     return dest
 

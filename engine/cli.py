@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # signal handlers live there only
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        if args.profile is not None:  # before the workbench: every part (the worker too) reads it
+            use_profile(args.profile)
+        if not getattr(args, "needs_workbench", True):
+            return args.handler(None, args) or 0
         return args.handler(workbench_for(args), args) or 0
     except WorkbenchError as error:
         return fail(str(error), args.debug)
@@ -73,17 +77,43 @@ def fail(message: str, debug: bool, details: str | None = None) -> int:
     return 1
 
 
-def add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
-    """``--debug`` and ``--user`` before or after the command: sub-commands leave the top's
-    value alone unless given (``SUPPRESS``)."""
-    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="show the traceback behind an error")
-    parser.add_argument("--user", default=None if top else argparse.SUPPRESS, metavar="NAME",
-                        help="act as this account (default: LIM_USER; needed with LIM_AUTH=on)")
+def add_global_flag(parser: argparse.ArgumentParser, flag: str, default: Any, top: bool = True,
+                    **kwargs: Any) -> None:
+    """``flag`` before or after the command: sub-commands leave the top's value alone unless
+    given (``SUPPRESS``)."""
+    parser.add_argument(flag, default=default if top else argparse.SUPPRESS, **kwargs)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in dict.fromkeys(action.choices.values()):
-                add_debug_flag(command, top=False)
+                add_global_flag(command, flag, default, top=False, **kwargs)
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--debug", False, action="store_true",
+                    help="show the traceback behind an error")
+
+
+def add_user_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--user", None, metavar="NAME",
+                    help="act as this account (default: LIM_USER; needed with LIM_AUTH=on)")
+
+
+def add_profile_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--profile", None, metavar="NAME",
+                    help="device profile for this command (sets LIM_PROFILE): its defaults for "
+                         "new runs and, on a CUDA GPU, its memory cap; auto: the Jetson board "
+                         "this runs on; see `profiles list`")
+
+
+def use_profile(name: str) -> None:
+    """Make ``name`` the active device profile of this process (checked first)."""
+    import os
+
+    from engine.training.profiles import PROFILE_ENV, get_profile
+
+    if name not in ("auto", "none"):
+        get_profile(name)
+    os.environ[PROFILE_ENV] = name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +219,59 @@ def build_parser() -> argparse.ArgumentParser:
     clone.add_argument("--wait", action="store_true")
     clone.add_argument("--json", action="store_true")
     clone.set_defaults(handler=cmd_runs_clone)
+
+    study = commands.add_parser(
+        "study", help="queue a grid of runs (methods x ranks or budgets x target sets x seeds) "
+        "as one study; or list, show, stop or delete studies",
+        description="Without a sub-command: queue a study. Each cell is an ordinary run.")
+    study.add_argument("--dataset")
+    study.add_argument("--model")
+    study.add_argument("--methods", help="comma-separated method names, e.g. qlora,lora")
+    study.add_argument("--ranks", help="comma-separated ranks (r) for methods that have one, e.g. 4,8")
+    study.add_argument("--budgets", help="comma-separated parameter budgets, for methods sized by "
+                       "a budget")
+    study.add_argument("--targets", action="append", default=[], metavar="LAYERS",
+                       help="one target set (comma-separated layer names); repeat for more "
+                       "(default: the model family's targets)")
+    study.add_argument("--seeds", help="comma-separated seeds (default: 42)")
+    study.add_argument("--name", help="the study's name (default: methods, model and dataset)")
+    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a setting for every run, e.g. --set max_steps=50")
+    study.add_argument("--wait", action="store_true", help="train its runs in this process until all end")
+    study.add_argument("--json", action="store_true")
+    study.set_defaults(handler=cmd_study)
+    study_commands = study.add_subparsers(title="sub-commands")
+    listing = study_commands.add_parser("list", help="list studies, newest first")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_study_list)
+    show = study_commands.add_parser("show", help="one study: its runs, table and differences")
+    show.add_argument("id", type=int)
+    show.add_argument("--reference", help="the cell every other cell is compared with (default: the first)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_study_show)
+    stop = study_commands.add_parser("stop", help="cancel a study's queued runs, stop its running one")
+    stop.add_argument("id", type=int)
+    stop.set_defaults(handler=cmd_study_stop)
+    delete = study_commands.add_parser("delete", help="delete a study with all its runs")
+    delete.add_argument("id", type=int)
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.set_defaults(handler=cmd_study_delete)
+    profiles = commands.add_parser("profiles", help="device profiles (Jetson boards, laptop, "
+                                   "server)").add_subparsers()
+    listing = profiles.add_parser("list", help="every profile: memory for training and the "
+                                  "defaults it chooses (* marks the active one)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_profiles_list, no_user=True)
+    selftest = commands.add_parser("selftest", help="one 4-bit (NF4) matmul through bitsandbytes "
+                                   "on the GPU (the CPU without one): are the kernels usable here?")
+    selftest.add_argument("--require-gpu", action="store_true",
+                          help="fail when no CUDA device is visible (the Jetson image does)")
+    selftest.add_argument("--json", action="store_true")
+    selftest.set_defaults(handler=cmd_selftest, needs_workbench=False)
     add_user_commands(commands)
     add_debug_flag(parser)
+    add_user_flag(parser)
+    add_profile_flag(parser)
     return parser
 
 
@@ -230,6 +311,26 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+def cmd_profiles_list(wb, args) -> None:
+    active = wb.device_profile()
+    rows = [{**row, "active": bool(active and active["name"] == row["name"])}
+            for row in wb.device_profiles()]
+    lines = [f"{'*' if row['active'] else ' '} {row['name']}: "
+             + (f"{row['training_gib']:g} GiB for training" if row["training_gib"] else "no memory limit")
+             + "; defaults " + ", ".join(f"{k}={v}" for k, v in row["defaults"].items())
+             for row in rows]
+    emit(args, rows, "\n".join(lines))
+
+
+def cmd_selftest(_wb, args) -> None:
+    from engine.selftest import run_selftest
+
+    report = run_selftest(require_gpu=args.require_gpu)
+    emit(args, report, f"selftest passed: 4-bit NF4 matmul on {report['device']} "
+                       f"({report['device_name']}), bitsandbytes {report['bitsandbytes']}, "
+                       f"torch {report['torch']}, max error {report['max_error']:.2e}")
 
 
 def cmd_demo(wb, args) -> None:
@@ -418,4 +519,105 @@ def finish(wb, args, run_id: int) -> int:
         return fail(f"run {run_id} ended {summary['status']}"
                     + (f": {summary['error']}" if summary["error"] else ""), args.debug,
                     details=tracebacks[-1] if tracebacks else "")
+    return 0
+
+
+# ---------------------------------------------------------------------- studies
+def cmd_study(wb, args) -> int:
+    from engine.settings import parse_assignments
+    from engine.studies import Grid, parse_list
+
+    missing = [f"--{name}" for name in ("dataset", "model", "methods") if not getattr(args, name)]
+    if missing:
+        return fail(f"study needs {', '.join(missing)} (or a sub-command: list, show, stop, delete)",
+                    args.debug)
+    grid = Grid(methods=parse_list(args.methods, "--methods", str), ranks=parse_list(args.ranks, "--ranks"),
+                budgets=parse_list(args.budgets, "--budgets"),
+                target_sets=[t.strip() for t in args.targets] or [""],
+                seeds=parse_list(args.seeds, "--seeds") if args.seeds else [42])
+    study_id = wb.submit_study(args.dataset, args.model, grid, parse_assignments(args.set), args.name)
+    study = wb.study_summary(study_id)
+    print(f"study {study_id} queued: {study['runs_total']} runs", file=sys.stderr)
+    if not args.wait:
+        emit(args, study, f"study {study_id} queued; the app's worker will train its runs "
+             "(or use --wait to train them here)")
+        return 0
+
+    def report(run: dict) -> None:
+        if not args.json:
+            done = sum(r["status"] not in ("queued", "running") for r in wb.study_runs(study_id))
+            print(f"study {study_id}: run {run['id']} ({_cell_text(run)}) {run['status']} · "
+                  f"{done}/{study['runs_total']} runs ended", file=sys.stderr)
+
+    summary = wb.wait_for_study(study_id, on_run_end=report)
+    emit(args, summary, study_text(summary))
+    if summary["status"] != "completed":
+        return fail(f"study {study_id} ended with runs "
+                    + ", ".join(f"{n} {status}" for status, n in summary["status_counts"].items()
+                                if status != "completed"), args.debug)
+    return 0
+
+
+def _cell_text(run: dict) -> str:
+    from engine.studies import cell_label
+
+    return f"{cell_label(run['study_cell'])}, seed {run['study_cell']['seed']}"
+
+
+def study_text(summary: dict) -> str:
+    """A study for a terminal: its cells with mean ± std, then the differences."""
+    def pm(row: dict, measure: str, digits: int = 4) -> str:
+        mean, std = row[f"{measure}_mean"], row[f"{measure}_std"]
+        if mean is None:
+            return "–"
+        return f"{mean:.{digits}g}" + (f" ± {std:.2g}" if std is not None else "")
+
+    rows = [{"cell": row["cell"], "seeds": f"{row['completed']}/{row['seeds']}",
+             (row["metric"] or "metric"): pm(row, "final_metric"),
+             "trainable": pm(row, "trainable_params", 6), "peak MiB": pm(row, "peak_memory_mb"),
+             "wall s": pm(row, "wall_time_s", 3), "samples/s": pm(row, "samples_per_second", 3)}
+            for row in summary["table"]]
+    lines = [f"study {summary['id']} {summary['name']}: {summary['status']}, "
+             f"{summary['runs_ended']}/{summary['runs_total']} runs ended",
+             table(rows, list(rows[0]) if rows else ["cell"])]
+    if summary["differences"]:
+        lines.append(f"against {summary['reference']}:")
+        lines += [f"  {d['cell']}: {d['verdict']}"
+                  + (f" (difference {d['difference']:+.4g}" if d["difference"] is not None else "")
+                  + (f", p = {d['p_value']:.3g})" if d["p_value"] is not None
+                     else ")" if d["difference"] is not None else "")
+                  for d in summary["differences"]]
+    return "\n".join(lines)
+
+
+def cmd_study_list(wb, args) -> None:
+    rows = wb.list_studies()
+    emit(args, rows, table(rows, ["id", "name", "status", "runs_ended", "runs_total", "created_at"]))
+
+
+def cmd_study_show(wb, args) -> None:
+    summary = wb.study_summary(args.id, args.reference)
+    emit(args, summary, study_text(summary))
+
+
+def cmd_study_stop(wb, args) -> None:
+    outcome = wb.stop_study(args.id)
+    print(f"study {args.id}: {outcome['cancelled']} queued runs cancelled, "
+          f"{outcome['stopping']} running run{'s' if outcome['stopping'] != 1 else ''} stopping")
+
+
+def cmd_study_delete(wb, args) -> int:
+    study = wb.study_summary(args.id)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return fail(f"deleting study {study['id']} removes its {study['runs_total']} runs with "
+                        "their checkpoints and adapters; pass --yes to confirm without a terminal",
+                        args.debug)
+        answer = input(f"Delete study {study['id']} ({printable(study['name'])}) and its "
+                       f"{study['runs_total']} runs with their checkpoints and adapters? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print(f"study {study['id']} kept", file=sys.stderr)
+            return 1
+    removed = wb.delete_study(study["id"])
+    print(f"study {study['id']}: deleted with {len(removed)} runs")
     return 0

@@ -17,6 +17,7 @@ from ui.training_form import new_run_form
 
 wb = get_workbench()
 st.title("Training")
+views.device_profile(wb.device_profile())
 
 datasets, models = wb.list_datasets(), wb.list_models()
 methods = {m["name"]: m for m in wb.list_methods()}

@@ -29,7 +29,7 @@ from storage.schema import LOCAL_USER_ID, migrations
 from storage.users import UserStore
 
 JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after",
-                "tags"}
+                "tags", "grid", "study_cell"}
 
 
 def utc_now() -> str:
@@ -264,7 +264,8 @@ class Storage(UserStore):
     def _owned(self, table: str, item_id: int, owner_id: int) -> dict:
         record = self._one(f"select * from {table} where id = ?", [item_id])
         if record is None or record["owner_id"] != owner_id:
-            raise PermissionError(f"no {table[:-1]} {item_id} of yours to delete")
+            noun = "study" if table == "studies" else table[:-1]
+            raise PermissionError(f"no {noun} {item_id} of yours to delete")
         return record
 
     def set_shared(self, table: str, item_id: int, owner_id: int, shared: bool) -> None:
@@ -285,6 +286,48 @@ class Storage(UserStore):
                 "select max(coalesce((select max(id) from runs), 0), "
                 "coalesce((select max(id) from deleted_runs), 0)) + 1").fetchone()[0]
             return db["runs"].insert(_encode(record)).last_pk
+
+    # ---------------------------------------------------------------- studies
+    def create_study(self, record: dict, runs: list[dict]) -> tuple[int, list[int]]:
+        """Insert a study and queue its runs (each with its "queued" event and ``warnings``, a
+        list of texts) in one transaction: all of them or none."""
+        record = {"owner_id": LOCAL_USER_ID, **record, "created_at": utc_now()}
+        with self.atomic() as db:
+            study_id = db["studies"].insert(_encode(record)).last_pk
+            run_ids = []
+            for run in runs:
+                run = dict(run)
+                warnings = run.pop("warnings", [])
+                run_id = self.create_run({"owner_id": record["owner_id"], **run, "study_id": study_id})
+                for message, level in [("queued", "info"), *((w, "warning") for w in warnings)]:
+                    self.add_event(run_id, message, level)
+                run_ids.append(run_id)
+        return study_id, run_ids
+
+    def list_studies(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
+        return self._rows("select * from studies where owner_id = ? order by id desc", [owner_id])
+
+    def get_study(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> dict | None:
+        return self._one("select * from studies where id = ? and owner_id = ?", [study_id, owner_id])
+
+    def study_runs(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> list[dict]:
+        """The study's runs in the order they were queued."""
+        return self._rows("select * from runs where study_id = ? and owner_id = ? order by id",
+                          [study_id, owner_id])
+
+    def delete_study(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> list[int] | None:
+        """Remove a study and every one of its runs' rows in one transaction; returns the run ids
+        removed, or None (nothing removed) while one of them is queued or running. Statuses are
+        read under the write lock, so no worker claims a run between the check and the delete."""
+        self._owned("studies", study_id, owner_id)
+        with self.atomic() as db:
+            rows = db.execute("select id, status from runs where study_id = ?", [study_id]).fetchall()
+            if any(status in ("queued", "running") for _, status in rows):
+                return None
+            for run_id, _ in rows:
+                self._delete_run_rows(db, run_id)
+            db.execute("delete from studies where id = ?", [study_id])
+        return [run_id for run_id, _ in rows]
 
     @staticmethod
     def _next_queue_position(db: Database) -> int:
@@ -378,11 +421,15 @@ class Storage(UserStore):
             status = db.execute("select status from runs where id = ?", [run_id]).fetchone()[0]
             if status in ("queued", "running"):
                 return False
-            for table in ("run_metrics", "run_events", "run_series"):
-                db.execute(f"delete from {table} where run_id = ?", [run_id])
-            db.execute("delete from runs where id = ?", [run_id])
-            db.execute("insert or ignore into deleted_runs (id) values (?)", [run_id])
+            self._delete_run_rows(db, run_id)
         return True
+
+    @staticmethod
+    def _delete_run_rows(db: Database, run_id: int) -> None:
+        for table in ("run_metrics", "run_events", "run_series"):
+            db.execute(f"delete from {table} where run_id = ?", [run_id])
+        db.execute("delete from runs where id = ?", [run_id])
+        db.execute("insert or ignore into deleted_runs (id) values (?)", [run_id])
 
     def request_stop(self, run_id: int) -> None:
         with self.atomic() as db:

@@ -156,14 +156,31 @@ def m007_deleted_run_ids(db: Database) -> None:
 
 
 @migrations()
+def m008_studies(db: Database) -> None:
+    """Studies: a grid of runs (methods x ranks or budgets x target sets x seeds) on one dataset
+    and model. ``grid`` and ``settings`` (JSON) say what was asked; each run of a study keeps
+    ``study_id`` and its ``study_cell`` (JSON: method, size, targets, seed). Owned like runs."""
+    db["studies"].create(
+        {"id": int, "owner_id": int, "name": str, "dataset_id": int, "dataset_name": str,
+         "model_id": int, "model_name": str, "grid": str, "settings": str, "created_at": str},
+        pk="id",
+        not_null={"owner_id", "name"},
+        foreign_keys=[("owner_id", "users")],
+    )
+    db["studies"].create_index(["owner_id", "id"])
+    db["runs"].add_column("study_id", int)  # no foreign key: deleting a study deletes its runs
+    db["runs"].add_column("study_cell", str)
+    db["runs"].create_index(["study_id", "id"])
+
+
+@migrations()
 def m009_accounts(db: Database) -> None:
     """Accounts (issue 17): users can be disabled; runs (and studies) can be shared read-only;
     failed log-ins are recorded per username and per client, to slow down password guessing."""
     db["users"].add_column("disabled", int, not_null_default=0)
     db["users"].add_column("last_login_at", str)
     db["runs"].add_column("shared", int, not_null_default=0)
-    if "studies" in db.table_names() and "shared" not in db["studies"].columns_dict:
-        db["studies"].add_column("shared", int, not_null_default=0)  # m008's table, when merged
+    db["studies"].add_column("shared", int, not_null_default=0)
     db["login_failures"].create(
         {"id": int, "username": str, "client": str, "at": float}, pk="id")
     db["login_failures"].create_index(["username", "at"])

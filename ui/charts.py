@@ -145,3 +145,44 @@ def confusion_figure(labels: list[str], matrix: list[list[int]], height: int = 4
     figure.update_layout(title="confusion matrix", height=height, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
     return figure
+
+
+# ---------------------------------------------------------------------- studies
+STUDY_COSTS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak memory (MiB)"}
+
+
+def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
+    """A study's quality against a cost (``cost``: a key of ``STUDY_COSTS``): one point per
+    cell at its mean over seeds, error bars of one standard deviation, and the Pareto front
+    (cells no other cell beats on both) as a dashed line."""
+    from engine.metrics import METRIC_DIRECTION
+    from engine.studies import pareto_front
+
+    present = [row for row in table
+               if row["final_metric_mean"] is not None and row[f"{cost}_mean"] is not None]
+    metrics = sorted({row["metric"] for row in present if row["metric"]})
+    higher = all(METRIC_DIRECTION.get(m, True) for m in metrics)
+    figure = go.Figure()
+    for method in dict.fromkeys(row["method"] for row in present):
+        mine = [row for row in present if row["method"] == method]
+        figure.add_trace(go.Scatter(
+            x=[row[f"{cost}_mean"] for row in mine], y=[row["final_metric_mean"] for row in mine],
+            error_y=dict(type="data", array=[row["final_metric_std"] or 0 for row in mine], visible=True),
+            error_x=dict(type="data", array=[row[f"{cost}_std"] or 0 for row in mine], visible=True),
+            mode="markers+text", name=method, text=[row["cell"] for row in mine],
+            textposition="top center", marker=dict(size=13, color=method_colour(method)),
+            customdata=[[row["completed"]] for row in mine],
+            hovertemplate="%{text}<br>%{x:,.4g} · %{y:.4g} (mean of %{customdata[0]} seeds)<extra></extra>"))
+    front = sorted((present[i] for i in pareto_front(
+        [(row[f"{cost}_mean"], row["final_metric_mean"]) for row in present], higher)),
+        key=lambda row: row[f"{cost}_mean"])
+    if len(front) > 1:
+        figure.add_trace(go.Scatter(x=[row[f"{cost}_mean"] for row in front],
+                                    y=[row["final_metric_mean"] for row in front], mode="lines",
+                                    name="Pareto front", line=dict(dash="dash", color="#555")))
+    figure.update_layout(
+        title=f"Quality against {STUDY_COSTS[cost]}", height=height, margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(title=f"{STUDY_COSTS[cost]}, mean over seeds", rangemode="tozero"),
+        yaxis=dict(title=f"{' / '.join(metrics) or 'final metric'} ({'higher' if higher else 'lower'} "
+                         "is better)", rangemode="tozero"))
+    return figure

@@ -99,9 +99,12 @@ def images_in_one_browser(figures: list[go.Figure], fmt: str) -> list[bytes]:
         return [path.read_bytes() for path in paths]
 
 
-def html_report(title: str, figures: dict[str, go.Figure], rows: list[dict]) -> str:
+def html_report(title: str, figures: dict[str, go.Figure], rows: list[dict],
+                sections: dict[str, str] | None = None) -> str:
     """A self-contained, read-only page: every chart (plotly.js embedded once, so it works
-    offline), the results and the settings with differences highlighted."""
+    offline), the results and the settings with differences highlighted. ``sections``: more
+    headed parts (title -> trusted HTML made by the caller) before the results, e.g. a
+    study's table."""
     parts = []
     for index, figure in enumerate(figures.values()):
         parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0,
@@ -117,6 +120,7 @@ td,th{{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}}</style></hea
 <body><h1>{html.escape(title)}</h1>
 <p>LessIsMore Workbench comparison of {len(rows)} runs, made {made}. Highlighted settings
 differ between the runs.</p>
+{''.join(f"<h2>{html.escape(head)}</h2>{body}" for head, body in (sections or {}).items())}
 <h2>Results</h2>{results}
 <h2>Charts</h2>{''.join(parts)}
 <h2>Settings</h2>{settings}

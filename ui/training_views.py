@@ -161,3 +161,34 @@ def queue_table(queue: list[dict]) -> None:
         "estimated duration": format_duration(row["estimated_duration_s"]),
         "starts in about": format_duration(row["estimated_start_in_s"]),
     } for row in queue]), hide_index=True, width="stretch")
+
+
+PROFILE_LABELS = {"memory_budget_gb": "memory budget (GiB)", "per_device_train_batch_size": "batch",
+                  "per_device_eval_batch_size": "evaluation batch", "audio_padding": "audio padding",
+                  "dataloader_num_workers": "dataloader workers"}
+
+
+def device_profile(profile: dict | None) -> None:
+    """The active device profile (``LIM_PROFILE``): the machine it stands for, the memory a run
+    may use there, the defaults it chose for new runs and the GPU cap it sets on this machine."""
+    if profile is None:
+        st.caption("Device profile: none (the settings' own defaults, no memory cap). Set "
+                   "`LIM_PROFILE` (e.g. jetson-orin-nano-8gb, or auto on a Jetson) to plan runs "
+                   "for a device; `python -m engine profiles list` lists them.")
+        return
+    memory = (f"{profile['training_gib']:g} GiB for training ({profile['memory_gib']:g} GiB, less "
+              f"{profile['os_gib']:g} for the OS and {profile['app_gib']:g} for the app)"
+              if profile["training_gib"] else "no memory limit")
+    gpu = profile["gpu"]
+    if gpu is None:
+        cap = "no CUDA GPU here: the budget guides the memory planner only"
+    elif gpu["capped_gib"] is None:
+        cap = f"{gpu['name']}: not capped ({gpu['total_gib']:.1f} GiB)"
+    else:
+        cap = (f"{gpu['name']}: each run capped at {gpu['capped_gib']:.1f} of "
+               f"{gpu['total_gib']:.1f} GiB, as on the device")
+    chosen = ", ".join(f"{PROFILE_LABELS.get(name, name)} {value:g}" if isinstance(value, float)
+                       else f"{PROFILE_LABELS.get(name, name)} {value}"
+                       for name, value in profile["defaults"].items())
+    st.info(f"**Device profile: {profile['name']}** · {profile['description']} · {memory}.  \n"
+            f"New runs start from: {chosen}.  \n{cap}.", icon=":material/memory:")

@@ -79,6 +79,7 @@ class WhisperBase(TaskModel):
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
         self.audio_padding = options.get("audio_padding", "30s")
+        self.feature_device: str | None = None  # set by extract_features_on()
         if self.audio_padding not in PADDINGS:
             raise ModelError(f"audio_padding must be one of {', '.join(PADDINGS)}, "
                              f"got {self.audio_padding!r}")
@@ -97,6 +98,25 @@ class WhisperBase(TaskModel):
         return extractor(audio, sampling_rate=extractor.sampling_rate, max_length=samples,
                          return_tensors="np").input_features[0]
 
+    def extract_features_on(self, device: str | None) -> bool:
+        """Compute log-mel features per batch on ``device`` (a GPU) instead of per item on the
+        CPU: ``encode`` then keeps the decoded waveform and ``collate`` extracts the whole batch
+        at once through transformers' own torch STFT path (``WhisperFeatureExtractor(...,
+        device=)``), equal to the per-item features within float tolerance
+        (tests/engine/test_batch_features.py). Only with 30 s padding, where every item has the
+        same window; with "longest" each clip has its own length and short clips are cheap on
+        the CPU. Returns whether it is on."""
+        self.feature_device = device if device and not self.windowed else None
+        return self.feature_device is not None
+
+    def encode_input(self, item: dict, dataset_dir: Path) -> dict:
+        """An item's audio input: its features, or (``extract_features_on``) its waveform cut
+        to the model's window, for ``collate_features`` to extract per batch."""
+        if self.feature_device is None:
+            return {"input_features": self.encode_audio(item, dataset_dir)}
+        audio = load_audio(dataset_dir / item["file"])
+        return {"audio": audio[: self.feature_extractor.n_samples]}
+
     def clip_frames(self, num_samples: int) -> int:
         extractor = self.feature_extractor
         return window_frames(num_samples, hop_length=extractor.hop_length, n_fft=extractor.n_fft,
@@ -109,6 +129,11 @@ class WhisperBase(TaskModel):
     def collate_features(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """``input_features`` (B, n_mels, T); with "longest" T is the batch's longest clip and
         ``attention_mask`` (B, T) marks each clip's own frames."""
+        if "audio" in examples[0]:  # extract_features_on(): one batched extraction on the device
+            extractor = self.feature_extractor
+            features = extractor([e["audio"] for e in examples], sampling_rate=extractor.sampling_rate,
+                                 device=self.feature_device, return_tensors="np").input_features
+            return {"input_features": torch.from_numpy(features)}
         if not self.windowed:
             return {"input_features": torch.from_numpy(np.stack([e["input_features"] for e in examples]))}
         features, mask = pad_batch([e["input_features"] for e in examples])
@@ -242,7 +267,7 @@ class WhisperSpeechRecognition(WhisperBase):
                 "labels": torch.randint(0, len(self.tokenizer), (batch_size, label_tokens))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
-        return {"input_features": self.encode_audio(item, dataset_dir),
+        return {**self.encode_input(item, dataset_dir),
                 "labels": self.tokenizer(item["text"] or "").input_ids}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -322,7 +347,7 @@ class WhisperAudioClassification(WhisperBase):
                 "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
     def encode(self, item: dict, dataset_dir: Path) -> dict:
-        return {"input_features": self.encode_audio(item, dataset_dir),
+        return {**self.encode_input(item, dataset_dir),
                 "labels": self.labels.index(item["label"]) if item.get("label") is not None else -1}
 
     def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ no test split, and says so) and stores, in ``runs/<id>/``:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,6 +38,7 @@ class ItemDataset(Dataset):
         self.cache_budget = int(cache_mb * 2**20)
         self.cache: dict[int, dict] = {}
         self.cached_bytes = 0
+        self.lock = threading.Lock()  # the prefetcher fetches items on several threads
 
     def __len__(self) -> int:
         return len(self.items)
@@ -47,11 +49,26 @@ class ItemDataset(Dataset):
             return dict(hit)
         encoded = self.task_model.encode(self.items[index], self.dataset_dir)
         size = _encoded_bytes(encoded) if self.cache_budget else 0
-        if size and self.cached_bytes + size <= self.cache_budget:
-            self.cache[index] = encoded
-            self.cached_bytes += size
-            return dict(encoded)
+        with self.lock:
+            if size and self.cached_bytes + size <= self.cache_budget:
+                self.cache[index] = encoded
+                self.cached_bytes += size
+                return dict(encoded)
         return encoded
+
+    def holds(self, batches: list[list[int]]) -> bool:
+        """Whether every item of ``batches`` is in the cache (nothing left to decode)."""
+        return all(index in self.cache for batch in batches for index in batch)
+
+    def remember(self, indices: list[int], encoded: list[dict]) -> list[dict]:
+        """Cache items encoded elsewhere (a dataloader worker's copy of this dataset caches in
+        that process only); returns ``encoded``."""
+        for index, item in zip(indices, encoded):
+            size = _encoded_bytes(item) if self.cache_budget else 0
+            if size and index not in self.cache and self.cached_bytes + size <= self.cache_budget:
+                self.cache[index] = item
+                self.cached_bytes += size
+        return [dict(item) for item in encoded]  # as ``__getitem__``: the cache's dicts stay its own
 
 
 def _encoded_bytes(encoded: dict) -> int:

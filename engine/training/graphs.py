@@ -33,6 +33,7 @@ as if the batch's longest clip were that much longer).
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 import warnings
 from collections import Counter
@@ -43,6 +44,10 @@ import torch
 __all__ = ["CapturedSteps"]
 
 log = logging.getLogger(__name__)
+
+# Held while a graph is captured: CUDA forbids other threads' allocations and synchronisations
+# during a capture, so the batch prefetcher (GPU log-mel, pinned copies) waits for it to end.
+CAPTURE_LOCK = threading.Lock()
 
 
 def reset_generators() -> None:
@@ -104,14 +109,16 @@ class CapturedSteps:
                 parameter.grad = torch.zeros_like(parameter)
         static = {name: value.clone() for name, value in batch.items()}
         graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                loss = self.run(static, weight)
+            with CAPTURE_LOCK:
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    loss = self.run(static, weight)
         except Exception as error:  # noqa: BLE001 (any refusal: run this shape eagerly)
             self.refused.add(key)
             self.last_error = traceback.format_exc()
-            reset_generators()
+            with CAPTURE_LOCK:
+                reset_generators()
             self.on_message(f"CUDA graph capture failed for batch shape "
                             f"{dict((name, shape) for name, shape, _ in key[1:])}; "
                             f"that shape runs without a graph, correct but slower; set "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,11 +31,13 @@ from engine.methods import MethodContext, get_method
 from engine.models import count_parameters, linear_module_names, task_model_for
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
+from engine.training.batches import Prefetcher
 from engine.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
 from engine.training.monitoring import (SAMPLES_PER_S, MemoryMeter, Throughput, system_sample,
                                         utilisation_metrics)
 from engine.training.planner import MemoryPlan, apply_checkpointing, plan_memory
+from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
 from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
 from storage import Storage
@@ -109,6 +112,9 @@ class FineTuneRecipe:
                                          audio_padding=cfg.audio_padding,
                                          language=cfg.language, speech_task=cfg.task)
         self.count_steps()
+        capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
+        if capped:
+            self.log(capped)
         self.model = self.build_model()
         self.trainable_params, self.total_params = count_parameters(self.model)
         if self.trainable_params == 0:
@@ -121,6 +127,9 @@ class FineTuneRecipe:
         self.restore()
         self.augment = SpecAugment(cfg.freq_mask_param, cfg.time_mask_param) if (
             cfg.spec_augment and dataset["task"] != "text-classification") else None
+        if cfg.feature_device == "auto" and self.device.startswith("cuda") and hasattr(
+                self.task_model, "extract_features_on") and self.task_model.extract_features_on(self.device):
+            self.log("log-mel features are computed per batch on the GPU")
         self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir,
                                       cache_mb=cfg.feature_cache_mb)
         self.train_flops_per_sample, self.peak_tflops = self.count_flops()
@@ -240,10 +249,24 @@ class FineTuneRecipe:
         return [order[i: i + size] for i in range(0, len(order), size)]
 
     def collate_train(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """A training batch before augmentation (built on the prefetch thread: no RNG here)."""
         batch = self.task_model.collate(examples)
         if self.trainer.graphs is not None:  # few shapes, each captured once
             batch = self.task_model.bucket(batch)
-        return self.augment(batch) if self.augment is not None else batch
+        return batch
+
+    def worker_items(self, batches: list[list[int]]):
+        """With ``dataloader_num_workers``, worker processes decode and encode the epoch's items
+        (while uncached ones remain) and yield them batch by batch, for the prefetcher to
+        collate; None: the prefetcher's own threads fetch them. Either way collation,
+        bucketing and SpecAugment never run in a worker."""
+        workers = self.config.dataloader_num_workers
+        if not workers or self.train_data.holds(batches):
+            return None
+        # A generator of its own: the loader's base-seed draw must not move the global stream.
+        loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=list,
+                            num_workers=workers, generator=torch.Generator().manual_seed(self.config.seed))
+        return (self.train_data.remember(indices, examples) for indices, examples in zip(batches, loader))
 
     def train(self) -> str:
         cfg = self.config
@@ -251,39 +274,47 @@ class FineTuneRecipe:
         started = time.perf_counter()
         time_limit, throughput = TimeLimit(cfg.max_time_minutes), Throughput()
         self.model.train()
-        running_loss, seen_in_step = 0.0, 0
+        self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         while self.step < self.total_steps:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
             batches = self.epoch_batches(epoch)[offset:]
-            # num_workers=0: batches are built in this thread, so the masking draws come from
-            # the one RNG stream a checkpoint saves. Each new DataLoader iterator draws a base
-            # seed; from the global generator that draw would happen at a different point in
-            # a resumed run (it starts a loader mid-epoch) and shift every later dropout mask,
-            # so the loader gets a generator of its own.
-            loader = DataLoader(self.train_data, batch_sampler=batches, collate_fn=self.collate_train,
-                                generator=torch.Generator().manual_seed(self.config.seed),
-                                pin_memory=self.device.startswith("cuda"))
-            for indices, batch in zip(batches, loader):
-                if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
-                    batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
-                running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
-                seen_in_step += 1
-                self.micro_batches += 1
-                throughput.add(len(indices), sum(self.train_items[i]["duration_s"] or 0 for i in indices))
-                if self.micro_batches % accumulation:
-                    continue
-                grad_norm = self.optimizer_step()
-                self.step += 1
-                wall = self.wall_offset + time.perf_counter() - started
-                self.record_step(wall, float(running_loss) / seen_in_step, grad_norm, throughput.take())
-                running_loss, seen_in_step = 0.0, 0
-                outcome = self.after_step(started, time_limit)
-                if outcome is not None:
-                    return outcome
-                if self.step >= self.total_steps:
-                    break
+            # Batches are built ahead on another thread; SpecAugment draws its masks here, in
+            # this thread, from the one RNG stream a checkpoint saves, so a resumed run masks
+            # exactly as an uninterrupted one.
+            with Prefetcher(self.train_data.__getitem__, self.collate_train, batches,
+                            items=self.worker_items(batches), depth=cfg.prefetch_batches,
+                            threads=min(4, os.cpu_count() or 1), pin=self.device.startswith("cuda")) as stream:
+                outcome = self.train_epoch(stream, accumulation, started, time_limit, throughput)
+            if outcome is not None:
+                return outcome
         self.finish(started)
         return "completed"
+
+    def train_epoch(self, stream, accumulation, started, time_limit, throughput) -> str | None:
+        """One epoch's (remaining) batches; a status when the run ends inside it."""
+        cfg = self.config
+        for indices, batch in stream:
+            if self.augment is not None:
+                batch = self.augment(batch)
+            if cfg.full_window_every and self.micro_batches % cfg.full_window_every == cfg.full_window_every - 1:
+                batch = self.task_model.whole_window(batch)  # a function of the position: resumes alike
+            self.running_loss += self.trainer.forward_backward(batch, 1 / accumulation)
+            self.seen_in_step += 1
+            self.micro_batches += 1
+            throughput.add(len(indices), sum(self.train_items[i]["duration_s"] or 0 for i in indices))
+            if self.micro_batches % accumulation:
+                continue
+            grad_norm = self.optimizer_step()
+            self.step += 1
+            wall = self.wall_offset + time.perf_counter() - started
+            self.record_step(wall, float(self.running_loss) / self.seen_in_step, grad_norm, throughput.take())
+            self.running_loss, self.seen_in_step = 0.0, 0
+            outcome = self.after_step(started, time_limit)
+            if outcome is not None:
+                return outcome
+            if self.step >= self.total_steps:
+                break
+        return None
 
     def after_step(self, started: float, time_limit: TimeLimit) -> str | None:
         """Evaluate, checkpoint, and decide whether the run ends here (a status) or goes on."""

@@ -75,6 +75,21 @@ class TrainingSettings:
         1024.0, "Keep encoded training examples (log-mel features, token ids) in memory across "
         "epochs, up to this many MiB: later epochs skip audio decoding and feature extraction "
         "(0: encode every time).", min=0.0, max=10_000_000.0)
+    prefetch_batches: int = setting(
+        2, "Build this many next batches (audio decoding, log-mel features) in a background "
+        "thread while the current step runs (0: build each batch when the step needs it). The "
+        "batches are the same either way.", min=0, max=64)
+    feature_device: str = setting(
+        "auto", "Where 30 s log-mel features are computed while training: auto: per batch on the "
+        "GPU when training on one (transformers' torch STFT path; equal to the CPU's features "
+        "within float tolerance, and the cache keeps waveforms), else per item on the CPU; cpu: "
+        "always per item on the CPU. Short windows (audio_padding=longest) stay on the CPU.",
+        choices=["auto", "cpu"])
+    dataloader_num_workers: int = setting(
+        0, "Processes that decode audio and extract features for training while the model "
+        "trains (0: on the prefetch thread, see prefetch_batches). Each one is a process with its own memory, so "
+        "small boards keep 0; once the feature cache holds every item, none are started.",
+        min=0, max=64)
     spec_augment: bool = setting(False, "SpecAugment for audio: mask random frequency bands and "
                                  "time spans of the log-mel features while training (never at evaluation).")
     freq_mask_param: int = setting(15, "SpecAugment: widest frequency band masked (mel bins).", min=0, max=128)

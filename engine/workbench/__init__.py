@@ -23,6 +23,7 @@ from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
+from engine.workbench.studies import StudiesMixin
 from storage import LOCAL_USER_ID, Storage, safe_name
 
 def data_home() -> Path:
@@ -30,9 +31,10 @@ def data_home() -> Path:
     return Path(load_config().home)
 
 
-class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin):
-    """One data home's datasets, models, methods and runs (sections in the mixin modules), as
-    one user sees them: the local owner, or ``for_user(...)``'s account (engine/workbench/accounts.py)."""
+class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
+    """One data home's datasets, models, methods, runs and studies (sections in the mixin
+    modules), as one user sees them: the local owner, or ``for_user(...)``'s account
+    (engine/workbench/accounts.py)."""
 
     def __init__(self, home: str | Path | None = None, owner_id: int = LOCAL_USER_ID):
         self.storage = Storage(home if home is not None else data_home())

@@ -10,6 +10,7 @@ from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError, SettingsError
 from engine.methods import all_methods, get_method, plugin_problems
 from engine.text import check_name
+from engine.training.profiles import PROFILES, active_profile, gpu_memory_fraction
 from engine.training.settings import TrainingSettings
 
 
@@ -128,7 +129,36 @@ class ModelsMixin:
         return plugin_problems()
 
     def training_settings_schema(self) -> list[dict]:
-        return settings_lib.describe(TrainingSettings)
+        """``TrainingSettings``' fields; defaults are the active device profile's where it sets one."""
+        chosen = self.profile_defaults()
+        return [{**field, "default": chosen.get(field["name"], field["default"])}
+                for field in settings_lib.describe(TrainingSettings)]
+
+    # ------------------------------------------------------------------ device profiles
+    def profile_defaults(self) -> dict[str, Any]:
+        """The training settings the active device profile chooses for new runs ({}: none)."""
+        profile = active_profile()
+        return profile.training_defaults() if profile else {}
+
+    def device_profiles(self) -> list[dict]:
+        return [profile.as_dict() for profile in PROFILES.values()]
+
+    def device_profile(self) -> dict | None:
+        """The active device profile (``LIM_PROFILE``, or ``--profile``), the defaults it
+        chooses and what it does to this machine's GPU (``gpu``: total_gib, capped_gib, or
+        None without CUDA); None without a profile."""
+        profile = active_profile()
+        if profile is None:
+            return None
+        import torch
+
+        gpu = None
+        if torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            fraction = gpu_memory_fraction(profile, total)
+            gpu = {"name": torch.cuda.get_device_name(0), "total_gib": total / 2**30,
+                   "capped_gib": None if fraction is None else fraction * total / 2**30}
+        return {**profile.as_dict(), "gpu": gpu}
 
     def split_settings(self, method: str, values: dict[str, Any]) -> tuple[dict, dict]:
         """Route flat ``key=value`` settings to the method or the training settings."""

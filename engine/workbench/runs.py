@@ -11,6 +11,7 @@ from engine import settings as settings_lib
 from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
 from engine.progress import format_duration
+from engine.training.profiles import active_profile
 from engine.training.settings import TrainingSettings
 from storage import utc_now
 
@@ -23,22 +24,27 @@ class RunsMixin:
                    method_settings: dict | None = None, training_settings: dict | None = None) -> int:
         """Validate everything that can be checked before training, then queue the run."""
         plan = self.check_run(dataset, model, method, method_settings, training_settings)
+        record = self._run_record(plan, method)
+        warnings = record.pop("warnings")
+        run_id = self.storage.create_run(record)
+        self.storage.add_event(run_id, "queued")
+        for warning in warnings:
+            self.storage.add_event(run_id, warning, "warning")
+        if self.worker is not None:
+            self.worker.wake()
+        return run_id
+
+    def _run_record(self, plan: dict, method: str) -> dict:
+        """The runs row a checked plan (``check_run``) queues, with the ``warnings`` its log gets."""
         dataset_record, model_record = plan["dataset"], plan["model"]
-        run_id = self.storage.create_run({
+        return {
             "owner_id": self.owner_id, "method": method, "task": dataset_record["task"],
             "dataset_id": dataset_record["id"], "dataset_name": dataset_record["name"],
             "dataset_version": dataset_record["version"], "model_id": model_record["id"],
             "model_name": model_record["name"],
             "settings": {"method": plan["method_settings"], "training": plan["training_settings"]},
-        })
-        self.storage.add_event(run_id, "queued")
-        if not plan["memory"]["fits"]:
-            self.storage.add_event(run_id, plan["memory"]["message"], "warning")
-        for warning in plan["warnings"]:
-            self.storage.add_event(run_id, warning, "warning")
-        if self.worker is not None:
-            self.worker.wake()
-        return run_id
+            "warnings": ([] if plan["memory"]["fits"] else [plan["memory"]["message"]]) + plan["warnings"],
+        }
 
     def check_run(self, dataset: str | int, model: str | int, method: str,
                   method_settings: dict | None = None, training_settings: dict | None = None) -> dict:
@@ -57,6 +63,7 @@ class RunsMixin:
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
         method_obj_settings = settings_lib.build(method_obj.settings_cls, method_settings, section=method)
+        training_settings = self.profile_defaults() | (training_settings or {})  # given values win
         training_obj = settings_lib.build(TrainingSettings, training_settings, section="training")
         training_values = settings_lib.as_dict(training_obj)
         self._check_splits(dataset_record, training_values)
@@ -101,14 +108,17 @@ class RunsMixin:
     def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
                       training_settings: dict | None = None) -> str:
         """The ``python -m engine train ...`` line that queues this same configuration: each
-        setting that differs from its default as ``--set name=value``."""
+        setting that differs from its default as ``--set name=value`` (the defaults of the
+        active device profile, which the line names with ``--profile``)."""
         pairs = []
-        for settings_cls, values in ((get_method(method).settings_cls, method_settings),
-                                     (TrainingSettings, training_settings)):
-            defaults = {field["name"]: field["default"] for field in settings_lib.describe(settings_cls)}
+        for fields, values in ((settings_lib.describe(get_method(method).settings_cls), method_settings),
+                               (self.training_settings_schema(), training_settings)):
+            defaults = {field["name"]: field["default"] for field in fields}
             pairs += settings_lib.assignments(values or {}, defaults)
+        profile = active_profile()
         words = ["python", "-m", "engine", "train", "--dataset", dataset, "--model", model,
-                 "--method", method, *(part for pair in pairs for part in ("--set", pair))]
+                 "--method", method, *(["--profile", profile.name] if profile else []),
+                 *(part for pair in pairs for part in ("--set", pair))]
         return " ".join(shlex.quote(str(word)) for word in words)
 
     def estimate_run(self, dataset: str | int, model: str | int, method: str,

@@ -217,4 +217,4 @@ def test_streamlit_hides_its_toolbar_and_make_run_watches_no_files():
     run_line = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
     streamlit_line = makefile.split("\nSTREAMLIT = ", 1)[1].split("\n\n", 1)[0].split("\nTLS_DIR", 1)[0]
     assert "$(STREAMLIT)" in run_line and "--server.fileWatcherType none" in streamlit_line
-    assert "--server.fileWatcherType=none" in (root / "Dockerfile").read_text()
+    assert "--server.fileWatcherType=none" in (root / "docker" / "entrypoint.sh").read_text()

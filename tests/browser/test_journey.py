@@ -1,6 +1,7 @@
 """A person's first session in a real browser, with accounts on: sign up -> home -> training
-(only their own runs; start a QLoRA run, watch it finish) -> compare -> playground -> log out.
-Streamlit serves the real app; Playwright drives Debian's chromium."""
+(only their own runs; start a QLoRA run, watch it finish) -> compare -> playground -> studies
+(launch a tiny grid, watch it finish) -> log out and in. Streamlit serves the real app;
+Playwright drives Debian's chromium."""
 
 from __future__ import annotations
 
@@ -122,6 +123,26 @@ def test_first_session_trains_and_compares(server, demo_home):
         expect(page.get_by_role("heading", name="Fine-tuned: run #2 (qlora)")).to_be_visible()
         expect(page.get_by_text("latency")).to_have_count(2)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+
+        # Studies: a tiny grid (tiny-bert, 2 methods x 1 rank x 2 seeds, 2 steps each) from the form
+        page.get_by_role("link", name="Studies").first.click()
+        expect(page.get_by_role("heading", name="Studies")).to_be_visible()
+        expect(page.get_by_text("No studies yet").first).to_be_visible()
+        page.get_by_role("combobox", name="Dataset").click()
+        page.get_by_role("option", name="demo-text").click()
+        expect(page.get_by_role("combobox", name="Model")).to_be_visible()
+        for label, value in [("Ranks (r)", "2"), ("Seeds", "1, 2"), ("Steps per run", "2")]:
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+        expect(page.get_by_text("4 runs (2 cells × 2 seeds), 8 steps in all")).to_be_visible()
+        page.get_by_role("button", name="Launch study").click()
+        # the progress refreshes by itself; the page redraws whole when the study ends
+        expect(page.get_by_text("4 of 4 runs ended (4 completed)")).to_be_visible(timeout=300_000)
+        expect(page.get_by_text("Every cell (mean ± standard deviation over its seeds)")).to_be_visible()
+        expect(page.get_by_text("Welch's t-test").first).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "studies.png"), full_page=True)
 
         page.get_by_role("button", name="Log out").click()
         expect(page.get_by_text("You logged out.")).to_be_visible()

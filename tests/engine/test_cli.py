@@ -175,3 +175,45 @@ def test_runs_delete_asks_on_a_terminal_and_needs_yes_without_one(demo_home, mon
     assert run_id not in [r["id"] for r in workbench.list_runs()]
     assert not (demo_home / "runs" / str(run_id)).exists()
     assert main(["runs", "show", str(run_id)]) == 1
+
+
+def test_study_wait_json_then_show_list_and_delete(cli_home, monkeypatch, capsys):
+    result = cli(cli_home, "study", "--dataset", "demo-text", "--model", "tiny-bert",
+                 "--methods", "lora,ia3", "--ranks", "2", "--seeds", "1,2",
+                 "--set", "max_steps=2", "--wait", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "runs ended" not in result.stderr  # --json: no progress lines
+    study = json.loads(result.stdout)
+    assert study["status"] == "completed" and study["runs_total"] == 4
+    assert [row["cell"] for row in study["table"]] == ["lora · r=2", "ia3"]
+    assert all(row["completed"] == 2 and row["final_metric_mean"] is not None for row in study["table"])
+    assert [d["cell"] for d in study["differences"]] == ["ia3"] and study["reference"] == "lora · r=2"
+    run_ids = [run["id"] for run in study["runs"]]
+
+    # The other sub-commands in this process (each subprocess costs seconds of imports).
+    from engine.cli import main
+
+    monkeypatch.setenv("LIM_HOME", str(cli_home))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run("runs", "list", "--json")
+    runs = {r["id"]: r for r in json.loads(out)}
+    assert all(runs[i]["status"] == "completed" and runs[i]["study_id"] == study["id"] for i in run_ids)
+    code, out, _ = run("study", "show", str(study["id"]), "--json")
+    assert code == 0 and json.loads(out)["table"] == study["table"]
+    code, out, _ = run("study", "list", "--json")
+    assert study["id"] in [s["id"] for s in json.loads(out)]
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    code, _, err = run("study", "delete", str(study["id"]))  # no terminal, no --yes
+    assert code == 1 and "pass --yes" in err
+    code, out, _ = run("study", "delete", str(study["id"]), "--yes")
+    assert code == 0 and "deleted with 4 runs" in out
+    code, out, _ = run("runs", "list", "--json")
+    assert not {r["id"] for r in json.loads(out)} & set(run_ids)
+    code, _, err = run("study", "--dataset", "demo-text")
+    assert code == 1 and err.strip() == ("error: study needs --model, --methods (or a sub-command: "
+                                         "list, show, stop, delete)")

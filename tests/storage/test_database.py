@@ -244,3 +244,21 @@ def test_runs_have_an_evaluation_phase_with_progress(storage):
     storage.update_run(run_id, phase="final evaluation on the test split", phase_done=3, phase_total=9)
     run = storage.get_run(run_id)
     assert (run["phase"], run["phase_done"], run["phase_total"]) == ("final evaluation on the test split", 3, 9)
+
+
+def test_a_study_and_its_runs_are_stored_all_or_nothing(storage):
+    run = {"method": "lora", "settings": {"method": {}, "training": {}}, "warnings": ["careful"]}
+    cell = {"method": "lora", "size_setting": None, "size": None, "targets": "", "seed": 1}
+    with pytest.raises(sqlite3.OperationalError):  # the second run names a column that is not there
+        storage.create_study({"name": "s"}, [{**run, "study_cell": cell}, {**run, "no_such_column": 1}])
+    assert storage.list_studies() == [] and storage.list_runs() == []
+    study_id, run_ids = storage.create_study({"name": "s"}, [{**run, "study_cell": cell}, dict(run)])
+    assert [r["id"] for r in storage.study_runs(study_id)] == run_ids
+    assert storage.study_runs(study_id)[0]["study_cell"] == cell
+    assert [e["message"] for e in storage.events(run_ids[0])] == ["queued", "careful"]
+    other = add_user(storage, "someone")
+    assert storage.get_study(study_id, other) is None and storage.study_runs(study_id, other) == []
+    with pytest.raises(PermissionError, match="no study"):
+        storage.delete_study(study_id, other)
+    assert storage.delete_study(study_id) is None  # its runs are queued: nothing removed
+    assert len(storage.study_runs(study_id)) == 2

@@ -1,0 +1,142 @@
+"""The Studies page through AppTest: empty, launching from the form, a finished study's table,
+differences, exports, and delete with confirmation."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from page_fixtures import downloads  # noqa: F401  (a fixture)
+from seeded_runs import hold_worker
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+# cell -> final accuracy of seeds 1, 2, 3 (made up, written straight into the runs)
+ACCURACY = {"lora · r=2": [0.60, 0.62, 0.61], "lora · r=8": [0.80, 0.82, 0.81], "ia3": [0.61, 0.60, 0.62]}
+PARAMS = {"lora · r=2": 1000, "lora · r=8": 4000, "ia3": 500}
+
+
+@pytest.fixture
+def app(demo_home):
+    from ui.state import shutdown_workbenches
+
+    yield AppTest.from_file(APP, default_timeout=60)
+    shutdown_workbenches()
+
+
+def open_studies(app: AppTest) -> AppTest:
+    app.run()
+    app.switch_page("pages/studies.py").run()
+    assert not app.exception, app.exception
+    return app
+
+
+def frame_with(app: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page with ``column`` (AppTest does not expose dataframe keys)."""
+    return next(frame.value for frame in app.dataframe if column in frame.value.columns)
+
+
+def seed_study(home) -> int:
+    """A finished 3-cell x 3-seed study whose runs carry known results (no training)."""
+    from engine import Workbench
+    from engine.studies import Grid, cell_label
+
+    workbench = Workbench(home)
+    study_id = workbench.submit_study("demo-text", "tiny-bert", Grid(["lora", "ia3"], ranks=[2, 8],
+                                                                    seeds=[1, 2, 3]), {"max_steps": 10})
+    for run in workbench.study_runs(study_id):
+        label = cell_label(run["study_cell"])
+        accuracy = ACCURACY[label][run["study_cell"]["seed"] - 1]
+        workbench.storage.add_metrics(run["id"], 10, 5.0, {"train/loss": 1.0, "train/samples_per_s": 8.0})
+        workbench.storage.update_run(
+            run["id"], status="completed", step=10, total_steps=10, wall_time_s=5.0,
+            trainable_params=PARAMS[label], total_params=100_000,
+            peak_memory_mb=300.0 + run["study_cell"]["seed"], metrics={"accuracy": accuracy})
+    workbench.storage.close()
+    return study_id
+
+
+def test_empty_page_explains_and_estimates_the_grid(app):
+    open_studies(app)
+    assert any("No studies yet" in info.value for info in app.info)
+    estimate = next(info.value for info in app.info if "runs (" in info.value)
+    # qlora and lora (the defaults) x ranks 4, 8 x seeds 1, 2, 3
+    assert estimate.startswith("12 runs (4 cells × 3 seeds), 600 steps in all")
+    assert "time unknown" in estimate  # nothing has trained on this machine yet
+    app.text_input(key="studies.seeds").set_value("1, x").run()
+    assert any("seeds: 'x' is not a whole number" in error.value for error in app.error)
+
+
+def test_launching_a_study_from_the_form_queues_its_runs(app, demo_home):
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    blocker = hold_worker(workbench)  # keep the app's worker from training them during the test
+    open_studies(app)
+    app.selectbox(key="studies.dataset").set_value("demo-text").run()
+    app.multiselect(key="studies.methods").set_value(["lora", "ia3"]).run()
+    app.text_input(key="studies.ranks").set_value("2").run()
+    app.text_input(key="studies.seeds").set_value("1, 2").run()
+    app.button(key="studies.launch").click().run()
+    assert not app.exception, app.exception
+    study = workbench.list_studies()[0]
+    assert study["runs_total"] == 4 and study["status"] == "queued"
+    assert {r["method"] for r in workbench.study_runs(study["id"])} == {"lora", "ia3"}
+    assert not any(r["id"] == blocker for r in workbench.study_runs(study["id"]))
+    assert app.get("progress")[0].proto.text.startswith("0 of 4 runs ended (4 queued)")
+    app.button(key="studies.stop").click().run()
+    assert {r["status"] for r in workbench.study_runs(study["id"])} == {"cancelled"}
+
+
+def test_a_finished_study_shows_its_cells_differences_and_exports(app, demo_home, downloads):
+    study_id = seed_study(demo_home)
+    open_studies(app)
+    table = frame_with(app, "seeds done")
+    assert list(table["cell"]) == list(ACCURACY)
+    assert list(table["seeds done"]) == ["3/3"] * 3
+    assert table.loc[table["cell"] == "lora · r=8", "accuracy"].item() == "0.81 ± 0.01"
+    assert table.loc[table["cell"] == "ia3", "trainable parameters"].item() == "500 ± 0"
+    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
+    assert verdicts["lora · r=8"] == "better, larger than seed noise"
+    assert verdicts["ia3"] == "within seed noise"
+    assert any("Welch's t-test" in caption.value for caption in app.caption)
+    # against another reference the verdicts follow
+    app.selectbox(key=f"studies.reference.{study_id}").set_value("lora · r=8").run()
+    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
+    assert verdicts["lora · r=2"] == "worse, larger than seed noise"
+
+    csv = pd.read_csv(io.BytesIO(downloads[f"study-{study_id}.csv"]))
+    assert list(csv["cell"]) == list(ACCURACY)
+    assert csv.set_index("cell").loc["lora · r=8", "final_metric_mean"] == pytest.approx(0.81)
+    assert csv.set_index("cell").loc["lora · r=8", "final_metric_std"] == pytest.approx(0.01)
+    assert len(app.get("plotly_chart")) == 2
+
+    # The HTML report (made when clicked) is Compare's report of the study's runs with the
+    # study's table and differences on top.
+    from engine import Workbench
+    from ui.studies import report
+
+    page = report(Workbench(demo_home), Workbench(demo_home).study_summary(study_id))
+    assert "<script src=" not in page and page.count("Plotly.newPlot") == 2  # offline, both charts
+    assert "Differences against lora · r=2" in page and "better, larger than seed noise" in page
+    assert "0.81 ± 0.01" in page and "Welch" in page
+    assert "comparison of 9 runs" in page  # Compare's results table of every run
+
+
+def test_deleting_a_study_asks_first_then_removes_its_runs(app, demo_home):
+    from engine import Workbench
+
+    study_id = seed_study(demo_home)
+    open_studies(app)
+    app.button(key="studies.delete").click().run()
+    assert any("cannot be undone" in warning.value for warning in app.warning)
+    app.button(key="studies.delete.no").click().run()
+    workbench = Workbench(demo_home)
+    assert len(workbench.study_runs(study_id)) == 9
+    app.button(key="studies.delete").click().run()
+    app.button(key="studies.delete.yes").click().run()
+    assert not app.exception, app.exception
+    assert workbench.list_studies() == [] and workbench.list_runs() == []
+    assert any("No studies yet" in info.value for info in app.info)

@@ -1,0 +1,189 @@
+"""The Studies page's parts: the launch form, the table of cells, the differences, exports.
+
+The page (pages/studies.py) only arranges these; the numbers come from the engine
+(``Workbench.study_summary``, engine/studies.py), so what the page shows, the CSV and the
+HTML report say the same.
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import streamlit as st
+
+from engine.errors import WorkbenchError
+from engine.studies import MEASURES, STATISTIC_TEXT, Grid, parse_list
+from ui.charts import STUDY_COSTS, pareto_figure
+from ui.compare_report import html_report
+from ui.state import format_duration
+
+DEFAULT_METHODS = ["qlora", "lora"]
+MEASURE_TITLES = {"final_metric": "final metric", "peak_memory_mb": "peak memory (MiB)",
+                  "trainable_params": "trainable parameters", "wall_time_s": "wall time (s)",
+                  "samples_per_second": "samples/s"}
+
+
+# ---------------------------------------------------------------------- launch
+def launch_form(wb) -> int | None:
+    """The form that launches a grid, with how many runs it makes and how long they take;
+    returns the new study's id when the user launched one."""
+    datasets = {d["name"]: d for d in wb.list_datasets()}
+    if not datasets:
+        st.info("Add a dataset first (**Datasets** page, or *Add the demo* on Home).")
+        return None
+    left, right = st.columns(2)
+    dataset = left.selectbox("Dataset", list(datasets), key="studies.dataset")
+    task = datasets[dataset]["task"]
+    models = [m["name"] for m in wb.list_models() if task in (m["tasks"] or [])]
+    if not models:
+        right.warning("No registered model can train on this dataset's task.")
+        return None
+    model = right.selectbox("Model", models, key="studies.model")
+    names = [m["name"] for m in wb.list_methods()]
+    methods = st.multiselect("Methods", names, default=[m for m in DEFAULT_METHODS if m in names],
+                             key="studies.methods", help="Every method is one row of the grid.")
+    a, b, c = st.columns(3)
+    ranks = a.text_input("Ranks (r)", "4, 8", key="studies.ranks",
+                         help="Comma-separated ranks, for methods that have one (LoRA, QLoRA, …).")
+    budgets = b.text_input("Parameter budgets", "", key="studies.budgets",
+                           help="Comma-separated budgets, for methods sized by a budget of "
+                                "trainable parameters; empty: their default.")
+    seeds = c.text_input("Seeds", "1, 2, 3", key="studies.seeds",
+                         help="Each cell trains once per seed; the table shows mean ± std "
+                              "over seeds. Two or more seeds are needed to tell a difference "
+                              "from seed noise.")
+    targets = st.text_area("Target sets (one per line; empty: the model family's default)", "",
+                           key="studies.targets", height=68,
+                           help="Comma-separated layer names per line, e.g. q_proj,v_proj")
+    a, b, c = st.columns(3)
+    steps = a.number_input("Steps per run", 1, 1_000_000, 50, key="studies.steps")
+    learning_rate = b.number_input("Learning rate", 0.0, 1.0, 1e-3, format="%.0e",
+                                   key="studies.lr")
+    batch = c.number_input("Batch size", 1, 1024, 8, key="studies.batch")
+    extra = st.text_area("More settings for every run (key=value, one per line)", "",
+                         key="studies.extra", height=68,
+                         help="Any training setting, or a method setting (given to every "
+                              "method that has it), e.g. lora_alpha=16")
+    name = st.text_input("Name (optional)", "", key="studies.name", max_chars=80)
+    try:
+        grid = Grid(methods=methods, ranks=parse_list(ranks, "ranks"),
+                    budgets=parse_list(budgets, "budgets"),
+                    target_sets=[line.strip() for line in targets.splitlines() if line.strip()] or [""],
+                    seeds=parse_list(seeds, "seeds"))
+        settings = {"max_steps": int(steps), "learning_rate": float(learning_rate),
+                    "per_device_train_batch_size": int(batch), **extra_settings(extra)}
+        plan = wb.plan_study(dataset, model, grid, settings)
+    except WorkbenchError as error:
+        st.error(str(error), icon=":material/error:")
+        return None
+    st.info(estimate_text(plan), icon=":material/calculate:")
+    for warning in plan["warnings"]:
+        st.warning(warning)
+    if st.button("Launch study", type="primary", icon=":material/play_arrow:", key="studies.launch"):
+        try:
+            return wb.submit_study(dataset, model, grid, settings, name)
+        except WorkbenchError as error:
+            st.error(str(error))
+    return None
+
+
+def extra_settings(text: str) -> dict:
+    from engine.settings import parse_assignments
+
+    return parse_assignments([line.strip() for line in text.splitlines() if line.strip()])
+
+
+def estimate_text(plan: dict) -> str:
+    """``8 runs (4 cells × 2 seeds), 400 steps in all · about 12m 00s``, saying which runs
+    have no estimate (their model and method never trained on this machine)."""
+    cells = plan["cells_without_seeds"]
+    seeds = plan["runs"] // max(1, cells)
+    text = (f"{plan['runs']} runs ({cells} cell{'s' if cells != 1 else ''} × {seeds} "
+            f"seed{'s' if seeds != 1 else ''}), {plan['steps']:,} steps in all · ")
+    if plan["estimated_seconds"] is None:
+        return text + ("time unknown: none of these methods has trained this model on this "
+                       "machine yet (the first run gives the estimate).")
+    text += f"about {format_duration(plan['estimated_seconds'])} one after another"
+    if plan["unestimated"]:
+        text += f", not counting {plan['unestimated']} runs of methods not yet timed here"
+    return text + "."
+
+
+# ---------------------------------------------------------------------- results
+def plus_minus(mean: float | None, std: float | None, digits: int = 4) -> str:
+    if mean is None:
+        return "–"
+    if abs(mean) >= 10_000:
+        text = f"{mean:,.0f}"
+    else:
+        text = f"{mean:.{digits}g}"
+    return text if std is None else f"{text} ± {std:.2g}"
+
+
+def table_frame(table: list[dict]) -> pd.DataFrame:
+    """The cells as shown: mean ± std over the completed seeds of each measure."""
+    metric = " / ".join(sorted({row["metric"] for row in table if row["metric"]})) or "final metric"
+    return pd.DataFrame([{
+        "cell": row["cell"], "seeds done": f"{row['completed']}/{row['seeds']}",
+        metric: plus_minus(row["final_metric_mean"], row["final_metric_std"]),
+        "trainable parameters": plus_minus(row["trainable_params_mean"], row["trainable_params_std"], 6),
+        "peak memory (MiB)": plus_minus(row["peak_memory_mb_mean"], row["peak_memory_mb_std"]),
+        "wall time (s)": plus_minus(row["wall_time_s_mean"], row["wall_time_s_std"], 3),
+        "samples/s": plus_minus(row["samples_per_second_mean"], row["samples_per_second_std"], 3),
+        "runs": ", ".join(f"#{i}" for i in row["runs"]),
+    } for row in table])
+
+
+def differences_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "cell": row["cell"], "difference": "–" if row["difference"] is None else f"{row['difference']:+.4g}",
+        "p (Welch)": "–" if row["p_value"] is None else f"{row['p_value']:.3g}",
+        "verdict": row["verdict"]} for row in rows], columns=["cell", "difference", "p (Welch)", "verdict"])
+
+
+def study_csv(table: list[dict]) -> bytes:
+    """One line per cell: every measure's mean and standard deviation as numbers, the
+    seeds' final metrics and the run ids."""
+    columns = ["cell", "method", "size_setting", "size", "targets", "seeds", "completed", "metric",
+               *(f"{m}_{s}" for m in MEASURES for s in ("mean", "std")), "values", "runs"]
+    frame = pd.DataFrame([{**row, "values": " ".join(f"{v:g}" for v in row["values"]),
+                           "runs": " ".join(map(str, row["runs"]))} for row in table], columns=columns)
+    return frame.to_csv(index=False).encode()
+
+
+def figures(table: list[dict]) -> dict:
+    return {f"quality_vs_{cost}": pareto_figure(table, cost) for cost in STUDY_COSTS}
+
+
+def report(wb, summary: dict) -> str:
+    """The Compare page's self-contained HTML report of the study's runs, with the study's
+    table, its differences and how they were decided at the top."""
+    rows = wb.compare_runs([run["id"] for run in summary["runs"] if run["step"]])
+    sections = {
+        f"Study: {summary['name']}": (
+            f"<p>{html.escape(summary['model'])} on {html.escape(summary['dataset'])}; "
+            f"{summary['runs_ended']}/{summary['runs_total']} runs ended. Mean ± sample standard "
+            "deviation over each cell's completed seeds.</p>"
+            + table_frame(summary["table"]).to_html(index=False)),
+        f"Differences against {summary['reference']}": (
+            f"<p>{html.escape(STATISTIC_TEXT)}</p>"
+            + differences_frame(summary["differences"]).to_html(index=False)),
+    }
+    return html_report(f"Study {summary['id']}: {summary['name']}", figures(summary["table"]), rows,
+                       sections)
+
+
+
+def progress(summary: dict) -> None:
+    """Runs ended / total, steps, and each run's status."""
+    total = max(1, summary["runs_total"])
+    counts = ", ".join(f"{n} {status}" for status, n in summary["status_counts"].items())
+    st.progress(summary["runs_ended"] / total,
+                text=f"{summary['runs_ended']} of {summary['runs_total']} runs ended ({counts}) · "
+                     f"{summary['steps_done']:,} of {summary['steps_total']:,} steps")
+    with st.expander("Runs", icon=":material/list:"):
+        st.dataframe(pd.DataFrame([{"run": f"#{r['id']}", "cell": r["cell"], "seed": r["seed"],
+                                    "status": r["status"], "step": f"{r['step']}/{r['total_steps'] or '–'}",
+                                    "error": r["error"] or ""} for r in summary["runs"]]),
+                     hide_index=True, width="stretch")
