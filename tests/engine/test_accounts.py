@@ -244,3 +244,18 @@ def test_cli_users_add_reads_stdin_and_acts_as_the_named_user(demo_home, monkeyp
     assert (code, json.loads(out)) == (0, [])
     code, out, _ = run_cli(monkeypatch, capsys, "--user", "bob", "runs", "show", str(run_id), "--json")
     assert code == 0 and json.loads(out)["status"] == "queued"
+
+
+def test_another_users_study_is_not_found(people):
+    from engine.studies import Grid
+
+    ada, bob, carol = people
+    study_id = bob.submit_study("demo-text", "tiny-bert", Grid(["lora"], seeds=[1, 2]), {"max_steps": 2})
+    assert [s["id"] for s in bob.list_studies()] == [study_id] and carol.list_studies() == []
+    for call in (lambda: carol.get_study(study_id), lambda: carol.study_runs(study_id),
+                 lambda: carol.study_summary(study_id), lambda: carol.stop_study(study_id),
+                 lambda: carol.delete_study(study_id)):
+        with pytest.raises(NotFoundError):
+            call()
+    assert {r["status"] for r in bob.study_runs(study_id)} == {"queued"}  # untouched
+    bob.stop_study(study_id)
