@@ -3,9 +3,18 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+# localhost: only this machine reaches the app. Serving a class: ADDRESS=0.0.0.0 with LIM_AUTH=on,
+# better behind a reverse proxy (README: Serving a class).
+ADDRESS ?= localhost
 export LIM_HOME ?= $(CURDIR)/data
+# Streamlit's upload cap follows the engine's (engine/settings.py WorkbenchConfig.max_upload_mb).
+MAX_UPLOAD_MB = $$($(PY) -c 'from engine.settings import load_config; print(load_config().max_upload_mb)')
+STREAMLIT = $(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS) \
+  --server.headless true --browser.gatherUsageStats false --server.fileWatcherType none \
+  --server.maxUploadSize $(MAX_UPLOAD_MB)
+TLS_DIR ?= $(LIM_HOME)/tls
 
-.PHONY: run test lint venv demo browser-deps clean bench bench-gpu bench-multi-gpu
+.PHONY: run run-https test lint venv demo browser-deps clean bench bench-gpu bench-multi-gpu
 
 # The project itself goes in editable (pyproject.toml): the `lim` script, the methods' entry
 # points, its packages importable from anywhere. Offline: setuptools comes from requirements-dev.txt.
@@ -22,9 +31,16 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m engine demo
 
+# A laptop: one person, localhost only, no log-in (LIM_AUTH=off unless set; README: Accounts).
 run: demo
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false \
-	  --server.fileWatcherType none
+	$(STREAMLIT)
+
+# HTTPS with Streamlit's own TLS and a self-signed certificate made once under $(TLS_DIR)
+# (TLS_DIR=/etc/... with cert.pem and key.pem of a real one); log-in on unless LIM_AUTH is set.
+run-https: demo
+	$(PY) -m engine.tls $(TLS_DIR)
+	LIM_AUTH=$${LIM_AUTH:-on} $(STREAMLIT) --server.sslCertFile $(TLS_DIR)/cert.pem \
+	  --server.sslKeyFile $(TLS_DIR)/key.pem
 
 # Debian's chromium drives the browser journey test (Playwright cannot download a browser here).
 browser-deps:

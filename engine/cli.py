@@ -2,13 +2,17 @@
 
 Every command exits non-zero with a one-line reason on stderr when it cannot do what was
 asked. ``--json`` prints machine-readable output on stdout; progress goes to stderr.
-``--debug`` (anywhere on the line) adds the traceback behind an error.
+``--debug`` (anywhere on the line) adds the traceback behind an error. ``--user NAME`` (or
+``LIM_USER``) acts as that account and sees only what it may; with ``LIM_AUTH=on`` every command
+but ``demo``, ``methods`` and ``users add`` needs one.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import signal
 import sys
 import threading
@@ -34,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             use_profile(args.profile)
         if not getattr(args, "needs_workbench", True):
             return args.handler(None, args) or 0
-        from engine import Workbench
-
-        return args.handler(Workbench(), args) or 0
+        return args.handler(workbench_for(args), args) or 0
     except WorkbenchError as error:
         return fail(str(error), args.debug)
     except KeyboardInterrupt:
@@ -46,6 +48,24 @@ def main(argv: list[str] | None = None) -> int:
         first_line = (str(error).splitlines() or [""])[0]
         return fail(f"unexpected {type(error).__name__}: {first_line}"
                     + ("" if args.debug else " (run again with --debug for the traceback)"), args.debug)
+
+
+def workbench_for(args: argparse.Namespace):
+    """The workbench as the user named by ``--user`` / ``LIM_USER`` sees it; the local owner
+    without one when auth is off. The command line is for people with access to the data home
+    (they could read the database file itself), so naming an account is enough: no password."""
+    from engine import Workbench
+    from engine.errors import AuthError
+    from engine.settings import load_config
+
+    workbench = Workbench()
+    name = getattr(args, "user", None) or os.environ.get("LIM_USER", "").strip()
+    if name:
+        return workbench.for_user(name)
+    if load_config().auth == "on" and not getattr(args, "no_user", False):
+        raise AuthError("with LIM_AUTH=on the command line acts as an account: pass --user NAME "
+                        "or set LIM_USER (python -m engine users add NAME makes one)")
+    return workbench
 
 
 def fail(message: str, debug: bool, details: str | None = None) -> int:
@@ -73,6 +93,11 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                     help="show the traceback behind an error")
 
 
+def add_user_flag(parser: argparse.ArgumentParser) -> None:
+    add_global_flag(parser, "--user", None, metavar="NAME",
+                    help="act as this account (default: LIM_USER; needed with LIM_AUTH=on)")
+
+
 def add_profile_flag(parser: argparse.ArgumentParser) -> None:
     add_global_flag(parser, "--profile", None, metavar="NAME",
                     help="device profile for this command (sets LIM_PROFILE): its defaults for "
@@ -97,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="add the embedded demo datasets and model presets")
     demo.add_argument("--json", action="store_true")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, no_user=True)
 
     datasets = commands.add_parser("datasets", help="list or import datasets").add_subparsers()
     listing = datasets.add_parser("list", help="list datasets")
@@ -136,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list PEFT methods").add_subparsers()
     listing = methods.add_parser("list", help="list methods and their settings")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=cmd_methods_list)
+    listing.set_defaults(handler=cmd_methods_list, no_user=True)
 
     train = commands.add_parser("train", help="queue a fine-tuning run")
     train.add_argument("--dataset", required=True)
@@ -243,16 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
     listing = profiles.add_parser("list", help="every profile: memory for training and the "
                                   "defaults it chooses (* marks the active one)")
     listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=cmd_profiles_list)
+    listing.set_defaults(handler=cmd_profiles_list, no_user=True)
     selftest = commands.add_parser("selftest", help="one 4-bit (NF4) matmul through bitsandbytes "
                                    "on the GPU (the CPU without one): are the kernels usable here?")
     selftest.add_argument("--require-gpu", action="store_true",
                           help="fail when no CUDA device is visible (the Jetson image does)")
     selftest.add_argument("--json", action="store_true")
     selftest.set_defaults(handler=cmd_selftest, needs_workbench=False)
+    add_user_commands(commands)
     add_debug_flag(parser)
+    add_user_flag(parser)
     add_profile_flag(parser)
     return parser
+
+
+def add_user_commands(commands) -> None:
+    users = commands.add_parser("users", help="accounts: add, list, disable, enable, reset a password").add_subparsers()
+    add = users.add_parser("add", help="add an account; the password is read from standard input")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="make it an admin (the first account is one anyway)")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(handler=cmd_users_add, no_user=True)
+    listing = users.add_parser("list", help="list accounts (admins)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_users_list)
+    for name, disabled in (("disable", True), ("enable", False)):
+        command = users.add_parser(name, help=f"{name} an account (admins)")
+        command.add_argument("name")
+        command.set_defaults(handler=cmd_users_disable, disabled=disabled)
+    reset = users.add_parser("reset-password", help="set an account's password, read from standard input")
+    reset.add_argument("name")
+    reset.set_defaults(handler=cmd_users_reset)
+    share = commands.add_parser("share", help="share your dataset, model or run read-only with everybody")
+    share.add_argument("kind", choices=["dataset", "model", "run"])
+    share.add_argument("item", help="name or id")
+    share.add_argument("--off", action="store_true", help="stop sharing it")
+    share.set_defaults(handler=cmd_share)
 
 
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -424,6 +475,42 @@ def cmd_runs_clone(wb, args) -> int:
     run_id = wb.clone_run(args.id, parse_assignments(args.set))
     print(f"run {run_id} queued (a clone of run {args.id})", file=sys.stderr)
     return finish(wb, args, run_id)
+
+
+def read_password(prompt: str = "Password: ") -> str:
+    """From standard input, never from the command line (argv is visible to every user of the
+    machine in ``ps``): typed twice without echo on a terminal, one line otherwise."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != password:
+            raise WorkbenchError("the two passwords differ; nothing was changed")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users_add(wb, args) -> None:
+    user = wb.sign_up(args.name, read_password(), is_admin=args.admin)
+    emit(args, user, f"added {user['name']}" + (" (admin)" if user["is_admin"] else ""))
+
+
+def cmd_users_list(wb, args) -> None:
+    rows = wb.list_users()
+    emit(args, rows, table(rows, ["id", "name", "is_admin", "disabled", "created_at", "last_login_at"]))
+
+
+def cmd_users_disable(wb, args) -> None:
+    user = wb.set_user_disabled(args.name, args.disabled)
+    print(f"{user['name']}: {'disabled' if user['disabled'] else 'enabled'}")
+
+
+def cmd_users_reset(wb, args) -> None:
+    wb.reset_password(args.name, read_password("New password: "))
+    print(f"{args.name}: password changed")
+
+
+def cmd_share(wb, args) -> None:
+    wb.share(args.kind, args.item, not args.off)
+    print(f"{args.kind} {args.item}: {'not shared' if args.off else 'shared read-only with everybody'}")
 
 
 def finish(wb, args, run_id: int) -> int:

@@ -34,3 +34,7 @@ class RunError(WorkbenchError):
 
 class ExportError(WorkbenchError):
     """A run that cannot be exported (no adapter yet, a bad output path, a failed conversion)."""
+
+
+class AuthError(WorkbenchError):
+    """A sign-up, log-in or account change that is refused (the message says why)."""

@@ -146,3 +146,60 @@ def _check_type(name: str, kind: Any, value: Any) -> None:
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if not ok:
         raise SettingsError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- the app's settings
+# One place for the settings of the workbench itself (not of a run): each field is read from the
+# environment variable ``LIM_<NAME>`` (upper case), else from the optional TOML config file
+# (``LIM_CONFIG``, default ``workbench.toml`` in the working directory), else its default.
+CONFIG_FILE = "workbench.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkbenchConfig:
+    home: str = setting("data", "The data home: database, datasets, models and runs (LIM_HOME).")
+    auth: str = setting("off", "on: every person signs up and logs in, and sees only their own "
+                        "items and shared ones; off: one local owner, no log-in (LIM_AUTH).",
+                        choices=["on", "off"])
+    session_timeout_minutes: int = setting(
+        60, "Minutes without a page interaction after which a browser session is logged out "
+        "(LIM_SESSION_TIMEOUT_MINUTES).", min=1, max=60 * 24 * 30)
+    max_upload_mb: int = setting(
+        2048, "Largest upload or archive in MB; Streamlit's server.maxUploadSize must agree "
+        "(LIM_MAX_UPLOAD_MB).", min=1, max=1_000_000)
+    max_unpacked_mb: int = setting(8192, "Most MB a zip may unpack to (LIM_MAX_UNPACKED_MB).",
+                                   min=1, max=10_000_000)
+    max_files: int = setting(200_000, "Most files in a zip (LIM_MAX_FILES).", min=1, max=100_000_000)
+    # Audio packs about 1.1:1, text tables 3-10:1; a zip bomb packs 1000:1 and more.
+    max_compression_ratio: int = setting(100, "Highest compression ratio of a zip, per entry and "
+                                         "overall (LIM_MAX_COMPRESSION_RATIO).", min=1, max=100_000)
+    device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
+                          "cuda or cuda:N (LIM_DEVICE).")
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise SettingsError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def load_config(environ: typing.Mapping[str, str] | None = None) -> WorkbenchConfig:
+    """The workbench's settings from ``LIM_*`` variables over the config file over defaults."""
+    import os
+    import tomllib
+    from pathlib import Path
+
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = Path(environ.get("LIM_CONFIG") or CONFIG_FILE)
+    if path.is_file():
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise SettingsError(f"the config file {path} cannot be read: {error}") from None
+    elif environ.get("LIM_CONFIG"):
+        raise SettingsError(f"LIM_CONFIG names {path}, which is not a file")
+    for field in dataclasses.fields(WorkbenchConfig):
+        value = environ.get(f"LIM_{field.name.upper()}", "").strip()
+        if value:
+            values[field.name] = value
+    return build(WorkbenchConfig, values, section="workbench")

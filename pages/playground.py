@@ -6,7 +6,7 @@ from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
 from ui.exports import export_panel
 from ui.playground import get_model_cache, show_answer
-from ui.state import get_workbench, run_label
+from ui.state import get_workbench, md_text, run_label
 
 wb = get_workbench()
 cache = get_model_cache()
@@ -107,8 +107,8 @@ if chosen["kind"] == "audio":
     st.audio(chosen["bytes"])
 elif chosen.get("folder"):
     st.audio(f"{chosen['folder']}/{chosen['item']['file']}")
-st.markdown(f"**Input:** {chosen['source']}"
-            + (f" · **reference:** {chosen['reference']}" if chosen["reference"] else ""))
+st.markdown(f"**Input:** {md_text(chosen['source'])}"
+            + (f" · **reference:** {md_text(chosen['reference'])}" if chosen["reference"] else ""))
 
 
 def answer(for_run: int | None) -> dict:

@@ -6,7 +6,8 @@ training worker can write while pages read, and a busy timeout absorbs short wri
 from a second process (the command line next to the app).
 
 Every read of a user's items is scoped to an owner: an item is visible to its owner and, when
-``shared`` is set (the demo sets), read-only to everybody.
+``shared`` is set (the demo sets), read-only to everybody; ``see_all=True`` (an admin's view)
+shows every owner's items. Changing or deleting an item checks its owner (``_owned``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlite_utils import Database
 
 from storage.files import FileStore
 from storage.schema import LOCAL_USER_ID, migrations
+from storage.users import UserStore
 
 JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after",
                 "tags", "grid", "study_cell"}
@@ -34,7 +36,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Storage:
+# Visible to a viewer: their own items, shared ones, or all (an admin's view; third parameter).
+VISIBLE = "(owner_id = ? or shared = 1 or ?)"
+
+
+class Storage(UserStore):
     """The database and file store under one data home (``LIM_HOME``)."""
 
     def __init__(self, home: str | Path):
@@ -118,13 +124,13 @@ class Storage:
             )
         return dataset_id
 
-    def find_dataset(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID) -> dict | None:
-        return self._find("datasets", name_or_id, owner_id)
+    def find_dataset(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID, *,
+                     see_all: bool = False) -> dict | None:
+        return self._find("datasets", name_or_id, owner_id, see_all)
 
-    def list_datasets(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
-        return self._rows(
-            "select * from datasets where owner_id = ? or shared = 1 order by id", [owner_id]
-        )
+    def list_datasets(self, owner_id: int = LOCAL_USER_ID, *, see_all: bool = False) -> list[dict]:
+        return self._rows(f"select * from datasets where {VISIBLE} order by id",
+                          [owner_id, int(see_all)])
 
     def dataset_items(self, dataset_id: int, split: str | None = None,
                       limit: int | None = None, offset: int = 0) -> list[dict]:
@@ -226,13 +232,13 @@ class Storage:
         with self.atomic() as db:
             return db["models"].insert(_encode(record)).last_pk
 
-    def find_model(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID) -> dict | None:
-        return self._find("models", name_or_id, owner_id)
+    def find_model(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID, *,
+                   see_all: bool = False) -> dict | None:
+        return self._find("models", name_or_id, owner_id, see_all)
 
-    def list_models(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
-        return self._rows(
-            "select * from models where owner_id = ? or shared = 1 order by id", [owner_id]
-        )
+    def list_models(self, owner_id: int = LOCAL_USER_ID, *, see_all: bool = False) -> list[dict]:
+        return self._rows(f"select * from models where {VISIBLE} order by id",
+                          [owner_id, int(see_all)])
 
     def delete_model(self, model_id: int, owner_id: int = LOCAL_USER_ID) -> dict:
         record = self._owned("models", model_id, owner_id)
@@ -240,20 +246,19 @@ class Storage:
             db.execute("delete from models where id = ?", [model_id])
         return record
 
-    def _find(self, table: str, name_or_id: str | int, owner_id: int) -> dict | None:
-        visible = "(owner_id = ? or shared = 1)"
+    def _find(self, table: str, name_or_id: str | int, owner_id: int, see_all: bool = False) -> dict | None:
         if isinstance(name_or_id, int) or str(name_or_id).isdigit():
-            found = self._one(f"select * from {table} where id = ? and {visible}",
-                              [int(name_or_id), owner_id])
+            found = self._one(f"select * from {table} where id = ? and {VISIBLE}",
+                              [int(name_or_id), owner_id, int(see_all)])
             if found:
                 return found
         if not str(name_or_id).isascii() and not _is_utf8(str(name_or_id)):
             return None  # bytes that are not UTF-8 (from a command line) can name nothing stored
         # The owner's own item wins over a shared one of the same name.
         return self._one(
-            f"select * from {table} where name = ? and {visible} "
-            "order by owner_id = ? desc, id limit 1",
-            [str(name_or_id), owner_id, owner_id],
+            f"select * from {table} where name = ? and {VISIBLE} "
+            "order by owner_id = ? desc, shared desc, id limit 1",
+            [str(name_or_id), owner_id, int(see_all), owner_id],
         )
 
     def _owned(self, table: str, item_id: int, owner_id: int) -> dict:
@@ -262,6 +267,14 @@ class Storage:
             noun = "study" if table == "studies" else table[:-1]
             raise PermissionError(f"no {noun} {item_id} of yours to delete")
         return record
+
+    def set_shared(self, table: str, item_id: int, owner_id: int, shared: bool) -> None:
+        """Share an item read-only with everybody (or stop sharing it); owners only."""
+        assert table in ("datasets", "models", "runs", "studies")  # a table name, never user text
+        with self.atomic() as db:
+            if db.execute(f"update {table} set shared = ? where id = ? and owner_id = ?",
+                          [int(shared), item_id, owner_id]).rowcount != 1:
+                raise PermissionError(f"no {table[:-1]} {item_id} of yours to share")
 
     # ---------------------------------------------------------------- runs
     def create_run(self, record: dict) -> int:
@@ -320,14 +333,17 @@ class Storage:
     def _next_queue_position(db: Database) -> int:
         return db.execute("select coalesce(max(queue_position), 0) + 1 from runs").fetchone()[0]
 
-    def get_run(self, run_id: int, owner_id: int | None = LOCAL_USER_ID) -> dict | None:
+    def get_run(self, run_id: int, owner_id: int | None = LOCAL_USER_ID, *,
+                see_all: bool = False) -> dict | None:
         if owner_id is None:  # the worker reads any run it was given
             return self._one("select * from runs where id = ?", [run_id])
-        return self._one("select * from runs where id = ? and owner_id = ?", [run_id, owner_id])
+        return self._one(f"select * from runs where id = ? and {VISIBLE}",
+                         [run_id, owner_id, int(see_all)])
 
-    def list_runs(self, owner_id: int = LOCAL_USER_ID, limit: int | None = None) -> list[dict]:
-        sql = "select * from runs where owner_id = ? order by id desc"
-        params: list[Any] = [owner_id]
+    def list_runs(self, owner_id: int = LOCAL_USER_ID, limit: int | None = None, *,
+                  see_all: bool = False) -> list[dict]:
+        sql = f"select * from runs where {VISIBLE} order by id desc"
+        params: list[Any] = [owner_id, int(see_all)]
         if limit is not None:
             sql += " limit ?"
             params.append(limit)

@@ -173,5 +173,19 @@ def m008_studies(db: Database) -> None:
     db["runs"].create_index(["study_id", "id"])
 
 
+@migrations()
+def m009_accounts(db: Database) -> None:
+    """Accounts (issue 17): users can be disabled; runs (and studies) can be shared read-only;
+    failed log-ins are recorded per username and per client, to slow down password guessing."""
+    db["users"].add_column("disabled", int, not_null_default=0)
+    db["users"].add_column("last_login_at", str)
+    db["runs"].add_column("shared", int, not_null_default=0)
+    db["studies"].add_column("shared", int, not_null_default=0)
+    db["login_failures"].create(
+        {"id": int, "username": str, "client": str, "at": float}, pk="id")
+    db["login_failures"].create_index(["username", "at"])
+    db["login_failures"].create_index(["client", "at"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

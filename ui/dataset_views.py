@@ -17,6 +17,7 @@ from engine.data.validation import KINDS, report_from_dict
 from engine.errors import WorkbenchError
 from engine.text import safe_name
 from ui import dataset_charts as charts
+from ui.state import md_text
 
 PAGE_SIZE = 25
 TASK_CHOICES = {"detect": None, "speech recognition": "asr", "audio classification": "audio-classification",
@@ -91,11 +92,11 @@ def item_detail(wb, dataset: dict, item: dict) -> None:
             wave_col, mel_col = st.columns(2)
             wave_col.plotly_chart(charts.waveform(view), key=f"datasets.wave.{item['id']}")
             mel_col.plotly_chart(charts.spectrogram(view), key=f"datasets.mel.{item['id']}")
-        st.caption(f"from {item['source_name']}" + (f" · {item['sample_rate']} Hz, {item['channels']} ch, "
+        st.caption(f"from {md_text(item['source_name'])}" + (f" · {item['sample_rate']} Hz, {item['channels']} ch, "
                                                     f"{item['duration_s']:.2f} s" if item["sample_rate"] else ""))
         if dataset["is_demo"] or dataset["owner_id"] != wb.owner_id:
-            st.markdown(f"**{item['text'] or item['label']}**" + (
-                f" → {item['label']}" if item["text"] and item["label"] else ""))
+            st.markdown(f"**{md_text(item['text'] or item['label'])}**" + (
+                f" → {md_text(item['label'])}" if item["text"] and item["label"] else ""))
             st.caption("Read-only: export it and import the zip under a new name to edit a copy.")
             return
         _edit_item(wb, dataset, item)

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.inference import ModelCache
+from ui.state import md_text
 
 
 @st.cache_resource(show_spinner=False)
@@ -34,11 +35,11 @@ def probability_figure(probabilities: list[float], labels: list[str], height: in
 def show_answer(result: dict, key: str) -> None:
     """A transcript or class probabilities, with the latency and whether the model loaded now."""
     if result["task"] == "asr":
-        st.markdown(f"> {result['output'] or '*(empty transcript)*'}")
+        st.markdown(f"> {md_text(result['output'])}" if result["output"] else "> *(empty transcript)*")
     else:
         probabilities, labels = result["output"], result["labels"]
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
-        st.markdown(f"**{labels[best]}** ({probabilities[best]:.0%})")
+        st.markdown(f"**{md_text(labels[best])}** ({probabilities[best]:.0%})")
         st.plotly_chart(probability_figure(probabilities, labels), key=key)
     loaded = f" · loaded in {result['load_s']:.1f} s" if result["loaded_now"] else " · already loaded"
     st.caption(f"latency {result['latency_s'] * 1000:.0f} ms{loaded}")

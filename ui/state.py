@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from engine import Workbench, data_home
@@ -27,9 +29,34 @@ def shutdown_workbenches() -> None:
     _workbench_for.clear()
 
 
-def get_workbench() -> Workbench:
-    """The engine for the data home in ``LIM_HOME`` (made once, then cached)."""
+def shared_workbench() -> Workbench:
+    """The engine for the data home in ``LIM_HOME`` (made once, then cached), as the local
+    owner: for the log-in page and the auth gate, never for showing items."""
     return _workbench_for(str(data_home().resolve()))
+
+
+def get_workbench() -> Workbench:
+    """The engine as this browser session's user sees it (ui/auth.py): with ``LIM_AUTH=on``
+    every call is scoped to the logged-in account; a page reached without one stops here."""
+    from ui.auth import session_user
+
+    workbench = shared_workbench()
+    user = session_user(workbench)
+    if user is None:
+        st.warning("Log in first.")
+        st.stop()
+    return workbench.for_user(user) if user["id"] != workbench.owner_id else workbench
+
+
+# Markdown's punctuation (CommonMark backslash escapes) plus Streamlit's ``:directive[...]``
+# colon; no library escapes Streamlit's dialect, so it is written out here.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")
+
+
+def md_text(text: object) -> str:
+    """Text from outside (a transcript, label, file or item name) safe inside ``st.markdown``:
+    shown as typed, never as a link, image, HTML or colour directive."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
 
 
 # status -> (Material icon, badge colour)

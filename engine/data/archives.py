@@ -14,7 +14,6 @@ offers them as a policy (zipfile itself only guards against overlapping-entry bo
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import zipfile
@@ -35,22 +34,21 @@ RATIO_EXEMPT_BYTES = 1 * MB
 PROGRESS_EVERY = 64 * MB  # unpacked bytes between progress calls
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+def _configured(name: str) -> int:
+    from engine.settings import load_config  # the one place the workbench's settings live
+
+    return getattr(load_config(), name)
 
 
 @dataclass
 class ImportLimits:
-    """Ceilings on what an import may bring in (settable through LIM_* environment variables)."""
+    """Ceilings on what an import may bring in (``engine.settings.WorkbenchConfig``: LIM_*
+    environment variables or the config file)."""
 
-    max_upload_mb: int = field(default_factory=lambda: _env_int("LIM_MAX_UPLOAD_MB", 2048))
-    max_unpacked_mb: int = field(default_factory=lambda: _env_int("LIM_MAX_UNPACKED_MB", 8192))
-    max_files: int = field(default_factory=lambda: _env_int("LIM_MAX_FILES", 200_000))
-    # Audio packs about 1.1:1, text tables 3-10:1; a zip bomb packs 1000:1 and more.
-    max_compression_ratio: int = field(default_factory=lambda: _env_int("LIM_MAX_COMPRESSION_RATIO", 100))
+    max_upload_mb: int = field(default_factory=lambda: _configured("max_upload_mb"))
+    max_unpacked_mb: int = field(default_factory=lambda: _configured("max_unpacked_mb"))
+    max_files: int = field(default_factory=lambda: _configured("max_files"))
+    max_compression_ratio: int = field(default_factory=lambda: _configured("max_compression_ratio"))
 
 
 def save_upload(staging: Path, filename: str, stream: BinaryIO, limits: ImportLimits) -> Path:

@@ -10,14 +10,18 @@ from __future__ import annotations
 from storage import Storage
 
 
-def queue_rows(storage: Storage, owner_id: int) -> list[dict]:
-    """Every queued run (one device: everybody's queue), in the order a worker takes them."""
+def queue_rows(storage: Storage, owner_id: int, *, see_all: bool = False) -> list[dict]:
+    """Every queued run (one device: everybody's queue), in the order a worker takes them.
+    Another user's run shows its place and method, not its model or dataset (unless shared,
+    or ``see_all``: an admin's view)."""
     wait = sum(seconds_left(storage, run) or 0.0 for run in storage.runs_with_status("running"))
     rows = []
     for position, run in enumerate(storage.queued_runs(), start=1):
         duration = seconds_left(storage, run)
+        visible = run["owner_id"] == owner_id or run.get("shared") or see_all
         rows.append({"position": position, "id": run["id"], "method": run["method"],
-                     "model": run["model_name"], "dataset": run["dataset_name"],
+                     "model": run["model_name"] if visible else "(another user's)",
+                     "dataset": run["dataset_name"] if visible else "(another user's)",
                      "mine": run["owner_id"] == owner_id, "step": run["step"],
                      "estimated_duration_s": duration, "estimated_start_in_s": wait})
         wait = None if wait is None or duration is None else wait + duration

@@ -54,6 +54,12 @@ __all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
 
 
 def pick_device() -> str:
+    """``LIM_DEVICE`` (engine.settings.WorkbenchConfig) when set, else a CUDA GPU when there is one."""
+    from engine.settings import load_config
+
+    device = load_config().device
+    if device != "auto":
+        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -11,7 +11,6 @@ SQLite or torch. Errors are ``WorkbenchError`` subclasses with a message for the
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
@@ -19,26 +18,30 @@ from engine.data.pipeline import clean_stale_staging
 from engine.demo import DEMO_ASSETS, DEMO_DATASETS, DEMO_RUN, demo_story, packaged_description
 from engine.errors import RunError
 from engine.series import LiveSeries
+from engine.settings import load_config
+from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
 from engine.workbench.studies import StudiesMixin
 from storage import LOCAL_USER_ID, Storage, safe_name
 
-DEFAULT_HOME = "data"
-
-
 def data_home() -> Path:
-    return Path(os.environ.get("LIM_HOME") or DEFAULT_HOME)
+    """``LIM_HOME`` or the config file's ``home`` (engine.settings.load_config), default ./data."""
+    return Path(load_config().home)
 
 
-class Workbench(DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
-    """One data home's datasets, models, methods, runs and studies (sections in the mixin modules)."""
+class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
+    """One data home's datasets, models, methods, runs and studies (sections in the mixin
+    modules), as one user sees them: the local owner, or ``for_user(...)``'s account
+    (engine/workbench/accounts.py)."""
 
     def __init__(self, home: str | Path | None = None, owner_id: int = LOCAL_USER_ID):
         self.storage = Storage(home if home is not None else data_home())
         self.home = self.storage.home
         self.owner_id = owner_id
+        self.see_all = False  # an admin's view (for_user) reads every owner's items
+        self.user = None
         self.worker = None
         self.live_series = LiveSeries()  # the live monitor's incremental, downsampled series
         self.recover_interrupted()
@@ -131,7 +134,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
         labels = adapter_labels(adapter_dir)
         if labels is not None:
             return labels
-        dataset = self.storage.find_dataset(run["dataset_id"], self.owner_id)
+        dataset = self.storage.find_dataset(run["dataset_id"], run["owner_id"])  # a shared run's too
         return dataset["labels"] if dataset else []
 
     def load_trained(self, run_id: int, device: str = "cpu"):
@@ -143,7 +146,7 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
         if not run["adapter_dir"]:
             raise RunError(f"run {run_id} has no saved adapter (status {run['status']})")
         adapter_dir = self.storage.files.resolve(run["adapter_dir"])
-        model = self.get_model(run["model_id"])
+        model = self._run_model(run)
         return load_trained(run, model["family"], self.storage.files.resolve(model["path"]), adapter_dir,
                             self._run_labels(run, adapter_dir), device)
 
@@ -164,6 +167,9 @@ class Workbench(DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
 
         if cache is None:
             cache = self.__dict__.setdefault("_model_cache", ModelCache())
+        # The cache is shared by every user: check this user may read the run (or model) before
+        # a model another user loaded is handed out.
+        self.get_run(run_id) if run_id is not None else self.get_model(model)
         key = (str(self.home), str(model), run_id, task if run_id is None else None,
                tuple(labels or ()) if run_id is None else ())
         return cache.get(key, lambda: (self.load_trained(run_id) if run_id is not None

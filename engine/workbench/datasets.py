@@ -22,10 +22,10 @@ from storage import safe_name
 class DatasetsMixin:
     # ------------------------------------------------------------------ datasets
     def list_datasets(self) -> list[dict]:
-        return self.storage.list_datasets(self.owner_id)
+        return self.storage.list_datasets(self.owner_id, see_all=self.see_all)
 
     def get_dataset(self, name_or_id: str | int) -> dict:
-        dataset = self.storage.find_dataset(name_or_id, self.owner_id)
+        dataset = self.storage.find_dataset(name_or_id, self.owner_id, see_all=self.see_all)
         if dataset is None:
             names = ", ".join(d["name"] for d in self.list_datasets()) or "none yet"
             raise NotFoundError(f"no dataset {name_or_id!r}; datasets: {names}")
@@ -178,7 +178,8 @@ class DatasetsMixin:
     def export_dataset(self, name_or_id: str | int, out_dir: str | Path | None = None) -> Path:
         """A zip in the audiofolder layout (text sets: <split>.csv) with every edit applied."""
         dataset = self.get_dataset(name_or_id)
-        folder = Path(out_dir) if out_dir is not None else self._staging() / "exports"
+        # kept per user: two users' sets of the same name never replace each other's download
+        folder = Path(out_dir) if out_dir is not None else self._staging() / "exports" / str(self.owner_id)
         folder.mkdir(parents=True, exist_ok=True)
         if out_dir is None:  # one export per dataset is kept for download; older ones go
             for old in folder.glob(f"{safe_name(dataset['name'])}-{'[0-9a-f]' * 12}.zip"):
@@ -196,7 +197,8 @@ class DatasetsMixin:
     def _own_dataset(self, name_or_id: str | int, doing: str = "changed") -> dict:
         dataset = self.get_dataset(name_or_id)
         if dataset["owner_id"] != self.owner_id:
-            raise DatasetError(f"{dataset['name']} is shared with you read-only; it cannot be {doing}")
+            whose = "is shared with you read-only" if dataset["shared"] else "is another user's"
+            raise DatasetError(f"{dataset['name']} {whose}; it cannot be {doing}")
         if dataset["is_demo"] and doing == "changed":
             raise DatasetError(f"{dataset['name']} is a read-only demo set; export it and import the "
                                "zip under a new name to edit a copy")

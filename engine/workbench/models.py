@@ -19,10 +19,10 @@ from engine.training.settings import TrainingSettings
 class ModelsMixin:
     # ------------------------------------------------------------------ models
     def list_models(self) -> list[dict]:
-        return self.storage.list_models(self.owner_id)
+        return self.storage.list_models(self.owner_id, see_all=self.see_all)
 
     def get_model(self, name_or_id: str | int) -> dict:
-        model = self.storage.find_model(name_or_id, self.owner_id)
+        model = self.storage.find_model(name_or_id, self.owner_id, see_all=self.see_all)
         if model is None:
             names = ", ".join(m["name"] for m in self.list_models()) or "none yet"
             raise NotFoundError(f"no model {name_or_id!r}; models: {names}")
@@ -76,7 +76,8 @@ class ModelsMixin:
     def delete_model(self, name_or_id: str | int) -> None:
         model = self.get_model(name_or_id)
         if model["owner_id"] != self.owner_id:
-            raise ModelError(f"{model['name']} is shared with you read-only; it cannot be deleted")
+            whose = "is shared with you read-only" if model["shared"] else "is another user's"
+            raise ModelError(f"{model['name']} {whose}; it cannot be deleted")
         self.storage.delete_model(model["id"], self.owner_id)
         self.storage.files.remove(model["path"])
 

@@ -186,11 +186,11 @@ class RunsMixin:
         (``engine.training.queue.queue_rows``)."""
         from engine.training.queue import queue_rows
 
-        return queue_rows(self.storage, self.owner_id)
+        return queue_rows(self.storage, self.owner_id, see_all=self.see_all)
 
     def move_run(self, run_id: int, position: int) -> list[int]:
         """Move a queued run to ``position`` (1 = next to train); returns the queue's ids."""
-        run = self.get_run(run_id)
+        run = self._own_run(run_id, "moved", admin_may=True)
         if run["status"] != "queued":
             raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be moved")
         if position < 1:
@@ -201,7 +201,7 @@ class RunsMixin:
 
     def cancel_run(self, run_id: int) -> None:
         """Take a queued run out of the queue (it ends ``cancelled``)."""
-        run = self.get_run(run_id)
+        run = self._own_run(run_id, "cancelled", admin_may=True)
         if run["status"] != "queued":
             raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be "
                            "cancelled (stop a running one)")
@@ -211,8 +211,8 @@ class RunsMixin:
     def delete_run(self, run_id: int) -> None:
         """Delete a run that is not queued or running: its record, metrics and log, its
         checkpoints and its adapter (exports already downloaded are not touched)."""
-        run = self.get_run(run_id)
-        if run["status"] in ("queued", "running") or not self.storage.delete_run(run["id"], self.owner_id):
+        run = self._own_run(run_id, "deleted")
+        if run["status"] in ("queued", "running") or not self.storage.delete_run(run["id"], run["owner_id"]):
             raise RunError(f"run {run['id']} is {self.get_run(run['id'])['status']}; stop it (or "
                            "cancel it while queued) first, then delete it")
         shutil.rmtree(self.storage.files.home / "runs" / str(run["id"]), ignore_errors=True)
@@ -238,13 +238,32 @@ class RunsMixin:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def list_runs(self, limit: int | None = None) -> list[dict]:
-        return self.storage.list_runs(self.owner_id, limit)
+        """The user's runs and runs shared with everybody (an admin's view: all), newest first."""
+        return self.storage.list_runs(self.owner_id, limit, see_all=self.see_all)
 
     def get_run(self, run_id: int) -> dict:
-        run = self.storage.get_run(int(run_id), self.owner_id)
+        """A run this user may read; another user's unshared run is "not found", like a
+        missing one, so ids cannot be probed."""
+        run = self.storage.get_run(int(run_id), self.owner_id, see_all=self.see_all)
         if run is None:
             raise NotFoundError(f"no run {run_id}")
         return run
+
+    def _own_run(self, run_id: int, doing: str, *, admin_may: bool = False) -> dict:
+        """A run this user may change: their own (an admin may also stop, cancel or move any
+        run: the device is shared). A shared run of another user is read-only."""
+        run = self.get_run(run_id)
+        if run["owner_id"] != self.owner_id and not (admin_may and self.see_all):
+            raise RunError(f"run {run['id']} is another user's, shared with you read-only; it "
+                           f"cannot be {doing} (clone it to make your own)")
+        return run
+
+    def _run_model(self, run: dict) -> dict:
+        """The base model of a run this user may read (a shared run's, even if the model is not)."""
+        model = self.storage.find_model(run["model_id"], run["owner_id"])
+        if model is None:
+            raise NotFoundError(f"the base model {run['model_name']!r} of run {run['id']} was deleted")
+        return model
 
     def run_metrics(self, run_id: int, names: list[str] | None = None) -> list[dict]:
         return self.storage.metrics(self.get_run(run_id)["id"], names)
@@ -263,7 +282,8 @@ class RunsMixin:
         return {
             "id": run["id"], "status": run["status"], "method": run["method"], "task": run["task"],
             "dataset": run["dataset_name"], "dataset_version": run["dataset_version"],
-            "dataset_exists": self.storage.find_dataset(run["dataset_id"], self.owner_id) is not None,
+            "dataset_exists": self.storage.find_dataset(run["dataset_id"], run["owner_id"]) is not None,
+            "owner": self._owner_name(run), "shared": bool(run.get("shared")),
             "model": run["model_name"], "settings": run["settings"], "metrics": run["metrics"] or {},
             "trainable_params": run["trainable_params"], "total_params": run["total_params"],
             "peak_memory_mb": run["peak_memory_mb"], "wall_time_s": run["wall_time_s"],
@@ -280,7 +300,7 @@ class RunsMixin:
 
     def stop_run(self, run_id: int) -> str:
         """Queued: cancelled at once. Running: stops at the next step with a checkpoint."""
-        run = self.get_run(run_id)
+        run = self._own_run(run_id, "stopped", admin_may=True)
         if run["status"] == "queued":
             self.cancel_run(run["id"])
             return "cancelled"
@@ -294,7 +314,7 @@ class RunsMixin:
 
     def resume_run(self, run_id: int) -> None:
         """Queue a stopped, interrupted or failed run again; it continues from its checkpoint."""
-        run = self.get_run(run_id)
+        run = self._own_run(run_id, "resumed")
         if run["status"] not in ("stopped", "interrupted", "failed"):
             raise RunError(f"run {run['id']} is {run['status']}; only stopped, interrupted or "
                            "failed runs can be resumed")
@@ -363,7 +383,7 @@ class RunsMixin:
         if not adapter_dir.is_dir():
             raise ExportError(f"the adapter folder of run {run_id} ({adapter_dir}) is missing")
         run = self.get_run(run_id)
-        model = self.storage.find_model(run["model_id"], self.owner_id)
+        model = self.storage.find_model(run["model_id"], run["owner_id"])
         if model is None:
             raise ExportError(f"the base model {run['model_name']!r} of run {run_id} was deleted; "
                               "register it again to merge or export this run")
@@ -372,7 +392,7 @@ class RunsMixin:
             family=model["family"], labels=read_meta(adapter_dir).get("labels") or [],
             is_adapter=get_method(run["method"]).is_adapter, base_source=model.get("source") or "")
         if format == "ct2":
-            dataset = self.storage.find_dataset(run["dataset_id"], self.owner_id)
+            dataset = self.storage.find_dataset(run["dataset_id"], run["owner_id"])
             artifacts.parity_clips = parity_clips(self.storage, dataset)
         return artifacts
 
@@ -429,7 +449,7 @@ class RunsMixin:
         """Replace a run's tags (comma-separated text or a list); returns the clean tags."""
         from engine.compare import clean_tags
 
-        run = self.get_run(run_id)
+        run = self._own_run(run_id, "tagged")
         cleaned = clean_tags(tags)
         self.storage.update_run(run["id"], tags=cleaned)
         return cleaned

@@ -213,6 +213,8 @@ def test_streamlit_hides_its_toolbar_and_make_run_watches_no_files():
     assert settings["client"]["toolbarMode"] in ("viewer", "minimal")
     assert "minimal" in config.get_config_options()["client.toolbarMode"].description  # this Streamlit knows it
     assert {".venv", "data"} <= set(settings["server"]["folderWatchBlacklist"])
-    run_line = (root / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
-    assert "--server.fileWatcherType none" in run_line
+    makefile = (root / "Makefile").read_text()
+    run_line = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    streamlit_line = makefile.split("\nSTREAMLIT = ", 1)[1].split("\n\n", 1)[0].split("\nTLS_DIR", 1)[0]
+    assert "$(STREAMLIT)" in run_line and "--server.fileWatcherType none" in streamlit_line
     assert "--server.fileWatcherType=none" in (root / "docker" / "entrypoint.sh").read_text()

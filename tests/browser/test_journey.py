@@ -1,5 +1,7 @@
-"""A person's first session in a real browser: home -> training (start a QLoRA run, watch it
-finish) -> compare -> playground -> studies (launch a tiny grid, watch it finish). Streamlit serves the real app; Playwright drives Debian's chromium."""
+"""A person's first session in a real browser, with accounts on: sign up -> home -> training
+(only their own runs; start a QLoRA run, watch it finish) -> compare -> playground -> studies
+(launch a tiny grid, watch it finish) -> log out and in. Streamlit serves the real app;
+Playwright drives Debian's chromium."""
 
 from __future__ import annotations
 
@@ -31,8 +33,16 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(demo_home):
+    from engine import Workbench
+
+    # Another account with a run of its own (run #1, kept but never trained): the journey's
+    # person must not see it. It signed up first, so it is the admin and the person is not.
+    workbench = Workbench(demo_home)
+    other = workbench.for_user(workbench.sign_up("teacher", "a long chalkboard passphrase"))
+    other.cancel_run(other.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2}))
+    workbench.storage.close()
     port = free_port()
-    env = {**os.environ, "LIM_HOME": str(demo_home), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "LIM_HOME": str(demo_home), "HF_HUB_OFFLINE": "1", "LIM_AUTH": "on"}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -65,6 +75,12 @@ def test_first_session_trains_and_compares(server, demo_home):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(server)
+        page.get_by_role("tab", name="Sign up").click()
+        page.get_by_label("Username").last.fill("student")
+        page.get_by_label("Password", exact=True).last.fill("my own long passphrase")
+        page.get_by_label("Password again").fill("my own long passphrase")
+        page.get_by_role("button", name="Sign up").click()
+        expect(page.get_by_text("Logged in as student")).to_be_visible()
         expect(page.get_by_text("LessIsMore Workbench").first).to_be_visible()
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()  # canvas-drawn table
         expect(page.get_by_test_id("stMetric").first).to_be_visible()
@@ -72,6 +88,7 @@ def test_first_session_trains_and_compares(server, demo_home):
 
         page.get_by_role("link", name="Training").first.click()
         expect(page.get_by_role("heading", name="Training")).to_be_visible()
+        expect(page.get_by_text("No runs yet.")).to_be_visible()  # not the teacher's run #1
         page.get_by_text("a number of steps", exact=True).click()  # the basics: how long
         page.get_by_text("Advanced: every other setting").click()  # the rest, plain labels
         for label, value in [("Steps", "6"), ("Validate every N steps", "3"),
@@ -82,7 +99,8 @@ def test_first_session_trains_and_compares(server, demo_home):
         page.get_by_role("button", name="Start").click()
         expect(page.get_by_text("queued: it starts").first).to_be_visible()
         # The live monitor refreshes by itself until the run completes.
-        expect(page.get_by_text("completed").first).to_be_visible(timeout=180_000)
+        # 6 steps and an evaluation: 3 minutes on 2 free cores, longer on a loaded machine
+        expect(page.get_by_text("completed").first).to_be_visible(timeout=600_000)
         expect(page.get_by_text("step 6 / 6").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
@@ -102,7 +120,7 @@ def test_first_session_trains_and_compares(server, demo_home):
 
         first_item = Workbench(demo_home).dataset_items("demo-speech", "validation", limit=1)[0]
         page.get_by_role("button", name=first_item["text"][:28]).first.click()  # a demo item
-        expect(page.get_by_role("heading", name="Fine-tuned: run #1 (qlora)")).to_be_visible()
+        expect(page.get_by_role("heading", name="Fine-tuned: run #2 (qlora)")).to_be_visible()
         expect(page.get_by_text("latency")).to_have_count(2)
         page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
 
@@ -125,4 +143,11 @@ def test_first_session_trains_and_compares(server, demo_home):
         expect(page.get_by_text("Welch's t-test").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "studies.png"), full_page=True)
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page.get_by_text("You logged out.")).to_be_visible()
+        page.get_by_label("Username").first.fill("student")
+        page.get_by_label("Password", exact=True).first.fill("my own long passphrase")
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_text("Logged in as student")).to_be_visible()
         browser.close()

@@ -1,0 +1,86 @@
+"""Account: your password, what you share with everybody, and (admins) the users."""
+
+import streamlit as st
+
+from engine.errors import WorkbenchError
+from ui.auth import auth_on, client_address
+from ui.state import get_workbench
+
+wb = get_workbench()
+st.title("Account")
+if not auth_on():
+    st.info("Single-user mode (LIM_AUTH=off): everything belongs to this machine's one local owner, "
+            "and nobody logs in. Set LIM_AUTH=on to give each person an account (README: Accounts).")
+    st.stop()
+
+user = wb.user
+st.caption(f"Logged in as **{user['name']}**" + (" · admin: you see every user's items" if user["is_admin"] else ""))
+
+# ---------------------------------------------------------------------- sharing
+st.subheader("Shared with everybody")
+st.caption("Shared items are read-only to everybody else: they can see, use, export and clone them, "
+           "never change or delete them.")
+kinds = {"dataset": wb.list_datasets(), "model": wb.list_models(), "run": wb.list_runs()}
+with st.form("account.sharing"):
+    chosen = {}
+    for kind, records in kinds.items():
+        mine = [r for r in records if r["owner_id"] == wb.owner_id]
+        label = (lambda r: f"#{r['id']} {r['method']} · {r['model_name']} on {r['dataset_name']}") \
+            if kind == "run" else (lambda r: r["name"])
+        names = {r["id"]: label(r) for r in mine}
+        chosen[kind] = (mine, st.multiselect(
+            f"Your {kind}s shared", list(names), default=[r["id"] for r in mine if r["shared"]],
+            format_func=names.get, key=f"account.share.{kind}",
+            placeholder=f"none of your {len(mine)} {kind}s" if mine else f"you have no {kind}s yet"))
+    if st.form_submit_button("Save sharing"):
+        try:
+            for kind, (mine, shared_ids) in chosen.items():
+                for record in mine:
+                    if bool(record["shared"]) != (record["id"] in shared_ids):
+                        wb.share(kind, record["id"], record["id"] in shared_ids)
+            st.success("Sharing saved.")
+        except WorkbenchError as error:
+            st.error(str(error))
+
+# ---------------------------------------------------------------------- password
+st.subheader("Change your password")
+with st.form("account.password", clear_on_submit=True):
+    old = st.text_input("Current password", type="password")
+    new = st.text_input("New password", type="password", help="At least 10 characters")
+    again = st.text_input("New password again", type="password")
+    if st.form_submit_button("Change password"):
+        try:
+            if new != again:
+                st.error("The two new passwords differ.")
+            else:
+                wb.log_in(user["name"], old, client=client_address())  # slowed down like a log-in
+                wb.reset_password(user["name"], new)
+                st.success("Password changed.")
+        except WorkbenchError as error:
+            st.error(str(error))
+
+# ---------------------------------------------------------------------- users (admins)
+if user["is_admin"]:
+    st.subheader("Users")
+    users = [u for u in wb.list_users() if u["has_password"]]
+    st.dataframe(users, hide_index=True, column_order=["id", "name", "is_admin", "disabled",
+                                                        "created_at", "last_login_at"])
+    others = {u["name"]: u for u in users if u["id"] != wb.owner_id}
+    if not others:
+        st.caption("Nobody else has signed up yet.")
+    else:
+        name = st.selectbox("User", list(others), key="account.users.name")
+        target = others[name]
+        left, right = st.columns(2)
+        toggle = "Enable" if target["disabled"] else "Disable"
+        if left.button(f"{toggle} {name}", key="account.users.toggle"):
+            wb.set_user_disabled(name, not target["disabled"])
+            st.rerun()
+        with right.form("account.users.reset", clear_on_submit=True):
+            password = st.text_input(f"New password for {name}", type="password")
+            if st.form_submit_button("Reset password"):
+                try:
+                    wb.reset_password(name, password)
+                    st.success(f"{name}'s password was reset; tell them in person.")
+                except WorkbenchError as error:
+                    st.error(str(error))

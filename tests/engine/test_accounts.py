@@ -1,0 +1,261 @@
+"""Accounts (issue 17): sign-up, log-in, slow-down, per-user isolation through the facade and
+the command line, sharing, admin actions. Real SQLite files; runs are queued, not trained (every
+check of another user's run happens before anything would train or load)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+
+import pytest
+from argon2 import PasswordHasher
+
+from engine.cli import main
+from engine.errors import AuthError, DatasetError, NotFoundError, RunError
+from engine.workbench.accounts import FREE_FAILURES_PER_CLIENT, FREE_FAILURES_PER_USER
+
+PASSWORD_A, PASSWORD_B = "correct horse battery", "staple gun sunrise"
+
+
+@pytest.fixture
+def people(workbench):
+    """(admin ada, plain bob, carol) views of one workbench; bob has a queued run and a private
+    text dataset."""
+    ada = workbench.for_user(workbench.sign_up("ada", PASSWORD_A))
+    bob = workbench.for_user(workbench.sign_up("bob", PASSWORD_B))
+    carol = workbench.for_user(workbench.sign_up("carol", "plum orchard winter"))
+    return ada, bob, carol
+
+
+def bobs_dataset(bob, tmp_path) -> dict:
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\n" + "".join(f"review {i} {'good' if i % 2 else 'bad'},"
+                                             f"{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    return bob.import_dataset(table, "bobs-reviews", "text-classification")
+
+
+def bobs_run(bob) -> int:
+    return bob.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2})
+
+
+def test_sign_up_log_in_and_the_first_account_is_the_admin(workbench):
+    ada = workbench.sign_up("ada", PASSWORD_A)
+    bob = workbench.sign_up("bob", PASSWORD_B)
+    assert (ada["is_admin"], bob["is_admin"]) == (1, 0)
+    assert "password_hash" not in ada
+    assert workbench.log_in("Ada", PASSWORD_A)["id"] == ada["id"]  # names ignore case
+    with pytest.raises(AuthError, match="wrong username or password"):
+        workbench.log_in("ada", PASSWORD_B)
+    with pytest.raises(AuthError, match="wrong username or password"):  # same words: no name probing
+        workbench.log_in("nobody", PASSWORD_A)
+    with pytest.raises(AuthError, match="taken"):
+        workbench.sign_up("ADA", "another long password")
+
+
+@pytest.mark.parametrize("name, password, problem", [
+    ("dan", "short1!", "at least 10 characters"),
+    ("dan", "password123", "too easy"),
+    ("dan", "aaaaaaaaaaaaaa", "too easy"),
+    ("dan", "dan-is-the-best", "must not contain the username"),
+    ("../etc", "a perfectly long one", "a username has"),
+    ("<b>x</b>", "a perfectly long one", "a username has"),
+    ("local", "a perfectly long one", "reserved"),
+])
+def test_weak_passwords_and_bad_names_are_refused(workbench, name, password, problem):
+    with pytest.raises(AuthError, match=problem):
+        workbench.sign_up(name, password)
+    assert workbench.storage.count_accounts() == 0
+
+
+def test_stored_hashes_are_argon2_not_the_password_and_verify(workbench):
+    workbench.sign_up("ada", PASSWORD_A)
+    with sqlite3.connect(workbench.storage.path) as conn:
+        (stored,) = conn.execute("select password_hash from users where name = 'ada'").fetchone()
+    assert stored.startswith("$argon2id$") and PASSWORD_A not in stored
+    assert PasswordHasher().verify(stored, PASSWORD_A)
+
+
+def test_failed_log_ins_are_slowed_per_username(workbench):
+    workbench.sign_up("ada", PASSWORD_A)
+    now = 1_000_000.0
+    for attempt in range(FREE_FAILURES_PER_USER):  # the first few are free
+        with pytest.raises(AuthError, match="wrong username or password"):
+            workbench.log_in("ada", f"guess number {attempt}", client="10.0.0.1", now=now)
+    # Then each attempt waits: 1 s after the third failure (the password is not even checked) ...
+    with pytest.raises(AuthError, match="too many failed log-ins for 'ada'; try again in 1 s"):
+        workbench.log_in("ada", PASSWORD_A, client="10.0.0.2", now=now + 0.5)
+    with pytest.raises(AuthError, match="wrong username or password"):
+        workbench.log_in("ada", "guess number 4", client="10.0.0.1", now=now + 1.1)
+    # ... 2 s after the fourth, from any client: the limit follows the name.
+    with pytest.raises(AuthError, match="too many failed log-ins for 'ada'; try again in 2 s"):
+        workbench.log_in("ada", PASSWORD_A, client="10.0.0.3", now=now + 1.5)
+    assert workbench.log_in("ada", PASSWORD_A, client="10.0.0.2", now=now + 3.2)["name"] == "ada"
+    # A good log-in forgets the failures: the next wrong one is free again.
+    with pytest.raises(AuthError, match="wrong username"):
+        workbench.log_in("ada", "one more guess", now=now + 3.3)
+    assert workbench.log_in("ada", PASSWORD_A, now=now + 3.4)["name"] == "ada"
+
+
+def test_failed_log_ins_are_slowed_per_client(workbench):
+    workbench.sign_up("ada", PASSWORD_A)
+    now = 2_000_000.0
+    for n in range(FREE_FAILURES_PER_CLIENT):  # a different name each time: only the client repeats
+        with pytest.raises(AuthError, match="wrong"):
+            workbench.log_in(f"name{n}", "whatever it is", client="198.51.100.9", now=now)
+    with pytest.raises(AuthError, match="from this address"):
+        workbench.log_in("ada", PASSWORD_A, client="198.51.100.9", now=now + 0.1)
+    assert workbench.log_in("ada", PASSWORD_A, client="198.51.100.10", now=now + 0.1)["name"] == "ada"
+
+
+def test_another_users_run_is_not_found_through_every_facade_call(people, tmp_path):
+    ada, bob, carol = people
+    run_id = bobs_run(bob)
+    assert [r["id"] for r in bob.list_runs()] == [run_id]
+    assert carol.list_runs() == [] and carol.queue()[0]["dataset"] == "(another user's)"
+    calls = {
+        "show": lambda: carol.run_summary(run_id), "get": lambda: carol.get_run(run_id),
+        "stop": lambda: carol.stop_run(run_id), "resume": lambda: carol.resume_run(run_id),
+        "cancel": lambda: carol.cancel_run(run_id), "move": lambda: carol.move_run(run_id, 1),
+        "delete": lambda: carol.delete_run(run_id), "tag": lambda: carol.tag_run(run_id, "x"),
+        "export": lambda: carol.export_run(run_id, "adapter", tmp_path / "out.zip"),
+        "clone": lambda: carol.clone_run(run_id), "compare": lambda: carol.compare_runs([run_id]),
+        "metrics": lambda: carol.live_metrics(run_id), "events": lambda: carol.run_events(run_id),
+        "play": lambda: carol.predict({"text": "hi"}, model="tiny-bert", task="text-classification",
+                                      run_id=run_id),
+        "share": lambda: carol.share("run", run_id),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotFoundError, match=f"no run {run_id}"):
+            call()
+    # Models stay loaded for everybody (one cache): one bob's run loaded is not handed to carol.
+    class CacheHoldingBobsModel:
+        def get(self, key, load, run_id):
+            return "bob's loaded model"
+
+    assert bob.loaded_model("tiny-bert", run_id, cache=CacheHoldingBobsModel()) == "bob's loaded model"
+    with pytest.raises(NotFoundError, match=f"no run {run_id}"):
+        carol.loaded_model("tiny-bert", run_id, cache=CacheHoldingBobsModel())
+    assert bob.get_run(run_id)["status"] == "queued"  # nothing happened to it
+    assert not (tmp_path / "out.zip").exists()
+
+
+def test_another_users_dataset_and_model_are_not_found(people, tmp_path):
+    ada, bob, carol = people
+    dataset = bobs_dataset(bob, tmp_path)
+    assert "bobs-reviews" not in {d["name"] for d in carol.list_datasets()}
+    for call in (lambda: carol.get_dataset(dataset["id"]), lambda: carol.get_dataset("bobs-reviews"),
+                 lambda: carol.dataset_items("bobs-reviews"), lambda: carol.delete_dataset(dataset["id"]),
+                 lambda: carol.export_dataset("bobs-reviews"), lambda: carol.remove_item(dataset["id"], 1),
+                 lambda: carol.submit_run("bobs-reviews", "tiny-bert", "lora")):
+        with pytest.raises(NotFoundError, match="no dataset"):
+            call()
+    # Carol may use the same name for her own set: names are per owner.
+    bob.get_dataset("bobs-reviews")
+    assert carol.storage.find_dataset("bobs-reviews", carol.owner_id) is None
+
+
+def test_shared_items_are_read_only_to_others(people, tmp_path):
+    ada, bob, carol = people
+    dataset, run_id = bobs_dataset(bob, tmp_path), bobs_run(bob)
+    bob.cancel_run(run_id)
+    bob.share("dataset", "bobs-reviews")
+    bob.share("run", run_id)
+    assert carol.get_dataset("bobs-reviews")["id"] == dataset["id"]
+    assert carol.run_summary(run_id)["owner"] == "bob" and carol.list_runs()[0]["id"] == run_id
+    with pytest.raises(DatasetError, match="shared with you read-only"):
+        carol.delete_dataset("bobs-reviews")
+    with pytest.raises(DatasetError, match="read-only"):
+        carol.remove_item("bobs-reviews", carol.dataset_items("bobs-reviews", limit=1)[0]["id"])
+    for call in (lambda: carol.delete_run(run_id), lambda: carol.resume_run(run_id),
+                 lambda: carol.tag_run(run_id, "mine")):
+        with pytest.raises(RunError, match="another user's, shared with you read-only"):
+            call()
+    with pytest.raises(AuthError, match="only its owner"):
+        carol.share("run", run_id, False)
+    clone = carol.clone_run(run_id)  # reading includes making your own copy
+    assert carol.get_run(clone)["owner_id"] == carol.owner_id
+    bob.share("run", run_id, False)
+    with pytest.raises(NotFoundError):
+        carol.get_run(run_id)
+    # The demo sets and presets are shared with everybody, read-only.
+    assert {"demo-speech", "demo-text"} <= {d["name"] for d in carol.list_datasets()}
+    with pytest.raises(DatasetError, match="read-only"):
+        carol.delete_dataset("demo-speech")
+
+
+def test_admin_sees_all_stops_any_run_disables_and_resets(people):
+    ada, bob, carol = people
+    run_id = bobs_run(bob)
+    assert ada.get_run(run_id)["owner_id"] == bob.owner_id
+    with pytest.raises(RunError, match="another user's"):
+        ada.delete_run(run_id)  # seeing is not owning
+    assert ada.stop_run(run_id) == "cancelled"  # but the one device is everybody's: admins may stop
+    with pytest.raises(AuthError, match="only an admin"):
+        carol.set_user_disabled("bob")
+    ada.set_user_disabled("bob")
+    with pytest.raises(AuthError, match="disabled"):
+        ada.log_in("bob", PASSWORD_B)
+    assert ada.current_user(bob.owner_id) is None  # open sessions end at their next page
+    ada.set_user_disabled("bob", False)
+    ada.reset_password("bob", "a brand new passphrase")
+    with pytest.raises(AuthError, match="wrong"):
+        ada.log_in("bob", PASSWORD_B)
+    assert ada.log_in("bob", "a brand new passphrase")["name"] == "bob"
+    with pytest.raises(AuthError, match="only an admin"):
+        carol.reset_password("bob", "carol's choice here")
+    assert {u["name"] for u in ada.list_users()} >= {"ada", "bob", "carol"}
+
+
+def run_cli(monkeypatch, capsys, *args, stdin: str = ""):
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_users_add_reads_stdin_and_acts_as_the_named_user(demo_home, monkeypatch, capsys):
+    monkeypatch.setenv("LIM_AUTH", "on")
+    code, out, _ = run_cli(monkeypatch, capsys, "users", "add", "ada", stdin=PASSWORD_A + "\n")
+    assert code == 0 and "added ada (admin)" in out
+    assert run_cli(monkeypatch, capsys, "users", "add", "bob", stdin=PASSWORD_B + "\n")[0] == 0
+    code, _, err = run_cli(monkeypatch, capsys, "users", "add", "eve", stdin="weak\n")
+    assert code == 1 and "at least 10 characters" in err
+    with pytest.raises(SystemExit):  # there is no way to pass a password as an argument
+        main(["users", "add", "eve", "--password", "x" * 12])
+
+    code, _, err = run_cli(monkeypatch, capsys, "runs", "list")
+    assert code == 1 and "--user NAME or set LIM_USER" in err
+    code, out, _ = run_cli(monkeypatch, capsys, "--user", "bob", "train", "--dataset", "demo-text",
+                           "--model", "tiny-bert", "--method", "lora", "--json")
+    assert code == 0
+    run_id = json.loads(out)["id"]
+    code, _, err = run_cli(monkeypatch, capsys, "--user", "carl", "runs", "list")
+    assert code == 1 and "no user 'carl'" in err
+    monkeypatch.setenv("LIM_USER", "ada")
+    assert run_cli(monkeypatch, capsys, "users", "add", "carl", stdin="a long enough secret\n")[0] == 0
+    monkeypatch.setenv("LIM_USER", "carl")
+    for args in (["runs", "show", str(run_id)], ["runs", "stop", str(run_id)],
+                 ["runs", "delete", str(run_id), "--yes"], ["runs", "clone", str(run_id)],
+                 ["runs", "export", str(run_id), "--format", "adapter", "--out", "x.zip"]):
+        code, _, err = run_cli(monkeypatch, capsys, *args)
+        assert (code, err.strip()) == (1, f"error: no run {run_id}"), args
+    code, out, _ = run_cli(monkeypatch, capsys, "runs", "list", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, _ = run_cli(monkeypatch, capsys, "--user", "bob", "runs", "show", str(run_id), "--json")
+    assert code == 0 and json.loads(out)["status"] == "queued"
+
+
+def test_another_users_study_is_not_found(people):
+    from engine.studies import Grid
+
+    ada, bob, carol = people
+    study_id = bob.submit_study("demo-text", "tiny-bert", Grid(["lora"], seeds=[1, 2]), {"max_steps": 2})
+    assert [s["id"] for s in bob.list_studies()] == [study_id] and carol.list_studies() == []
+    for call in (lambda: carol.get_study(study_id), lambda: carol.study_runs(study_id),
+                 lambda: carol.study_summary(study_id), lambda: carol.stop_study(study_id),
+                 lambda: carol.delete_study(study_id)):
+        with pytest.raises(NotFoundError):
+            call()
+    assert {r["status"] for r in bob.study_runs(study_id)} == {"queued"}  # untouched
+    bob.stop_study(study_id)
