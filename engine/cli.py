@@ -299,8 +299,9 @@ def add_user_commands(commands) -> None:
     reset = users.add_parser("reset-password", help="set an account's password, read from standard input")
     reset.add_argument("name")
     reset.set_defaults(handler=cmd_users_reset)
-    share = commands.add_parser("share", help="share your dataset, model or run read-only with everybody")
-    share.add_argument("kind", choices=["dataset", "model", "run"])
+    share = commands.add_parser("share", help="share your dataset, model, run or study (with its "
+                                "runs) read-only with everybody")
+    share.add_argument("kind", choices=["dataset", "model", "run", "study"])
     share.add_argument("item", help="name or id")
     share.add_argument("--off", action="store_true", help="stop sharing it")
     share.set_defaults(handler=cmd_share)
@@ -510,7 +511,8 @@ def cmd_users_reset(wb, args) -> None:
 
 def cmd_share(wb, args) -> None:
     wb.share(args.kind, args.item, not args.off)
-    print(f"{args.kind} {args.item}: {'not shared' if args.off else 'shared read-only with everybody'}")
+    runs = " (with its runs)" if args.kind == "study" else ""
+    print(f"{args.kind} {args.item}{runs}: {'not shared' if args.off else 'shared read-only with everybody'}")
 
 
 def finish(wb, args, run_id: int) -> int:

@@ -19,28 +19,39 @@ st.caption(f"Logged in as **{user['name']}**" + (" · admin: you see every user'
 # ---------------------------------------------------------------------- sharing
 st.subheader("Shared with everybody")
 st.caption("Shared items are read-only to everybody else: they can see, use, export and clone them, "
-           "never change or delete them.")
-kinds = {"dataset": wb.list_datasets(), "model": wb.list_models(), "run": wb.list_runs()}
+           "never change or delete them. Sharing a study shares its runs (stopping shares none of them).")
+if "account.flash" in st.session_state:
+    st.success(st.session_state.pop("account.flash"))
+kinds = {"dataset": wb.list_datasets(), "model": wb.list_models(), "run": wb.list_runs(),
+         "study": wb.list_studies()}
+plurals = {"study": "studies"}
+labels = {"run": lambda r: f"#{r['id']} {r['method']} · {r['model_name']} on {r['dataset_name']}",
+          "study": lambda r: f"#{r['id']} {r['name']}"}
 with st.form("account.sharing"):
     chosen = {}
     for kind, records in kinds.items():
         mine = [r for r in records if r["owner_id"] == wb.owner_id]
-        label = (lambda r: f"#{r['id']} {r['method']} · {r['model_name']} on {r['dataset_name']}") \
-            if kind == "run" else (lambda r: r["name"])
+        label, plural = labels.get(kind, lambda r: r["name"]), plurals.get(kind, f"{kind}s")
         names = {r["id"]: label(r) for r in mine}
         chosen[kind] = (mine, st.multiselect(
-            f"Your {kind}s shared", list(names), default=[r["id"] for r in mine if r["shared"]],
+            f"Your {plural} shared", list(names), default=[r["id"] for r in mine if r["shared"]],
             format_func=names.get, key=f"account.share.{kind}",
-            placeholder=f"none of your {len(mine)} {kind}s" if mine else f"you have no {kind}s yet"))
+            placeholder=f"none of your {len(mine)} {plural}" if mine else f"you have no {plural} yet"))
     if st.form_submit_button("Save sharing"):
         try:
+            # Studies last: a study's runs follow it, whatever the run list said.
             for kind, (mine, shared_ids) in chosen.items():
                 for record in mine:
                     if bool(record["shared"]) != (record["id"] in shared_ids):
                         wb.share(kind, record["id"], record["id"] in shared_ids)
-            st.success("Sharing saved.")
         except WorkbenchError as error:
             st.error(str(error))
+        else:
+            # Read the lists again: sharing a study changed its runs' boxes.
+            for kind in kinds:
+                st.session_state.pop(f"account.share.{kind}", None)
+            st.session_state["account.flash"] = "Sharing saved."
+            st.rerun()
 
 # ---------------------------------------------------------------------- password
 st.subheader("Change your password")

@@ -5,7 +5,7 @@ import streamlit as st
 from engine.errors import NotFoundError, WorkbenchError
 from engine.studies import STATISTIC_TEXT
 from ui import studies as views
-from ui.state import get_workbench
+from ui.state import get_workbench, md_text
 
 wb = get_workbench()
 st.title("Studies")
@@ -33,7 +33,8 @@ by_id = {s["id"]: s for s in studies}
 if st.session_state.get("studies.chosen") not in by_id:
     st.session_state["studies.chosen"] = studies[0]["id"]
 chosen = st.selectbox("Study", list(by_id), key="studies.chosen",
-                      format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})")
+                      format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})"
+                      + ("" if by_id[i]["owner_id"] == wb.owner_id else f" · {by_id[i]['owner']}'s"))
 
 
 @st.fragment(run_every=2)
@@ -50,7 +51,15 @@ def progress(study_id: int, shown_status: str, shown_ended: int) -> None:
 
 
 def actions(summary: dict) -> None:
+    mine = summary["owner_id"] == wb.owner_id
+    if not mine:
+        whose = "Shared by" if summary["shared"] else "Owned by"
+        stoppable = wb.see_all and summary["status"] in ("queued", "running")
+        st.caption(f"{whose} **{md_text(summary['owner'])}**: read-only here"
+                   + (" (as an admin you may stop it: the device is everybody's)." if stoppable else "."))
     if summary["status"] in ("queued", "running"):
+        if not (mine or wb.see_all):
+            return
         if st.button("Stop study", icon=":material/stop_circle:", key="studies.stop",
                      help="Cancel its queued runs; its running run stops at the next step "
                           "with a checkpoint."):
@@ -58,6 +67,8 @@ def actions(summary: dict) -> None:
             st.session_state["studies.flash"] = (f"Study {summary['id']}: {outcome['cancelled']} "
                                                  f"runs cancelled, {outcome['stopping']} stopping.")
             st.rerun()
+        return
+    if not mine:
         return
     if st.button("Delete study…", icon=":material/delete:", key="studies.delete",
                  help="Delete the study and all its runs."):

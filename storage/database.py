@@ -269,12 +269,17 @@ class Storage(UserStore):
         return record
 
     def set_shared(self, table: str, item_id: int, owner_id: int, shared: bool) -> None:
-        """Share an item read-only with everybody (or stop sharing it); owners only."""
+        """Share an item read-only with everybody (or stop sharing it); owners only. A study's
+        runs follow the study in the same transaction: its table is made of their results."""
         assert table in ("datasets", "models", "runs", "studies")  # a table name, never user text
         with self.atomic() as db:
             if db.execute(f"update {table} set shared = ? where id = ? and owner_id = ?",
                           [int(shared), item_id, owner_id]).rowcount != 1:
-                raise PermissionError(f"no {table[:-1]} {item_id} of yours to share")
+                noun = "study" if table == "studies" else table[:-1]
+                raise PermissionError(f"no {noun} {item_id} of yours to share")
+            if table == "studies":
+                db.execute("update runs set shared = ? where study_id = ? and owner_id = ?",
+                           [int(shared), item_id, owner_id])
 
     # ---------------------------------------------------------------- runs
     def create_run(self, record: dict) -> int:
@@ -304,16 +309,21 @@ class Storage(UserStore):
                 run_ids.append(run_id)
         return study_id, run_ids
 
-    def list_studies(self, owner_id: int = LOCAL_USER_ID) -> list[dict]:
-        return self._rows("select * from studies where owner_id = ? order by id desc", [owner_id])
+    def list_studies(self, owner_id: int = LOCAL_USER_ID, *, see_all: bool = False) -> list[dict]:
+        return self._rows(f"select * from studies where {VISIBLE} order by id desc",
+                          [owner_id, int(see_all)])
 
-    def get_study(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> dict | None:
-        return self._one("select * from studies where id = ? and owner_id = ?", [study_id, owner_id])
+    def get_study(self, study_id: int, owner_id: int = LOCAL_USER_ID, *,
+                  see_all: bool = False) -> dict | None:
+        return self._one(f"select * from studies where id = ? and {VISIBLE}",
+                         [study_id, owner_id, int(see_all)])
 
-    def study_runs(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> list[dict]:
-        """The study's runs in the order they were queued."""
-        return self._rows("select * from runs where study_id = ? and owner_id = ? order by id",
-                          [study_id, owner_id])
+    def study_runs(self, study_id: int, owner_id: int = LOCAL_USER_ID, *,
+                   see_all: bool = False) -> list[dict]:
+        """The study's runs this viewer may read, in the order they were queued (all of them
+        for its owner; sharing a study shares its runs, ``set_shared``)."""
+        return self._rows(f"select * from runs where study_id = ? and {VISIBLE} order by id",
+                          [study_id, owner_id, int(see_all)])
 
     def delete_study(self, study_id: int, owner_id: int = LOCAL_USER_ID) -> list[int] | None:
         """Remove a study and every one of its runs' rows in one transaction; returns the run ids

@@ -139,15 +139,18 @@ class AccountsMixin:
 
     # ------------------------------------------------------------------ sharing
     def share(self, kind: str, item: str | int, shared: bool = True) -> None:
-        """Share one of your datasets, models or runs read-only with everybody (or stop)."""
-        getter = {"dataset": self.get_dataset, "model": self.get_model, "run": self.get_run}.get(kind)
+        """Share one of your datasets, models, runs or studies read-only with everybody (or
+        stop). A study's runs are shared (or not) with it."""
+        getter = {"dataset": self.get_dataset, "model": self.get_model, "run": self.get_run,
+                  "study": self.get_study}.get(kind)
         if getter is None:
-            raise NotFoundError(f"cannot share a {kind!r}; share a dataset, model or run")
+            raise NotFoundError(f"cannot share a {kind!r}; share a dataset, model, run or study")
         record = getter(item)
         if record["owner_id"] != self.owner_id:
             raise AuthError(f"{kind} {record.get('name') or record['id']} is another user's; only "
                             "its owner can share it")
-        self.storage.set_shared(f"{kind}s", record["id"], self.owner_id, shared)
+        table = "studies" if kind == "study" else f"{kind}s"
+        self.storage.set_shared(table, record["id"], self.owner_id, shared)
 
     def _owner_name(self, record: dict) -> str:
         user = self.storage.find_user(int(record["owner_id"]))

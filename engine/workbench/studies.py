@@ -3,6 +3,10 @@
 A study's cells are ordinary queued runs (``runs.study_id``, ``runs.study_cell``): the worker,
 the queue, stop and resume treat them like any run. The grid and the statistics are pure
 functions in ``engine/studies.py``.
+
+Studies are scoped like runs: visible to their owner, to everybody when shared (sharing a study
+shares its runs, in one transaction), to admins always; only the owner may delete one, and the
+owner or an admin (the device is everybody's) may stop one.
 """
 
 from __future__ import annotations
@@ -116,29 +120,47 @@ class StudiesMixin:
 
     # ------------------------------------------------------------------ read
     def list_studies(self) -> list[dict]:
-        """The owner's studies, newest first, each with its status and run counts."""
-        return [self._study_overview(study) for study in self.storage.list_studies(self.owner_id)]
+        """The user's studies and studies shared with everybody (an admin's view: all), newest
+        first, each with its status and run counts."""
+        return [self._study_overview(study)
+                for study in self.storage.list_studies(self.owner_id, see_all=self.see_all)]
 
     def get_study(self, study_id: int | str) -> dict:
+        """A study this user may read; another user's unshared study is "not found", like a
+        missing one."""
         try:
-            study = self.storage.get_study(int(study_id), self.owner_id)
+            study = self.storage.get_study(int(study_id), self.owner_id, see_all=self.see_all)
         except ValueError:
             study = None
         if study is None:
             raise NotFoundError(f"no study {study_id}")
         return study
 
+    def _own_study(self, study_id: int | str, doing: str, *, admin_may: bool = False) -> dict:
+        """A study this user may change: their own (an admin may also stop any study, as any
+        run). A shared study of another user is read-only."""
+        study = self.get_study(study_id)
+        if study["owner_id"] != self.owner_id and not (admin_may and self.see_all):
+            raise RunError(f"study {study['id']} is another user's, shared with you read-only; "
+                           f"it cannot be {doing}")
+        return study
+
     def study_runs(self, study_id: int) -> list[dict]:
-        return self.storage.study_runs(self.get_study(study_id)["id"], self.owner_id)
+        return self._study_runs(self.get_study(study_id))
+
+    def _study_runs(self, study: dict) -> list[dict]:
+        return self.storage.study_runs(study["id"], self.owner_id, see_all=self.see_all)
 
     def _study_overview(self, study: dict, runs: list[dict] | None = None) -> dict:
-        runs = self.storage.study_runs(study["id"], self.owner_id) if runs is None else runs
+        runs = self._study_runs(study) if runs is None else runs
         statuses = [run["status"] for run in runs]
         counts = {status: statuses.count(status) for status in dict.fromkeys(statuses)}
         steps_done = sum(run["step"] or 0 for run in runs)
         steps_total = sum(run["total_steps"] or run["settings"]["training"].get("max_steps") or 0
                           for run in runs)
-        return {"id": study["id"], "name": study["name"], "dataset": study["dataset_name"],
+        return {"id": study["id"], "name": study["name"], "owner_id": study["owner_id"],
+                "owner": self._owner_name(study), "shared": bool(study.get("shared")),
+                "dataset": study["dataset_name"],
                 "model": study["model_name"], "grid": study["grid"], "settings": study["settings"],
                 "created_at": study["created_at"], "status": study_status(statuses),
                 "runs_total": len(runs), "runs_ended": sum(counts.get(s, 0) for s in ENDED),
@@ -154,7 +176,7 @@ class StudiesMixin:
         """The study's status and counts with its runs (id, status, cell, seed, step, error):
         cheap enough to poll while it trains (no table)."""
         study = self.get_study(study_id)
-        runs = self.storage.study_runs(study["id"], self.owner_id)
+        runs = self._study_runs(study)
         return {**self._study_overview(study, runs),
                 "runs": [{"id": r["id"], "status": r["status"], "cell": cell_label(r["study_cell"]),
                           "seed": r["study_cell"]["seed"], "step": r["step"],
@@ -173,8 +195,9 @@ class StudiesMixin:
     def stop_study(self, study_id: int) -> dict[str, int]:
         """Cancel the study's queued runs and ask its running run to stop (it saves a
         checkpoint and can be resumed alone). Returns how many of each."""
+        study = self._own_study(study_id, "stopped", admin_may=True)
         outcome = {"cancelled": 0, "stopping": 0}
-        for run in self.study_runs(study_id):
+        for run in self._study_runs(study):
             if run["status"] in ("queued", "running"):
                 try:
                     outcome[self.stop_run(run["id"])] += 1
@@ -186,7 +209,7 @@ class StudiesMixin:
         """Delete a study and every one of its runs (records, metrics, logs, checkpoints,
         adapters). Refused, with nothing removed, while one of its runs is queued or running:
         stop the study first. Returns the ids of the runs deleted."""
-        study = self.get_study(study_id)
+        study = self._own_study(study_id, "deleted")
         removed = self.storage.delete_study(study["id"], self.owner_id)
         if removed is None:
             raise RunError(f"study {study['id']} still has queued or running runs; stop it "
