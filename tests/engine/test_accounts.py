@@ -259,3 +259,87 @@ def test_another_users_study_is_not_found(people):
             call()
     assert {r["status"] for r in bob.study_runs(study_id)} == {"queued"}  # untouched
     bob.stop_study(study_id)
+
+
+def test_a_shared_study_is_read_only_to_others_and_admins_see_every_study(people):
+    from engine.studies import Grid
+
+    ada, bob, carol = people
+    study_id = bob.submit_study("demo-text", "tiny-bert", Grid(["lora"], seeds=[1, 2]), {"max_steps": 2})
+    run_ids = [r["id"] for r in bob.study_runs(study_id)]
+    # The admin sees it without sharing, with its runs; carol does not.
+    assert [s["id"] for s in ada.list_studies()] == [study_id] and carol.list_studies() == []
+    assert ada.study_summary(study_id)["owner"] == "bob"
+    assert [r["id"] for r in ada.study_runs(study_id)] == run_ids
+    with pytest.raises(AuthError, match="only its owner"):
+        ada.share("study", study_id)  # seeing is not owning
+
+    bob.share("study", study_id)  # shares its runs in the same transaction
+    [listed] = carol.list_studies()
+    assert (listed["id"], listed["owner"], listed["shared"], listed["runs_total"]) == (study_id, "bob", True, 2)
+    summary = carol.study_summary(study_id)
+    assert [r["id"] for r in summary["runs"]] == run_ids and len(summary["table"]) == 1
+    assert {carol.get_run(run_id)["shared"] for run_id in run_ids} == {1}
+    for call, doing in ((lambda: carol.stop_study(study_id), "stopped"),
+                        (lambda: carol.delete_study(study_id), "deleted")):
+        with pytest.raises(RunError, match=f"study {study_id} is another user's, shared with you "
+                                           f"read-only; it cannot be {doing}"):
+            call()
+    with pytest.raises(AuthError, match="only its owner"):
+        carol.share("study", study_id, False)
+    assert {r["status"] for r in bob.study_runs(study_id)} == {"queued"}  # untouched
+
+    # Like a run, an admin may stop another user's study (one device) but not delete it.
+    assert ada.stop_study(study_id) == {"cancelled": 2, "stopping": 0}
+    with pytest.raises(RunError, match="another user's"):
+        ada.delete_study(study_id)
+    with pytest.raises(RunError, match="cannot be deleted"):
+        carol.delete_study(study_id)
+    assert len(bob.study_runs(study_id)) == 2  # nothing removed
+
+    bob.share("study", study_id, False)  # and unsharing takes its runs back too
+    assert carol.list_studies() == []
+    for call in [lambda: carol.study_summary(study_id)] + [lambda r=r: carol.get_run(r) for r in run_ids]:
+        with pytest.raises(NotFoundError):
+            call()
+    assert bob.delete_study(study_id) == run_ids
+
+
+def test_cli_shares_a_study_read_only(demo_home, monkeypatch, capsys):
+    monkeypatch.setenv("LIM_AUTH", "on")
+    for name, password in (("ada", PASSWORD_A), ("bob", PASSWORD_B), ("carol", "plum orchard winter")):
+        assert run_cli(monkeypatch, capsys, "users", "add", name, stdin=password + "\n")[0] == 0
+    code, out, _ = run_cli(monkeypatch, capsys, "--user", "bob", "study", "--dataset", "demo-text",
+                           "--model", "tiny-bert", "--methods", "lora", "--seeds", "1,2",
+                           "--set", "max_steps=2", "--json")
+    assert code == 0
+    study_id = json.loads(out)["id"]
+
+    def as_user(user, *args):
+        return run_cli(monkeypatch, capsys, "--user", user, *args)
+
+    for args in (["study", "show", str(study_id)], ["study", "stop", str(study_id)],
+                 ["study", "delete", str(study_id), "--yes"], ["share", "study", str(study_id)]):
+        code, _, err = as_user("carol", *args)
+        assert (code, err.strip()) == (1, f"error: no study {study_id}"), args
+    assert json.loads(as_user("carol", "study", "list", "--json")[1]) == []
+    code, out, _ = as_user("ada", "study", "show", str(study_id), "--json")  # the admin sees all
+    assert code == 0 and json.loads(out)["owner"] == "bob"
+
+    code, out, _ = as_user("bob", "share", "study", str(study_id))
+    assert code == 0 and "shared read-only with everybody" in out
+    [listed] = json.loads(as_user("carol", "study", "list", "--json")[1])
+    assert (listed["id"], listed["shared"]) == (study_id, True)
+    code, out, _ = as_user("carol", "study", "show", str(study_id), "--json")
+    assert code == 0 and json.loads(out)["runs_total"] == 2
+    for args, doing in ((["study", "stop", str(study_id)], "stopped"),
+                        (["study", "delete", str(study_id), "--yes"], "deleted")):
+        code, _, err = as_user("carol", *args)
+        assert code == 1 and f"another user's, shared with you read-only; it cannot be {doing}" in err
+    code, out, _ = as_user("bob", "study", "show", str(study_id), "--json")
+    assert {r["status"] for r in json.loads(out)["runs"]} == {"queued"}
+
+    assert as_user("bob", "share", "study", str(study_id), "--off")[0] == 0
+    code, _, err = as_user("carol", "study", "show", str(study_id))
+    assert (code, err.strip()) == (1, f"error: no study {study_id}")
+    assert as_user("bob", "study", "stop", str(study_id))[0] == 0
