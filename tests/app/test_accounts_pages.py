@@ -159,3 +159,36 @@ def test_dataset_text_is_shown_escaped():
     html = markdown_it.MarkdownIt().render(f"**{md_text(hostile)}**")
     assert "<img" not in html and "<a " not in html and "<em>" not in html
     assert "&lt;img src=x onerror=alert(1)&gt; [win](javascript:alert(1))" in html
+
+
+def test_the_account_page_shares_a_study_with_its_runs(auth_home, demo_home):
+    from engine import Workbench
+    from engine.studies import Grid
+
+    bobs = Workbench(demo_home).for_user(auth_home["users"]["bob"])
+    study_id = bobs.submit_study("demo-text", "tiny-bert", Grid(["lora"], seeds=[1, 2]), {"max_steps": 2},
+                                 name="bob's grid")
+    bobs.stop_study(study_id)  # cancelled, never trained: the app's worker has nothing to take
+    study_runs = [r["id"] for r in bobs.study_runs(study_id)]
+
+    carol = log_in(session(), "carol")
+    carol.switch_page("pages/studies.py").run()
+    assert not carol.exception and any(i.value.startswith("No studies yet") for i in carol.info)
+
+    bob = log_in(session(), "bob")
+    bob.switch_page("pages/account.py").run()
+    assert not bob.exception
+    bob.multiselect(key="account.share.study").select(study_id)
+    click(bob, "Save sharing")
+    assert bob.success[0].value == "Sharing saved."
+    # The study's runs were shared with it, and the run list says so (read again, not kept).
+    assert bob.multiselect(key="account.share.study").value == [study_id]
+    assert set(bob.multiselect(key="account.share.run").value) == set(study_runs)
+
+    carol.switch_page("pages/studies.py").run()
+    assert not carol.exception
+    assert carol.selectbox(key="studies.chosen").value == study_id
+    assert any(c.value == "Shared by **bob**: read-only here." for c in carol.caption)
+    assert not [b for b in carol.button if b.label.startswith("Delete study")]
+    bob.switch_page("pages/studies.py").run()
+    assert not bob.exception and [b for b in bob.button if b.label == "Delete study…"]
