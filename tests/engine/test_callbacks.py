@@ -54,7 +54,7 @@ def test_spec_augment_masks_training_batches_only(workbench):
     examples = [recipe.task_model.encode(item, recipe.dataset_dir) for item in recipe.train_items[:4]]
     plain = recipe.task_model.collate(examples)["input_features"]  # what evaluation sees
     torch.manual_seed(0)
-    masked = recipe.collate_train(examples)["input_features"]
+    masked = recipe.augment(recipe.collate_train(examples))["input_features"]  # as train_epoch does
     assert masked.shape == plain.shape
     zeroed = (masked == 0) & (plain != 0)
     assert zeroed.any()  # some bands / spans masked...
