@@ -42,7 +42,8 @@ DEMO_RUN = {
     "method_settings": {"r": 32, "lora_alpha": 64},
     "training": {"max_steps": 49, "learning_rate": 1e-3, "warmup_steps": 5,
                  "per_device_train_batch_size": 8, "audio_padding": "longest",
-                 "language": "en", "task": "transcribe", "eval_steps": 10, "save_steps": 20},
+                 "language": "en", "task": "transcribe", "eval_steps": 10, "save_steps": 20,
+                 "eval_on_start": True},  # the validation curve starts at the zero-shot score
 }
 
 

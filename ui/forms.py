@@ -25,7 +25,8 @@ PLAIN_LABELS = {
     "gradient_accumulation_steps": "Batches per optimizer step", "learning_rate": "Learning rate",
     "lr_scheduler_type": "Learning-rate schedule", "warmup_steps": "Warmup steps",
     "weight_decay": "Weight decay", "max_grad_norm": "Clip gradients at norm", "seed": "Random seed",
-    "eval_steps": "Validate every N steps", "early_stopping_patience": "Stop early after N flat validations",
+    "eval_steps": "Validate every N steps", "eval_on_start": "Score the model before training",
+    "early_stopping_patience": "Stop early after N flat validations",
     "save_steps": "Checkpoint every N steps", "save_total_limit": "Checkpoints to keep",
     "precision": "Number precision", "gradient_checkpointing": "Recompute activations (less memory)",
     "memory_budget_gb": "Memory budget (GiB)", "compile_layers": "Compile layers",
@@ -50,7 +51,7 @@ PLAIN_LABELS = {
 TRAINING_ARGUMENTS = {
     "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
     "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
-    "weight_decay", "max_grad_norm", "seed", "eval_steps", "save_steps", "save_total_limit",
+    "weight_decay", "max_grad_norm", "seed", "eval_steps", "eval_on_start", "save_steps", "save_total_limit",
     "gradient_checkpointing", "generation_max_length"}
 PEFT_NAMES = {"r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
               "init_lora_weights", "init_r", "target_r", "tinit", "tfinal", "deltaT",

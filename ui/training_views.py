@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.metrics import METRIC_DIRECTION
 from engine.progress import eta_seconds
 from engine.training import monitoring as m
 from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
@@ -134,6 +135,7 @@ def evaluation(run_id: int, result: dict | None) -> None:
     """The final score's split, the per-example table (worst first), the confusion matrix."""
     if result is None:
         return
+    before_after(result.get("validation_before"))
     st.markdown(f"#### Evaluation on the {result['split']} split ({result['num_examples']} examples)")
     if result["fell_back_to_validation"]:
         st.info("This dataset has no test split, so the final scores are on the validation "
@@ -152,6 +154,30 @@ def evaluation(run_id: int, result: dict | None) -> None:
     if result.get("confusion"):
         st.plotly_chart(confusion_figure(result["labels"], result["confusion"]),
                         key=f"train.confusion.{run_id}")
+
+
+PERCENT_METRICS = {"wer", "cer", "accuracy"}
+
+
+def before_after(scores: dict | None) -> None:
+    """The presenter's line: each validation score of the untouched model (``eval_on_start``)
+    beside the trained one's, with the change coloured by which way is better."""
+    if not scores:
+        return
+    st.markdown(f"#### Before and after {scores['steps']} steps (validation split)")
+    if scores.get("before_window") != scores.get("after_window"):
+        st.caption("Before: the model as it ships, on Whisper's standard 30 s window (pretrained "
+                   "Whisper knows no other). After: on this run's own windows (`audio_padding="
+                   f"{scores['after_window']}`), as its Playground and final score use them.")
+    shown = [name for name in scores["after"] if name in scores["before"]]
+    for column, name in zip(st.columns(max(len(shown), 1)), shown):
+        before, after = scores["before"][name], scores["after"][name]
+        percent = name in PERCENT_METRICS
+        text = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+        change = after - before
+        column.metric(f"{name.upper() if percent else name}: {text(before)} before training",
+                      text(after), delta=(f"{change * 100:+.1f} points" if percent else f"{change:+.3f}"),
+                      delta_color="normal" if METRIC_DIRECTION.get(name, True) else "inverse")
 
 
 def method_report(run_id: int, report: dict | None) -> None:

@@ -87,6 +87,46 @@ def test_finished_run_reports_what_a_student_needs(workbench):
     assert [m["name"] for m in workbench.run_metrics(run_id, ["eval/accuracy"])] == ["eval/accuracy"]
 
 
+@pytest.mark.parametrize("on_start", [True, False])
+def test_eval_on_start_scores_the_untouched_model_and_the_run_shows_before_and_after(workbench, on_start):
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {},
+                                  {**FAST, "eval_on_start": on_start, "learning_rate": 1e-2})
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary["error"]
+    points = {m["step"]: m["value"] for m in workbench.run_metrics(run_id, ["eval/accuracy"])}
+    scored = workbench.run_evaluation(run_id)["validation_before"]
+    if not on_start:
+        assert 0 not in points and scored is None
+        return
+    assert sorted(points) == [0, FAST["max_steps"]]  # the zero-shot point, then the final one
+    assert scored["steps"] == FAST["max_steps"]
+    assert scored["before"]["accuracy"] == points[0] and scored["after"]["accuracy"] == points[FAST["max_steps"]]
+    assert set(scored["before"]) == set(scored["after"]) == {"accuracy", "macro_f1", "roc_auc"}
+
+
+def test_a_short_window_run_scores_the_untouched_whisper_on_its_whole_window(workbench):
+    """Pretrained Whisper knows only its whole window: step 0 is scored on it, the trained
+    model on the run's own short windows, and the run says which was which."""
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
+                                  {**FAST, "max_steps": 2, "eval_on_start": True, "audio_padding": "longest"})
+    recipe = claimed_recipe(workbench, run_id)
+    window = recipe.task_model.feature_extractor.nb_max_frames
+    widths, collate = [], recipe.task_model.collate
+
+    def recording(examples):
+        batch = collate(examples)
+        if not recipe.model.training:  # evaluation batches only
+            widths.append((recipe.step, batch["input_features"].shape[-1]))
+        return batch
+
+    recipe.task_model.collate = recording
+    assert recipe.train() == "completed"
+    assert {w for step, w in widths if step == 0} == {window}
+    assert max(w for step, w in widths if step == 2) < window  # the run's own, shorter windows
+    scores = workbench.run_evaluation(run_id)["validation_before"]
+    assert (scores["before_window"], scores["after_window"]) == ("30s", "longest")
+
+
 def test_a_run_logs_throughput_and_utilisation_and_compare_reads_them(workbench, monkeypatch):
     from statistics import mean
 
@@ -137,7 +177,8 @@ def test_a_model_whose_flops_cannot_be_counted_still_trains(workbench, monkeypat
 def test_stop_saves_a_checkpoint_and_resume_finishes_without_duplicates(workbench):
     workbench.start_worker()
     run_id = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {},
-                                  {**FAST, "max_steps": 400, "per_device_train_batch_size": 2})
+                                  {**FAST, "max_steps": 400, "per_device_train_batch_size": 2,
+                                   "eval_on_start": True})
     wait_until(lambda: (workbench.get_run(run_id)["step"] or 0) >= 3)
     assert workbench.stop_run(run_id) == "stopping"
     wait_until(lambda: workbench.get_run(run_id)["status"] == "stopped")
@@ -158,6 +199,9 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_without_duplicates(workbenc
     steps = [m["step"] for m in workbench.run_metrics(run_id, ["train/loss"])]
     assert steps == list(range(1, final["step"] + 1))  # no duplicated or missing points
     assert any("resumed from the checkpoint" in e["message"] for e in workbench.run_events(run_id))
+    # The untouched model was scored once, before the first step, not again on resuming.
+    assert [e for e in workbench.run_events(run_id) if "step 0: validation" in e["message"]][1:] == []
+    assert [m["step"] for m in workbench.run_metrics(run_id, ["eval/wer"])] == [0, final["step"]]
 
 
 def test_submitted_runs_train_one_after_the_other(workbench):
