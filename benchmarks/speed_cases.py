@@ -32,8 +32,14 @@ REFERENCE_TRAINING = ("per_device_train_batch_size", "learning_rate", "seed", "w
 # LoRA of both sides for qlora and lora (peft's LoraConfig names, which the methods keep).
 LORA = {"r": 32, "lora_alpha": 64, "target_modules": "q_proj,v_proj", "lora_dropout": 0.05}
 LORA_METHODS = ("qlora", "lora")
+# The training settings that reach the engine side's steps (prepare_training, TrainStep and the
+# model builder read them); the others (evaluation, checkpoints, data loading, several GPUs, ...)
+# have nothing to act on here, so a case may not set them and look measured.
+ENGINE_TRAINING = ("per_device_train_batch_size", "learning_rate", "seed", "warmup_steps",
+                   "lr_scheduler_type", "weight_decay", "max_grad_norm", "precision",
+                   "gradient_checkpointing", "memory_budget_gb", "compile_layers", "cuda_graphs")
 # Training settings a case sets through its own fields, never through ``training``.
-FROM_CASE = {"max_steps": "warmup + steps"}
+FROM_CASE = {"max_steps": "its warmup + steps", "audio_padding": "its audio: 'short' is longest"}
 # The benchmark's own option names before it used the engine's, and what took their place.
 RENAMED = {"checkpoint": "training gradient_checkpointing (True for 'all', False for 'none')",
            "compile": "training compile_layers",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from benchmarks.speed_cases import FROM_CASE, RENAMED, Case
+from benchmarks.speed_cases import ENGINE_TRAINING, FROM_CASE, RENAMED, Case
 from benchmarks.speed_timing import StepProfiler, timed_loop
 from engine import settings as settings_lib
 from engine.errors import SettingsError
@@ -36,18 +36,24 @@ def engine_settings(case: Case) -> tuple[TrainingSettings, Any]:
     built and checked as a run's are; a name neither knows fails here, naming the case and the
     name it probably meant."""
     method = get_method(case.method)
-    for key, source in FROM_CASE.items():
-        if key in case.training:
-            raise SettingsError(f"benchmark case {case.name!r}: {key} comes from the case "
-                                f"({source}), not from its training settings")
-    for group, values, cls in (("training", case.training, TrainingSettings),
-                               ("method_settings", case.method_settings, method.settings_cls)):
-        known = [f.name for f in fields(cls)]
-        for name in values:
-            if name not in known:
-                raise SettingsError(f"benchmark case {case.name!r}: {group} has no setting {name!r}"
-                                    f"{_hint(name, known)}; {group} takes {cls.__name__} "
-                                    f"names: {', '.join(sorted(known)) or 'none'}")
+    every = [f.name for f in fields(TrainingSettings)]
+    for name in case.training:
+        problem = None
+        if name in FROM_CASE:
+            problem = f"{name} comes from the case ({FROM_CASE[name]}), not from training"
+        elif name not in every:
+            problem = f"training has no setting {name!r}{_hint(name, every)}"
+        elif name not in ENGINE_TRAINING:
+            problem = (f"training setting {name!r} never reaches the benchmark's steps (synthetic "
+                       "batches, no evaluation, checkpoints or data loading)")
+        if problem:
+            raise SettingsError(f"benchmark case {case.name!r}: {problem}; training takes the "
+                                f"TrainingSettings {', '.join(ENGINE_TRAINING)}")
+    known = [f.name for f in fields(method.settings_cls)]
+    for name in case.method_settings:
+        if name not in known:
+            raise SettingsError(f"benchmark case {case.name!r}: method_settings has no setting {name!r}"
+                                f"{_hint(name, known)}; {case.method} takes {', '.join(known) or 'none'}")
     try:
         training = settings_lib.build(TrainingSettings, {**case.training, "max_steps": case.total_steps},
                                       section="training")

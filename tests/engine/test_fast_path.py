@@ -145,7 +145,8 @@ def test_the_benchmark_engine_side_sets_up_training_as_a_run_does(workbench):
 @pytest.mark.parametrize("group, values, expected", [
     ("training", {"gradient_checkpoint": False}, "did you mean 'gradient_checkpointing'?"),
     ("training", {"checkpoint": "none"}, "'checkpoint' is training gradient_checkpointing"),
-    ("training", {"max_steps": 5}, "max_steps comes from the case (warmup + steps)"),
+    ("training", {"max_steps": 5}, "max_steps comes from the case (its warmup + steps)"),
+    ("training", {"eval_steps": 5}, "'eval_steps' never reaches the benchmark's steps"),
     ("method_settings", {"kernel": "peft"}, "did you mean 'kernels'?"),
 ])
 def test_a_case_with_a_wrong_setting_name_fails_before_anything_is_measured(group, values, expected,
