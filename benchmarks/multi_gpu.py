@@ -4,7 +4,7 @@ Throughput: whisper-small and whisper-large-v3 QLoRA with random weights of the 
 30 s windows, batch 16 per GPU, timed on 1 GPU and on 2 GPUs; each measurement is a torchrun
 child whose ranks build the model with the engine's ``build_method_model``, train with its
 ``TrainStep`` and average gradients with the run's ``DataParallel`` (the objects a run uses;
-``benchmarks.train_speed.run_engine`` drives them). Scaling efficiency = samples/s on 2 GPUs ÷
+``benchmarks.speed_engine.run_engine`` drives them, as the speed benchmark's engine side). Scaling efficiency = samples/s on 2 GPUs ÷
 (2 × samples/s on 1 GPU). Peak memory is ``torch.cuda.max_memory_allocated`` per GPU.
 
 Loss parity: the same global batches of 32 on 1 GPU (batch 32) and on 2 GPUs (16 each); the
@@ -29,10 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.train_speed import ROOT, Case, _versions, make_batches, prepare_model, run_engine
+from benchmarks.speed_cases import Case
+from benchmarks.speed_engine import run_engine
+from benchmarks.speed_report import versions
+from benchmarks.train_speed import ROOT, make_batches, prepare_model
 
 MODELS = ("whisper-small", "whisper-large-v3")
 
@@ -57,7 +60,8 @@ def rank_child(payload: dict) -> None:
     window = config.max_source_positions * 2
     total_steps = case.warmup + case.steps
     # The run's global batches (world × the per-GPU batch), each rank training on its rows.
-    whole = make_batches(replace(case, batch=case.batch * world), config, min(total_steps, 4), window)
+    whole = make_batches(case.with_training(per_device_train_batch_size=case.batch * world), config,
+                         min(total_steps, 4), window)
     mine = [{**b, "input_features": b["input_features"][rank::world], "labels": b["labels"][rank::world],
              "frames": b["frames"][rank::world]} for b in whole]
     if device == "cuda":
@@ -104,11 +108,13 @@ def throughput(models, steps: int, warmup: int, checkpoint: str, timeout: float,
     results = {}
     for name in models:
         model_dir = prepare_model(name, cache, device)
-        case = Case(name, "qlora", batch=batch, steps=steps, warmup=warmup, lora_dropout=0.0,
-                    engine={"checkpoint": checkpoint}, sides=("engine",))
+        case = Case(name, "qlora", steps=steps, warmup=warmup, sides=("engine",),
+                    training={"per_device_train_batch_size": batch,
+                              "gradient_checkpointing": checkpoint == "all"},
+                    method_settings={"lora_dropout": 0.0})
         one = measure(case, model_dir, 1, cache, timeout)
         two = measure(case, model_dir, 2, cache, timeout)
-        big = measure(replace(case, batch=2 * batch), model_dir, 1, cache, timeout)  # loss parity with `two`
+        big = measure(case.with_training(per_device_train_batch_size=2 * batch), model_dir, 1, cache, timeout)  # loss parity with `two`
         entry = {"one_gpu_b16": one, "two_gpus_b16": two, "one_gpu_b32": big}
         if "error" not in one and "error" not in two:
             entry["scaling_efficiency"] = two["samples_per_s"] / (2 * one["samples_per_s"])
@@ -239,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (compile, graphs)")
     parser.add_argument("--checkpoint", choices=["all", "none"], default="all",
-                        help="gradient checkpointing of every layer (train_speed's engine default) or none")
+                        help="all: gradient_checkpointing=true, every layer (train_speed's default); "
+                        "none: gradient_checkpointing=false")
     parser.add_argument("--cli", action="store_true", help="also the command-line runs with stop + resume")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement / run")
     parser.add_argument("--smoke", action="store_true", help="tiny-whisper, batch 2, 2 steps on CPU "
@@ -262,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.device_count() < 2:
         print("needs 2 CUDA GPUs; skipped (--smoke runs the script on CPU processes)")
         return 0
-    output = {"versions": _versions(), "device": torch.cuda.get_device_name(0),
+    output = {"versions": versions(), "device": torch.cuda.get_device_name(0),
               "gpus": torch.cuda.device_count(), "steps": args.steps, "warmup": args.warmup,
               "checkpoint": args.checkpoint, "command": " ".join(["python -m benchmarks.multi_gpu", *sys.argv[1:]])}
     output["throughput"] = throughput([m for m in args.models.split(",") if m], args.steps, args.warmup,

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from engine import settings as settings_lib
 from engine.errors import DatasetError, MethodError, ModelError, NotFoundError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
-from engine.memory import MemoryMeter, MemoryPlan, apply_checkpointing, plan_for_budget
+from engine.memory import MemoryMeter
 from engine.methods import get_method
 from engine.methods.build import build_method_model
 from engine.methods.registry import METHOD_REPORT
@@ -47,7 +47,7 @@ from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample,
 from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import TrainingSettings
-from engine.training.step import TrainStep, compile_layers, wants_compile, wants_graphs
+from engine.training.step import prepare_training
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
@@ -217,36 +217,24 @@ class FineTuneRecipe:
                 for batch in self.epoch_batches(0)[:count]]
 
     def build_optimization(self) -> None:
-        cfg = self.config
-        plan = self.fit_memory_budget() if cfg.memory_budget_gb > 0 else None
-        compiled = wants_compile(cfg.compile_layers, self.device)
-        policy = plan.checkpoint if plan else bool(cfg.gradient_checkpointing)
-        apply_checkpointing(self.model, policy)
-        if compiled:
-            self.log(f"compiling {compile_layers(self.model)} layers with torch.compile "
-                     "(the first steps are slower while it compiles)")
-        offload = plan.offload if plan else False
-        self.trainer = TrainStep(
-            self.model, cfg, self.device, self.total_steps,
-            on_optimizer_step=self.method.on_optimizer_step,
-            micro_batch=plan.micro_batch if plan else 0, offload=offload,
-            cuda_graphs=wants_graphs(cfg.cuda_graphs, self.device, offload), on_message=self.log,
-            capture_error_mode="thread_local" if self.parallel else "global")
+        """Memory plan, checkpointing, compiled layers, optimizer, schedule, scaler, CUDA graphs:
+        ``prepare_training``, the set-up the speed benchmark's engine side shares."""
+        prepared = prepare_training(
+            self.model, self.config, self.device, self.total_steps, plan_batch=self.longest_batch,
+            on_optimizer_step=self.method.on_optimizer_step, log=self.log,
+            parallel=self.parallel is not None)
+        self.trainer, self.memory_plan = prepared.step, prepared.plan
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
 
-    def fit_memory_budget(self) -> MemoryPlan:
-        """Choose micro-batch, checkpointing and offload for the memory budget, on a batch of
-        the longest training items (their shapes bound every later batch's)."""
+    def longest_batch(self) -> dict[str, torch.Tensor]:
+        """A batch of the longest training items (their shapes bound every later batch's): what
+        a memory budget is planned for."""
         size = self.config.per_device_train_batch_size
         longest = sorted(self.train_items, reverse=True, key=lambda item: (
             item.get("duration_s") or 0, len(item.get("text") or "")))[:size]
-        batch = self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
-                                         for item in longest])
-        plan = plan_for_budget(self.model, batch, budget_gib=self.config.memory_budget_gb)
-        self.memory_plan = plan
-        self.log(plan.describe())
-        return plan
+        return self.task_model.collate([self.task_model.encode(item, self.dataset_dir)
+                                        for item in longest])
 
     def restore(self) -> None:
         folder = latest_checkpoint(self.run_dir)

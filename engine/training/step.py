@@ -1,8 +1,10 @@
-"""One optimizer step of a run: forward, backward, clipping, AdamW, schedule.
+"""One optimizer step of a run: forward, backward, clipping, AdamW, schedule; and its set-up.
 
-The recipe (engine/training/recipe.py) drives a ``TrainStep`` from stored runs, and the speed
-benchmark (benchmarks/train_speed.py) drives the very same object with synthetic batches, so
-what the benchmark times is what a run executes.
+``prepare_training`` turns a built model and its ``TrainingSettings`` into a ``TrainStep``: the
+memory plan (``memory_budget_gb``), gradient checkpointing, compiled layers, then AdamW, the
+schedule, the fp16 scaler, autocast and CUDA graphs. The recipe (engine/training/recipe.py)
+calls it for stored runs and the speed benchmark's engine side (benchmarks/speed_engine.py)
+calls it with synthetic batches, so what the benchmark times is what a run executes.
 
 A batch is split into ``micro_batch``-sized chunks when a memory plan asks for it (each chunk's
 loss weighted by its share of the batch, so the gradient equals the whole batch's); activation
@@ -13,14 +15,17 @@ backward of each repeated batch shape are captured once and replayed (engine/tra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
-from engine.memory import find_stacks
+from engine.memory import MemoryPlan, apply_checkpointing, find_stacks, plan_for_budget
 from engine.training.settings import TrainingSettings
 
-__all__ = ["TrainStep", "autocast_dtype", "compile_layers", "wants_compile", "wants_graphs"]
+__all__ = ["PreparedTraining", "TrainStep", "autocast_dtype", "compile_layers", "prepare_training",
+           "wants_compile", "wants_graphs"]
 
 
 def wants_compile(setting: str, device: str) -> bool:
@@ -194,3 +199,46 @@ class TrainStep:
         # Captured backward passes add into the existing gradient tensors: zero them in place.
         self.optimizer.zero_grad(set_to_none=self.graphs is None)
         return grad_norm if math.isfinite(grad_norm) else None
+
+
+@dataclass
+class PreparedTraining:
+    """What ``prepare_training`` set up: the step (AdamW, schedule, scaler, autocast, CUDA
+    graphs), the memory plan it followed (None without ``memory_budget_gb``) and how many
+    layers it compiled."""
+
+    step: TrainStep
+    plan: MemoryPlan | None
+    compiled_layers: int
+
+
+def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: str, total_steps: int, *,
+                     plan_batch: Callable[[], dict[str, torch.Tensor]] | None = None,
+                     on_optimizer_step: Callable | None = None,
+                     log: Callable[[str], None] | None = None,
+                     parallel: bool = False) -> PreparedTraining:
+    """The optimisation set-up of a built ``model`` (the one path of a run and of the speed
+    benchmark): with ``memory_budget_gb`` the planner picks micro-batch, checkpointed layers
+    and offload on ``plan_batch()`` (a batch whose shapes bound the run's; only called then),
+    else ``gradient_checkpointing`` checkpoints every layer or none; ``compile_layers`` then
+    compiles; the ``TrainStep`` makes the optimizer and the rest. ``on_optimizer_step`` is the
+    method's hook, ``log`` gets what was chosen, ``parallel`` marks one process of a multi-GPU
+    run (CUDA graphs are then captured thread-locally)."""
+    log = log or (lambda message: None)
+    plan = None
+    if config.memory_budget_gb > 0:
+        if plan_batch is None:
+            raise ValueError("memory_budget_gb needs plan_batch: the batch the plan is made for")
+        plan = plan_for_budget(model, plan_batch(), budget_gib=config.memory_budget_gb)
+        log(plan.describe())
+    apply_checkpointing(model, plan.checkpoint if plan else bool(config.gradient_checkpointing))
+    compiled = 0
+    if wants_compile(config.compile_layers, device):
+        compiled = compile_layers(model)
+        log(f"compiling {compiled} layers with torch.compile (the first steps are slower while it compiles)")
+    offload = plan.offload if plan else False
+    step = TrainStep(model, config, device, total_steps, on_optimizer_step=on_optimizer_step,
+                     micro_batch=plan.micro_batch if plan else 0, offload=offload,
+                     cuda_graphs=wants_graphs(config.cuda_graphs, device, offload), on_message=log,
+                     capture_error_mode="thread_local" if parallel else "global")
+    return PreparedTraining(step, plan, compiled)

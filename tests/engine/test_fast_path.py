@@ -3,19 +3,25 @@ planner's tests are in tests/engine/memory/test_memory_plan.py).
 
 All on the CPU with tiny models: the fused op against the formula it implements, the engine's
 loss against the reference recipe's (Seq2SeqTrainer + peft + bitsandbytes) step by step, the
-planner's choices against measured peaks, and the benchmark runner end to end.
+benchmark's engine side against a real run's set-up (``prepare_training``), its cases' settings
+checked by name, and the benchmark runner end to end.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
+from conftest import FAST
 from torch import nn
+from transformers import WhisperConfig
 
-from benchmarks import train_speed
+from benchmarks import speed_engine, train_speed
+from engine.errors import SettingsError
 from engine.methods.fast_lora import LoraLinearFunction, fused_layers
+from engine.training.recipe import FineTuneRecipe
 from tiny_models import tiny_qlora_model, tiny_whisper  # noqa: F401  (a fixture)
 
 
@@ -47,8 +53,9 @@ def test_fused_lora_op_matches_its_formula(dropout, bias):
 def test_engine_loss_equals_the_reference_recipe(tiny_whisper):
     """Same seed, same batches, same LoRA init: the fused fp32 path on the CPU logs the losses
     the Seq2SeqTrainer + peft + bitsandbytes recipe logs (which rounds them to 4 decimals)."""
-    case = train_speed.Case("tiny-whisper", "qlora", batch=2, steps=3, warmup=1, lora_dropout=0.0,
-                            learning_rate=1e-2)
+    case = train_speed.Case("tiny-whisper", "qlora", steps=3, warmup=1,
+                            training={"per_device_train_batch_size": 2, "learning_rate": 1e-2},
+                            method_settings={"lora_dropout": 0.0})
     reference = train_speed.measure("reference", case, tiny_whisper)
     engine = train_speed.measure("engine", case, tiny_whisper)
     assert len(reference["losses"]) == len(engine["losses"]) == 4
@@ -79,3 +86,89 @@ def test_benchmark_runner_end_to_end(tmp_path, capsys):
     header = next(i for i, line in enumerate(lines) if line.startswith("| model | method"))
     assert len(lines) - header == 2 + 5 and all(line.startswith("|") for line in lines[header:])
     assert "× reference" in lines[header] and "memory plan" in lines[-1]
+
+
+# Settings a benchmark case and a run share, none of them at its default, so that a set-up
+# that dropped or renamed one would build a different optimizer or schedule.
+SHARED_TRAINING = {"per_device_train_batch_size": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
+                   "warmup_steps": 2, "weight_decay": 0.01, "max_grad_norm": 0.5, "seed": 3,
+                   "gradient_checkpointing": True}
+SHARED_LORA = {"r": 4, "lora_alpha": 8, "target_modules": "q_proj,v_proj", "lora_dropout": 0.0}
+
+
+def optimisation_set_up(model, step) -> dict:
+    """What ``prepare_training`` decided for ``model``, in comparable terms."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = [({k: v for k, v in group.items() if k != "params"},
+               [(names[id(p)], tuple(p.shape), p.dtype) for p in group["params"]])
+              for group in step.optimizer.param_groups]
+    lrs = []
+    with warnings.catch_warnings():  # the schedule alone, without optimizer steps
+        warnings.simplefilter("ignore")
+        for _ in range(6):
+            lrs.append(step.scheduler.get_last_lr())
+            step.scheduler.step()
+    return {"optimizer": type(step.optimizer), "groups": groups, "lrs": lrs, "scaler": step.scaler, "graphs": step.graphs, "micro_batch": step.micro_batch,
+            "offload": step.offload, "pure_dtype": step.pure_dtype, "autocast": type(step.autocast()),
+            "checkpointed": speed_engine.checkpoint_policy(model),
+            "compiled": sum(hasattr(m, "_lim_compiled") for m in model.modules())}
+
+
+def test_the_benchmark_engine_side_sets_up_training_as_a_run_does(workbench):
+    """A case and a run with the same settings get the same optimizer class and groups (the
+    same trainable parameters, lr, weight decay), the same schedule step by step, and the same
+    checkpointing, compilation, precision and CUDA graph choices: both call prepare_training."""
+    case = train_speed.Case("tiny-whisper", "qlora", steps=4, warmup=2, training=SHARED_TRAINING,
+                            method_settings=SHARED_LORA)
+    run_id = workbench.submit_run("demo-speech", "tiny-whisper", "qlora", SHARED_LORA,
+                                  {**FAST, **SHARED_TRAINING, "max_steps": case.total_steps})
+    recipe = FineTuneRecipe(workbench.storage, workbench.storage.claim_next_run("test", run_id=run_id),
+                            should_stop=lambda: False)
+    recipe.setup()
+    config = WhisperConfig.from_pretrained(recipe.model_dir)
+    batches = train_speed.make_batches(case, config, 2, config.max_source_positions * 2)
+    bench = speed_engine.setup_engine(case, recipe.model_dir, batches, "cpu")
+
+    run_side = optimisation_set_up(recipe.model, recipe.trainer)
+    bench_side = optimisation_set_up(bench.model, bench.prepared.step)
+    assert bench_side == run_side
+    assert run_side["optimizer"] is torch.optim.AdamW
+    [(hyper, params)] = run_side["groups"]
+    assert hyper["initial_lr"] == 5e-3 and hyper["weight_decay"] == 0.01
+    assert params and all("lora_" in name for name, _, _ in params)
+    lrs = [lr for [lr] in run_side["lrs"]]
+    assert lrs[0] == 0 and lrs[2] == pytest.approx(5e-3) and lrs[-1] < lrs[2]  # warmup, then cosine
+    assert set(run_side["checkpointed"].values()) != {0}  # gradient_checkpointing reached the layers
+    assert bench.settings.max_grad_norm == recipe.config.max_grad_norm == 0.5
+
+
+@pytest.mark.parametrize("group, values, expected", [
+    ("training", {"gradient_checkpoint": False}, "did you mean 'gradient_checkpointing'?"),
+    ("training", {"checkpoint": "none"}, "'checkpoint' is training gradient_checkpointing"),
+    ("training", {"max_steps": 5}, "max_steps comes from the case (its warmup + steps)"),
+    ("training", {"eval_steps": 5}, "'eval_steps' never reaches the benchmark's steps"),
+    ("method_settings", {"kernel": "peft"}, "did you mean 'kernels'?"),
+])
+def test_a_case_with_a_wrong_setting_name_fails_before_anything_is_measured(group, values, expected,
+                                                                            monkeypatch, capsys):
+    bad = train_speed.Case("tiny-whisper", "qlora", steps=1, warmup=1, label="typo", **{group: values})
+    with pytest.raises(SettingsError) as error:
+        speed_engine.engine_settings(bad)
+    assert "benchmark case 'tiny-whisper qlora 30s b16 (typo)'" in str(error.value)
+    assert expected in str(error.value)
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a case with a wrong setting was measured")
+
+    monkeypatch.setitem(train_speed.SUITES, "cpu", [train_speed.SUITES["cpu"][0], bad])
+    monkeypatch.setattr(train_speed, "run_child", measured)
+    monkeypatch.setattr(train_speed, "prepare_model", measured)
+    assert train_speed.main(["--suite", "cpu"]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_every_suite_case_is_one_a_run_could_be_given():
+    """The GPU suites cannot run here, but their settings are checked here."""
+    cases = [case for suite in train_speed.SUITES.values() for case in suite]
+    speed_engine.check_cases(cases)
+    assert {case.training["gradient_checkpointing"] for case in cases} == {True, False}
