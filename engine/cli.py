@@ -391,6 +391,7 @@ def cmd_methods_list(wb, args) -> None:
 
 def cmd_train(wb, args) -> int:
     from engine.settings import parse_assignments
+    from engine.training.settings import stored_training
 
     values = parse_assignments(args.set)
     launch = {"gpus": args.gpus, "nnodes": args.nnodes, "rdzv_endpoint": args.rdzv_endpoint}
@@ -398,7 +399,7 @@ def cmd_train(wb, args) -> int:
     method_values, training_values = wb.split_settings(args.method, values)
     run_id = wb.submit_run(args.dataset, args.model, args.method, method_values, training_values)
     print(f"run {run_id} queued", file=sys.stderr)
-    nnodes = wb.get_run(run_id)["settings"]["training"].get("nnodes") or 1
+    nnodes = stored_training(wb.get_run(run_id)).nnodes
     if nnodes > 1:  # this machine is machine 0, where the database is
         print(f"on each other machine, with the same data home, run (K = 1 .. {nnodes - 1}): "
               f"{wb.other_node_command(run_id)}", file=sys.stderr)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine import settings as settings_lib
 from engine.errors import SettingsError
 from engine.training import monitoring
+from engine.training.settings import stored_training
 from engine.metrics import METRIC_DIRECTION
 
 # Row column -> the per-step metric (engine/training/monitoring.py) whose mean it shows.
@@ -60,11 +62,10 @@ def rates(run: dict, means: dict[str, float]) -> dict:
 
 
 def samples_per_second_from_steps(run: dict) -> float | None:
-    training = (run["settings"] or {}).get("training", {})
     if not run["step"] or not run["wall_time_s"]:
         return None
-    samples = (run["step"] * training.get("per_device_train_batch_size", 1)
-               * training.get("gradient_accumulation_steps", 1))
+    training = stored_training(run)
+    samples = run["step"] * training.per_device_train_batch_size * training.gradient_accumulation_steps
     return samples / run["wall_time_s"]
 
 
@@ -91,7 +92,11 @@ def comparison_row(run: dict, adapter_dir: Path | None, means: dict[str, float])
         "peak_memory_mb": run["peak_memory_mb"], "adapter_bytes": folder_bytes(adapter_dir),
         **rates(run, means), "wall_time_s": run["wall_time_s"], "steps": run["step"],
     }
-    for section, values in (run["settings"] or {}).items():
+    # Training settings with today's defaults for keys an older run did not store; the method's
+    # as stored (its plugin may no longer be installed, and Compare still shows the run).
+    settings = {"method": (run["settings"] or {}).get("method") or {},
+                "training": settings_lib.as_dict(stored_training(run))}
+    for section, values in settings.items():
         for name, value in values.items():
             row[f"{section}.{name}"] = value
     return row

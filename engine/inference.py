@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from engine import settings as settings_lib
 from engine.methods import MethodContext, get_method
 from engine.methods.registry import METHOD_REPORT
 from engine.models import TaskModel, task_model_for
+from engine.training.settings import RunSettings
 
 DEFAULT_CACHE_BUDGET = 2 * 2**30  # bytes of weights kept loaded (playground)
 
@@ -37,30 +37,22 @@ def load_trained(run: dict, family: str, base_dir: Path, adapter_dir: Path, labe
     """A finished run's model: the base (``family``, in ``base_dir``) loaded with the run
     method's options, then its adapter from ``adapter_dir``; a full fine-tune is loaded from
     ``adapter_dir`` alone. ``run`` is the run's record (method, task, settings)."""
-    method = get_method(run["method"])
-    options = {**task_options(run["settings"]["training"]),
-               **method_task_options(method, run["settings"]["method"])}
+    settings = RunSettings.from_record(run)
+    method = get_method(settings.method)
+    options = settings.task_options()
     if not method.is_adapter:
-        task_model = task_model_for(family, run["task"], adapter_dir, labels, **options)
+        task_model = task_model_for(family, settings.task, adapter_dir, labels, **options)
         return task_model, task_model.load().to(device).eval()
-    task_model = task_model_for(family, run["task"], base_dir, labels, **options)
+    task_model = task_model_for(family, settings.task, base_dir, labels, **options)
     report = method_report(adapter_dir)
-    load_kwargs = method_load_kwargs(method, run["settings"]["method"], task_model, device, report)
+    load_kwargs = method_load_kwargs(settings, task_model, device, report)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
         base = base.to(device)
     if method.load_adapter is not None:  # an adapter with modules of its own (ta-qlora, mma)
-        settings = settings_lib.build(method.settings_cls, run["settings"]["method"])
         context = MethodContext.for_task_model(task_model, device=device, report=report)
-        return task_model, method.load_adapter(base, adapter_dir, settings, context).eval()
+        return task_model, method.load_adapter(base, adapter_dir, settings.method_settings, context).eval()
     return task_model, load_adapter(base, adapter_dir).eval()
-
-
-def method_task_options(method, method_settings: dict) -> dict:
-    """Task options the run's method set itself (qass: silence trimming, longest padding)."""
-    if method.task_options is None:
-        return {}
-    return method.task_options(settings_lib.build(method.settings_cls, method_settings))
 
 
 def method_report(adapter_dir: Path) -> dict:
@@ -69,21 +61,12 @@ def method_report(adapter_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def task_options(training: dict) -> dict:
-    """The task options a run trained with (runs older than a setting get its default)."""
-    return {"generation_max_length": training.get("generation_max_length", 48),
-            "audio_padding": training.get("audio_padding", "30s"),
-            "language": training.get("language", "en"),
-            "speech_task": training.get("task", "transcribe")}
-
-
-def method_load_kwargs(method, method_settings: dict, task_model: TaskModel, device: str = "cpu",
+def method_load_kwargs(settings: RunSettings, task_model: TaskModel, device: str = "cpu",
                        report: dict | None = None) -> dict:
     """How the run's method loads its base model (4-bit options for qlora, nothing for lora;
     qass reads the layers it kept in 16-bit from the run's ``report``)."""
-    settings = settings_lib.build(method.settings_cls, method_settings)
     context = MethodContext.for_task_model(task_model, device=device, report=dict(report or {}))
-    return method.load_kwargs(settings, context)
+    return get_method(settings.method).load_kwargs(settings.method_settings, context)
 
 
 def adapter_labels(adapter_dir: Path) -> list[str] | None:

@@ -72,6 +72,17 @@ def validate(instance: Any) -> None:
         check()
 
 
+def check(instance: Any) -> None:
+    """``validate`` plus the type of every field: what ``build`` makes sure of, for an object
+    made some other way (``RunSettings`` checks its parts with this on construction)."""
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value, kind = getattr(instance, f.name), hints[f.name]
+        if not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+            _check_type(f.name, kind, value)
+    validate(instance)
+
+
 def field_problem(name: str, value: Any, rules: dict) -> str | None:
     """What is wrong with one field's value under its ``choices`` / ``min`` / ``max`` (a
     ``describe()`` row or a field's metadata), naming the field; None when it is fine. The

@@ -161,7 +161,7 @@ def gpu_choice(visible: int, training_start: dict, prefix: str) -> dict:
     if visible > 1:
         options = list(range(1, visible + 1))
         launch["gpus"] = st.selectbox(
-            "GPUs", options, index=min(max(int(training_start.get("gpus") or 1), 1), visible) - 1,
+            "GPUs", options, index=min(max(int(training_start["gpus"]), 1), visible) - 1,
             key=f"{prefix}.training.gpus",
             help="Train on this many GPUs at once (`gpus`, torchrun with data parallelism): each GPU "
                  "trains on its own batch of `per_device_train_batch_size` examples and the "

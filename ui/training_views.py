@@ -11,6 +11,7 @@ import streamlit as st
 from engine.metrics import METRIC_DIRECTION
 from engine.progress import eta_seconds
 from engine.training import monitoring as m
+from engine.training.settings import planned_steps
 from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
 from ui.state import MFU_HELP, format_duration, mfu_text
 
@@ -72,12 +73,6 @@ def runs_table(runs: list[dict]) -> None:
         "method": r["method"], "model": r["model_name"], "dataset": r["dataset_name"],
         "step": f"{r['step'] or 0}/{planned_steps(r) or '?'}", "created": r["created_at"],
     } for r in runs]), hide_index=True, width="stretch", key="train.all_runs")
-
-
-def planned_steps(run: dict) -> int | None:
-    """The run's step count: known once it starts, or from max_steps before (epochs: not yet)."""
-    max_steps = (run["settings"] or {}).get("training", {}).get("max_steps") or 0
-    return run["total_steps"] or (max_steps if max_steps > 0 else None)
 
 
 def trained_on(names) -> str | None:

@@ -11,6 +11,7 @@ from engine.export.artifacts import RunArtifacts, read_meta, zip_folder_bytes
 from engine.inference import method_report
 from engine.methods import get_method
 from engine.models import TASK_MODELS, TaskModel
+from engine.training.settings import RunSettings
 
 
 def adapter_zip_path(out: Path, run_id: int) -> Path:
@@ -89,7 +90,8 @@ def model_card(artifacts: RunArtifacts, merged: bool = False) -> str:
     s = artifacts.summary
     metrics = "\n".join(f"| {name} | {value:.4f} |" if isinstance(value, (int, float)) else
                         f"| {name} | {value} |" for name, value in (s["metrics"] or {}).items())
-    settings = json.dumps(s["settings"], indent=2)
+    # Every setting the run trained with (a key an older run did not store: its default).
+    settings = json.dumps(RunSettings.from_record(s).to_record()["settings"], indent=2)
     base = portable_base_model(artifacts)
     # The hub reads base_model as a hub id: name it only when it is one.
     hub_base = f"base_model: {base}\n" if artifacts.base_source.startswith("hub:") else ""
@@ -150,7 +152,7 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
         labels = (f", num_labels={len(artifacts.labels)},\n    "
                   f"id2label={dict(enumerate(artifacts.labels))!r}")
     quantization, imports = "", f"from transformers import {cls}"
-    method = s["settings"]["method"]
+    method = RunSettings.from_record(s).to_record()["settings"]["method"]
     if "bnb_4bit_quant_type" in method:  # qlora and the methods on its 4-bit base
         # qass keeps the layers it measured as most sensitive out of 4 bits (its report)
         kept = method_report(artifacts.adapter_dir).get("keep_16bit", [])

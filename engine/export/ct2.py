@@ -29,6 +29,7 @@ from engine.data.audio import load_audio
 from engine.errors import ExportError
 from engine.export.artifacts import Progress, RunArtifacts
 from engine.export.merged import write_merged
+from engine.training.settings import stored_training
 from storage import Storage
 
 QUANTIZATIONS = ("float16", "int8", "float32", "int8_float16", "bfloat16")
@@ -95,13 +96,12 @@ def write_ct2(artifacts: RunArtifacts, folder: Path, say: Progress, quantization
 def language_and_task(summary: dict, model_dir: Path) -> tuple[str | None, str | None]:
     """The run's ``language`` and ``task`` settings when it has them; else English transcription
     for a multilingual model (one with language tokens), and no language for others."""
-    settings = summary.get("settings") or {}
-    found = {**settings, **(settings.get("training") or {})}
+    training = stored_training(summary)
     multilingual = json.loads((model_dir / "generation_config.json").read_text()).get("lang_to_id") \
         if (model_dir / "generation_config.json").is_file() else None
     if not multilingual:
         return None, None
-    return found.get("language") or "en", found.get("task") or "transcribe"
+    return training.language, training.task
 
 
 def parity_report(merged: Path, ct2_folder: Path, files: list[Path],

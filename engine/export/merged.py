@@ -17,9 +17,10 @@ import torch
 from engine.export.adapter import model_card
 from engine.export.artifacts import Progress, RunArtifacts
 from engine.errors import ExportError
-from engine.inference import method_load_kwargs, method_report, task_options
+from engine.inference import method_load_kwargs, method_report
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
+from engine.training.settings import RunSettings
 
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
 
@@ -27,9 +28,10 @@ WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
 def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, torch.nn.Module]:
     """The run's model as one plain transformers model in float32 (adapter merged in)."""
     s = artifacts.summary
+    settings = RunSettings.from_record(s)
     # The run's Whisper prompt (language, task) goes into the exported generation config; the
     # export itself is a stock whole-window model whatever window the run trained on.
-    options = {**task_options(s["settings"]["training"]), "audio_padding": "30s"}
+    options = {**settings.training.task_options(), "audio_padding": "30s"}
     if not artifacts.is_adapter:  # a full fine-tune already is a plain model
         task_model = task_model_for(artifacts.family, s["task"], artifacts.adapter_dir, artifacts.labels,
                                     **options)
@@ -41,8 +43,7 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
                           f"{method.merge_refusal}; export the adapter instead")
     say("loading the base model in full precision")
     base = task_model.load()
-    load_kwargs = method_load_kwargs(method, s["settings"]["method"], task_model,
-                                     report=method_report(artifacts.adapter_dir))
+    load_kwargs = method_load_kwargs(settings, task_model, report=method_report(artifacts.adapter_dir))
     if "quantization_config" in load_kwargs:
         say("dequantising the 4-bit base the adapter was trained on")
         copy_dequantized_weights(task_model.load(**load_kwargs), base)

@@ -6,6 +6,7 @@ The worker calls ``out_of_memory_message`` when a run fails with ``is_out_of_mem
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -31,10 +32,12 @@ def is_out_of_memory(error: BaseException) -> bool:
         "out of memory" in str(error).lower()
 
 
-def out_of_memory_message(error: BaseException, device: str, training: dict | None = None,
+def out_of_memory_message(error: BaseException, device: str, training: Any = None,
                           method: str = "") -> str:
-    """What ran out, how much was asked versus free, and what to change, in that order."""
-    training = training or {}
+    """What ran out, how much was asked versus free, and what to change, in that order.
+
+    ``training``: the run's ``TrainingSettings`` (engine.training.settings, a layer above this
+    one, hence not imported), or None when they are not known (then no batch advice)."""
     text = str(error)
     on_gpu = isinstance(error, torch.OutOfMemoryError) or "cuda" in text.lower()
     where = "GPU memory" if on_gpu else "RAM (host memory)"
@@ -45,15 +48,14 @@ def out_of_memory_message(error: BaseException, device: str, training: dict | No
     needed = requested_mb(text)
     amount = (f"it tried to allocate {needed:,.0f} MiB more while {free:,.0f} MiB were free"
               if needed is not None else f"it needed more than the {free:,.0f} MiB that were free")
-    batch = int(training.get("per_device_train_batch_size") or 0)
-    accumulation = int(training.get("gradient_accumulation_steps") or 1)
     advice = []
-    if batch > 1:
+    if training is not None and training.per_device_train_batch_size > 1:
+        batch, accumulation = training.per_device_train_batch_size, training.gradient_accumulation_steps
         advice.append(f"per_device_train_batch_size={max(1, batch // 2)} with "
                       f"gradient_accumulation_steps={accumulation * 2} (same effective batch)")
-    if not training.get("gradient_checkpointing"):
+    if training is None or not training.gradient_checkpointing:
         advice.append("gradient_checkpointing=true (recompute activations: less memory, slower)")
-    if not training.get("memory_budget_gb"):
+    if training is None or not training.memory_budget_gb:
         advice.append(f"memory_budget_gb={max(0.1, free / 1024):.1f} (the planner picks micro-batch, "
                       "checkpointing and offload to fit)")
     if method != "qlora":

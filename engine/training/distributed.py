@@ -38,9 +38,8 @@ import threading
 import time
 from pathlib import Path
 
-from engine import settings as settings_lib
 from engine.errors import NotFoundError, RunError
-from engine.training.settings import TrainingSettings
+from engine.training.settings import TrainingSettings, stored_training
 from storage import Storage
 
 __all__ = ["DistributedRunError", "launch_command", "other_node_command", "spec_path", "run_distributed",
@@ -60,13 +59,9 @@ class DistributedRunError(RunError):
         self.details = details
 
 
-def training_settings(run: dict) -> TrainingSettings:
-    return settings_lib.build(TrainingSettings, run["settings"]["training"], section="training")
-
-
 def world_size_of(run: dict) -> int:
     """How many processes train ``run`` (1: the worker's own thread does)."""
-    return training_settings(run).world_size
+    return stored_training(run).world_size
 
 
 def launch_command(spec: Path, config: TrainingSettings, node_rank: int = 0) -> list[str]:
@@ -123,7 +118,7 @@ def run_distributed(storage: Storage, run: dict, local_stop: threading.Event | N
                     poll_seconds: float = 0.5) -> dict:
     """Train ``run`` in a torchrun child until it ends; returns ``{"status", "peak_memory_mb"}``
     or raises ``DistributedRunError`` with the failing rank's message."""
-    run_id, config = run["id"], training_settings(run)
+    run_id, config = run["id"], stored_training(run)
     folder = storage.files.run_dir(run_id) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for stale in [folder / RESULT, *folder.glob("error-rank*.json")]:  # from an earlier attempt

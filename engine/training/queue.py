@@ -7,6 +7,7 @@ neither, the estimate is None (shown as "–"), never a guess dressed as a numbe
 
 from __future__ import annotations
 
+from engine.training.settings import planned_steps
 from storage import Storage
 
 
@@ -29,8 +30,8 @@ def queue_rows(storage: Storage, owner_id: int, *, see_all: bool = False) -> lis
 
 
 def seconds_left(storage: Storage, run: dict) -> float | None:
-    total = run["total_steps"] or run["settings"]["training"].get("max_steps") or 0
-    if total <= 0:
+    total = planned_steps(run)
+    if total is None:
         return None  # an epoch-based run that has not started: its step count is not known yet
     if run["step"] and run["wall_time_s"]:
         per_step = run["wall_time_s"] / run["step"]

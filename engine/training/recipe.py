@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from engine import settings as settings_lib
 from engine.errors import DatasetError, MethodError, ModelError, NotFoundError
 from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
 from engine.memory import MemoryMeter
@@ -46,7 +45,7 @@ from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, 
 from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
-from engine.training.settings import TrainingSettings
+from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
 from storage import Storage
 
@@ -75,10 +74,9 @@ class FineTuneRecipe:
         self.is_main = parallel is None or parallel.is_main
         self.run_id = run["id"]
         self.run_dir = storage.files.run_dir(self.run_id)
-        self.config = settings_lib.build(TrainingSettings, run["settings"]["training"], section="training")
+        self.settings = RunSettings.from_record(run)
+        self.config, self.method_settings = self.settings.training, self.settings.method_settings
         self.method = get_method(run["method"])
-        self.method_settings = settings_lib.build(self.method.settings_cls, run["settings"]["method"],
-                                                  section=run["method"])
         self.device = parallel.device if parallel else pick_device()
 
     def log(self, message: str, level: str = "info") -> None:
@@ -97,11 +95,8 @@ class FineTuneRecipe:
         if not self.train_items:
             raise DatasetError(f"dataset {dataset['name']!r} has no items in its train split; "
                                "add some, or import it again with a train split")
-        options = {"generation_max_length": cfg.generation_max_length,
-                   "audio_padding": cfg.audio_padding, "language": cfg.language,
-                   "speech_task": cfg.task, **self.method_task_options()}
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
-                                         dataset["labels"], **options)
+                                         dataset["labels"], **self.settings.task_options())
         self.count_steps()
         capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
         if capped:
@@ -156,12 +151,6 @@ class FineTuneRecipe:
             raise ModelError(f"the files of model {model_record['name']!r} are gone ({model_dir}); "
                              "delete it and register it again")
         return dataset_dir, model_dir
-
-    def method_task_options(self) -> dict:
-        """Task options the method sets itself (qass: silence trimming, longest padding)."""
-        if self.method.task_options is None:
-            return {}
-        return self.method.task_options(self.method_settings)
 
     def count_steps(self) -> None:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
@@ -536,7 +525,7 @@ class FineTuneRecipe:
             "run_id": self.run_id, "method": self.method.name, "task": self.task_model.task,
             "family": self.task_model.family, "base_model": self.run["model_name"],
             "base_model_path": str(self.model_dir), "labels": self.task_model.labels,
-            "settings": self.run["settings"],
+            "settings": self.settings.to_record()["settings"],
         }, indent=2))
         if getattr(self, "method_report", None):  # reloading the adapter needs what was decided
             (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))

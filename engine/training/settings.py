@@ -1,19 +1,34 @@
-"""Training settings shared by every method; names follow transformers' TrainingArguments.
+"""A run's settings: ``TrainingSettings`` (shared by every method; names follow transformers'
+TrainingArguments) and ``RunSettings``, the one object a run's settings travel in (method and
+its settings, task, training), with ``split_settings`` routing flat ``key=value`` settings.
 
 Every field has a default and a help text: the Training page builds its form from them and
 ``--set key=value`` parses them. ``validate()`` refuses combinations no run could train with,
 so a bad value is answered at submit, naming the field, never as a traceback mid-run.
+
+A stored run's settings are read only through ``RunSettings.from_record`` (or, where the method
+is not needed, ``stored_training``): a key an older run did not store gets the dataclass
+default here, never a copy of the default where it is read.
+
+    settings = RunSettings.from_record(run)        # a runs row or a run summary
+    settings.training.max_steps, settings.method_settings.r, settings.task_options()
+    record = settings.with_changes({"r": 16}).to_record()   # method, task, settings
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
+from engine import settings as settings_lib
 from engine.errors import SettingsError
+from engine.methods import get_method
+from engine.models import TASK_NAMES
 from engine.settings import setting
 
 _ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}")  # host:port, nothing else on a command line
@@ -144,6 +159,13 @@ class TrainingSettings:
     rdzv_endpoint: str = setting("", "host:port where the machines of a multi-machine run meet "
                                  "(torchrun --rdzv-endpoint); empty on one machine.")
 
+    def task_options(self) -> dict:
+        """The task model's options these settings choose (prompt, window, generation length):
+        the same for training, evaluation, the Playground and exports."""
+        return {"generation_max_length": self.generation_max_length,
+                "audio_padding": self.audio_padding, "language": self.language,
+                "speech_task": self.task}
+
     @property
     def world_size(self) -> int:
         """Processes training this run together (one per GPU)."""
@@ -194,3 +216,118 @@ class TrainingSettings:
         if self.rdzv_endpoint and not _ENDPOINT.fullmatch(self.rdzv_endpoint):
             raise SettingsError(f"rdzv_endpoint must be host:port (e.g. node0:29500), got "
                                 f"{self.rdzv_endpoint!r}")
+
+
+# ---------------------------------------------------------------------------- a run's settings
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run trains with: its method (by name) with that method's settings dataclass, its
+    task, and its training settings. Checked on construction: the method is registered, the
+    task known, each part is of its class with every field's type, choices and bounds right."""
+
+    method: str
+    task: str  # asr, audio-classification or text-classification (engine.models.TASK_NAMES)
+    method_settings: Any  # an instance of the method's settings_cls
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def __post_init__(self) -> None:
+        settings_cls = get_method(self.method).settings_cls  # MethodError names the ones there are
+        if self.task not in TASK_NAMES:
+            raise SettingsError(f"task must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")
+        if type(self.method_settings) is not settings_cls:
+            raise SettingsError(f"{self.method} settings must be a {settings_cls.__name__}, got "
+                                f"{type(self.method_settings).__name__}")
+        if not isinstance(self.training, TrainingSettings):
+            raise SettingsError(f"training settings must be a TrainingSettings, got "
+                                f"{type(self.training).__name__}")
+        settings_lib.check(self.method_settings)
+        settings_lib.check(self.training)
+
+    @classmethod
+    def build(cls, method: str, task: str, method_values: dict | None = None,
+              training_values: dict | None = None) -> RunSettings:
+        """From values as a form or ``--set`` gives them (text is converted); a key left out
+        gets its default, an unknown key or a bad value raises ``SettingsError`` naming it."""
+        settings_cls = get_method(method).settings_cls
+        return cls(method, task, settings_lib.build(settings_cls, method_values, section=method),
+                   settings_lib.build(TrainingSettings, training_values, section="training"))
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunSettings:
+        """A stored run's settings (a runs row or ``run_summary``: ``method``, ``task`` and the
+        ``settings`` JSON ``{"method": {...}, "training": {...}}``). Keys an older run did not
+        store get today's defaults; a stored value no run could train with raises
+        ``SettingsError`` naming the run and the field."""
+        stored = record.get("settings") or {}
+        try:
+            return cls.build(record["method"], record["task"], stored.get("method"), stored.get("training"))
+        except SettingsError as error:
+            raise SettingsError(f"{_whose(record)} stored settings: {error}") from None
+
+    def to_record(self) -> dict:
+        """The run row's ``method``, ``task`` and ``settings`` columns; ``from_record`` reads
+        them back to an equal object."""
+        return {"method": self.method, "task": self.task,
+                "settings": {"method": settings_lib.as_dict(self.method_settings),
+                             "training": settings_lib.as_dict(self.training)}}
+
+    def with_changes(self, changes: dict[str, Any] | None = None) -> RunSettings:
+        """These settings with flat ``key=value`` ``changes`` (routed by ``split_settings``)."""
+        method_changes, training_changes = split_settings(self.method, dict(changes or {}))
+        return RunSettings.build(self.method, self.task,
+                                 settings_lib.as_dict(self.method_settings) | method_changes,
+                                 settings_lib.as_dict(self.training) | training_changes)
+
+    def task_options(self) -> dict:
+        """The task model's options of this run: the training settings' (prompt, window,
+        generation length) and the ones its method sets itself (qass: silence trimming)."""
+        method = get_method(self.method)
+        own = method.task_options(self.method_settings) if method.task_options is not None else {}
+        return {**self.training.task_options(), **own}
+
+
+def split_settings(method: str, values: dict[str, Any]) -> tuple[dict, dict]:
+    """Route flat ``key=value`` settings to ``method``'s settings or the training settings.
+
+    A key neither knows is refused, and so is a key both know (a method plugin whose settings
+    reuse a training setting's name): a flat ``key=value`` cannot say which one it means."""
+    method_fields = {f.name for f in dataclasses.fields(get_method(method).settings_cls)}
+    training_fields = {f.name for f in dataclasses.fields(TrainingSettings)}
+    both = sorted(set(values) & method_fields & training_fields)
+    if both:
+        raise SettingsError(
+            f"{', '.join(both)} is both a {method} setting and a training setting, so "
+            f"{both[0]}=... cannot say which it sets; the {method} method must give its setting "
+            "another name")
+    unknown = sorted(set(values) - method_fields - training_fields)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {', '.join(unknown)}; {method} settings: "
+            f"{', '.join(sorted(method_fields)) or 'none'}; training settings: "
+            f"{', '.join(sorted(training_fields))}")
+    return ({k: v for k, v in values.items() if k in method_fields},
+            {k: v for k, v in values.items() if k in training_fields})
+
+
+def stored_training(record: dict) -> TrainingSettings:
+    """A stored run's training settings alone (defaults for keys it did not store), without
+    looking its method up: for lists and estimates that must work for every run, even one
+    whose method plugin is no longer installed."""
+    try:
+        return settings_lib.build(TrainingSettings, (record.get("settings") or {}).get("training"),
+                                  section="training")
+    except SettingsError as error:
+        raise SettingsError(f"{_whose(record)} stored settings: {error}") from None
+
+
+def planned_steps(record: dict) -> int | None:
+    """A run's optimizer steps: known once it has started (``total_steps``), else its
+    ``max_steps``; None for an epoch-based run that has not started (its count needs the data)."""
+    if record.get("total_steps"):
+        return record["total_steps"]
+    max_steps = stored_training(record).max_steps
+    return max_steps if max_steps > 0 else None
+
+
+def _whose(record: dict) -> str:
+    return f"run {record['id']}'s" if record.get("id") is not None else "the run's"

@@ -24,6 +24,7 @@ import torch
 from engine.errors import WorkbenchError
 from engine.memory import is_out_of_memory, out_of_memory_message
 from engine.training.distributed import run_distributed, world_size_of
+from engine.training.settings import stored_training
 from engine.series import LiveSeries
 from storage import Storage, utc_now
 
@@ -112,8 +113,7 @@ def store_live_series(storage: Storage, run_id: int, interval: float = 60.0) -> 
 def failure_message(run: dict, error: BaseException, device: str = "cpu") -> str:
     """A message a student can act on, for any exception a run may raise."""
     if is_out_of_memory(error):
-        return out_of_memory_message(error, device, (run.get("settings") or {}).get("training"),
-                                     run.get("method", ""))
+        return out_of_memory_message(error, device, stored_training(run), run["method"])
     if isinstance(error, WorkbenchError):
         return str(error)
     # Not a known failure: name the exception without blaming the method (it may be the data,

@@ -8,11 +8,11 @@ from typing import Any
 
 from engine import memory
 from engine import settings as settings_lib
-from engine.errors import ModelError, NotFoundError, SettingsError
+from engine.errors import ModelError, NotFoundError
 from engine.methods import all_methods, get_method, plugin_problems
 from engine.text import check_name
 from engine.training.profiles import PROFILES, active_profile, gpu_memory_fraction
-from engine.training.settings import TrainingSettings
+from engine.training.settings import TrainingSettings, split_settings
 
 
 
@@ -170,18 +170,11 @@ class ModelsMixin:
                    "capped_gib": None if fraction is None else fraction * total / 2**30}
         return {**profile.as_dict(), "gpu": gpu}
 
-    def split_settings(self, method: str, values: dict[str, Any]) -> tuple[dict, dict]:
-        """Route flat ``key=value`` settings to the method or the training settings."""
-        method_fields = {f["name"] for f in settings_lib.describe(get_method(method).settings_cls)}
-        training_fields = {f["name"] for f in self.training_settings_schema()}
-        unknown = sorted(set(values) - method_fields - training_fields)
-        if unknown:
-            raise SettingsError(
-                f"unknown setting {', '.join(unknown)}; {method} settings: "
-                f"{', '.join(sorted(method_fields)) or 'none'}; training settings: "
-                f"{', '.join(sorted(training_fields))}")
-        return ({k: v for k, v in values.items() if k in method_fields},
-                {k: v for k, v in values.items() if k in training_fields})
+    @staticmethod
+    def split_settings(method: str, values: dict[str, Any]) -> tuple[dict, dict]:
+        """Route flat ``key=value`` settings to the method or the training settings
+        (``engine.training.settings.split_settings``)."""
+        return split_settings(method, values)
 
 
 def count_parameters_on_disk(folder: Path) -> int:

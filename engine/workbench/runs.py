@@ -13,7 +13,7 @@ from engine.errors import ExportError, ModelError, NotFoundError, RunError, Sett
 from engine.methods import get_method
 from engine.progress import format_duration
 from engine.training.profiles import active_profile
-from engine.training.settings import TrainingSettings
+from engine.training.settings import RunSettings, TrainingSettings, stored_training
 from storage import utc_now
 
 LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
@@ -25,7 +25,7 @@ class RunsMixin:
                    method_settings: dict | None = None, training_settings: dict | None = None) -> int:
         """Validate everything that can be checked before training, then queue the run."""
         plan = self.check_run(dataset, model, method, method_settings, training_settings)
-        record = self._run_record(plan, method)
+        record = self._run_record(plan)
         warnings = record.pop("warnings")
         run_id = self.storage.create_run(record)
         self.storage.add_event(run_id, "queued")
@@ -35,15 +35,15 @@ class RunsMixin:
             self.worker.wake()
         return run_id
 
-    def _run_record(self, plan: dict, method: str) -> dict:
-        """The runs row a checked plan (``check_run``) queues, with the ``warnings`` its log gets."""
+    def _run_record(self, plan: dict) -> dict:
+        """The runs row a checked plan (``check_run``) queues, with the ``warnings`` its log
+        gets; ``method``, ``task`` and ``settings`` are its ``RunSettings``' record."""
         dataset_record, model_record = plan["dataset"], plan["model"]
         return {
-            "owner_id": self.owner_id, "method": method, "task": dataset_record["task"],
+            "owner_id": self.owner_id, **plan["run_settings"].to_record(),
             "dataset_id": dataset_record["id"], "dataset_name": dataset_record["name"],
             "dataset_version": dataset_record["version"], "model_id": model_record["id"],
             "model_name": model_record["name"],
-            "settings": {"method": plan["method_settings"], "training": plan["training_settings"]},
             "warnings": ([] if plan["memory"]["fits"] else [plan["memory"]["message"]]) + plan["warnings"],
         }
 
@@ -58,16 +58,15 @@ class RunsMixin:
 
         dataset_record = self.get_dataset(dataset)
         model_record = self.get_model(model)
-        method_obj = get_method(method)
+        get_method(method)  # an unknown method is named before anything else
         if dataset_record["task"] not in (model_record["tasks"] or []):
             raise RunError(
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
-        method_obj_settings = settings_lib.build(method_obj.settings_cls, method_settings, section=method)
         training_settings = self.profile_defaults() | (training_settings or {})  # given values win
-        training_obj = settings_lib.build(TrainingSettings, training_settings, section="training")
-        training_values = settings_lib.as_dict(training_obj)
-        self._check_splits(dataset_record, training_values)
+        run_settings = RunSettings.build(method, dataset_record["task"], method_settings, training_settings)
+        training_obj = run_settings.training
+        self._check_splits(dataset_record, training_obj)
         task_model_cls = TASK_MODELS[(model_record["family"], dataset_record["task"])]
         try:
             outline = outline_for(self.storage.files.resolve(model_record["path"]),
@@ -75,7 +74,7 @@ class RunsMixin:
         except Exception as error:  # any failure here is the model folder's, said as such
             raise ModelError(f"{model_record['name']}: its config cannot be read ({error}); "
                              "register the model folder again") from error
-        check_target_modules(method_obj_settings, outline, task_model_cls)
+        check_target_modules(run_settings.method_settings, outline, task_model_cls)
         steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
         duration = self._estimated_seconds(model_record["id"], method, steps)
         warnings = training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
@@ -83,33 +82,33 @@ class RunsMixin:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
                             "max_time_minutes or fewer steps")
-        method_values = settings_lib.as_dict(method_obj_settings)
-        return {"dataset": dataset_record, "model": model_record,
-                "method_settings": method_values, "training_settings": training_values,
+        record = run_settings.to_record()["settings"]
+        return {"dataset": dataset_record, "model": model_record, "run_settings": run_settings,
+                "method_settings": record["method"], "training_settings": record["training"],
                 "steps": steps, "estimated_seconds": duration, "warnings": warnings,
-                "memory": self._check_memory(dataset_record, model_record, method, method_values,
-                                            training_values)}
+                "memory": self._check_memory(dataset_record, model_record, method, record["method"],
+                                            training_obj)}
 
     def _check_memory(self, dataset_record: dict, model_record: dict, method: str,
-                      method_settings: dict, training: dict) -> dict:
+                      method_settings: dict, training: TrainingSettings) -> dict:
         """The memory check of ``check_run``: ``estimate_memory`` (the number the Models and
         Methods pages show) for this run's batch of its longest item (``shape``), precision and
         checkpointing, against the memory free now (``engine.memory.check_memory``)."""
         device = memory.training_device()
-        precision = training["precision"]
+        precision = training.precision
         if precision == "auto":
             precision = "bf16" if device == "cuda" else "fp32"
-        shape = {"batch_size": training["per_device_train_batch_size"],
+        shape = {"batch_size": training.per_device_train_batch_size,
                  **self._longest_item(dataset_record, model_record)}
         estimate = self.estimate_memory(
             model_record["id"], [method], task=dataset_record["task"],
             method_settings={method: method_settings}, **shape,
             labels=len(dataset_record["labels"] or []), precision=precision,
-            audio_padding=training["audio_padding"],
-            gradient_checkpointing=bool(training["gradient_checkpointing"]))[method]
+            audio_padding=training.audio_padding,
+            gradient_checkpointing=training.gradient_checkpointing)[method]
         check = memory.check_memory(estimate, device=device, free_mb=memory.free_memory_mb(device),
                                     batch_size=shape["batch_size"],
-                                    memory_budget_gb=training["memory_budget_gb"])
+                                    memory_budget_gb=training.memory_budget_gb)
         return {**check, "shape": shape}
 
     def _longest_item(self, dataset_record: dict, model_record: dict) -> dict:
@@ -139,20 +138,20 @@ class RunsMixin:
                     "the multi-GPU path"]
         return []
 
-    def _check_splits(self, dataset_record: dict, training: dict) -> None:
+    def _check_splits(self, dataset_record: dict, training: TrainingSettings) -> None:
         counts = self.storage.count_items(dataset_record["id"])
         if not counts.get("train"):
             raise SettingsError(f"{dataset_record['name']} has no items in its train split; "
                                 "add training examples or choose another dataset")
-        if training["per_device_train_batch_size"] > counts["train"]:
-            raise SettingsError(f"per_device_train_batch_size ({training['per_device_train_batch_size']}) "
+        batch, processes = training.per_device_train_batch_size, training.world_size
+        if batch > counts["train"]:
+            raise SettingsError(f"per_device_train_batch_size ({batch}) "
                                 f"is larger than the train split ({counts['train']} items)")
-        processes = training.get("gpus", 1) * training.get("nnodes", 1)
-        if training["per_device_train_batch_size"] * processes > counts["train"]:
-            raise SettingsError(f"per_device_train_batch_size ({training['per_device_train_batch_size']}) "
+        if batch * processes > counts["train"]:
+            raise SettingsError(f"per_device_train_batch_size ({batch}) "
                                 f"× {processes} GPUs is larger than the train split ({counts['train']} "
                                 "items): some GPUs would have nothing to train on")
-        if training["early_stopping_patience"] and not counts.get("validation"):
+        if training.early_stopping_patience and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
                                 f"{dataset_record['name']}'s validation split has no items")
 
@@ -174,12 +173,12 @@ class RunsMixin:
 
     def clone_run(self, run_id: int, changes: dict[str, Any] | None = None) -> int:
         """Queue a new run with this run's dataset, model, method and settings, plus ``changes``
-        (flat ``key=value`` settings, e.g. ``{"r": 16}``)."""
+        (flat ``key=value`` settings, e.g. ``{"r": 16}``). A setting the run did not store
+        (an older run) gets its default, as when the run itself resumes."""
         run = self.get_run(run_id)
-        method_changes, training_changes = self.split_settings(run["method"], dict(changes or {}))
+        settings = RunSettings.from_record(run).with_changes(changes).to_record()["settings"]
         return self.submit_run(run["dataset_id"], run["model_id"], run["method"],
-                               {**run["settings"]["method"], **method_changes},
-                               {**run["settings"]["training"], **training_changes})
+                               settings["method"], settings["training"])
 
     def queue(self) -> list[dict]:
         """Queued runs in the order they will train, with position and time estimates
@@ -328,8 +327,7 @@ class RunsMixin:
         from engine.training.distributed import other_node_command, spec_path
 
         run = self.get_run(run_id)
-        config = settings_lib.build(TrainingSettings, run["settings"]["training"], section="training")
-        return other_node_command(spec_path(self.storage.files.home, run["id"]), config)
+        return other_node_command(spec_path(self.storage.files.home, run["id"]), stored_training(run))
 
     @staticmethod
     def gpu_count() -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from engine import settings as settings_lib
 from engine.errors import NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
-from engine.training.settings import TrainingSettings
+from engine.training.settings import TrainingSettings, planned_steps, split_settings
 from engine.studies import (ENDED, Grid, cell_label, differences, grid_cells, study_status,
                             study_table)
 
@@ -74,7 +74,7 @@ class StudiesMixin:
                                         f"on {first['dataset']['name']}")
         if len(name) > NAME_LIMIT:
             raise SettingsError(f"the study's name is longer than {NAME_LIMIT} characters")
-        runs = [{**self._run_record(run_plan, cell["method"]), "study_cell": cell}
+        runs = [{**self._run_record(run_plan), "study_cell": cell}
                 for cell, run_plan in zip(plan["cells"], plan["plans"])]
         study_id, _ = self.storage.create_study({
             "owner_id": self.owner_id, "name": name,
@@ -107,10 +107,12 @@ class StudiesMixin:
 
     @staticmethod
     def _cell_settings(method: Any, cell: dict, settings: dict) -> tuple[dict, dict]:
-        method_fields = {f["name"] for f in settings_lib.describe(method.settings_cls)}
-        training_fields = {f.name for f in dataclasses.fields(TrainingSettings)}
-        method_values = {k: v for k, v in settings.items() if k in method_fields}
-        training_values = {k: v for k, v in settings.items() if k in training_fields}
+        """The cell's method and training values: the study's settings this method or the
+        training settings know (another chosen method's are left out), then the cell's axes."""
+        known = {f.name for f in dataclasses.fields(method.settings_cls)} | {
+            f.name for f in dataclasses.fields(TrainingSettings)}
+        method_values, training_values = split_settings(
+            method.name, {k: v for k, v in settings.items() if k in known})
         if cell["size_setting"]:
             method_values[cell["size_setting"]] = cell["size"]
         if cell["targets"]:
@@ -156,8 +158,7 @@ class StudiesMixin:
         statuses = [run["status"] for run in runs]
         counts = {status: statuses.count(status) for status in dict.fromkeys(statuses)}
         steps_done = sum(run["step"] or 0 for run in runs)
-        steps_total = sum(run["total_steps"] or run["settings"]["training"].get("max_steps") or 0
-                          for run in runs)
+        steps_total = sum(planned_steps(run) or 0 for run in runs)
         return {"id": study["id"], "name": study["name"], "owner_id": study["owner_id"],
                 "owner": self._owner_name(study), "shared": bool(study.get("shared")),
                 "dataset": study["dataset_name"],
