@@ -1,0 +1,68 @@
+"""Ask before deleting, and messages that outlive the rerun an action ends with.
+
+Every page that deletes (or cancels) something does it in two steps, with the same words:
+
+    if st.button("Delete…", key="train.delete.7"):
+        ask_first("train.delete", 7)                 # step 1: remember what was asked
+    if asked("train.delete") == 7:                   # step 2: the question, Yes / Keep it
+        confirm("train.delete", "Delete run #7? …", lambda: wb.delete_run(7),
+                done="Run #7 deleted.", page="train")
+
+Nothing is deleted before Yes. ``confirm`` runs the action, shows a ``WorkbenchError`` as the
+page's error, and on success leaves a toast for the page's next run (``show_flash``) and
+reruns, so the page redraws without what went. The pending question lives in session state
+under ``<key>.confirm``; the buttons are ``<key>.yes`` and ``<key>.no``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+from engine.errors import WorkbenchError
+
+
+def ask_first(key: str, target: object) -> None:
+    """Step 1: the user asked to delete ``target``; ``confirm`` asks them next."""
+    st.session_state[f"{key}.confirm"] = target
+
+
+def asked(key: str) -> object | None:
+    """What the user asked to delete under ``key`` and has not answered yet (None: nothing)."""
+    return st.session_state.get(f"{key}.confirm")
+
+
+def confirm(key: str, question: str, action: Callable[[], object], *,
+            done: str | Callable[[object], str] | None = None, page: str | None = None,
+            yes: str = "Yes, delete it", no: str = "Keep it") -> None:
+    """Step 2: ``question`` with a Yes and a Keep button. Yes runs ``action``; then ``done`` (or
+    ``done(what action returned)``) is flashed on ``page``'s next run and the script reruns.
+    Keep forgets the question."""
+    st.warning(question)
+    yes_column, no_column = st.columns(2)
+    if yes_column.button(yes, key=f"{key}.yes", type="primary"):
+        st.session_state.pop(f"{key}.confirm", None)
+        try:
+            result = action()
+        except WorkbenchError as error:  # e.g. it started training meanwhile: say why, keep it
+            st.error(str(error))
+            return
+        if done and page:
+            flash(page, done(result) if callable(done) else done)
+        st.rerun()
+    if no_column.button(no, key=f"{key}.no"):
+        st.session_state.pop(f"{key}.confirm", None)
+        st.rerun()
+
+
+def flash(page: str, message: str) -> None:
+    """A message for ``page``'s next run (after ``st.rerun``), shown once by ``show_flash``."""
+    st.session_state[f"{page}.flash"] = message
+
+
+def show_flash(page: str) -> None:
+    """The message an action left for this page, as a toast: it goes by itself, never stays up
+    stale."""
+    if f"{page}.flash" in st.session_state:
+        st.toast(st.session_state.pop(f"{page}.flash"), icon=":material/check_circle:")
