@@ -8,7 +8,8 @@ Every page that deletes (or cancels) something does it in two steps, with the sa
         confirm("train.delete", "Delete run #7? …", lambda: wb.delete_run(7),
                 done="Run #7 deleted.", page="train")
 
-Nothing is deleted before Yes. ``confirm`` runs the action, shows a ``WorkbenchError`` as the
+Nothing is deleted before Yes. A dataset asks more (``confirm_by_typing``: its name typed,
+then the button). ``confirm`` runs the action, shows a ``WorkbenchError`` as the
 page's error, and on success leaves a toast for the page's next run (``show_flash``) and
 reruns, so the page redraws without what went. The pending question lives in session state
 under ``<key>.confirm``; the buttons are ``<key>.yes`` and ``<key>.no``.
@@ -48,12 +49,30 @@ def confirm(key: str, question: str, action: Callable[[], object], *,
         except WorkbenchError as error:  # e.g. it started training meanwhile: say why, keep it
             st.error(str(error))
             return
-        if done and page:
-            flash(page, done(result) if callable(done) else done)
-        st.rerun()
+        _done(result, done, page)
     if no_column.button(no, key=f"{key}.no"):
         st.session_state.pop(f"{key}.confirm", None)
         st.rerun()
+
+
+def confirm_by_typing(key: str, name: str, label: str, button: str, action: Callable[[], object], *,
+                      done: str | None = None, page: str | None = None) -> None:
+    """For what is costly to lose: ``button`` (key ``key``) stays disabled until ``name`` is
+    typed into the box labelled ``label`` (key ``<key>.typed.<name>``); then as ``confirm``'s Yes."""
+    typed = st.text_input(label, key=f"{key}.typed.{name}")
+    if st.button(button, type="primary", disabled=typed.strip() != name, key=key):
+        try:
+            result = action()
+        except WorkbenchError as error:
+            st.error(str(error))
+            return
+        _done(result, done, page)
+
+
+def _done(result: object, done: str | Callable[[object], str] | None, page: str | None) -> None:
+    if done and page:
+        flash(page, done(result) if callable(done) else done)
+    st.rerun()
 
 
 def flash(page: str, message: str) -> None:
