@@ -23,7 +23,7 @@ else:
                     key="models.task")
     views.architecture(wb.model_architecture(model["name"], task), task)
     views.run_needs(model, task, tuple(m["name"] for m in wb.list_methods()))
-    views.delete_button(wb, model)
+    views.delete_model(wb, model)
 
 st.divider()
 st.subheader("Register a model")

@@ -2,11 +2,12 @@
 
 Every page that deletes (or cancels) something does it in two steps, with the same words:
 
-    if st.button("Delete…", key="train.delete.7"):
-        ask_first("train.delete", 7)                 # step 1: remember what was asked
-    if asked("train.delete") == 7:                   # step 2: the question, Yes / Keep it
-        confirm("train.delete", "Delete run #7? …", lambda: wb.delete_run(7),
-                done="Run #7 deleted.", page="train")
+    delete_button("train.delete", 7, "Delete run #7? …", lambda: wb.delete_run(7),
+                  button_key="train.delete.7", done="Run #7 deleted.", page="train")
+
+draws "Delete…"; a click remembers what was asked (``ask_first``), and the next runs ask the
+question with Yes / Keep it (``confirm``) until one is pressed. Where the button and the
+question need other places, call those two (and ``asked``) directly.
 
 Nothing is deleted before Yes. A dataset asks more (``confirm_by_typing``: its name typed,
 then the button). ``confirm`` runs the action, shows a ``WorkbenchError`` as the
@@ -22,6 +23,17 @@ from collections.abc import Callable
 import streamlit as st
 
 from engine.errors import WorkbenchError
+
+
+def delete_button(key: str, target: object, question: str, action: Callable[[], object], *,
+                  where=st, label: str = "Delete…", button_key: str | None = None,
+                  help: str | None = None, icon: str | None = ":material/delete:", **confirm_options) -> None:
+    """The usual case: a ``label`` button (in ``where``, e.g. a column) that asks first, and
+    below it ``confirm``'s question while ``target`` waits for an answer."""
+    if where.button(label, key=button_key or key, icon=icon, help=help):
+        ask_first(key, target)
+    if asked(key) == target:
+        confirm(key, question, action, **confirm_options)
 
 
 def ask_first(key: str, target: object) -> None:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
-from ui.confirm import ask_first, asked, confirm
+from ui.confirm import delete_button
 from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
 from ui.state import md_text
 
@@ -88,16 +88,15 @@ def run_needs(model: dict, task: str, methods: tuple[str, ...]) -> None:
         st.caption(WHAT_IT_INCLUDES)
 
 
-def delete_button(wb, model: dict) -> None:
+def delete_model(wb, model: dict) -> None:
     """Delete a model of your own (not shared) after asking."""
     if model["owner_id"] != wb.owner_id or model["shared"]:
         return
     name = model["name"]
-    if st.button("Delete this model…", key="models.delete"):
-        ask_first("models.delete", name)
-    if asked("models.delete") == name:
-        confirm("models.delete", f"Delete **{md_text(name)}** and its files? Runs that used it keep their record.",
-                lambda: wb.delete_model(name), done=f"Model {name} deleted.", page="models")
+    delete_button("models.delete", name,
+                  f"Delete **{md_text(name)}** and its files? Runs that used it keep their record.",
+                  lambda: wb.delete_model(name), label="Delete this model…", icon=None,
+                  done=f"Model {name} deleted.", page="models")
 
 
 # ---------------------------------------------------------------------- register

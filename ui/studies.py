@@ -17,7 +17,7 @@ from engine.errors import NotFoundError, WorkbenchError
 from engine.studies import MEASURES, STATISTIC_TEXT, Grid, parse_list
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
-from ui.confirm import ask_first, asked, confirm, flash
+from ui.confirm import delete_button, flash
 from ui.state import format_duration, md_text
 
 DEFAULT_METHODS = ["qlora", "lora"]
@@ -237,15 +237,12 @@ def actions(wb, summary: dict) -> None:
     if not mine:
         return
     study_id = summary["id"]
-    if st.button("Delete study…", icon=":material/delete:", key="studies.delete",
-                 help="Delete the study and all its runs."):
-        ask_first("studies.delete", study_id)
-    if asked("studies.delete") == study_id:
-        confirm("studies.delete",
-                f"Delete study #{study_id} and its {summary['runs_total']} runs with their "
-                "metrics, checkpoints and adapters? This cannot be undone.",
-                lambda: wb.delete_study(study_id), yes="Yes, delete them", page="studies",
-                done=lambda removed: f"Study {study_id} deleted with {len(removed)} runs.")
+    delete_button("studies.delete", study_id,
+                  f"Delete study #{study_id} and its {summary['runs_total']} runs with their "
+                  "metrics, checkpoints and adapters? This cannot be undone.",
+                  lambda: wb.delete_study(study_id), label="Delete study…",
+                  help="Delete the study and all its runs.", yes="Yes, delete them", page="studies",
+                  done=lambda removed: f"Study {study_id} deleted with {len(removed)} runs.")
 
 
 def results(wb, summary: dict) -> None:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from engine.errors import NotFoundError
 from ui import training_views as views
-from ui.confirm import ask_first, asked, confirm
+from ui.confirm import ask_first, asked, confirm, delete_button
 from ui.exports import export_panel
 from ui.state import format_duration, run_label, status_badge
 
@@ -51,14 +51,12 @@ def run_buttons(wb, run: dict) -> None:
         st.session_state["train.clone_from"] = run_id
         st.rerun()
     if status not in ("queued", "running"):
-        if next(buttons).button("Delete…", key=f"train.delete.{run_id}", icon=":material/delete:",
-                                help="Delete this run with its checkpoints, adapter, metrics and log."):
-            ask_first("train.delete", run_id)
-    if asked("train.delete") == run_id:
-        confirm("train.delete",
-                f"Delete run #{run_id} ({run['method']} on {run['dataset_name']})? Its "
-                "checkpoints, adapter, metrics and log go; exports you downloaded stay yours.",
-                lambda: wb.delete_run(run_id), done=f"Run #{run_id} deleted.", page="train")
+        delete_button("train.delete", run_id,
+                      f"Delete run #{run_id} ({run['method']} on {run['dataset_name']})? Its "
+                      "checkpoints, adapter, metrics and log go; exports you downloaded stay yours.",
+                      lambda: wb.delete_run(run_id), where=next(buttons), button_key=f"train.delete.{run_id}",
+                      help="Delete this run with its checkpoints, adapter, metrics and log.",
+                      done=f"Run #{run_id} deleted.", page="train")
 
 
 @st.fragment(run_every=1.5)
