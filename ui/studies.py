@@ -1,4 +1,5 @@
-"""The Studies page's parts: the launch form, the table of cells, the differences, exports.
+"""The Studies page's parts: the launch form, the study picker, its progress and actions, the
+table of cells, the differences, exports.
 
 The page (pages/studies.py) only arranges these; the numbers come from the engine
 (``Workbench.study_summary``, engine/studies.py), so what the page shows, the CSV and the
@@ -12,11 +13,12 @@ import html
 import pandas as pd
 import streamlit as st
 
-from engine.errors import WorkbenchError
+from engine.errors import NotFoundError, WorkbenchError
 from engine.studies import MEASURES, STATISTIC_TEXT, Grid, parse_list
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
-from ui.state import format_duration
+from ui.confirm import delete_button, flash
+from ui.state import format_duration, md_text
 
 DEFAULT_METHODS = ["qlora", "lora"]
 MEASURE_TITLES = {"final_metric": "final metric", "peak_memory_mb": "peak memory (MiB)",
@@ -187,3 +189,95 @@ def progress(summary: dict) -> None:
                                     "status": r["status"], "step": f"{r['step']}/{r['total_steps'] or '–'}",
                                     "error": r["error"] or ""} for r in summary["runs"]]),
                      hide_index=True, width="stretch")
+
+
+# ---------------------------------------------------------------------- one study
+def choose_study(wb, studies: list[dict]) -> int:
+    """The study to show (the one just launched, else the one chosen before, else the newest)."""
+    by_id = {s["id"]: s for s in studies}
+    if st.session_state.get("studies.chosen") not in by_id:
+        st.session_state["studies.chosen"] = studies[0]["id"]
+    return st.selectbox("Study", list(by_id), key="studies.chosen",
+                        format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})"
+                        + ("" if by_id[i]["owner_id"] == wb.owner_id else f" · {by_id[i]['owner']}'s"))
+
+
+@st.fragment(run_every=2)
+def live_progress(wb, study_id: int, shown_status: str, shown_ended: int) -> None:
+    """While the study trains: how far it is; the whole page follows when a run ends (the
+    table gains its result) and when the study ends."""
+    try:
+        now = wb.study_progress(study_id)
+    except NotFoundError:  # deleted from the command line
+        st.rerun()
+    if (now["status"], now["runs_ended"]) != (shown_status, shown_ended):
+        st.rerun()
+    progress(now)
+
+
+def actions(wb, summary: dict) -> None:
+    """Stop a study that trains (owner or admin), delete one that ended (owner, after asking)."""
+    mine = summary["owner_id"] == wb.owner_id
+    if not mine:
+        whose = "Shared by" if summary["shared"] else "Owned by"
+        stoppable = wb.see_all and summary["status"] in ("queued", "running")
+        st.caption(f"{whose} **{md_text(summary['owner'])}**: read-only here"
+                   + (" (as an admin you may stop it: the device is everybody's)." if stoppable else "."))
+    if summary["status"] in ("queued", "running"):
+        if not (mine or wb.see_all):
+            return
+        if st.button("Stop study", icon=":material/stop_circle:", key="studies.stop",
+                     help="Cancel its queued runs; its running run stops at the next step "
+                          "with a checkpoint."):
+            outcome = wb.stop_study(summary["id"])
+            flash("studies", f"Study {summary['id']}: {outcome['cancelled']} runs cancelled, "
+                             f"{outcome['stopping']} stopping.")
+            st.rerun()
+        return
+    if not mine:
+        return
+    study_id = summary["id"]
+    delete_button("studies.delete", study_id,
+                  f"Delete study #{study_id} and its {summary['runs_total']} runs with their "
+                  "metrics, checkpoints and adapters? This cannot be undone.",
+                  lambda: wb.delete_study(study_id), label="Delete study…",
+                  help="Delete the study and all its runs.", yes="Yes, delete them", page="studies",
+                  done=lambda removed: f"Study {study_id} deleted with {len(removed)} runs.")
+
+
+def results(wb, summary: dict) -> None:
+    """The cells' table, the differences against a chosen reference cell, the quality-cost
+    charts and the exports; a note instead while no run has completed."""
+    study_id, table = summary["id"], summary["table"]
+    if not any(row["completed"] for row in table):
+        st.info("No run of this study has completed yet: the table, the charts and the "
+                "differences appear here as runs finish.")
+        return
+    st.markdown("#### Every cell (mean ± standard deviation over its seeds)")
+    st.dataframe(table_frame(table), hide_index=True, width="stretch", key="studies.table")
+
+    st.markdown("#### Larger than seed noise?")
+    cells = [row["cell"] for row in table]
+    reference = st.selectbox("Compare every cell against", cells, key=f"studies.reference.{study_id}")
+    differences = (summary["differences"] if reference == summary["reference"]
+                   else wb.study_summary(study_id, reference)["differences"])
+    st.dataframe(differences_frame(differences), hide_index=True, width="stretch",
+                 key="studies.differences")
+    st.caption(STATISTIC_TEXT)
+
+    st.markdown("#### Quality against cost")
+    charts = figures(table)
+    for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
+        tab.plotly_chart(figure, key=f"studies.{name}")
+    st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
+               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
+               "is the whole process's resident memory: compare memory on a GPU.")
+
+    left, right = st.columns(2)
+    left.download_button("Table as CSV", study_csv(table), file_name=f"study-{study_id}.csv",
+                         mime="text/csv", icon=":material/table:", key="studies.csv")
+    right.download_button("Read-only report (HTML)",
+                          lambda: report(wb, {**summary, "differences": differences, "reference": reference}),
+                          file_name=f"study-{study_id}.html", mime="text/html", icon=":material/article:",
+                          key="studies.html", help="The Compare page's self-contained report of the "
+                          "study's runs, with this table and its differences on top.")

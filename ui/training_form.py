@@ -13,6 +13,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
+from ui.confirm import flash
 from ui.forms import field_widget, settings_form
 from ui.state import format_duration
 
@@ -81,8 +82,7 @@ def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str
             run_id = wb.submit_run(dataset_name, model_name, method_name, method_values, training_values)
             st.session_state.pop("train.clone_from", None)
             st.session_state["train.watch_next"] = run_id
-            st.session_state["train.flash"] = (f"Run #{run_id} queued: it starts as soon as "
-                                               "the worker is free.")
+            flash("train", f"Run #{run_id} queued: it starts as soon as the worker is free.")
             st.rerun()  # show the new run in the monitor above
         except WorkbenchError as error:
             st.error(str(error))

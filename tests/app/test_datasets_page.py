@@ -128,7 +128,7 @@ def test_delete_needs_the_name_typed(app, demo_home, tmp_path):
     open_datasets(app)
     app.selectbox(key="datasets.selected").select("gone").run()
     assert app.button(key="datasets.delete").disabled
-    app.text_input(key="datasets.delete_confirm.gone").input("gone").run()
+    app.text_input(key="datasets.delete.typed.gone").input("gone").run()
     app.button(key="datasets.delete").click().run()
     assert not app.exception, app.exception
     assert wb.storage.find_dataset("gone") is None

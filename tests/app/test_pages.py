@@ -172,12 +172,25 @@ def test_models_page_shows_architecture_and_estimates_memory(app):
     assert short.loc["lora", "peak MiB"] < estimates.loc["lora", "peak MiB"]
 
 
-def test_models_page_registers_a_local_folder(app, demo_home):
+def test_models_page_registers_a_local_folder_and_deletes_it_after_asking(app, demo_home):
+    from engine import Workbench
+
     open_page(app, "pages/models.py")
     app.text_input[0].input(str(demo_home / "models" / "tiny-bert"))
     app.text_input[1].input("my-bert")
     app.button[-1].click().run()
     assert not app.exception and "Registered my-bert" in app.success[0].value
+
+    app.run()  # the list above the form was drawn before the model was registered
+    app.selectbox(key="models.selected").select("my-bert").run()
+    app.button(key="models.delete").click().run()
+    assert any("Delete **my\\-bert** and its files?" in w.value for w in app.warning)
+    workbench = Workbench(demo_home)
+    assert "my-bert" in [m["name"] for m in workbench.list_models()]  # nothing goes before Yes
+    app.button(key="models.delete.yes").click().run()
+    assert not app.exception, app.exception
+    assert "my-bert" not in [m["name"] for m in workbench.list_models()]
+    assert any("Model my-bert deleted." in toast.value for toast in app.toast)
 
 
 def test_methods_page_lists_every_method_with_its_cost(app):

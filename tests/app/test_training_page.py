@@ -56,7 +56,7 @@ def test_queue_can_be_reordered_and_cancelled_with_a_confirmation(app, demo_home
     app.button(key="train.queue.cancel").click().run()
     assert workbench.get_run(a)["status"] == "queued"  # nothing happens before confirming
     assert any(f"Cancel run #{a}?" in w.value for w in app.warning)
-    app.button(key="train.queue.confirm_yes").click().run()
+    app.button(key="train.queue.cancel.yes").click().run()
     assert not app.exception
     assert workbench.get_run(a)["status"] == "cancelled"
     assert [row["id"] for row in workbench.queue()] == [c, b]
@@ -167,10 +167,12 @@ def test_the_runs_table_and_the_queue_refresh_themselves(app, demo_home, monkeyp
     reruns on a timer: none of them shows a state older than the others (in a browser the page
     itself never reruns while a run trains). The "queued" message is a toast, which goes by itself."""
     import functools
+    import importlib
 
     import streamlit
 
     from engine import Workbench
+    from ui import training_monitor
 
     real_fragment, real_dataframe = streamlit.fragment, streamlit.dataframe
     inside, drawn = [], {}
@@ -193,11 +195,17 @@ def test_the_runs_table_and_the_queue_refresh_themselves(app, demo_home, monkeyp
 
     monkeypatch.setattr(streamlit, "fragment", fragment)
     monkeypatch.setattr(streamlit, "dataframe", dataframe)
+    # The fragments are made when ui/training_monitor.py is imported: import it again under the spy.
+    importlib.reload(training_monitor)
     workbench = Workbench(demo_home)
     hold_worker(workbench)
     workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, FAST)
-    open_page(app, "pages/training.py")
-    app.button(key="train.start").click().run()
+    try:
+        open_page(app, "pages/training.py")
+        app.button(key="train.start").click().run()
+    finally:  # the real fragments again for the tests that follow
+        monkeypatch.setattr(streamlit, "fragment", real_fragment)
+        importlib.reload(training_monitor)
     assert not app.exception, app.exception
     assert drawn["train.all_runs"], "the list of all runs is drawn outside a refreshing fragment"
     [queue_table] = [refreshed for key, refreshed in drawn.items() if isinstance(key, tuple) and "position" in key]

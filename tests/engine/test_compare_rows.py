@@ -1,10 +1,12 @@
-"""Comparison rows: throughput from the logged metric or from the run, tags, differing settings."""
+"""Comparison rows: throughput from the logged metric or from the run, tags, differing settings;
+which runs the Compare page offers (filters, the kept selection)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.compare import differing_settings
+from engine.compare import (comparable, default_selection, differing_settings, filter_options, filter_runs,
+                            kept_selection)
 from engine.errors import SettingsError
 
 
@@ -52,3 +54,30 @@ def test_differing_settings_name_only_what_differs():
             {"run": 3, "training.seed": 1, "training.learning_rate": 1e-3}]
     assert differing_settings(rows) == ["method.r"]
     assert differing_settings(rows[:1]) == []
+
+
+def test_filters_narrow_the_runs_and_a_selection_survives_what_they_still_allow():
+    def run(run_id, method, status="completed", tags=(), step=10):
+        return {"id": run_id, "dataset_name": "demo-speech", "model_name": "tiny-whisper",
+                "method": method, "status": status, "tags": list(tags), "step": step}
+
+    runs = [run(5, "qlora", tags=["baseline"]), run(4, "lora", "stopped"), run(3, "full", tags=["baseline", "big"]),
+            run(2, "lora"), run(1, "ia3", "queued", step=0)]
+    assert [r["id"] for r in comparable(runs)] == [5, 4, 3, 2]  # nothing trained yet: nothing to compare
+    runs = comparable(runs)
+    assert filter_options(runs) == {"dataset": ["demo-speech"], "model": ["tiny-whisper"],
+                                    "method": ["full", "lora", "qlora"], "status": ["completed", "stopped"],
+                                    "tag": ["baseline", "big"]}
+    assert [r["id"] for r in filter_runs(runs, {"method": ["lora"], "tag": []})] == [4, 2]
+    assert [r["id"] for r in filter_runs(runs, {"method": ["lora", "full"], "status": ["completed"]})] == [3, 2]
+    assert [r["id"] for r in filter_runs(runs, {"tag": ["big", "nope"]})] == [3]
+    with pytest.raises(ValueError, match="unknown filter"):
+        filter_runs(runs, {"colour": ["red"]})
+
+    assert default_selection(runs) == [5, 3, 2]  # the first three completed
+    assert default_selection([runs[1]]) == [4]  # none completed: the first two
+    assert kept_selection(None, runs) == [5, 3, 2]  # nothing chosen yet: the default
+    lora = filter_runs(runs, {"method": ["lora"]})
+    assert kept_selection([2, 5], lora) == [2]  # what the filters still allow
+    assert kept_selection([5, 3], lora) == [2]  # the filters removed all: the default again
+    assert kept_selection([], lora) == []  # emptied by the user: stays empty
