@@ -1,4 +1,4 @@
-"""Headless command line: ``python -m engine ...`` (the contract in docs/architecture.md).
+"""Headless command line: ``python -m engine ...`` (contract: docs/internals.md).
 
 Every command exits non-zero with a one-line reason on stderr when it cannot do what was
 asked. ``--json`` prints machine-readable output on stdout; progress goes to stderr.
