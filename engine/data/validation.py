@@ -21,7 +21,7 @@ import numpy as np
 from engine.data.audio import AUDIO_SUFFIXES
 from engine.data.importers import ColumnChoice, SourceTable
 from engine.errors import DatasetError
-from engine.text import clean_text, printable
+from engine.text import clean_text, printable, storable
 
 # kind -> heading shown above its problems
 KINDS = {
@@ -115,8 +115,21 @@ class ImportReport:
         return lines
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "layout": self.layout, "columns": self.columns, "rows": self.rows,
-                "split_counts": self.split_counts, "problems": [asdict(p) for p in self.problems]}
+        """The report as stored (a JSON column). Names from outside (a JSONL key, a file name)
+        can hold surrogates, which UTF-8 cannot: they are stored written out (``storable``)."""
+        return _storable({"task": self.task, "layout": self.layout, "columns": self.columns,
+                          "rows": self.rows, "split_counts": self.split_counts,
+                          "problems": [asdict(p) for p in self.problems]})
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
 
 
 def report_from_dict(data: dict) -> ImportReport:
