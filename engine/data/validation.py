@@ -229,7 +229,9 @@ def _check_row(row: dict, columns: ColumnChoice, root: Path, rules: Rules):
                                       "escapes or text-direction overrides); they were removed"))
         item[role] = value
     for value in (item["text"], item["label"]):
-        if value is not None and any("\udc80" <= ch <= "\udcff" for ch in value):
+        # any surrogate: a byte that was not UTF-8 (surrogateescape) or a lone JSON \ud800 escape;
+        # SQLite stores UTF-8 only, so either would stop the whole import at the insert
+        if value is not None and any("\ud800" <= ch <= "\udfff" for ch in value):
             return item, ("non_utf8", "holds bytes that are not UTF-8 text; save the file as UTF-8")
     if columns.text and not (item["text"] or "").strip():
         return item, ("empty_transcript", "the transcript is empty" if columns.task == "asr"
