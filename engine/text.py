@@ -3,6 +3,7 @@
     check_name("my-set", "dataset")        # raises DatasetError for control characters, non-UTF-8
     clean, changed = clean_text(value)     # NUL, terminal escapes, bidi overrides removed
     print(printable(anything))             # control characters shown as \\x1b, never sent raw
+    storable(anything)                     # surrogates (not UTF-8) written out, as SQLite needs
 
 A terminal escape (ESC [ ... m, ESC ] ... BEL) in a transcript or a name can recolour, retitle or
 clear a terminal when echoed; a right-to-left override makes "evil\u202egnp.exe" read as
@@ -51,6 +52,12 @@ def printable(text: str) -> str:
     """``text`` with every control character, bidi control and undecodable byte escaped
     (``\\x1b``, ``\\u202e``), line breaks and tabs kept: safe to print to a terminal or a log."""
     return "".join(_escape(ch) if ch not in "\n\t" and _unsafe(ch) else ch for ch in text)
+
+
+def storable(text: str) -> str:
+    """``text`` that SQLite can store as UTF-8: each surrogate (a byte that was not UTF-8, or a
+    lone ``\\ud800`` from a JSON escape) written out as ``printable`` shows it, the rest as is."""
+    return "".join(_escape(ch) if unicodedata.category(ch) == "Cs" else ch for ch in text)
 
 
 def _escape(ch: str) -> str:

@@ -26,7 +26,7 @@ from storage.schema import migrations
 from storage.datasets import DatasetStore
 from storage.metrics import MetricStore
 from storage.models import ModelStore
-from storage.rows import VISIBLE, decode_row, encode_row, is_utf8, utc_now  # noqa: F401 (utc_now: re-exported)
+from storage.rows import VISIBLE, decode_row, is_utf8, utc_now  # noqa: F401 (utc_now: re-exported)
 from storage.runs import RunStore
 from storage.studies import StudyStore
 from storage.users import UserStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from storage.rows import VISIBLE, encode_row, utc_now
+from storage.rows import VISIBLE, utc_now
 from storage.schema import LOCAL_USER_ID
 
 
@@ -17,7 +17,7 @@ class DatasetStore:
         record = {"owner_id": LOCAL_USER_ID, "shared": 0, "is_demo": 0, **record,
                   "created_at": utc_now(), "num_items": len(items)}
         with self.atomic() as db:
-            dataset_id = db["datasets"].insert(encode_row(record)).last_pk
+            dataset_id = db["datasets"].insert(record).last_pk
             db["dataset_items"].insert_all(
                 ({**item, "dataset_id": dataset_id} for item in items), batch_size=500
             )
@@ -85,10 +85,10 @@ class DatasetStore:
             old_version = db.execute("select version from datasets where id = ?", [dataset_id]).fetchone()[0]
             db.execute("update datasets set version = ?, num_items = (select count(*) from dataset_items "
                        "where dataset_id = ?) where id = ?", [new_version, dataset_id, dataset_id])
-            db["dataset_changes"].insert(encode_row({
+            db["dataset_changes"].insert({
                 "dataset_id": dataset_id, "item_id": item_id, "time": utc_now(), "action": action,
                 "before": {k: before[k] for k in ("split", "file", "text", "label")},
-                "after": fields or None, "version_before": old_version, "version_after": new_version}))
+                "after": fields or None, "version_before": old_version, "version_after": new_version})
 
     def dataset_changes(self, dataset_id: int, limit: int = 100) -> list[dict]:
         return self._rows("select * from dataset_changes where dataset_id = ? order by id desc limit ?",

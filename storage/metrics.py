@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 
@@ -62,14 +61,14 @@ class MetricStore:
         return {"step": steps, "wall_time": walls, "value": values}
 
     def stored_series(self, run_id: int, name: str) -> dict | None:
-        row = self.db.execute("select last_step, points from run_series where run_id = ? and name = ?",
-                              [run_id, name]).fetchone()
-        return {"last_step": row[0], "columns": json.loads(row[1])} if row else None
+        row = self._one("select last_step, points from run_series where run_id = ? and name = ?",
+                        [run_id, name])
+        return {"last_step": row["last_step"], "columns": row["points"]} if row else None
 
     def store_series(self, run_id: int, name: str, last_step: int, columns: dict) -> None:
         with self.atomic() as db:
             db["run_series"].upsert({"run_id": run_id, "name": name, "last_step": last_step,
-                                     "points": json.dumps(columns)}, pk=("run_id", "name"))
+                                     "points": columns}, pk=("run_id", "name"))
 
     def stored_series_names(self, run_id: int, last_step: int) -> list[str] | None:
         """The metric names stored for this run at ``last_step``, or None when not (yet) stored."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 
-from storage.rows import VISIBLE, encode_row, utc_now
+from storage.rows import VISIBLE, utc_now
 from storage.schema import LOCAL_USER_ID
 
 
@@ -16,7 +16,7 @@ class ModelStore:
         record = {"owner_id": LOCAL_USER_ID, "shared": 0, "is_preset": 0, **record,
                   "created_at": utc_now()}
         with self.atomic() as db:
-            return db["models"].insert(encode_row(record)).last_pk
+            return db["models"].insert(record).last_pk
 
     def find_model(self, name_or_id: str | int, owner_id: int = LOCAL_USER_ID, *,
                    see_all: bool = False) -> dict | None:

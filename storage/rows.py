@@ -1,12 +1,23 @@
-"""Row helpers every store shares: JSON columns, timestamps, the visibility rule."""
+"""Row helpers every store shares: JSON columns, timestamps, the visibility rule.
+
+JSON on the way in is sqlite-utils' job: ``insert``/``update``/``upsert`` store a dict, list or
+tuple value as JSON text (``json.dumps(value, default=repr, ensure_ascii=False)``), so stores
+pass records as they are. On the way out SQLite gives text back, so ``decode_row`` parses the
+columns named in ``JSON_COLUMNS``, the one list of them. Rows written before (by ``json.dumps``
+with its defaults: ``ensure_ascii=True``) hold ``\\u00e9`` escapes where new rows hold ``é``;
+``json.loads`` reads both alike.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
 
-JSON_COLUMNS = {"splits", "labels", "tasks", "settings", "metrics", "report", "before", "after",
-                "tags", "grid", "study_cell"}
+# Every column stored as JSON text, by name (a name means the same in every table):
+# datasets splits, labels, report; dataset_changes before, after; models tasks; runs settings,
+# metrics, tags, study_cell; studies grid, settings; run_series points.
+JSON_COLUMNS = frozenset({"splits", "labels", "tasks", "settings", "metrics", "report", "before",
+                          "after", "tags", "grid", "study_cell", "points"})
 
 
 def utc_now() -> str:
@@ -15,11 +26,6 @@ def utc_now() -> str:
 
 # Visible to a viewer: their own items, shared ones, or all (an admin's view; third parameter).
 VISIBLE = "(owner_id = ? or shared = 1 or ?)"
-
-
-def encode_row(record: dict) -> dict:
-    return {k: (json.dumps(v) if k in JSON_COLUMNS and v is not None and not isinstance(v, str)
-                else v) for k, v in record.items()}
 
 
 def decode_row(row: dict) -> dict:

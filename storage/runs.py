@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from storage.rows import VISIBLE, encode_row, utc_now
+from storage.rows import VISIBLE, utc_now
 from storage.schema import LOCAL_USER_ID
 
 
@@ -23,7 +23,7 @@ class RunStore:
             record["id"] = db.execute(  # never a deleted run's id (schema m007)
                 "select max(coalesce((select max(id) from runs), 0), "
                 "coalesce((select max(id) from deleted_runs), 0)) + 1").fetchone()[0]
-            return db["runs"].insert(encode_row(record)).last_pk
+            return db["runs"].insert(record).last_pk
 
     @staticmethod
     def _next_queue_position(db: Database) -> int:
@@ -47,7 +47,7 @@ class RunStore:
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         with self.atomic() as db:
-            db["runs"].update(run_id, encode_row(fields))
+            db["runs"].update(run_id, fields)
 
     def claim_next_run(self, worker: str, run_id: int | None = None) -> dict | None:
         """Atomically move the first queued run (or ``run_id``) to ``running`` for ``worker``.
@@ -90,7 +90,7 @@ class RunStore:
         with self.atomic() as db:
             fields = {**fields, "status": "queued",
                       "queue_position": self._next_queue_position(db)}
-            db["runs"].update(run_id, encode_row(fields))
+            db["runs"].update(run_id, fields)
 
     def move_in_queue(self, run_id: int, position: int) -> list[int]:
         """Move a queued run to 1-based ``position`` among queued runs; returns the new order."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 
-from storage.rows import VISIBLE, encode_row, utc_now
+from storage.rows import VISIBLE, utc_now
 from storage.schema import LOCAL_USER_ID
 
 
@@ -17,7 +17,7 @@ class StudyStore:
         list of texts) in one transaction: all of them or none."""
         record = {"owner_id": LOCAL_USER_ID, **record, "created_at": utc_now()}
         with self.atomic() as db:
-            study_id = db["studies"].insert(encode_row(record)).last_pk
+            study_id = db["studies"].insert(record).last_pk
             run_ids = []
             for run in runs:
                 run = dict(run)

@@ -21,7 +21,7 @@ import numpy as np
 from engine.data.audio import AUDIO_SUFFIXES
 from engine.data.importers import ColumnChoice, SourceTable
 from engine.errors import DatasetError
-from engine.text import clean_text, printable
+from engine.text import clean_text, printable, storable
 
 # kind -> heading shown above its problems
 KINDS = {
@@ -115,8 +115,21 @@ class ImportReport:
         return lines
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "layout": self.layout, "columns": self.columns, "rows": self.rows,
-                "split_counts": self.split_counts, "problems": [asdict(p) for p in self.problems]}
+        """The report as stored (a JSON column). Names from outside (a JSONL key, a file name)
+        can hold surrogates, which UTF-8 cannot: they are stored written out (``storable``)."""
+        return _storable({"task": self.task, "layout": self.layout, "columns": self.columns,
+                          "rows": self.rows, "split_counts": self.split_counts,
+                          "problems": [asdict(p) for p in self.problems]})
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
 
 
 def report_from_dict(data: dict) -> ImportReport:
@@ -216,7 +229,9 @@ def _check_row(row: dict, columns: ColumnChoice, root: Path, rules: Rules):
                                       "escapes or text-direction overrides); they were removed"))
         item[role] = value
     for value in (item["text"], item["label"]):
-        if value is not None and any("\udc80" <= ch <= "\udcff" for ch in value):
+        # any surrogate: a byte that was not UTF-8 (surrogateescape) or a lone JSON \ud800 escape;
+        # SQLite stores UTF-8 only, so either would stop the whole import at the insert
+        if value is not None and any("\ud800" <= ch <= "\udfff" for ch in value):
             return item, ("non_utf8", "holds bytes that are not UTF-8 text; save the file as UTF-8")
     if columns.text and not (item["text"] or "").strip():
         return item, ("empty_transcript", "the transcript is empty" if columns.task == "asr"

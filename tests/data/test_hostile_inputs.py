@@ -404,6 +404,11 @@ CASES = [
     reported("csv-path-column", raw_metadata(lines().replace("file_name", "path", 1)), "guessed_column", "'path'"),
     refused("jsonl-not-json", jsonl("{not json\n"), "not valid JSON"),
     refused("jsonl-not-an-object", jsonl("[1, 2]\n"), "not a JSON object"),
+    # a key that is a lone surrogate (a JSON \\ud800 escape): reported written out, and storable
+    reported("jsonl-key-not-utf8", jsonl('{"file_name": "clip0.wav", "transcription": "t", "\\ud800odd": 1}\n'),
+             "unknown_columns", r"\\ud800odd"),
+    reported("jsonl-text-lone-surrogate", jsonl('{"file_name": "clip0.wav", "transcription": "t\\ud800"}\n'),
+             "non_utf8", "UTF-8"),
     refused("parquet-int-text", parquet({"text": list(range(6)), "label": ["a", "b"] * 3}), "integers"),
     refused("parquet-float-labels", parquet({"text": [f"t{i}" for i in range(6)], "label": [0.5, 1.5] * 3}),
             "floats"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -262,3 +263,109 @@ def test_a_study_and_its_runs_are_stored_all_or_nothing(storage):
         storage.delete_study(study_id, other)
     assert storage.delete_study(study_id) is None  # its runs are queued: nothing removed
     assert len(storage.study_runs(study_id)) == 2
+
+
+# Values for every JSON column, with text that ASCII-only JSON escapes (é, 你好) and a tuple.
+REPORT = {"task": "asr", "columns": {"audio": "file_name"}, "problems": [{"message": "café 你好"}]}
+SETTINGS = {"method": {"r": 8, "target_modules": ["q", "v"]}, "training": {"lr": 1e-4}}
+
+
+def write_every_json_column(storage) -> dict[str, int]:
+    """One row of each table that has a JSON column; their ids."""
+    dataset_id = storage.add_dataset(
+        {"name": "données", "task": "asr", "path": "datasets/d", "version": "v1",
+         "splits": ["train", "test"], "labels": ["é", "b"], "report": REPORT},
+        [{"split": "train", "position": 0, "file": "a.flac", "text": "naïve", "label": None}])
+    item_id = storage.dataset_items(dataset_id)[0]["id"]
+    storage.change_item(dataset_id, item_id, "edit", {"text": "naïf"}, "v2")
+    model_id = storage.add_model({"name": "m", "family": "bert", "path": "models/m",
+                                  "tasks": ("classification", "asr")})
+    study_id, (run_id,) = storage.create_study(
+        {"name": "s", "grid": {"methods": ["lora"], "seeds": [0, 1]}, "settings": {"lr": 1e-4}},
+        [{"method": "lora", "settings": SETTINGS, "study_cell": {"method": "lora", "seed": 0}}])
+    storage.update_run(run_id, metrics={"wer": 0.25, "notes": "très bien"}, tags=["a b", "ü"])
+    storage.store_series(run_id, "train/loss", 3, {"step": [1, 2, 3], "value": [1.5, 1.0, 0.5]})
+    return {"dataset": dataset_id, "model": model_id, "study": study_id, "run": run_id}
+
+
+def read_every_json_column(storage, ids: dict[str, int]) -> dict:
+    dataset = storage.find_dataset(ids["dataset"])
+    run = storage.get_run(ids["run"])
+    study = storage.get_study(ids["study"])
+    (change,) = storage.dataset_changes(ids["dataset"])
+    return {"splits": dataset["splits"], "labels": dataset["labels"], "report": dataset["report"],
+            "before": change["before"], "after": change["after"],
+            "tasks": storage.find_model(ids["model"])["tasks"],
+            "settings": run["settings"], "metrics": run["metrics"], "tags": run["tags"],
+            "study_cell": run["study_cell"], "grid": study["grid"], "study settings": study["settings"],
+            "points": storage.stored_series(ids["run"], "train/loss")["columns"]}
+
+
+EXPECTED = {"splits": ["train", "test"], "labels": ["é", "b"], "report": REPORT,
+            "before": {"split": "train", "file": "a.flac", "text": "naïve", "label": None},
+            "after": {"text": "naïf"}, "tasks": ["classification", "asr"],  # a tuple comes back a list
+            "settings": SETTINGS, "metrics": {"wer": 0.25, "notes": "très bien"}, "tags": ["a b", "ü"],
+            "study_cell": {"method": "lora", "seed": 0}, "grid": {"methods": ["lora"], "seeds": [0, 1]},
+            "study settings": {"lr": 1e-4},
+            "points": {"step": [1, 2, 3], "value": [1.5, 1.0, 0.5]}}
+
+
+def stored_json_texts(path) -> dict[tuple[str, str], str]:
+    """(table, column) -> text of every stored value that is a JSON object or array, read with
+    plain sqlite3 (what is on disk, not what Storage makes of it)."""
+    found = {}
+    with sqlite3.connect(path) as conn:
+        tables = [r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            cursor = conn.execute(f"select * from [{table}]")
+            names = [d[0] for d in cursor.description]
+            for row in cursor:
+                for column, value in zip(names, row):
+                    if isinstance(value, str) and value[:1] in "[{":
+                        found[(table, column)] = value
+    return found
+
+
+def test_every_json_column_round_trips_through_a_real_sqlite_file(tmp_path):
+    from storage.rows import JSON_COLUMNS
+
+    first = Storage(tmp_path / "home")
+    ids = write_every_json_column(first)
+    first.close()
+    reopened = Storage(tmp_path / "home")  # a fresh connection reads what is on disk
+    try:
+        assert read_every_json_column(reopened, ids) == EXPECTED
+    finally:
+        reopened.close()
+    stored = stored_json_texts(tmp_path / "home" / "workbench.db")
+    # sqlite-utils wrote JSON text (not a repr), non-ASCII kept as UTF-8 rather than \u escapes
+    assert json.loads(stored[("datasets", "report")]) == REPORT
+    assert "café 你好" in stored[("datasets", "report")]
+    assert json.loads(stored[("models", "tasks")]) == ["classification", "asr"]
+    # one list of JSON columns: each one written above is in it, and nothing else stored is JSON
+    assert {column for _, column in stored} == JSON_COLUMNS
+
+
+def test_rows_written_by_the_old_hand_encoding_still_read(tmp_path):
+    """Before sqlite-utils encoded them, JSON columns were written by ``json.dumps(value)``
+    (ASCII only: é stored as \\u00e9). Rows from such a database read back as before."""
+    home = tmp_path / "home"
+    new = Storage(home)
+    ids = write_every_json_column(new)
+    new.close()
+    path = home / "workbench.db"
+    new_texts = stored_json_texts(path)
+    with sqlite3.connect(path) as conn:  # rewrite every JSON value as the old code stored it
+        for (table, column), text in new_texts.items():
+            conn.execute(f"update [{table}] set [{column}] = ?", [json.dumps(json.loads(text))])
+    old_texts = stored_json_texts(path)
+    assert old_texts[("datasets", "report")] != new_texts[("datasets", "report")]  # other bytes
+    assert "caf\\u00e9" in old_texts[("datasets", "report")]
+    old = Storage(home)
+    try:
+        assert read_every_json_column(old, ids) == EXPECTED
+        old.update_run(ids["run"], tags=["new"])  # old and new rows live side by side
+        assert old.get_run(ids["run"])["tags"] == ["new"]
+        assert old.get_run(ids["run"])["settings"] == SETTINGS
+    finally:
+        old.close()
