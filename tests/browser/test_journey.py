@@ -59,12 +59,14 @@ def choose(page, label: str, option: str) -> None:
 
 
 def settle(page) -> None:
-    """Wait out the New run form's check of a changed configuration (a memory dry run of a new
-    model takes seconds): until it ends the page keeps the previous drawing's widgets too."""
+    """Wait until the script run a change started has ended (the New run form's check of a new
+    model is a memory dry run of seconds): until then the page keeps the previous drawing's
+    widgets beside the new ones."""
     from playwright.sync_api import expect
 
     page.wait_for_timeout(300)
-    expect(page.get_by_text("Checking the configuration")).to_have_count(0, timeout=180_000)
+    expect(page.get_by_test_id("stApp")).not_to_have_attribute(
+        "data-test-script-state", re.compile("running|rerunRequested"), timeout=180_000)
 
 
 def fill(page, values: list[tuple[str, str]]) -> None:
@@ -186,7 +188,10 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         expect(page.get_by_text(f"Before and after {STEPS} steps (validation split)")).to_be_visible()
         expect(page.get_by_text("before training").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.set_viewport_size({"width": 1400, "height": 3400})  # the whole run page, down to before/after
+        page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
+        page.set_viewport_size({"width": 1400, "height": 1000})
         # The transcripts improved: the run's own before/after scores on held-out clips.
         scores = reader.for_user("student").run_evaluation(2)["validation_before"]
         assert scores["after"]["wer"] < scores["before"]["wer"] - 0.15, scores
