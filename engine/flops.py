@@ -22,7 +22,6 @@ The recipe turns these into per-step metrics (engine/training/monitoring.py).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
@@ -123,15 +122,11 @@ def training_flops_per_sample(forward_flops: float, *, trains_base_weights: bool
 def peak_tflops(device: str) -> float | None:
     """Peak dense bf16 TFLOP/s of ``device`` ("cuda", "cuda:1", "cpu"); None when unknown
     (a CPU, a GPU missing from the table). ``LIM_PEAK_TFLOPS`` overrides."""
-    override = os.environ.get("LIM_PEAK_TFLOPS", "").strip()
+    from engine.settings import load_config
+
+    override = load_config().peak_tflops  # a bad value is refused there, naming LIM_PEAK_TFLOPS
     if override:
-        try:
-            value = float(override)
-        except ValueError:
-            value = 0.0
-        if not value > 0:
-            raise ValueError(f"LIM_PEAK_TFLOPS={override!r} is not a positive number of TFLOP/s")
-        return value
+        return override
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None
     return peak_tflops_of(torch.cuda.get_device_name(torch.device(device)))

@@ -186,6 +186,19 @@ class WorkbenchConfig:
                                          "overall (LIM_MAX_COMPRESSION_RATIO).", min=1, max=100_000)
     device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
                           "cuda or cuda:N (LIM_DEVICE).")
+    profile: str = setting("", "Device profile: defaults of new runs and, on a CUDA GPU, a memory "
+                           "cap (LIM_PROFILE; `python -m engine profiles list`; auto: the Jetson "
+                           "this runs on; empty or none: no profile). --profile sets it per command.")
+    peak_tflops: float = setting(0.0, "Peak dense bf16 TFLOP/s that MFU divides by, for a GPU the "
+                                 "workbench does not know (LIM_PEAK_TFLOPS; 0: its own table).",
+                                 min=0.0, max=1e6)
+    playground_cache_mb: int = setting(2048, "MB of models the Playground keeps loaded, least "
+                                       "recently used first out (LIM_PLAYGROUND_CACHE_MB).",
+                                       min=0, max=10_000_000)
+    distributed_timeout_min: float = setting(
+        120.0, "Minutes a GPU process of a multi-GPU run waits for the others; rank 0 evaluates "
+        "alone meanwhile, so this bounds an evaluation (LIM_DISTRIBUTED_TIMEOUT_MIN).",
+        min=1.0, max=60 * 24 * 7)
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not (
@@ -210,7 +223,12 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> WorkbenchCon
     elif environ.get("LIM_CONFIG"):
         raise SettingsError(f"LIM_CONFIG names {path}, which is not a file")
     for field in dataclasses.fields(WorkbenchConfig):
-        value = environ.get(f"LIM_{field.name.upper()}", "").strip()
+        variable = f"LIM_{field.name.upper()}"
+        value = environ.get(variable, "").strip()
         if value:
+            try:  # each variable alone first, so that an error names the variable to fix
+                build(WorkbenchConfig, {field.name: value})
+            except SettingsError as error:
+                raise SettingsError(f"{variable}={value!r}: {error}") from None
             values[field.name] = value
     return build(WorkbenchConfig, values, section="workbench")

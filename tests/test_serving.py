@@ -93,11 +93,22 @@ def test_settings_come_from_the_environment_over_the_config_file(tmp_path, monke
     assert load_config().auth == "off"  # the environment wins
     for name, value, problem in (("LIM_AUTH", "maybe", "auth must be one of on, off"),
                                  ("LIM_MAX_UPLOAD_MB", "lots", "max_upload_mb must be a int"),
-                                 ("LIM_DEVICE", "tpu", "device must be auto, cpu, cuda or cuda:N")):
+                                 ("LIM_DEVICE", "tpu", "device must be auto, cpu, cuda or cuda:N"),
+                                 ("LIM_PLAYGROUND_CACHE_MB", "-1", "playground_cache_mb must be at least 0"),
+                                 ("LIM_DISTRIBUTED_TIMEOUT_MIN", "soon", "distributed_timeout_min must be")):
         monkeypatch.setenv(name, value)
-        with pytest.raises(SettingsError, match=problem):
+        with pytest.raises(SettingsError, match=f"^{name}={value!r}: {problem}"):  # names the variable
             load_config()
         monkeypatch.delenv(name)
+    # Every LIM_* setting the code reads lives here; the file and the environment both set them.
+    config.write_text('profile = "laptop-cpu"\npeak_tflops = 12.5\nplayground_cache_mb = 64\n')
+    monkeypatch.setenv("LIM_DISTRIBUTED_TIMEOUT_MIN", "7")
+    from engine.flops import peak_tflops
+    from engine.training.parallel import collective_timeout
+    from engine.training.profiles import active_profile
+
+    assert active_profile().name == "laptop-cpu" and peak_tflops("cpu") == 12.5
+    assert collective_timeout().total_seconds() == 7 * 60 and load_config().playground_cache_mb == 64
     monkeypatch.setenv("LIM_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(SettingsError, match="not a file"):
         load_config()

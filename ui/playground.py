@@ -7,7 +7,6 @@ loaded, and when it evicts, is the engine's business (engine/inference.py).
 
 from __future__ import annotations
 
-import os
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -15,6 +14,7 @@ import streamlit as st
 from engine.errors import WorkbenchError
 from engine.inference import ModelCache
 from engine.models import TASK_NAMES
+from engine.settings import load_config
 from ui.exports import export_panel
 from ui.state import md_text, run_label
 
@@ -22,7 +22,7 @@ from ui.state import md_text, run_label
 @st.cache_resource(show_spinner=False)
 def get_model_cache() -> ModelCache:
     """One cache for every browser session; budget from ``LIM_PLAYGROUND_CACHE_MB`` (2048)."""
-    budget_mb = int(os.environ.get("LIM_PLAYGROUND_CACHE_MB", "2048"))
+    budget_mb = load_config().playground_cache_mb
     return ModelCache(budget_bytes=budget_mb * 2**20)
 
 

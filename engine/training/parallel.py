@@ -44,7 +44,9 @@ BUCKET_ELEMENTS = 64 * 2**20  # float32 elements per all-reduce (256 MiB): bound
 def collective_timeout() -> timedelta:
     """How long a rank waits for the others. Rank 0 evaluates alone while the others wait, so
     this bounds an evaluation in the middle of a run (``LIM_DISTRIBUTED_TIMEOUT_MIN``)."""
-    return timedelta(minutes=float(os.environ.get("LIM_DISTRIBUTED_TIMEOUT_MIN", "120")))
+    from engine.settings import load_config
+
+    return timedelta(minutes=load_config().distributed_timeout_min)
 
 
 class DataParallel:

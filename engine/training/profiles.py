@@ -20,7 +20,6 @@ QLoRA peaks on an Orin Nano (docs/jetson.md), not measurements on a board of our
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +106,9 @@ def detect_jetson_profile(release_file: Path = JETSON_RELEASE_FILE,
 
 def active_profile() -> DeviceProfile | None:
     """The profile ``LIM_PROFILE`` selects (``auto``: detected on a Jetson); None: no profile."""
-    name = os.environ.get(PROFILE_ENV, "").strip()
+    from engine.settings import load_config
+
+    name = load_config().profile.strip()
     if not name or name == "none":
         return None
     if name == "auto":

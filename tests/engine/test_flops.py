@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.errors import SettingsError
 from engine.flops import (
     forward_flops_per_sample,
     peak_tflops,
@@ -96,9 +97,10 @@ def test_peak_is_unknown_on_a_cpu_unless_set(monkeypatch):
     assert peak_tflops("cpu") is None
     monkeypatch.setenv("LIM_PEAK_TFLOPS", "50")
     assert peak_tflops("cpu") == 50.0
-    monkeypatch.setenv("LIM_PEAK_TFLOPS", "fast")
-    with pytest.raises(ValueError, match="LIM_PEAK_TFLOPS"):
-        peak_tflops("cpu")
+    for bad in ("fast", "-3"):
+        monkeypatch.setenv("LIM_PEAK_TFLOPS", bad)
+        with pytest.raises(SettingsError, match="LIM_PEAK_TFLOPS"):
+            peak_tflops("cpu")
 
 
 def test_utilisation_metrics():
