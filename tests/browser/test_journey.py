@@ -123,6 +123,7 @@ def server(demo_home):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+@pytest.mark.timeout(1500)  # about 5 minutes on 2 free cores: real whisper-base scored twice
 def test_first_session_trains_and_compares(server, demo_home, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
