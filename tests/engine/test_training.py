@@ -207,8 +207,9 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_without_duplicates(workbenc
 def test_submitted_runs_train_one_after_the_other(workbench):
     workbench.start_worker()
     first = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
+    # The second submit's checks (a memory dry run) can outlast the first run's few steps, so
+    # its status right after submitting says nothing; the events' order says they never overlapped.
     second = workbench.submit_run("demo-commands", "tiny-whisper", "full", {}, FAST)
-    assert workbench.get_run(second)["status"] == "queued"
     wait_until(lambda: workbench.get_run(second)["status"] == "completed")
     assert workbench.get_run(first)["status"] == "completed"
     events = workbench.storage._rows("select run_id, message, id from run_events order by id")
