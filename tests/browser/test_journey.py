@@ -90,7 +90,7 @@ def server(demo_home):
     port = free_port()
     env = {**os.environ, "LIM_HOME": str(demo_home), "HF_HUB_OFFLINE": "1", "LIM_AUTH": "on"}
     # The server's output goes to a file: a pipe nobody reads fills at 64 KiB and then blocks the
-    # server on its next log line (it did, at shut-down, after the file watcher had logged 57 KiB
+    # server on its next log line (it did, at shut-down, after the file watcher had logged 58-68 kB
     # of "Inotify queue overflowed" while the suite wrote caches). No watcher, as in `make run`.
     log = demo_home.parent / "streamlit.log"
     output = log.open("w")
