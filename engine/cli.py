@@ -17,9 +17,10 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkbenchError
+from engine.errors import SettingsError, WorkbenchError
 from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
 from engine.text import printable
 
@@ -256,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--reference", help="the cell every other cell is compared with (default: the first)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_study_show)
+    merge = study_commands.add_parser(
+        "merge", help="one table from the parts of a grid run on several machines or data homes",
+        description="Each FILE is what `study show ID --json` (or `study --wait --json`) printed "
+        "for one part: the same dataset, model and settings, each seed of a cell once (say one "
+        "seed per GPU). Means, standard deviations and Welch's tests are computed over every "
+        "part's runs as for one study.")
+    merge.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    merge.add_argument("--reference", help="the cell every other cell is compared with (default: the first)")
+    merge.add_argument("--json", action="store_true")
+    merge.set_defaults(handler=cmd_study_merge, needs_workbench=False)
     stop = study_commands.add_parser("stop", help="cancel a study's queued runs, stop its running one")
     stop.add_argument("id", type=int)
     stop.set_defaults(handler=cmd_study_stop)
@@ -614,6 +625,24 @@ def cmd_study_list(wb, args) -> None:
 
 def cmd_study_show(wb, args) -> None:
     summary = wb.study_summary(args.id, args.reference)
+    emit(args, summary, study_text(summary))
+
+
+def cmd_study_merge(_wb, args) -> None:
+    from engine.studies import merge_summaries
+
+    summaries = []
+    for path in args.files:
+        try:
+            summaries.append(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise SettingsError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SettingsError(f"{path}: not a study's JSON ({error})") from None
+    names = [path.stem for path in args.files]
+    if len(set(names)) != len(names):
+        names = [str(path) for path in args.files]
+    summary = merge_summaries(summaries, names, args.reference)
     emit(args, summary, study_text(summary))
 
 

@@ -246,3 +246,53 @@ def study_status(statuses: list[str]) -> str:
         return "completed"
     return "ended" if statuses else "empty"
 
+
+def run_results(row: dict) -> dict:
+    """What a study's table reads from one run's comparison row (its status, metric and
+    ``MEASURES``): kept with each run in ``study show --json`` so split grids can merge."""
+    return {key: row.get(key) for key in ("status", "metric", *MEASURES)}
+
+
+def merge_summaries(summaries: list[dict], names: list[str], reference: str | None = None) -> dict:
+    """One study out of several ``study show --json`` summaries of one grid split over
+    machines or data homes (a seed or a method each, say): the same dataset, model and
+    settings, no cell's seed twice. The table and the differences are computed from every
+    run's own results exactly as for a single study (``study_table``, ``differences``);
+    run ids become ``NAME#ID`` (ids of different homes collide)."""
+    if len(summaries) < 2:
+        raise SettingsError("merging needs two or more study summaries")
+    first = summaries[0]
+    for name, summary in zip(names, summaries):
+        if not isinstance(summary, dict) or not {"runs", "dataset", "model", "settings"} <= set(summary):
+            raise SettingsError(f"{name}: not a study summary (write one with: study show ID --json)")
+        if any("results" not in run or "study_cell" not in run for run in summary["runs"]):
+            raise SettingsError(f"{name}: its runs carry no results (written by an older version); "
+                                "write it again with: study show ID --json")
+        for key in ("dataset", "model", "settings"):
+            if summary[key] != first[key]:
+                raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
+                                    f"({first[key]!r}); only the parts of one grid merge")
+    runs, rows, seen = [], {}, {}
+    for name, summary in zip(names, summaries):
+        for run in summary["runs"]:
+            key = f"{name}#{run['id']}"
+            seed = (cell_key(run["study_cell"]), run["study_cell"].get("seed"))
+            if seed in seen:
+                raise SettingsError(f"{cell_label(run['study_cell'])} seed {seed[1]} is in both "
+                                    f"{seen[seed]} and {key}; merge each seed of a cell once")
+            seen[seed] = key
+            runs.append({"id": key, "status": run["status"], "study_cell": run["study_cell"]})
+            rows[key] = run["results"]
+    table = study_table(runs, rows)
+    reference = reference or (table[0]["cell"] if table else None)
+    grid = {axis: list(dict.fromkeys(v for s in summaries for v in (s.get("grid") or {}).get(axis, [])))
+            for axis in ("methods", "ranks", "budgets", "target_sets", "seeds")}
+    statuses = [run["status"] for run in runs]
+    return {"id": "merged", "name": " + ".join(str(s.get("name", n)) for n, s in zip(names, summaries)),
+            "merged_from": names, "dataset": first["dataset"], "model": first["model"], "grid": grid,
+            "settings": first["settings"], "status": study_status(statuses), "runs_total": len(runs),
+            "runs_ended": sum(status in ENDED for status in statuses),
+            "status_counts": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
+            "runs": [{**run, "results": rows[run["id"]]} for run in runs], "table": table,
+            "reference": reference, "differences": differences(table, reference) if reference else []}
+

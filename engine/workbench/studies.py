@@ -20,8 +20,8 @@ from engine import settings as settings_lib
 from engine.errors import NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
 from engine.training.settings import TrainingSettings, planned_steps, split_settings
-from engine.studies import (ENDED, Grid, cell_label, differences, grid_cells, study_status,
-                            study_table)
+from engine.studies import (ENDED, Grid, cell_label, differences, grid_cells, run_results,
+                            study_status, study_table)
 
 NAME_LIMIT = 80
 
@@ -169,9 +169,11 @@ class StudiesMixin:
 
     def study_table(self, study_id: int) -> list[dict]:
         """One row per cell: mean and standard deviation over seeds (``engine.studies.study_table``)."""
+        return study_table(*self._study_rows(study_id))
+
+    def _study_rows(self, study_id: int) -> tuple[list[dict], dict[int, dict]]:
         runs = self.study_runs(study_id)
-        rows = {row["run"]: row for row in self.compare_runs([run["id"] for run in runs])}
-        return study_table(runs, rows)
+        return runs, {row["run"]: row for row in self.compare_runs([run["id"] for run in runs])}
 
     def study_progress(self, study_id: int) -> dict:
         """The study's status and counts with its runs (id, status, cell, seed, step, error):
@@ -187,8 +189,15 @@ class StudiesMixin:
         """What ``study show --json`` prints: ``study_progress`` plus the study's table and
         every cell against ``reference`` (default: the first cell)."""
         progress = self.study_progress(study_id)
-        table = self.study_table(progress["id"])
+        runs, rows = self._study_rows(progress["id"])
+        table = study_table(runs, rows)
         reference = reference or (table[0]["cell"] if table else None)
+        # Each run's own results and cell, so summaries of one grid split over several
+        # machines (or data homes) can be merged afterwards (engine.studies.merge_summaries).
+        own = {run["id"]: run for run in runs}
+        for entry in progress["runs"]:
+            entry["study_cell"] = own[entry["id"]]["study_cell"]
+            entry["results"] = run_results(rows[entry["id"]])
         return {**progress, "table": table, "reference": reference,
                 "differences": differences(table, reference) if reference else []}
 

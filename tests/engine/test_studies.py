@@ -173,3 +173,63 @@ def test_studies_are_scoped_to_their_owner(workbench):
     with pytest.raises(NotFoundError):
         stranger.delete_study(study_id)
     assert workbench.get_study(study_id)["id"] == study_id
+
+
+def test_a_grid_split_over_two_data_homes_merges_into_the_single_study(demo_template, tmp_path,
+                                                                       monkeypatch, capsys):
+    """One seed per data home (as one per GPU machine), merged with `study merge`, gives the
+    table and verdicts of the same grid run as one study: the same final metrics per seed."""
+    import json
+
+    from conftest import copy_home
+
+    from engine.cli import main
+
+    def study(home_name: str, seeds: str) -> dict:
+        home = tmp_path / home_name
+        copy_home(demo_template, home)
+        monkeypatch.setenv("LIM_HOME", str(home))
+        code = main(["study", "--dataset", "demo-text", "--model", "tiny-bert", "--methods", "lora,qlora",
+                     "--ranks", "2", "--seeds", seeds, "--set", "max_steps=2", "--wait", "--json"])
+        out = capsys.readouterr().out
+        assert code == 0
+        return json.loads(out)
+
+    parts = [study("seed1", "1"), study("seed2", "2")]
+    whole = study("both", "1,2")
+    files = []
+    for index, part in enumerate(parts, 1):
+        files.append(tmp_path / f"seed{index}.json")
+        files[-1].write_text(json.dumps(part))
+    assert main(["study", "merge", *map(str, files), "--reference", "lora · r=2", "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+
+    assert merged["status"] == "completed" and merged["runs_total"] == 4 and merged["grid"]["seeds"] == [1, 2]
+    mine = {row["cell"]: row for row in merged["table"]}
+    theirs = {row["cell"]: row for row in whole["table"]}
+    assert set(mine) == set(theirs) == {"lora · r=2", "qlora · r=2"}
+    for cell, row in theirs.items():
+        assert mine[cell]["completed"] == 2 and sorted(mine[cell]["runs"]) == [f"seed1#{'12'[cell.startswith('q')]}",
+                                                                               f"seed2#{'12'[cell.startswith('q')]}"]
+        assert sorted(mine[cell]["values"]) == pytest.approx(sorted(row["values"]))
+        for measure in ("final_metric", "trainable_params"):
+            assert mine[cell][f"{measure}_mean"] == pytest.approx(row[f"{measure}_mean"])
+    assert merged["differences"][0]["cell"] == "qlora · r=2"
+    assert merged["differences"][0]["verdict"] == [d for d in whole["differences"]
+                                                   if d["cell"] == "qlora · r=2"][0]["verdict"]
+    # the text table names both parts' cells
+    assert main(["study", "merge", *map(str, files)]) == 0
+    assert "qlora · r=2" in capsys.readouterr().out
+
+    # one seed of a cell twice, a part of another grid, and a file that is no study: refused
+    assert main(["study", "merge", str(files[0]), str(files[0])]) == 1
+    assert "merge each seed of a cell once" in capsys.readouterr().err
+    other = dict(parts[1], settings={**parts[1]["settings"], "max_steps": "3"})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["study", "merge", str(files[0]), str(tmp_path / "other.json")]) == 1
+    assert "only the parts of one grid merge" in capsys.readouterr().err
+    (tmp_path / "runs.json").write_text("[1, 2]")
+    assert main(["study", "merge", str(files[0]), str(tmp_path / "runs.json")]) == 1
+    assert "not a study summary" in capsys.readouterr().err
+    assert main(["study", "merge", str(files[0]), str(tmp_path / "missing.json")]) == 1
+    assert "no such file" in capsys.readouterr().err
