@@ -186,7 +186,7 @@ def stop_and_resume(home: Path, train_args: list[str], stop_after: int, timeout:
     return report
 
 
-def command_line_runs(timeout: float) -> dict:
+def command_line_runs(timeout: float, steps: int = 300, which: tuple = ("demo", "small")) -> dict:
     from engine.demo import DEMO_RUN
 
     home = Path(tempfile.mkdtemp(prefix="lim-multi-gpu-home-"))
@@ -198,11 +198,14 @@ def command_line_runs(timeout: float) -> dict:
     for key, value in {**DEMO_RUN["method_settings"], **DEMO_RUN["training"]}.items():
         demo += ["--set", f"{key}={value}"]
     models = json.loads(cli(home, "models", "list", "--json").stdout or "[]")
-    if DEMO_RUN["model"] in {m["name"] for m in models}:
+    if "demo" in which and DEMO_RUN["model"] in {m["name"] for m in models}:
         results["demo_config"] = stop_and_resume(home, demo, stop_after=10, timeout=timeout)
-    else:
+    elif "demo" in which:
         results["demo_config"] = {"error": f"{DEMO_RUN['model']} is not installed here (the demo "
                                            "registers it from its Python package)"}
+    if "small" not in which:
+        results["data_home"] = str(home)
+        return results
     small = prepare_model("whisper-small", home / "random-weights", "cuda")
     registered = cli(home, "models", "register", str(small), "--name", "whisper-small-random")
     if registered.returncode:
@@ -210,7 +213,7 @@ def command_line_runs(timeout: float) -> dict:
     else:
         results["whisper_small"] = stop_and_resume(home, [
             "--dataset", "demo-voices", "--model", "whisper-small-random", "--method", "qlora",
-            "--set", "max_steps=30", "--set", "per_device_train_batch_size=16", "--set", "eval_steps=0",
+            "--set", f"max_steps={steps}", "--set", "per_device_train_batch_size=16", "--set", "eval_steps=0",
             "--set", "save_steps=0", "--set", "generation_max_length=32"], stop_after=10, timeout=timeout)
     results["data_home"] = str(home)
     return results
@@ -248,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="all: gradient_checkpointing=true, every layer (train_speed's default); "
                         "none: gradient_checkpointing=false")
     parser.add_argument("--cli", action="store_true", help="also the command-line runs with stop + resume")
+    parser.add_argument("--cli-steps", type=int, default=300, help="steps of the whisper-small command-line "
+                        "run (a stop is sent after step 10: the run must outlast the polling); the "
+                        "demo configuration keeps its own 49 steps, whose evaluations slow it enough")
+    parser.add_argument("--cli-runs", default="demo,small", help="which command-line runs: demo, small")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement / run")
     parser.add_argument("--smoke", action="store_true", help="tiny-whisper, batch 2, 2 steps on CPU "
                         "processes (gloo): checks this script, measures nothing")
@@ -276,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.checkpoint, args.timeout)
     args.json.write_text(json.dumps(output, indent=2))
     if args.cli:
-        output["command_line"] = command_line_runs(args.timeout)
+        output["command_line"] = command_line_runs(args.timeout, args.cli_steps, tuple(args.cli_runs.split(",")))
         args.json.write_text(json.dumps(output, indent=2))
     print()
     print(f"device: {output['device']} × {output['gpus']}; " +

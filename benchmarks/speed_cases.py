@@ -121,6 +121,17 @@ SUITES = {
              label="planned for the reference's 2.67 GiB"),
         Case("whisper-small", "lora"),
     ],
+    # Issue 18's lever "less recompute": large-v3 at 30 s without checkpointing at small
+    # micro-batches (what a batch of 16 accumulated from them would run at, and whether it fits
+    # the 0.55 x 7.38 GiB of goal 1), against every layer checkpointed at 16 and the planner.
+    "large-v3-levers": [
+        Case("whisper-large-v3", "qlora", steps=6),
+        *[Case("whisper-large-v3", "qlora", steps=steps, sides=("engine",), label=f"micro {batch}, no checkpointing",
+               training={"per_device_train_batch_size": batch, "gradient_checkpointing": False})
+          for batch, steps in ((1, 32), (2, 16), (4, 8), (8, 6), (16, 6))],
+        Case("whisper-large-v3", "qlora", steps=6, memory_cap_gb=4.0, training={"memory_budget_gb": 4.0},
+             label="memory-first, 4 GiB cap", sides=("engine",)),
+    ],
     # Run with LIM_BENCH_PROFILE=folder: where each side's step time goes.
     "profile": [
         Case("whisper-small", "qlora", steps=4),

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{case.label}] {status}", flush=True)
                 if result.get("profile"):
                     print("    profile: " + json.dumps(result["profile"]), flush=True)
+                if args.json:  # after every measurement: what was measured survives a cut-off call
+                    args.json.write_text(json.dumps({"suite": args.suite, "runs": rows, "partial": True},
+                                                    indent=2))
     table = summarise(rows)
     libraries = versions()
     if args.json:
