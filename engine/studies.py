@@ -256,7 +256,7 @@ def run_results(row: dict) -> dict:
 def merge_summaries(summaries: list[dict], names: list[str], reference: str | None = None) -> dict:
     """One study out of several ``study show --json`` summaries of one grid split over
     machines or data homes (a seed or a method each, say): the same dataset, model and
-    settings, no cell's seed twice. The table and the differences are computed from every
+    settings; a cell's seed completed once (a part cut short may be run again elsewhere). The table and the differences are computed from every
     run's own results exactly as for a single study (``study_table``, ``differences``);
     run ids become ``NAME#ID`` (ids of different homes collide)."""
     if len(summaries) < 2:
@@ -272,17 +272,28 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             if summary[key] != first[key]:
                 raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
                                     f"({first[key]!r}); only the parts of one grid merge")
-    runs, rows, seen = [], {}, {}
+    # A cell's seed may appear in several parts when a part was cut short and run again
+    # elsewhere: the completed run counts and the others are left out (``replaced``); two
+    # completed runs of one seed are refused (which one counts would be a choice).
+    chosen: dict[tuple, dict] = {}
+    replaced = []
     for name, summary in zip(names, summaries):
         for run in summary["runs"]:
-            key = f"{name}#{run['id']}"
+            entry = {"id": f"{name}#{run['id']}", "status": run["status"],
+                     "study_cell": run["study_cell"], "results": run["results"]}
             seed = (cell_key(run["study_cell"]), run["study_cell"].get("seed"))
-            if seed in seen:
-                raise SettingsError(f"{cell_label(run['study_cell'])} seed {seed[1]} is in both "
-                                    f"{seen[seed]} and {key}; merge each seed of a cell once")
-            seen[seed] = key
-            runs.append({"id": key, "status": run["status"], "study_cell": run["study_cell"]})
-            rows[key] = run["results"]
+            before = chosen.get(seed)
+            if before is None:
+                chosen[seed] = entry
+                continue
+            if before["status"] == entry["status"] == "completed":
+                raise SettingsError(f"{cell_label(run['study_cell'])} seed {seed[1]} completed in both "
+                                    f"{before['id']} and {entry['id']}; merge each seed of a cell once")
+            keep, drop = (entry, before) if entry["status"] == "completed" else (before, entry)
+            chosen[seed] = keep
+            replaced.append({"run": drop["id"], "status": drop["status"], "by": keep["id"]})
+    runs = list(chosen.values())
+    rows = {run["id"]: run["results"] for run in runs}
     table = study_table(runs, rows)
     reference = reference or (table[0]["cell"] if table else None)
     grid = {axis: list(dict.fromkeys(v for s in summaries for v in (s.get("grid") or {}).get(axis, [])))
@@ -293,6 +304,6 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             "settings": first["settings"], "status": study_status(statuses), "runs_total": len(runs),
             "runs_ended": sum(status in ENDED for status in statuses),
             "status_counts": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
-            "runs": [{**run, "results": rows[run["id"]]} for run in runs], "table": table,
+            "runs": runs, "replaced": replaced, "table": table,
             "reference": reference, "differences": differences(table, reference) if reference else []}
 

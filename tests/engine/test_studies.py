@@ -224,6 +224,14 @@ def test_a_grid_split_over_two_data_homes_merges_into_the_single_study(demo_temp
     # one seed of a cell twice, a part of another grid, and a file that is no study: refused
     assert main(["study", "merge", str(files[0]), str(files[0])]) == 1
     assert "merge each seed of a cell once" in capsys.readouterr().err
+    # a part cut short (its run failed or never ran) and run again elsewhere: the completed run counts
+    cut = dict(parts[0], runs=[dict(run, status="failed", results={**run["results"], "status": "failed"})
+                               for run in parts[0]["runs"]])
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    assert main(["study", "merge", str(tmp_path / "cut.json"), *map(str, files), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [row["completed"] for row in again["table"]] == [2, 2] and len(again["replaced"]) == 2
+    assert {r["by"] for r in again["replaced"]} == {"seed1#1", "seed1#2"}
     other = dict(parts[1], settings={**parts[1]["settings"], "max_steps": "3"})
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert main(["study", "merge", str(files[0]), str(tmp_path / "other.json")]) == 1
