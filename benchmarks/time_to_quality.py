@@ -99,7 +99,8 @@ def load_snapshot(model, snapshot: dict) -> None:
 
 
 # ---------------------------------------------------------------------- engine
-def run_engine(method: str, padding: str, steps: int, snapshots: list[int], home: Path) -> dict:
+def run_engine(method: str, padding: str, steps: int, snapshots: list[int], home: Path,
+               extra: dict | None = None) -> dict:
     """One run through the workbench; returns its snapshots (step, wall seconds, weights)."""
     from safetensors.torch import load_file
 
@@ -114,6 +115,7 @@ def run_engine(method: str, padding: str, steps: int, snapshots: list[int], home
         training = {k: v for k, v in SETTINGS.items() if k not in method_settings}
         training.update(max_steps=steps, audio_padding=padding, eval_steps=0, save_steps=every,
                         save_total_limit=0, language="en", task="transcribe")
+        training.update(extra or {})  # --engine-set: checked by the engine as any run's settings
         started = time.perf_counter()
         run_id = workbench.submit_run("demo-voices", "whisper-base", method, method_settings, training)
         run = workbench.wait_for_run(run_id)
@@ -287,7 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results-time-to-quality.json"))
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--engine-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting for the engine sides, e.g. full_window_every=4")
+    parser.add_argument("--target", type=float, help="the WER to reach when no recipe side is in "
+                        "this call (e.g. the recipe's final WER of an earlier call); reported as given")
     args = parser.parse_args(argv)
+    engine_extra = {}
+    for item in args.engine_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--engine-set {item!r}: give KEY=VALUE, e.g. full_window_every=4")
+        engine_extra[key.strip()] = value.strip()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sides = [s for s in args.sides.split(",") if s]
@@ -297,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     snapshots = sorted({int(s) for s in args.snapshots.split(",")} | {args.steps})
     test = read_split("test")[: args.test_clips]
     home = Path(tempfile.mkdtemp(prefix="ttq-home-"))
-    result = {"settings": {**SETTINGS, "steps": args.steps, "snapshots": snapshots},
+    result = {"settings": {**SETTINGS, "steps": args.steps, "snapshots": snapshots,
+                           "engine_extra": engine_extra},
               "machine": {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
                           "cores": os.cpu_count(), "torch": torch.__version__},
               "test_clips": len(test), "sides": {}, "runs": {}}
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training {side} ...", flush=True)
             if kind == "engine":
                 padding = "30s" if side.endswith("-30s") else "longest"
-                trained[side] = run_engine(method, padding, args.steps, wanted, home)
+                trained[side] = run_engine(method, padding, args.steps, wanted, home, engine_extra)
             else:
                 trained[side] = run_recipe(method, model_dir, args.steps, wanted, read_split("train"))
             print(f"  {side}: {args.steps} steps in {trained[side]['snapshots'][-1]['wall_s']:.0f} s",
@@ -336,9 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2))  # what is done survives a later failure
         recipes = [s for s in sides if s.startswith("recipe")]
-        if recipes:
-            target = result["sides"][recipes[0]][-1]["wer"]
+        if recipes or args.target is not None:
+            target = result["sides"][recipes[0]][-1]["wer"] if recipes else args.target
             result["recipe_final_wer"] = target
+            if not recipes:
+                result["target_given"] = True  # not measured in this call
             result["time_to_recipe_wer"] = {side: time_to_reach(points, target)
                                            for side, points in result["sides"].items()}
     finally:
