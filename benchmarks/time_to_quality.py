@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results-time-to-quality.json"))
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--engine-steps", type=int, help="optimizer steps of the engine sides (default: "
+                        "--steps); the recipe keeps --steps, its own schedule")
+    parser.add_argument("--engine-snapshots", help="steps to score on the engine sides (default: --snapshots)")
     parser.add_argument("--engine-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting for the engine sides, e.g. full_window_every=4")
     parser.add_argument("--target", type=float, help="the WER to reach when no recipe side is in "
@@ -307,9 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sides {sorted(unknown)}; choose from {', '.join(SIDES)}")
     snapshots = sorted({int(s) for s in args.snapshots.split(",")} | {args.steps})
+    engine_steps = args.engine_steps or args.steps
+    engine_snapshots = sorted({int(s) for s in (args.engine_snapshots or args.snapshots).split(",")
+                               if int(s) <= engine_steps} | {engine_steps})
     test = read_split("test")[: args.test_clips]
     home = Path(tempfile.mkdtemp(prefix="ttq-home-"))
     result = {"settings": {**SETTINGS, "steps": args.steps, "snapshots": snapshots,
+                           "engine_steps": engine_steps, "engine_snapshots": engine_snapshots,
                            "engine_extra": engine_extra},
               "machine": {"threads": args.threads, "cpu": platform.processor() or platform.machine(),
                           "cores": os.cpu_count(), "torch": torch.__version__},
@@ -322,14 +329,16 @@ def main(argv: list[str] | None = None) -> int:
         # comes after, so nothing a side does can slow another's clock.
         for side in sides:
             kind, method = side.split("-")[0], side.split("-")[1]
-            wanted = [args.steps] if side in final_only else snapshots
+            steps = engine_steps if kind == "engine" else args.steps
+            points = engine_snapshots if kind == "engine" else snapshots
+            wanted = [steps] if side in final_only else points
             print(f"training {side} ...", flush=True)
             if kind == "engine":
                 padding = "30s" if side.endswith("-30s") else "longest"
-                trained[side] = run_engine(method, padding, args.steps, wanted, home, engine_extra)
+                trained[side] = run_engine(method, padding, steps, wanted, home, engine_extra)
             else:
-                trained[side] = run_recipe(method, model_dir, args.steps, wanted, read_split("train"))
-            print(f"  {side}: {args.steps} steps in {trained[side]['snapshots'][-1]['wall_s']:.0f} s",
+                trained[side] = run_recipe(method, model_dir, steps, wanted, read_split("train"))
+            print(f"  {side}: {steps} steps in {trained[side]['snapshots'][-1]['wall_s']:.0f} s",
                   flush=True)
         task_model = standard_task_model(model_dir)
         base = task_model.load().eval()
