@@ -256,15 +256,18 @@ def run_results(row: dict) -> dict:
 def merge_summaries(summaries: list[dict], names: list[str], reference: str | None = None) -> dict:
     """One study out of several ``study show --json`` summaries of one grid split over
     machines or data homes (a seed or a method each, say): the same dataset, model and
-    settings; a cell's seed completed once (a part cut short may be run again elsewhere). The table and the differences are computed from every
-    run's own results exactly as for a single study (``study_table``, ``differences``);
-    run ids become ``NAME#ID`` (ids of different homes collide)."""
+    settings; a cell's seed completed once (a part cut short may be run again elsewhere).
+    The table and the differences are computed from every run's own results exactly as for a
+    single study (``study_table``, ``differences``); run ids become ``NAME#ID`` (ids of
+    different homes collide)."""
     if len(summaries) < 2:
         raise SettingsError("merging needs two or more study summaries")
     first = summaries[0]
     for name, summary in zip(names, summaries):
         if not isinstance(summary, dict) or not {"runs", "dataset", "model", "settings"} <= set(summary):
             raise SettingsError(f"{name}: not a study summary (write one with: study show ID --json)")
+        if not isinstance(summary["runs"], list) or not all(isinstance(run, dict) for run in summary["runs"]):
+            raise SettingsError(f"{name}: not a study summary (its runs are not a list of runs)")
         if any("results" not in run or "study_cell" not in run for run in summary["runs"]):
             raise SettingsError(f"{name}: its runs carry no results (written by an older version); "
                                 "write it again with: study show ID --json")
