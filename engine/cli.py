@@ -638,7 +638,8 @@ def cmd_study_merge(_wb, args) -> None:
         except FileNotFoundError:
             raise SettingsError(f"{path}: no such file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SettingsError(f"{path}: not a study's JSON ({error})") from None
+            raise SettingsError(f"{path}: not a study's JSON ({error}); write one with: "
+                                "study show ID --json > FILE") from None
     names = [path.stem for path in args.files]
     if len(set(names)) != len(names):
         names = [str(path) for path in args.files]
