@@ -9,6 +9,9 @@ in a fresh process per variant, two epochs each:
   cpu-eager     features on the CPU, built when the step needs them (the engine before this)
   cpu-prefetch  features on the CPU, built ahead on a thread (``prefetch_batches=2``)
   gpu-prefetch  features per batch on the GPU (``feature_device=auto``), built ahead
+  gpu-workers   the same, audio decoded and tokenised in ``--workers`` DataLoader worker
+                processes (``dataloader_num_workers``): no interpreter lock shared with the step
+  cpu-workers   features on the CPU too, extracted in the worker processes
 
 Epoch 1 must decode and extract everything; in epoch 2 the feature cache holds every item, so
 epoch 2 of ``cpu-prefetch`` is the model-step throughput the data path should keep up with.
@@ -17,6 +20,11 @@ step clock, steps after the first ``--skip`` left out: compiling and graph captu
 run's wall time, and the peak accelerator memory.
 
     python -m benchmarks.from_files --model whisper-small --clips 2000 --json out.json
+    python -m benchmarks.from_files --model whisper-large-v3 --clips 1000 \
+        --variants gpu-prefetch,gpu-workers --set gradient_checkpointing=true --json out.json
+
+``--set KEY=VALUE`` adds a run setting to every variant (e.g. checkpointing, as goal 1's
+large-v3 measurement trains).
 """
 
 from __future__ import annotations
@@ -39,7 +47,10 @@ VARIANTS = {
     "cpu-eager": {"feature_device": "cpu", "prefetch_batches": 0},
     "cpu-prefetch": {"feature_device": "cpu", "prefetch_batches": 2},
     "gpu-prefetch": {"feature_device": "auto", "prefetch_batches": 2},
+    "gpu-workers": {"feature_device": "auto", "prefetch_batches": 2, "dataloader_num_workers": None},
+    "cpu-workers": {"feature_device": "cpu", "prefetch_batches": 2, "dataloader_num_workers": None},
 }
+DEFAULT_VARIANTS = "cpu-eager,cpu-prefetch,gpu-prefetch"
 
 def make_audio_set(target: Path, clips: int, seed: int = 0) -> Path:
     """An audiofolder (train / validation / test with metadata.csv) of ``clips`` training clips
@@ -139,10 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--skip", type=int, default=10, help="first steps left out (compile, capture)")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--workers", type=int, default=8, help="worker processes of the *-workers variants")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run setting for every variant (repeatable)")
     parser.add_argument("--home", type=Path, default=Path("/tmp/lim-from-files"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    extra = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(extra) != len(args.set):
+        parser.error("--set takes KEY=VALUE")
 
     import torch
 
@@ -169,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants.split(","):
         sets = {"per_device_train_batch_size": args.batch, "max_steps": steps_per_epoch * args.epochs,
                 "eval_steps": 0, "save_steps": 0, "audio_padding": "30s", "generation_max_length": 8,
-                "per_device_eval_batch_size": 16, "r": 32, "lora_alpha": 64, **VARIANTS[variant]}
+                "per_device_eval_batch_size": 16, "r": 32, "lora_alpha": 64, **extra,
+                **{key: args.workers if value is None else value for key, value in VARIANTS[variant].items()}}
         flags = [flag for key, value in sets.items() for flag in ("--set", f"{key}={value}")]
         began = time.perf_counter()
         summary = engine("train", "--dataset", "from-files", "--model", args.model, "--method", "qlora",
@@ -185,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": args.model, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "clips": len(items), "mean_clip_s": round(seconds_per_item, 2), "batch": args.batch,
               "steps_per_epoch": steps_per_epoch, "audio_set_made_s": round(made_s, 1),
-              "cpu_count": os.cpu_count(), "gpu_features_vs_cpu": check, "variants": rows}
+              "cpu_count": os.cpu_count(), "settings": extra, "workers": args.workers,
+              "gpu_features_vs_cpu": check, "variants": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(format_table(result))

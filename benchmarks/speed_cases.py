@@ -49,6 +49,10 @@ RENAMED = {"checkpoint": "training gradient_checkpointing (True for 'all', False
            "lora_dropout": "method_settings lora_dropout"}
 
 
+# torch.nn.attention.SDPBackend names a case may pin the engine side's attention to.
+ATTENTION_BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+
+
 @dataclass
 class Case:
     model: str
@@ -61,9 +65,15 @@ class Case:
     training: dict = field(default_factory=dict)  # TrainingSettings names, over TRAINING
     method_settings: dict = field(default_factory=dict)  # the method's names (over LORA for LoRA)
     label: str = ""  # names an engine variant in the table
+    # the engine side's scaled-dot-product attention kernel: "" lets torch choose (cuDNN's flash
+    # kernel on Hopper), else one of ATTENTION_BACKENDS alone (issue 18's "Hopper attention" lever)
+    attention: str = ""
     sides: tuple = ("reference", "engine")
 
     def __post_init__(self):
+        if self.attention and self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"case {self.model}: attention {self.attention!r} is not one of "
+                             f"{', '.join(ATTENTION_BACKENDS)}")
         # Stored whole, so a result's JSON says every setting the case trained with.
         self.training = {**TRAINING, **self.training}
         if self.method in LORA_METHODS:
@@ -131,6 +141,28 @@ SUITES = {
           for batch, steps in ((1, 32), (2, 16), (4, 8), (8, 6), (16, 6))],
         Case("whisper-large-v3", "qlora", steps=6, memory_cap_gb=4.0, training={"memory_budget_gb": 4.0},
              label="memory-first, 4 GiB cap", sides=("engine",)),
+    ],
+    # Issue 18's kernel levers on large-v3 (30 s, batch 16, every layer checkpointed unless a
+    # row says otherwise), each against the engine's default in the same call: the attention
+    # kernel (torch picks cuDNN's flash kernel on Hopper), LoRA dropout's cost (its masks are
+    # drawn for every activation entering q and v), and the recompute (no checkpointing).
+    "large-v3-kernels": [
+        Case("whisper-large-v3", "qlora", steps=6),
+        *[Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), attention=backend,
+               label=f"attention {backend.lower()}") for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION")],
+        Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), method_settings={"lora_dropout": 0.0},
+             label="lora_dropout 0"),
+        Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), training={"gradient_checkpointing": False},
+             label="no checkpointing"),
+        Case("whisper-large-v3", "qlora", steps=6, memory_cap_gb=4.0, training={"memory_budget_gb": 4.0},
+             label="memory-first, 4 GiB cap", sides=("engine",)),
+    ],
+    # Issue 18, goal 2: where large-v3's step goes, by kind of work (run with
+    # LIM_BENCH_PROFILE=folder). Recompute = the busy time of the first row less the second's.
+    "large-v3-profile": [
+        Case("whisper-large-v3", "qlora", steps=4, sides=("engine",)),
+        Case("whisper-large-v3", "qlora", steps=4, sides=("engine",), training={"gradient_checkpointing": False},
+             label="no checkpointing"),
     ],
     # Run with LIM_BENCH_PROFILE=folder: where each side's step time goes.
     "profile": [

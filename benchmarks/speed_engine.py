@@ -90,6 +90,8 @@ def setup_engine(case: Case, model_dir: Path, batches: list[dict], device: str,
     """The model and its optimisation set-up, built as a run builds them, and the batches as a
     run's collate hands them over."""
     config, method_settings = engine_settings(case)
+    if case.attention:  # for the whole child process: compiled layers and graphs keep this kernel
+        pin_attention(case.attention)
     short = case.audio == "short"
     task_model = WhisperSpeechRecognition(model_dir, **({"audio_padding": "longest"} if short else {}))
     method = get_method(case.method)
@@ -144,6 +146,18 @@ def run_engine(case: Case, model_dir: Path, batches, total_steps: int, device: s
             "plan": plan.as_dict() if plan else None, "estimated_gib": estimated, "profile": breakdown,
             "cuda_graphs": {"captured": len(trainer.graphs.graphs), "replays": trainer.graphs.replays,
                             "messages": messages} if trainer.graphs else None}
+
+
+def pin_attention(backend: str) -> None:
+    """Let scaled-dot-product attention use ``backend`` (an ``SDPBackend`` name) and no other."""
+    import torch
+
+    flags = {"CUDNN_ATTENTION": torch.backends.cuda.enable_cudnn_sdp,
+             "FLASH_ATTENTION": torch.backends.cuda.enable_flash_sdp,
+             "EFFICIENT_ATTENTION": torch.backends.cuda.enable_mem_efficient_sdp,
+             "MATH": torch.backends.cuda.enable_math_sdp}
+    for name, enable in flags.items():
+        enable(name == backend)
 
 
 def checkpoint_policy(model) -> dict[str, int]:

@@ -63,22 +63,73 @@ def timed_loop(step_fn, batches, total_steps, warmup, device, profiler: StepProf
     return losses, elapsed, profiler.stop(total_steps - warmup, elapsed)
 
 
+# Where a step's time goes, by kind of work (issue 18, goal 2). A GPU kernel's name, or on a CPU
+# an operator's, says what it does; the first group whose words the lower-cased name contains
+# takes it. Written here (no library sorts kernels into these groups): the words are those of
+# the kernels torch 2.11, cuBLAS (nvjet, cutlass, xmma), cuDNN, bitsandbytes and inductor launch.
+# Inductor's fused kernels (``triton_...``) hold the norms, activations, dropout and residual
+# adds, with the casts between them folded in; one that only copies or re-lays-out a tensor
+# counts as a copy, and its matmul templates (``triton_tem``) as GEMM.
+CATEGORIES = (
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("4-bit dequantisation", ("dequantize", "kdequant")),
+    ("optimizer", ("adam", "multi_tensor_apply", "_foreach_")),
+    ("loss", ("nll_loss", "log_softmax", "softmaxforward", "softmaxbackward", "cross_entropy")),
+    ("GEMM", ("nvjet", "gemm", "cutlass", "xmma", "cublas", "splitkreduce", "triton_tem", "aten::mm",
+              "aten::addmm", "aten::bmm", "aten::baddbmm", "conv")),
+    ("copies and casts", ("memcpy", "memset", "copy", "cat_", "catarray", "aten::clone", "contiguous",
+                          "aten::to", "fill_")),
+    ("norms, activations, dropout, residuals", ("triton", "norm", "gelu", "dropout", "elementwise",
+                                                "reduce", "aten::add", "aten::mul")),
+)
+_LAYOUT = {"clone", "transpose", "view", "permute", "expand", "unsafe", "to", "copy", "", "0", "1", "2",
+           "3", "4", "5", "6", "7", "8", "9"}
+
+
+def kernel_category(name: str) -> str:
+    """The kind of work a kernel (GPU) or operator (CPU) named ``name`` does: one of
+    ``CATEGORIES``' names or ``other``."""
+    low = name.lower()
+    if low.startswith("triton_") and "fused_" in low and not low.startswith("triton_tem"):
+        words = set(low.split("fused_", 1)[1].split("_"))
+        if words <= _LAYOUT:  # nothing but copies and re-layouts
+            return "copies and casts"
+        if "gemm_4bit" in low or "dequantize" in low:  # names the op it sits next to, not dequantises
+            low = low.replace("gemm_4bit", "").replace("dequantize", "")
+    for category, words in CATEGORIES:
+        if any(word in low for word in words):
+            return category
+    return "other"
+
+
 def profile_breakdown(prof, steps: int, elapsed: float, device: str) -> dict:
-    """Per optimizer step: wall ms, device-busy ms and device launches (GPU), and the 12 costliest
-    device ops (on a CPU: operators by self CPU time)."""
+    """Per optimizer step: wall ms, device-busy ms and device launches (GPU), the busy time by
+    kind of work (``kernel_category``; on a GPU also ``idle``: the wall time no kernel ran), and
+    the 12 costliest device ops (on a CPU: operators by self CPU time)."""
     from torch.autograd import DeviceType
 
     events = prof.key_averages()
-    if device == "cuda":
+    gpu = device == "cuda"
+    if gpu:
         rows = [e for e in events if e.device_type != DeviceType.CPU]
         cost = lambda e: e.self_device_time_total  # noqa: E731
     else:
-        rows, cost = list(events), (lambda e: e.self_cpu_time_total)
+        # operators only (not the profiler's own step markers or Python frames)
+        rows = [e for e in events if "::" in e.key]
+        cost = lambda e: e.self_cpu_time_total  # noqa: E731
     top = sorted(rows, key=cost, reverse=True)[:12]
-    gpu = device == "cuda"
-    return {"steps": steps, "wall_ms_per_step": 1000 * elapsed / steps,
-            "device_busy_ms_per_step": sum(map(cost, rows)) / 1000 / steps if gpu else None,
+    categories: dict[str, float] = {}
+    for event in rows:
+        category = kernel_category(event.key)
+        categories[category] = categories.get(category, 0.0) + cost(event) / 1000 / steps
+    busy = sum(map(cost, rows)) / 1000 / steps
+    wall = 1000 * elapsed / steps
+    if gpu:
+        categories["idle"] = max(0.0, wall - busy)
+    return {"steps": steps, "wall_ms_per_step": wall,
+            "device_busy_ms_per_step": busy if gpu else None,
             "device_ops_per_step": sum(e.count for e in rows) / steps if gpu else None,
+            "categories_ms_per_step": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
             "top": [{"name": e.key[:80], "ms_per_step": cost(e) / 1000 / steps,
                      "calls_per_step": e.count / steps} for e in top]}
 

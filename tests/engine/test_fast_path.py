@@ -88,6 +88,63 @@ def test_benchmark_runner_end_to_end(tmp_path, capsys):
     assert "× reference" in lines[header] and "memory plan" in lines[-1]
 
 
+def test_a_profiled_step_is_split_by_kind_of_work(tmp_path, monkeypatch, capsys):
+    """LIM_BENCH_PROFILE: the timed steps' operators, summed by kind of work (issue 18, goal 2).
+    On the CPU a tiny QLoRA step shows its matmuls, attention, 4-bit dequantisation (bitsandbytes
+    dequantises on the CPU too), norms and optimizer, and the groups add up to the step's total."""
+    folder = tmp_path / "prof"
+    monkeypatch.setenv("LIM_BENCH_PROFILE", str(folder))
+    monkeypatch.setitem(train_speed.SUITES, "cpu", [train_speed.Case(
+        "tiny-whisper", "qlora", steps=2, warmup=1, sides=("engine",), training={"per_device_train_batch_size": 2})])
+    out = tmp_path / "bench.json"
+    assert train_speed.main(["--suite", "cpu", "--json", str(out), "--cache", str(tmp_path / "models")]) == 0
+    profile = json.loads(out.read_text())["runs"][0]["profile"]
+    groups = profile["categories_ms_per_step"]
+    for kind in ("GEMM", "attention", "4-bit dequantisation", "norms, activations, dropout, residuals", "optimizer"):
+        assert groups.get(kind, 0) > 0, (kind, groups)
+    assert "idle" not in groups  # a CPU has no device to sit idle
+    assert groups == dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+    top = sum(row["ms_per_step"] for row in profile["top"])
+    assert sum(groups.values()) >= top > 0  # every operator counted once, the costliest among them
+    assert list(folder.glob("engine-tiny-whisper-*.txt"))
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_sm90_tst_192x192_64x4_1x2_h_bz_coopB_bias_TNN", "GEMM"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4", "attention"),
+    ("void kDequantizeBlockwise<__nv_bfloat16, 512, 64, 8, 2>(float*, unsigned char*)", "4-bit dequantisation"),
+    ("triton_red_fused_add_gemm_4bit_native_layer_norm_6", "norms, activations, dropout, residuals"),
+    ("triton_poi_fused_clone_transpose_view_4", "copies and casts"),
+    ("triton_tem_fused_mm_3", "GEMM"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("Memcpy HtoD (Pinned -> Device)", "copies and casts"),
+    ("void at::native::cunn_SoftMaxForward<8, float>", "loss"),
+    ("some_kernel_nobody_knows", "other"),
+])
+def test_gpu_kernel_names_fall_in_their_kind_of_work(name, kind):
+    """Kernel names as torch.profiler reported them on the H100 (benchmarks/results/*/profile)."""
+    from benchmarks.speed_timing import kernel_category
+
+    assert kernel_category(name) == kind
+
+
+def test_a_case_pins_the_attention_kernel_by_its_torch_name():
+    with pytest.raises(ValueError, match="attention 'flash' is not one of CUDNN_ATTENTION"):
+        train_speed.Case("whisper-small", attention="flash")
+    case = train_speed.Case("whisper-small", attention="MATH")
+    cuda = torch.backends.cuda
+    kinds = [(cuda.cudnn_sdp_enabled, cuda.enable_cudnn_sdp), (cuda.flash_sdp_enabled, cuda.enable_flash_sdp),
+             (cuda.mem_efficient_sdp_enabled, cuda.enable_mem_efficient_sdp),
+             (cuda.math_sdp_enabled, cuda.enable_math_sdp)]
+    before = [enabled() for enabled, _ in kinds]
+    try:
+        speed_engine.pin_attention(case.attention)
+        assert [enabled() for enabled, _ in kinds] == [False, False, False, True]
+    finally:  # process-wide flags: leave them as found
+        for (_, enable), value in zip(kinds, before):
+            enable(value)
+
+
 # Settings a benchmark case and a run share, none of them at its default, so that a set-up
 # that dropped or renamed one would build a different optimizer or schedule.
 SHARED_TRAINING = {"per_device_train_batch_size": 2, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
