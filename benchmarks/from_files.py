@@ -119,6 +119,15 @@ def epoch_rates(storage, run_id: int, steps_per_epoch: int, batch: int, seconds_
     return epochs
 
 
+def first_epoch_detail(storage, run_id: int, steps_per_epoch: int) -> dict:
+    """Where the first epoch's time went: each step's seconds (from the run's step clock) and
+    the run's messages about CUDA graphs (each new batch shape is captured after eager steps)."""
+    walls = {row["step"]: row["wall_time"] for row in storage.metrics(run_id, ["train/loss"])}
+    steps = [round(walls[s] - walls[s - 1], 3) for s in range(2, steps_per_epoch + 1) if s in walls and s - 1 in walls]
+    graphs = [e["message"][:160] for e in storage.events(run_id, limit=500) if "CUDA graph" in e["message"]]
+    return {"epoch1_step_s": steps, "graph_messages": graphs}
+
+
 def features_check(storage, dataset: dict, home: Path, device: str) -> dict:
     """The largest difference between per-batch GPU features and per-item CPU features on 16
     training clips, and the time each takes."""
@@ -200,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"variant": variant, "run": run_id, "status": summary["status"], "process_wall_s": round(wall, 1),
                "train_wall_s": round(summary["wall_time_s"] or 0, 1),
                "peak_memory_gib": round((summary["peak_memory_mb"] or 0) / 1024, 2),
-               "epochs": epoch_rates(storage, run_id, steps_per_epoch, args.batch, seconds_per_item, args.skip)}
+               "epochs": epoch_rates(storage, run_id, steps_per_epoch, args.batch, seconds_per_item, args.skip),
+               **first_epoch_detail(storage, run_id, steps_per_epoch)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"model": args.model, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",

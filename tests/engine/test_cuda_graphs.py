@@ -49,11 +49,15 @@ def test_whisper_buckets_leave_the_loss_unchanged(tiny_whisper):
                  "labels": rng.integers(0, 500, size=n).tolist()} for n in (5, 9, 3)]
     batch = task.collate(examples)
     bucketed = task.bucket(batch)
-    assert batch["labels"].shape[1] == 9 and bucketed["labels"].shape[1] == 16
+    # 30 s windows: one wide label bucket (64 tokens, or the decoder's positions if fewer)
+    width = min(64, task.max_label_tokens)
+    assert batch["labels"].shape[1] == 9 and bucketed["labels"].shape[1] == width > 9
     assert bucketed["labels"][:, 9:].eq(-100).all()
     assert torch.equal(bucketed["input_features"], batch["input_features"])  # 30 s: untouched
     with torch.no_grad():
         torch.testing.assert_close(model(**bucketed).loss, model(**batch).loss)
+    short = WhisperSpeechRecognition(tiny_whisper, audio_padding="longest")
+    assert short.bucket(batch)["labels"].shape[1] == 16  # short windows: the decoder weighs more
 
 
 def test_short_audio_windows_grow_to_whole_seconds(tiny_whisper):
