@@ -135,6 +135,12 @@ def throughput(models, steps: int, warmup: int, checkpoint: str, timeout: float,
 
 
 # --------------------------------------------------------------------------- command line runs
+def progress(message: str) -> None:
+    """A phase of the command-line runs, with the time, as it happens: a run cut by a time
+    limit still shows how far it got."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def cli(home: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
     env = {**os.environ, "LIM_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -150,6 +156,7 @@ def stop_and_resume(home: Path, train_args: list[str], stop_after: int, timeout:
     env = {**os.environ, "LIM_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
+    progress(f"train {' '.join(train_args)} --gpus 2: starting")
     trainer = subprocess.Popen([sys.executable, "-m", "engine", "train", *train_args, "--gpus", "2",
                                 "--wait", "--json"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -162,6 +169,7 @@ def stop_and_resume(home: Path, train_args: list[str], stop_after: int, timeout:
         if runs and runs[0]["status"] == "running" and (runs[0]["step"] or 0) >= stop_after:
             run_id = runs[0]["id"]
             report["stop"] = cli(home, "runs", "stop", str(run_id)).stdout.strip()
+            progress(f"run {run_id}: stop sent at step {runs[0]['step']}")
             break
         time.sleep(1)
     out, err = trainer.communicate(timeout=timeout)
@@ -170,8 +178,10 @@ def stop_and_resume(home: Path, train_args: list[str], stop_after: int, timeout:
         return {**report, "error": err.strip().splitlines()[-3:]}
     first = workbench.run_summary(run_id)
     report["after_stop"] = {"status": first["status"], "step": first["step"], "exit_code": trainer.returncode}
+    progress(f"run {run_id}: {first['status']} at step {first['step']} (exit {trainer.returncode}); resuming")
     resumed = cli(home, "runs", "resume", str(run_id), "--wait", "--json", timeout=timeout)
     summary = workbench.run_summary(run_id)
+    progress(f"run {run_id}: {summary['status']} at step {summary['step']} of {summary['total_steps']}")
     losses = [row["step"] for row in workbench.run_metrics(run_id, ["train/loss"])]
     report.update(
         run_id=run_id, resume_exit_code=resumed.returncode, status=summary["status"],
@@ -190,6 +200,7 @@ def command_line_runs(timeout: float, steps: int = 300, which: tuple = ("demo", 
     from engine.demo import DEMO_RUN
 
     home = Path(tempfile.mkdtemp(prefix="lim-multi-gpu-home-"))
+    progress(f"installing the demo in {home}")
     done = cli(home, "demo", "--json")
     if done.returncode:
         return {"error": done.stderr.strip()}
