@@ -52,7 +52,10 @@ RUN mkdir -p /wheels \
 # ---------------------------------------------------------------- x86-64 CUDA server
 # (Its last lines repeat the Jetson stage's: stages on different base images share no instructions.)
 FROM ${SERVER_BASE_IMAGE} AS server
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 LIM_HOME=/data LIM_PROFILE=server-gpu
+# Log-in on: the app listens on every interface of the container, so whoever reaches the
+# published port must sign up (docs/jetson.md: make the admin first; LIM_AUTH=off for a
+# port published on 127.0.0.1 only).
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 LIM_HOME=/data LIM_PROFILE=server-gpu LIM_AUTH=on
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libsndfile1 ffmpeg \
@@ -74,7 +77,10 @@ ENTRYPOINT ["/app/docker/entrypoint.sh"]
 
 # ---------------------------------------------------------------- Jetson Orin (default target)
 FROM ${BASE_IMAGE} AS jetson
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 LIM_HOME=/data LIM_PROFILE=auto
+# Log-in on: the app listens on every interface of the container, so whoever reaches the
+# published port must sign up (docs/jetson.md: make the admin first; LIM_AUTH=off for a
+# port published on 127.0.0.1 only).
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 LIM_HOME=/data LIM_PROFILE=auto LIM_AUTH=on
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -104,6 +104,8 @@ def test_each_image_runs_as_a_user_with_its_data_in_a_volume_and_a_health_check(
     assert user and user[-1] not in ("root", "0")
     assert "LIM_HOME=/data" in lines and 'VOLUME ["/data"]' in lines
     assert "HEALTHCHECK" in lines and "/_stcore/health" in lines
+    # the app listens on 0.0.0.0 inside the container: log-in on unless the operator says otherwise
+    assert re.search(r"^ENV .*\bLIM_AUTH=on\b", lines, re.M)
     assert 'ENTRYPOINT ["/app/docker/entrypoint.sh"]' in lines and "WORKDIR /app" in lines
     if stage == "server":  # x86-64: PyPI's CUDA wheels, requirements.txt unfiltered
         assert "pip install --no-cache-dir -r requirements.txt" in lines
