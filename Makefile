@@ -63,13 +63,21 @@ lint: venv
 
 # Training speed and memory, reference recipe against the engine (docs/benchmarks.md).
 # bench: tiny presets on the CPU (what CI keeps working); bench-gpu: real Whisper configs on a
-# CUDA GPU, then the ablation of the engine's optimisations. Both print the table last.
+# CUDA GPU, the ablation of the engine's optimisations, large-v3's kernel levers and its step
+# by kind of work (profiled), and training end to end from audio files (docs/benchmarks.md).
 bench: venv
 	$(PY) -m benchmarks.train_speed --suite cpu --json benchmarks/results-cpu.json
 
 bench-gpu: venv
 	$(PY) -m benchmarks.train_speed --suite gpu --json benchmarks/results-gpu.json
 	$(PY) -m benchmarks.train_speed --suite ablation --json benchmarks/results-ablation.json
+	$(PY) -m benchmarks.train_speed --suite large-v3-kernels --json benchmarks/results-large-v3-kernels.json
+	LIM_BENCH_PROFILE=benchmarks/profile $(PY) -m benchmarks.train_speed --suite large-v3-profile \
+		--json benchmarks/results-large-v3-profile.json
+	$(PY) -m benchmarks.from_files --model whisper-small --clips 1600 --variants gpu-prefetch,gpu-workers \
+		--json benchmarks/results-from-files-small.json
+	$(PY) -m benchmarks.from_files --model whisper-large-v3 --clips 1000 --variants gpu-prefetch,gpu-workers \
+		--set gradient_checkpointing=true --home /tmp/lim-from-files-large --json benchmarks/results-from-files-large.json
 
 # Multi-GPU scaling (1 vs 2 GPUs), loss parity and 2-GPU command-line runs with stop + resume
 # (docs/multi-gpu.md); needs 2 CUDA GPUs.
