@@ -502,7 +502,7 @@ def read_password(prompt: str = "Password: ") -> str:
 
 
 def cmd_users_add(wb, args) -> None:
-    user = wb.sign_up(args.name, read_password(), is_admin=args.admin)
+    user = wb.add_user(args.name, read_password(), is_admin=args.admin)
     emit(args, user, f"added {user['name']}" + (" (admin)" if user["is_admin"] else ""))
 
 

@@ -172,6 +172,10 @@ class WorkbenchConfig:
     auth: str = setting("off", "on: every person signs up and logs in, and sees only their own "
                         "items and shared ones; off: one local owner, no log-in (LIM_AUTH).",
                         choices=["on", "off"])
+    signup: str = setting("open", "With auth on: open: anyone who reaches the log-in page makes "
+                          "an account (a class); admin: after the first account (the admin), only an "
+                          "admin makes accounts, on the Account page or with `python -m engine users "
+                          "add` (LIM_SIGNUP).", choices=["open", "admin"])
     session_timeout_minutes: int = setting(
         60, "Minutes without a page interaction after which a browser session is logged out "
         "(LIM_SESSION_TIMEOUT_MINUTES).", min=1, max=60 * 24 * 30)

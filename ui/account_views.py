@@ -46,6 +46,29 @@ def sharing_form(wb) -> None:
                 st.rerun()
 
 
+def add_user_form(wb) -> None:
+    """An admin makes an account for someone (the only way in when sign-up is ``admin``)."""
+    if added := st.session_state.pop("account.users.added", None):
+        st.success(added)
+    with st.expander("Add a user"):
+        with st.form("account.users.add", clear_on_submit=True):
+            name = st.text_input("Username", key="account.users.add.name",
+                                 help="2 to 32 letters, digits, dots, dashes or underscores")
+            password = st.text_input("First password", type="password", key="account.users.add.password",
+                                     help="Tell it to them in person; they can change it on this page.")
+            admin = st.checkbox("Admin", key="account.users.add.admin")
+            if st.form_submit_button("Add user"):
+                try:
+                    user = wb.add_user(name, password, is_admin=admin)
+                except WorkbenchError as error:
+                    st.error(str(error))
+                else:  # the table above lists them after the rerun
+                    st.session_state["account.users.added"] = (
+                        f"Added {user['name']}" + (" (admin)" if user["is_admin"] else "") +
+                        ": tell them their username and first password in person.")
+                    st.rerun()
+
+
 def password_form(wb, user: dict) -> None:
     with st.form("account.password", clear_on_submit=True):
         old = st.text_input("Current password", type="password")
@@ -64,10 +87,11 @@ def password_form(wb, user: dict) -> None:
 
 
 def users_admin(wb) -> None:
-    """Every user with a password; disable, enable or reset another's."""
+    """Every user with a password; add one, disable, enable or reset another's."""
     users = [u for u in wb.list_users() if u["has_password"]]
     st.dataframe(users, hide_index=True, column_order=["id", "name", "is_admin", "disabled",
                                                         "created_at", "last_login_at"])
+    add_user_form(wb)
     others = {u["name"]: u for u in users if u["id"] != wb.owner_id}
     if not others:
         st.caption("Nobody else has signed up yet.")

@@ -76,6 +76,10 @@ def log_in_page(workbench) -> None:
             if st.form_submit_button("Log in", type="primary"):
                 _enter(lambda: workbench.log_in(name, password, client=client_address()))
     with sign_up_tab:
+        if load_config().signup == "admin" and not first:
+            st.info("Accounts here are made by an admin: ask one for yours. They make it on the "
+                    "Account page and tell you your username and first password.")
+            return
         st.caption("At least 10 characters; a few words you will remember make a good password.")
         with st.form("auth.sign_up"):
             name = st.text_input("Username", key="auth.sign_up.name",

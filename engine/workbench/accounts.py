@@ -2,6 +2,7 @@
 
     wb = Workbench()
     user = wb.sign_up("ada", "a long passphrase")       # the first account becomes the admin
+    wb.for_user(user).add_user("bob", "another passphrase")  # an admin makes one for bob
     user = wb.log_in("ada", "a long passphrase", client="203.0.113.7")
     mine = wb.for_user(user)                            # every call scoped to ada's items
 
@@ -22,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from engine.errors import AuthError, NotFoundError
+from engine.settings import load_config
 from storage import LOCAL_USER_ID
 
 MIN_PASSWORD_CHARS = 10
@@ -93,8 +95,21 @@ class AccountsMixin:
         return bool(user and user["is_admin"])
 
     # ------------------------------------------------------------------ sign-up and log-in
-    def sign_up(self, name: str, password: str, *, is_admin: bool = False) -> dict:
-        """Create an account; the first one (besides the single-user ``local`` owner) is an admin."""
+    def sign_up(self, name: str, password: str) -> dict:
+        """Make your own account (the log-in page). The first account (besides the single-user
+        ``local`` owner) is the admin; after it, with ``signup = "admin"`` (LIM_SIGNUP), only an
+        admin makes accounts (``add_user``)."""
+        if load_config().signup == "admin" and self.storage.count_accounts() > 0:
+            raise AuthError("accounts here are made by an admin; ask one for yours")
+        return self._create_account(name, password)
+
+    def add_user(self, name: str, password: str, *, is_admin: bool = False) -> dict:
+        """An account made for someone by an admin (or by the command line of the machine that
+        holds the data home, whatever ``signup`` says)."""
+        self._require_admin()
+        return self._create_account(name, password, is_admin=is_admin)
+
+    def _create_account(self, name: str, password: str, *, is_admin: bool = False) -> dict:
         name = (name or "").strip()
         problem = username_problem(name) or password_problem(password, name)
         if problem:

@@ -139,6 +139,31 @@ def test_admin_disables_an_account_and_its_open_session_ends(auth_home):
     assert "disabled" in bob.error[0].value
 
 
+def test_with_signup_admin_the_admin_adds_a_user_on_the_account_page(auth_home, monkeypatch):
+    monkeypatch.setenv("LIM_SIGNUP", "admin")
+    visitor = session()
+    visitor.run()
+    assert on_log_in_page(visitor) and not any(t.key == "auth.sign_up.name" for t in visitor.text_input)
+    assert any("made by an admin" in i.value for i in visitor.info)
+    ada = log_in(session(), "ada")
+    ada.switch_page("pages/account.py").run()
+    assert not ada.exception
+    ada.text_input(key="account.users.add.name").input("dora")
+    ada.text_input(key="account.users.add.password").input("short")
+    click(ada, "Add user")
+    assert "at least 10 characters" in ada.error[0].value
+    ada.text_input(key="account.users.add.name").input("dora")
+    ada.text_input(key="account.users.add.password").input("violet canal music")
+    click(ada, "Add user")
+    assert any("Added dora" in m.value for m in ada.success)
+    assert "dora" in ada.dataframe[0].value["name"].tolist()
+    dora = log_in(session(), "dora", "violet canal music")
+    assert not on_log_in_page(dora)
+    bob = log_in(session(), "bob")
+    bob.switch_page("pages/account.py").run()
+    assert not any(t.key == "account.users.add.name" for t in bob.text_input)  # admins only
+
+
 def test_the_account_page_shares_an_item_read_only(auth_home):
     bob = log_in(session(), "bob")
     bob.switch_page("pages/account.py").run()

@@ -53,6 +53,30 @@ def test_sign_up_log_in_and_the_first_account_is_the_admin(workbench):
         workbench.sign_up("ADA", "another long password")
 
 
+def test_with_signup_admin_only_an_admin_makes_accounts_after_the_first(workbench, monkeypatch, capsys):
+    monkeypatch.setenv("LIM_SIGNUP", "admin")
+    ada = workbench.for_user(workbench.sign_up("ada", PASSWORD_A))  # the first: the admin
+    assert ada.user["is_admin"]
+    with pytest.raises(AuthError, match="made by an admin; ask one"):
+        workbench.sign_up("bob", PASSWORD_B)
+    assert [u["name"] for u in ada.list_users() if u["has_password"]] == ["ada"]  # nothing half-made
+    bob = workbench.for_user(ada.add_user("bob", PASSWORD_B))
+    assert not bob.user["is_admin"] and workbench.log_in("bob", PASSWORD_B)["id"] == bob.owner_id
+    with pytest.raises(AuthError, match="only an admin"):
+        bob.add_user("carol", "plum orchard winter")
+    assert ada.add_user("dan", "a long enough secret", is_admin=True)["is_admin"]
+    with pytest.raises(AuthError, match="at least 10 characters"):  # the same rules as a sign-up
+        ada.add_user("eve", "short")
+    # the command line of the machine holding the data home adds accounts whatever signup says
+    code, out, _ = run_cli(monkeypatch, capsys, "users", "add", "erin", stdin="quiet river stones\n")
+    assert code == 0 and "added erin" in out
+    monkeypatch.setenv("LIM_SIGNUP", "open")
+    assert workbench.sign_up("frank", "blue kettle morning")["is_admin"] == 0
+    monkeypatch.setenv("LIM_SIGNUP", "nobody")
+    with pytest.raises(Exception, match="signup"):
+        workbench.sign_up("gina", "green paper lantern")
+
+
 @pytest.mark.parametrize("name, password, problem", [
     ("dan", "short1!", "at least 10 characters"),
     ("dan", "password123", "too easy"),
