@@ -608,6 +608,8 @@ def study_text(summary: dict) -> str:
     lines = [f"study {summary['id']} {summary['name']}: {summary['status']}, "
              f"{summary['runs_ended']}/{summary['runs_total']} runs ended",
              table(rows, list(rows[0]) if rows else ["cell"])]
+    if summary.get("missing"):  # a merge of parts (study merge) that lacks some cell's seed
+        lines.append("in no part: " + ", ".join(f"{m['cell']} seed {m['seed']}" for m in summary["missing"]))
     if summary["differences"]:
         lines.append(f"against {summary['reference']}:")
         lines += [f"  {d['cell']}: {d['verdict']}"

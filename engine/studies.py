@@ -259,7 +259,9 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
     settings; a cell's seed completed once (a part cut short may be run again elsewhere).
     The table and the differences are computed from every run's own results exactly as for a
     single study (``study_table``, ``differences``); run ids become ``NAME#ID`` (ids of
-    different homes collide)."""
+    different homes collide). ``status`` says what the merged grid holds: "completed" when
+    every cell's every seed has a completed run in some part, "partial" when some cell's seed is
+    in no part (listed in ``missing``), else ``study_status`` of the runs kept."""
     if len(summaries) < 2:
         raise SettingsError("merging needs two or more study summaries")
     first = summaries[0]
@@ -276,8 +278,10 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
                 raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
                                     f"({first[key]!r}); only the parts of one grid merge")
     # A cell's seed may appear in several parts when a part was cut short and run again
-    # elsewhere: the completed run counts and the others are left out (``replaced``); two
-    # completed runs of one seed are refused (which one counts would be a choice).
+    # elsewhere: one run stands for it (``KEEP_ORDER``: the completed one, else one still
+    # coming, so the result does not depend on the files' order) and the others are left out
+    # (``replaced``); two completed runs of one seed are refused (which one counts would be
+    # a choice).
     chosen: dict[tuple, dict] = {}
     replaced = []
     for name, summary in zip(names, summaries):
@@ -292,21 +296,42 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             if before["status"] == entry["status"] == "completed":
                 raise SettingsError(f"{cell_label(run['study_cell'])} seed {seed[1]} completed in both "
                                     f"{before['id']} and {entry['id']}; merge each seed of a cell once")
-            keep, drop = (entry, before) if entry["status"] == "completed" else (before, entry)
+            keep, drop = (entry, before) if keep_rank(entry) < keep_rank(before) else (before, entry)
             chosen[seed] = keep
             replaced.append({"run": drop["id"], "status": drop["status"], "by": keep["id"]})
     runs = list(chosen.values())
-    rows = {run["id"]: run["results"] for run in runs}
-    table = study_table(runs, rows)
+    table = study_table(runs, {run["id"]: run["results"] for run in runs})
     reference = reference or (table[0]["cell"] if table else None)
     grid = {axis: list(dict.fromkeys(v for s in summaries for v in (s.get("grid") or {}).get(axis, [])))
             for axis in ("methods", "ranks", "budgets", "target_sets", "seeds")}
+    # A grid runs every cell once per seed: a cell's seed that no part holds is missing, and
+    # the cell's row counts it as planned (as a single study's row counts its queued seeds).
+    seeds = list(dict.fromkeys([*grid["seeds"], *(key[1] for key in chosen)]))
+    labels = {key: cell_label(run["study_cell"]) for (key, _), run in chosen.items()}
+    missing = [{"cell": label, "seed": s} for key, label in labels.items() for s in seeds
+               if (key, s) not in chosen]
+    for row in table:
+        row["seeds"] = len(seeds)
     statuses = [run["status"] for run in runs]
     return {"id": "merged", "name": " + ".join(str(s.get("name", n)) for n, s in zip(names, summaries)),
             "merged_from": names, "dataset": first["dataset"], "model": first["model"], "grid": grid,
-            "settings": first["settings"], "status": study_status(statuses), "runs_total": len(runs),
-            "runs_ended": sum(status in ENDED for status in statuses),
+            "settings": first["settings"], "status": merged_status(statuses, missing),
+            "runs_total": len(runs), "runs_ended": sum(status in ENDED for status in statuses),
             "status_counts": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
-            "runs": runs, "replaced": replaced, "table": table,
+            "runs": runs, "replaced": replaced, "missing": missing, "table": table,
             "reference": reference, "differences": differences(table, reference) if reference else []}
 
+
+KEEP_ORDER = ("completed", "running", "queued")  # which run of a seed a merge keeps; then the first
+
+
+def keep_rank(run: dict) -> int:
+    return KEEP_ORDER.index(run["status"]) if run["status"] in KEEP_ORDER else len(KEEP_ORDER)
+
+
+def merged_status(statuses: list[str], missing: list[dict]) -> str:
+    """``study_status`` of the runs a merge kept, as its parts were saved ("running" or
+    "queued" while one part still trains or waits), and "partial" when every kept run has
+    ended but some cell's seed is in no part."""
+    status = study_status(statuses)
+    return "partial" if missing and status not in ("running", "queued") else status
