@@ -253,6 +253,33 @@ def run_results(row: dict) -> dict:
     return {key: row.get(key) for key in ("status", "metric", *MEASURES)}
 
 
+def read_summary(data: bytes | str, name: str) -> dict:
+    """A ``study show --json`` file's text as a dict, or a clear error naming ``name`` (the
+    command line's files and the Studies page's uploads read parts so)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SettingsError(f"{name}: not a study's JSON ({error}); write one with: "
+                            "study show ID --json > FILE") from None
+
+
+def part_names(files: list[str]) -> list[str]:
+    """Short names for the parts of a merge (run ids become ``NAME#ID``): each file's stem,
+    numbered from the second on where two files share one (two machines' ``study.json``)."""
+    from pathlib import PurePath
+
+    names: list[str] = []
+    for stem in (PurePath(str(f).replace("\\", "/")).stem or "part" for f in files):
+        name, number = stem, 1
+        while name in names:
+            number += 1
+            name = f"{stem}-{number}"
+        names.append(name)
+    return names
+
+
 def merge_summaries(summaries: list[dict], names: list[str], reference: str | None = None) -> dict:
     """One study out of several ``study show --json`` summaries of one grid split over
     machines or data homes (a seed or a method each, say): the same dataset, model and
@@ -273,6 +300,9 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
         if any("results" not in run or "study_cell" not in run for run in summary["runs"]):
             raise SettingsError(f"{name}: its runs carry no results (written by an older version); "
                                 "write it again with: study show ID --json")
+        if not all(is_run_record(run) for run in summary["runs"]):
+            raise SettingsError(f"{name}: not a study summary (a run lacks its id, status, cell or "
+                                "results); write one with: study show ID --json")
         for key in ("dataset", "model", "settings"):
             if summary[key] != first[key]:
                 raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
@@ -320,6 +350,19 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             "status_counts": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
             "runs": runs, "replaced": replaced, "missing": missing, "table": table,
             "reference": reference, "differences": differences(table, reference) if reference else []}
+
+
+def is_run_record(run: dict) -> bool:
+    """A run of a summary as ``study show --json`` writes it: what the merge reads is there and
+    of the kinds it expects (an edited or foreign file is refused, not half-read)."""
+    cell, results = run.get("study_cell"), run.get("results")
+    scalar = (str, int, float, type(None))
+    return (isinstance(run.get("id"), (int, str)) and isinstance(run.get("status"), str)
+            and isinstance(cell, dict) and isinstance(cell.get("method"), str)
+            and all(isinstance(cell.get(key), scalar) for key in ("size_setting", "size", "targets", "seed"))
+            and isinstance(results, dict)
+            and all(isinstance(results.get(key), scalar) for key in ("status", "metric", *MEASURES))
+            and all(isinstance(results.get(key), (int, float, type(None))) for key in MEASURES))
 
 
 KEEP_ORDER = ("completed", "running", "queued")  # which run of a seed a merge keeps; then the first
