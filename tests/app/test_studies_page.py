@@ -167,6 +167,10 @@ def test_merging_parts_shows_one_study_and_refuses_bad_files_with_their_reason(a
     open_studies(app)
     assert any(e.proto.label == "Merge parts run elsewhere" for e in app.expander)
     assert any(info.value.startswith("Upload two or more study summaries") for info in app.info)
+    from engine.settings import load_config
+
+    uploader = next(u for u in app.get("file_uploader") if u.proto.id.endswith("studies.merge.files"))
+    assert uploader.proto.max_upload_size_mb == load_config().max_upload_mb and uploader.proto.multiple_files
     first, second = part_json(demo_home, (1, 2)), part_json(demo_home, (3,))
     stored = (Workbench(demo_home).list_studies(), Workbench(demo_home).list_runs())
     open_studies(app)

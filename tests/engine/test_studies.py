@@ -300,3 +300,8 @@ def test_a_merged_status_says_what_the_merged_grid_holds(demo_template, tmp_path
     assert merged["missing"] == [{"cell": "ia3", "seed": 1}]
     rows = {row["cell"]: (row["completed"], row["seeds"]) for row in merged["table"]}
     assert rows == {"lora · r=2": (2, 2), "ia3": (1, 2)}
+
+    # a part whose runs are not what `study show --json` writes is refused, not half-read
+    broken = dict(ia3, runs=[dict(run, study_cell="ia3") for run in ia3["runs"]])
+    with pytest.raises(SettingsError, match="broken: not a study summary"):
+        merge_summaries([first, broken], ["first", "broken"])
