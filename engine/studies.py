@@ -301,8 +301,13 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             raise SettingsError(f"{name}: its runs carry no results (written by an older version); "
                                 "write it again with: study show ID --json")
         if not all(is_run_record(run) for run in summary["runs"]):
-            raise SettingsError(f"{name}: not a study summary (a run lacks its id, status, cell or "
-                                "results); write one with: study show ID --json")
+            raise SettingsError(f"{name}: not a study summary (a run's id, status, cell or results are "
+                                "missing or malformed); write one with: study show ID --json")
+        grid = summary.get("grid") or {}
+        if not isinstance(grid, dict) or not all(
+                isinstance(values, list) and all(isinstance(v, (str, int, float)) for v in values)
+                for values in grid.values()):
+            raise SettingsError(f"{name}: not a study summary (its grid is not lists of values)")
         for key in ("dataset", "model", "settings"):
             if summary[key] != first[key]:
                 raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
@@ -356,13 +361,14 @@ def is_run_record(run: dict) -> bool:
     """A run of a summary as ``study show --json`` writes it: what the merge reads is there and
     of the kinds it expects (an edited or foreign file is refused, not half-read)."""
     cell, results = run.get("study_cell"), run.get("results")
-    scalar = (str, int, float, type(None))
+    text, number = (str, type(None)), (int, float, type(None))
+    cell_kinds = {"method": (str,), "size_setting": text, "size": (*number, str), "targets": text, "seed": number}
+    result_kinds = {"status": text, "metric": text, **{measure: number for measure in MEASURES}}
     return (isinstance(run.get("id"), (int, str)) and isinstance(run.get("status"), str)
-            and isinstance(cell, dict) and isinstance(cell.get("method"), str)
-            and all(isinstance(cell.get(key), scalar) for key in ("size_setting", "size", "targets", "seed"))
-            and isinstance(results, dict)
-            and all(isinstance(results.get(key), scalar) for key in ("status", "metric", *MEASURES))
-            and all(isinstance(results.get(key), (int, float, type(None))) for key in MEASURES))
+            and isinstance(cell, dict) and isinstance(results, dict)
+            and all(key in cell and isinstance(cell[key], kinds) for key, kinds in cell_kinds.items())
+            and all(key in results and isinstance(results[key], kinds) for key, kinds in result_kinds.items())
+            and all(results[key] is None or math.isfinite(results[key]) for key in MEASURES))
 
 
 KEEP_ORDER = ("completed", "running", "queued")  # which run of a seed a merge keeps; then the first

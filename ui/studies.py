@@ -324,7 +324,7 @@ def merge_section() -> None:
     except WorkbenchError as error:
         st.error(str(error), icon=":material/error:")
         return
-    counts = ", ".join(f"{n} {status}" for status, n in merged["status_counts"].items())
+    counts = ", ".join(f"{n} {md_text(status)}" for status, n in merged["status_counts"].items())
     st.markdown(f"**{md_text(merged['name'])}**: {merged['status']} · {merged['runs_ended']} of "
                 f"{merged['runs_total']} runs ended ({counts})")
     st.caption(f"{md_text(merged['model'])} on {md_text(merged['dataset'])} · run ids are "
@@ -334,13 +334,15 @@ def merge_section() -> None:
                    + ". Run them somewhere and add that part.", icon=":material/warning:")
     if merged["replaced"]:
         st.caption("Left out (the seed's run in another part counts): "
-                   + ", ".join(f"{r['run']} ({r['status']})" for r in merged["replaced"]))
-    if cells_view(merged, lambda reference: differences_against(merged["table"], reference), "studies.merge") is None:
+                   + ", ".join(f"{md_text(r['run'])} ({md_text(r['status'])})" for r in merged["replaced"]))
+    shown = cells_view(merged, lambda reference: differences_against(merged["table"], reference), "studies.merge")
+    if shown is None:
         return
+    reference, differences = shown  # the download says what the page shows
     left, right = st.columns(2)
     left.download_button("Table as CSV", study_csv(merged["table"]), file_name="study-merged.csv",
                          mime="text/csv", icon=":material/table:", key="studies.merge.csv")
-    right.download_button("Merged study (JSON)", json.dumps(merged, indent=2, default=str),
-                          file_name="study-merged.json", mime="application/json",
-                          icon=":material/download:", key="studies.merge.json",
-                          help="What `python -m engine study merge FILES --json` prints.")
+    shown_json = json.dumps({**merged, "reference": reference, "differences": differences}, indent=2, default=str)
+    right.download_button("Merged study (JSON)", shown_json, file_name="study-merged.json",
+                          mime="application/json", icon=":material/download:", key="studies.merge.json",
+                          help="What `python -m engine study merge FILES --reference CELL --json` prints.")
