@@ -608,6 +608,8 @@ def study_text(summary: dict) -> str:
     lines = [f"study {summary['id']} {summary['name']}: {summary['status']}, "
              f"{summary['runs_ended']}/{summary['runs_total']} runs ended",
              table(rows, list(rows[0]) if rows else ["cell"])]
+    if summary.get("missing"):  # a merge of parts (study merge) that lacks some cell's seed
+        lines.append("in no part: " + ", ".join(f"{m['cell']} seed {m['seed']}" for m in summary["missing"]))
     if summary["differences"]:
         lines.append(f"against {summary['reference']}:")
         lines += [f"  {d['cell']}: {d['verdict']}"
@@ -629,21 +631,18 @@ def cmd_study_show(wb, args) -> None:
 
 
 def cmd_study_merge(_wb, args) -> None:
-    from engine.studies import merge_summaries
+    from engine.studies import merge_summaries, part_names, read_summary
 
     summaries = []
     for path in args.files:
         try:
-            summaries.append(json.loads(path.read_text(encoding="utf-8")))
+            data = path.read_bytes()
         except FileNotFoundError:
             raise SettingsError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SettingsError(f"{path}: not a study's JSON ({error}); write one with: "
-                                "study show ID --json > FILE") from None
-    names = [path.stem for path in args.files]
-    if len(set(names)) != len(names):
-        names = [str(path) for path in args.files]
-    summary = merge_summaries(summaries, names, args.reference)
+        except OSError as error:
+            raise SettingsError(f"{path}: cannot be read ({error.strerror})") from None
+        summaries.append(read_summary(data, str(path)))
+    summary = merge_summaries(summaries, part_names([str(path) for path in args.files]), args.reference)
     emit(args, summary, study_text(summary))
 
 

@@ -253,13 +253,42 @@ def run_results(row: dict) -> dict:
     return {key: row.get(key) for key in ("status", "metric", *MEASURES)}
 
 
+def read_summary(data: bytes | str, name: str) -> dict:
+    """A ``study show --json`` file's text as a dict, or a clear error naming ``name`` (the
+    command line's files and the Studies page's uploads read parts so)."""
+    import json
+
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SettingsError(f"{name}: not a study's JSON ({error}); write one with: "
+                            "study show ID --json > FILE") from None
+
+
+def part_names(files: list[str]) -> list[str]:
+    """Short names for the parts of a merge (run ids become ``NAME#ID``): each file's stem,
+    numbered from the second on where two files share one (two machines' ``study.json``)."""
+    from pathlib import PurePath
+
+    names: list[str] = []
+    for stem in (PurePath(str(f).replace("\\", "/")).stem or "part" for f in files):
+        name, number = stem, 1
+        while name in names:
+            number += 1
+            name = f"{stem}-{number}"
+        names.append(name)
+    return names
+
+
 def merge_summaries(summaries: list[dict], names: list[str], reference: str | None = None) -> dict:
     """One study out of several ``study show --json`` summaries of one grid split over
     machines or data homes (a seed or a method each, say): the same dataset, model and
     settings; a cell's seed completed once (a part cut short may be run again elsewhere).
     The table and the differences are computed from every run's own results exactly as for a
     single study (``study_table``, ``differences``); run ids become ``NAME#ID`` (ids of
-    different homes collide)."""
+    different homes collide). ``status`` says what the merged grid holds: "completed" when
+    every cell's every seed has a completed run in some part, "partial" when some cell's seed is
+    in no part (listed in ``missing``), else ``study_status`` of the runs kept."""
     if len(summaries) < 2:
         raise SettingsError("merging needs two or more study summaries")
     first = summaries[0]
@@ -271,13 +300,23 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
         if any("results" not in run or "study_cell" not in run for run in summary["runs"]):
             raise SettingsError(f"{name}: its runs carry no results (written by an older version); "
                                 "write it again with: study show ID --json")
+        if not all(is_run_record(run) for run in summary["runs"]):
+            raise SettingsError(f"{name}: not a study summary (a run's id, status, cell or results are "
+                                "missing or malformed); write one with: study show ID --json")
+        grid = summary.get("grid") or {}
+        if not isinstance(grid, dict) or not all(
+                isinstance(values, list) and all(isinstance(v, (str, int, float)) for v in values)
+                for values in grid.values()):
+            raise SettingsError(f"{name}: not a study summary (its grid is not lists of values)")
         for key in ("dataset", "model", "settings"):
             if summary[key] != first[key]:
                 raise SettingsError(f"{name}: its {key} ({summary[key]!r}) differ from {names[0]}'s "
                                     f"({first[key]!r}); only the parts of one grid merge")
     # A cell's seed may appear in several parts when a part was cut short and run again
-    # elsewhere: the completed run counts and the others are left out (``replaced``); two
-    # completed runs of one seed are refused (which one counts would be a choice).
+    # elsewhere: one run stands for it (``KEEP_ORDER``: the completed one, else one still
+    # coming, so the result does not depend on the files' order) and the others are left out
+    # (``replaced``); two completed runs of one seed are refused (which one counts would be
+    # a choice).
     chosen: dict[tuple, dict] = {}
     replaced = []
     for name, summary in zip(names, summaries):
@@ -292,21 +331,56 @@ def merge_summaries(summaries: list[dict], names: list[str], reference: str | No
             if before["status"] == entry["status"] == "completed":
                 raise SettingsError(f"{cell_label(run['study_cell'])} seed {seed[1]} completed in both "
                                     f"{before['id']} and {entry['id']}; merge each seed of a cell once")
-            keep, drop = (entry, before) if entry["status"] == "completed" else (before, entry)
+            keep, drop = (entry, before) if keep_rank(entry) < keep_rank(before) else (before, entry)
             chosen[seed] = keep
             replaced.append({"run": drop["id"], "status": drop["status"], "by": keep["id"]})
     runs = list(chosen.values())
-    rows = {run["id"]: run["results"] for run in runs}
-    table = study_table(runs, rows)
+    table = study_table(runs, {run["id"]: run["results"] for run in runs})
     reference = reference or (table[0]["cell"] if table else None)
     grid = {axis: list(dict.fromkeys(v for s in summaries for v in (s.get("grid") or {}).get(axis, [])))
             for axis in ("methods", "ranks", "budgets", "target_sets", "seeds")}
+    # A grid runs every cell once per seed: a cell's seed that no part holds is missing, and
+    # the cell's row counts it as planned (as a single study's row counts its queued seeds).
+    seeds = list(dict.fromkeys([*grid["seeds"], *(key[1] for key in chosen)]))
+    labels = {key: cell_label(run["study_cell"]) for (key, _), run in chosen.items()}
+    missing = [{"cell": label, "seed": s} for key, label in labels.items() for s in seeds
+               if (key, s) not in chosen]
+    for row in table:
+        row["seeds"] = len(seeds)
     statuses = [run["status"] for run in runs]
     return {"id": "merged", "name": " + ".join(str(s.get("name", n)) for n, s in zip(names, summaries)),
             "merged_from": names, "dataset": first["dataset"], "model": first["model"], "grid": grid,
-            "settings": first["settings"], "status": study_status(statuses), "runs_total": len(runs),
-            "runs_ended": sum(status in ENDED for status in statuses),
+            "settings": first["settings"], "status": merged_status(statuses, missing),
+            "runs_total": len(runs), "runs_ended": sum(status in ENDED for status in statuses),
             "status_counts": {s: statuses.count(s) for s in dict.fromkeys(statuses)},
-            "runs": runs, "replaced": replaced, "table": table,
+            "runs": runs, "replaced": replaced, "missing": missing, "table": table,
             "reference": reference, "differences": differences(table, reference) if reference else []}
 
+
+def is_run_record(run: dict) -> bool:
+    """A run of a summary as ``study show --json`` writes it: what the merge reads is there and
+    of the kinds it expects (an edited or foreign file is refused, not half-read)."""
+    cell, results = run.get("study_cell"), run.get("results")
+    text, number = (str, type(None)), (int, float, type(None))
+    cell_kinds = {"method": (str,), "size_setting": text, "size": (*number, str), "targets": text, "seed": number}
+    result_kinds = {"status": text, "metric": text, **{measure: number for measure in MEASURES}}
+    return (isinstance(run.get("id"), (int, str)) and isinstance(run.get("status"), str)
+            and isinstance(cell, dict) and isinstance(results, dict)
+            and all(key in cell and isinstance(cell[key], kinds) for key, kinds in cell_kinds.items())
+            and all(key in results and isinstance(results[key], kinds) for key, kinds in result_kinds.items())
+            and all(results[key] is None or math.isfinite(results[key]) for key in MEASURES))
+
+
+KEEP_ORDER = ("completed", "running", "queued")  # which run of a seed a merge keeps; then the first
+
+
+def keep_rank(run: dict) -> int:
+    return KEEP_ORDER.index(run["status"]) if run["status"] in KEEP_ORDER else len(KEEP_ORDER)
+
+
+def merged_status(statuses: list[str], missing: list[dict]) -> str:
+    """``study_status`` of the runs a merge kept, as its parts were saved ("running" or
+    "queued" while one part still trains or waits), and "partial" when every kept run has
+    ended but some cell's seed is in no part."""
+    status = study_status(statuses)
+    return "partial" if missing and status not in ("running", "queued") else status

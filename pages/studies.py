@@ -22,6 +22,9 @@ with st.expander("New study", expanded=not studies, icon=":material/add:"):
         flash("studies", f"Study {launched} queued.")
         st.rerun()
 
+with st.expander("Merge parts run elsewhere", icon=":material/merge:"):
+    views.merge_section()
+
 if not studies:
     st.info("No studies yet. Pick a dataset, a model, two methods and a few seeds above and "
             "launch one: each combination becomes a run in the queue, and this page fills in "

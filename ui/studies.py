@@ -1,5 +1,5 @@
 """The Studies page's parts: the launch form, the study picker, its progress and actions, the
-table of cells, the differences, exports.
+table of cells, the differences, exports, and the merge of parts run on other machines.
 
 The page (pages/studies.py) only arranges these; the numbers come from the engine
 (``Workbench.study_summary``, engine/studies.py), so what the page shows, the CSV and the
@@ -9,12 +9,16 @@ HTML report say the same.
 from __future__ import annotations
 
 import html
+import json
 
 import pandas as pd
 import streamlit as st
 
 from engine.errors import NotFoundError, WorkbenchError
-from engine.studies import MEASURES, STATISTIC_TEXT, Grid, parse_list
+from engine.settings import load_config
+from engine.studies import (MEASURES, STATISTIC_TEXT, Grid, merge_summaries, part_names,
+                            parse_list, read_summary)
+from engine.studies import differences as differences_against
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
 from ui.confirm import delete_button, flash
@@ -133,7 +137,7 @@ def table_frame(table: list[dict]) -> pd.DataFrame:
         "peak memory (MiB)": plus_minus(row["peak_memory_mb_mean"], row["peak_memory_mb_std"]),
         "wall time (s)": plus_minus(row["wall_time_s_mean"], row["wall_time_s_std"], 3),
         "samples/s": plus_minus(row["samples_per_second_mean"], row["samples_per_second_std"], 3),
-        "runs": ", ".join(f"#{i}" for i in row["runs"]),
+        "runs": ", ".join(f"#{i}" if isinstance(i, int) else str(i) for i in row["runs"]),  # merged: FILE#ID
     } for row in table])
 
 
@@ -246,38 +250,99 @@ def actions(wb, summary: dict) -> None:
 
 
 def results(wb, summary: dict) -> None:
-    """The cells' table, the differences against a chosen reference cell, the quality-cost
-    charts and the exports; a note instead while no run has completed."""
-    study_id, table = summary["id"], summary["table"]
-    if not any(row["completed"] for row in table):
-        st.info("No run of this study has completed yet: the table, the charts and the "
-                "differences appear here as runs finish.")
+    """A stored study's table, differences and charts (``cells_view``), with its exports."""
+    study_id = summary["id"]
+    shown = cells_view(summary, lambda reference: wb.study_summary(study_id, reference)["differences"])
+    if shown is None:
         return
-    st.markdown("#### Every cell (mean ± standard deviation over its seeds)")
-    st.dataframe(table_frame(table), hide_index=True, width="stretch", key="studies.table")
-
-    st.markdown("#### Larger than seed noise?")
-    cells = [row["cell"] for row in table]
-    reference = st.selectbox("Compare every cell against", cells, key=f"studies.reference.{study_id}")
-    differences = (summary["differences"] if reference == summary["reference"]
-                   else wb.study_summary(study_id, reference)["differences"])
-    st.dataframe(differences_frame(differences), hide_index=True, width="stretch",
-                 key="studies.differences")
-    st.caption(STATISTIC_TEXT)
-
-    st.markdown("#### Quality against cost")
-    charts = figures(table)
-    for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
-        tab.plotly_chart(figure, key=f"studies.{name}")
-    st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
-               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
-               "is the whole process's resident memory: compare memory on a GPU.")
-
+    reference, differences = shown
     left, right = st.columns(2)
-    left.download_button("Table as CSV", study_csv(table), file_name=f"study-{study_id}.csv",
+    left.download_button("Table as CSV", study_csv(summary["table"]), file_name=f"study-{study_id}.csv",
                          mime="text/csv", icon=":material/table:", key="studies.csv")
     right.download_button("Read-only report (HTML)",
                           lambda: report(wb, {**summary, "differences": differences, "reference": reference}),
                           file_name=f"study-{study_id}.html", mime="text/html", icon=":material/article:",
                           key="studies.html", help="The Compare page's self-contained report of the "
                           "study's runs, with this table and its differences on top.")
+
+
+def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[str, list[dict]] | None:
+    """The cells' table, the differences against a reference cell the user picks
+    (``differences_for(reference)`` when it is not the summary's own) and the quality-cost
+    charts, for a stored study or a merged one (``key`` keeps their widgets apart); a note
+    instead while no run has completed. Returns the reference and its differences."""
+    table = summary["table"]
+    if not any(row["completed"] for row in table):
+        st.info("No run of this study has completed yet: the table, the charts and the "
+                "differences appear here as runs finish.")
+        return None
+    st.markdown("#### Every cell (mean ± standard deviation over its seeds)")
+    st.dataframe(table_frame(table), hide_index=True, width="stretch", key=f"{key}.table")
+
+    st.markdown("#### Larger than seed noise?")
+    cells = [row["cell"] for row in table]
+    reference = st.selectbox("Compare every cell against", cells, key=f"{key}.reference.{summary['id']}")
+    differences = (summary["differences"] if reference == summary["reference"]
+                   else differences_for(reference))
+    st.dataframe(differences_frame(differences), hide_index=True, width="stretch",
+                 key=f"{key}.differences")
+    st.caption(STATISTIC_TEXT)
+
+    st.markdown("#### Quality against cost")
+    charts = figures(table)
+    for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
+        tab.plotly_chart(figure, key=f"{key}.{name}")
+    st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
+               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
+               "is the whole process's resident memory: compare memory on a GPU.")
+    return reference, differences
+
+
+# ---------------------------------------------------------------------- merge
+def merge_parts(files: list[tuple[str, bytes]]) -> dict:
+    """The merged study of uploaded parts, each (file name, bytes) of a ``study show --json``:
+    what ``study merge`` prints with ``--json``; a ``SettingsError`` naming the file otherwise."""
+    summaries = [read_summary(data, name) for name, data in files]
+    return merge_summaries(summaries, part_names([name for name, _ in files]))
+
+
+def merge_section() -> None:
+    """Upload the parts of one grid run on several machines (or data homes) and read them as one
+    study: the same table, differences and charts as a stored study, and the merged JSON.
+    Nothing is stored: the merge is a view of the files."""
+    uploads = st.file_uploader(
+        "Parts of one grid: each machine's `study show ID --json` output", type=["json"],
+        accept_multiple_files=True, key="studies.merge.files", max_upload_size=load_config().max_upload_mb,
+        help="The same dataset, model and settings on every machine, a seed (or a few methods) "
+             "each. Nothing is stored: the merge is read from the files each time.")
+    if len(uploads or []) < 2:
+        st.info("Upload two or more study summaries (`python -m engine study show ID --json > "
+                "part.json` on each machine) to see them as one study.", icon=":material/merge:")
+        return
+    try:
+        merged = merge_parts([(upload.name, upload.getvalue()) for upload in uploads])
+    except WorkbenchError as error:
+        st.error(str(error), icon=":material/error:")
+        return
+    counts = ", ".join(f"{n} {md_text(status)}" for status, n in merged["status_counts"].items())
+    st.markdown(f"**{md_text(merged['name'])}**: {merged['status']} · {merged['runs_ended']} of "
+                f"{merged['runs_total']} runs ended ({counts})")
+    st.caption(f"{md_text(merged['model'])} on {md_text(merged['dataset'])} · run ids are "
+               "FILE#ID")
+    if merged["missing"]:
+        st.warning("In no part: " + ", ".join(f"{md_text(m['cell'])} seed {m['seed']}" for m in merged["missing"])
+                   + ". Run them somewhere and add that part.", icon=":material/warning:")
+    if merged["replaced"]:
+        st.caption("Left out (the seed's run in another part counts): "
+                   + ", ".join(f"{md_text(r['run'])} ({md_text(r['status'])})" for r in merged["replaced"]))
+    shown = cells_view(merged, lambda reference: differences_against(merged["table"], reference), "studies.merge")
+    if shown is None:
+        return
+    reference, differences = shown  # the download says what the page shows
+    left, right = st.columns(2)
+    left.download_button("Table as CSV", study_csv(merged["table"]), file_name="study-merged.csv",
+                         mime="text/csv", icon=":material/table:", key="studies.merge.csv")
+    shown_json = json.dumps({**merged, "reference": reference, "differences": differences}, indent=2, default=str)
+    right.download_button("Merged study (JSON)", shown_json, file_name="study-merged.json",
+                          mime="application/json", icon=":material/download:", key="studies.merge.json",
+                          help="What `python -m engine study merge FILES --reference CELL --json` prints.")

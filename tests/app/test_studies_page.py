@@ -38,14 +38,14 @@ def frame_with(app: AppTest, column: str) -> pd.DataFrame:
     return next(frame.value for frame in app.dataframe if column in frame.value.columns)
 
 
-def seed_study(home) -> int:
-    """A finished 3-cell x 3-seed study whose runs carry known results (no training)."""
+def seed_study(home, seeds: tuple[int, ...] = (1, 2, 3)) -> int:
+    """A finished 3-cell study (3 seeds unless told) whose runs carry known results (no training)."""
     from engine import Workbench
     from engine.studies import Grid, cell_label
 
     workbench = Workbench(home)
     study_id = workbench.submit_study("demo-text", "tiny-bert", Grid(["lora", "ia3"], ranks=[2, 8],
-                                                                    seeds=[1, 2, 3]), {"max_steps": 10})
+                                                                    seeds=list(seeds)), {"max_steps": 10})
     for run in workbench.study_runs(study_id):
         label = cell_label(run["study_cell"])
         accuracy = ACCURACY[label][run["study_cell"]["seed"] - 1]
@@ -140,3 +140,69 @@ def test_deleting_a_study_asks_first_then_removes_its_runs(app, demo_home):
     assert not app.exception, app.exception
     assert workbench.list_studies() == [] and workbench.list_runs() == []
     assert any("No studies yet" in info.value for info in app.info)
+
+
+def part_json(home, seeds: tuple[int, ...]) -> bytes:
+    """One machine's part of the grid: what `study show ID --json` writes for it."""
+    import json
+
+    from engine import Workbench
+
+    return json.dumps(Workbench(home).study_summary(seed_study(home, seeds)), default=str).encode()
+
+
+def upload(app: AppTest, *files: tuple[str, bytes]) -> None:
+    uploader = next(u for u in app.get("file_uploader") if u.proto.id.endswith("studies.merge.files"))
+    uploader.set_value([(name, data, "application/json") for name, data in files]).run()
+    assert not app.exception, app.exception
+
+
+def test_merging_parts_shows_one_study_and_refuses_bad_files_with_their_reason(app, demo_home, downloads):
+    """Seeds 1-2 on one machine and seed 3 on another, uploaded: the single study's table and
+    verdicts (test above), the merged JSON to download, nothing stored; bad files say why."""
+    import json
+
+    from engine import Workbench
+
+    open_studies(app)
+    assert any(e.proto.label == "Merge parts run elsewhere" for e in app.expander)
+    assert any(info.value.startswith("Upload two or more study summaries") for info in app.info)
+    from engine.settings import load_config
+
+    uploader = next(u for u in app.get("file_uploader") if u.proto.id.endswith("studies.merge.files"))
+    assert uploader.proto.max_upload_size_mb == load_config().max_upload_mb and uploader.proto.multiple_files
+    first, second = part_json(demo_home, (1, 2)), part_json(demo_home, (3,))
+    stored = (Workbench(demo_home).list_studies(), Workbench(demo_home).list_runs())
+    open_studies(app)
+    upload(app, ("study.json", first))  # one part is not a merge yet
+    assert any(info.value.startswith("Upload two or more study summaries") for info in app.info)
+
+    upload(app, ("study.json", first), ("study.json", second))  # two machines' same file name
+    assert not app.error
+    # the merge section comes before the stored study's results: its tables are the first ones
+    table = frame_with(app, "seeds done")
+    assert list(table["cell"]) == list(ACCURACY) and list(table["seeds done"]) == ["3/3"] * 3
+    assert table.loc[table["cell"] == "lora · r=8", "accuracy"].item() == "0.81 ± 0.01"
+    assert table.loc[table["cell"] == "ia3", "runs"].item().count("study-2#") == 1
+    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
+    assert verdicts["lora · r=8"] == "better, larger than seed noise"
+    assert verdicts["ia3"] == "within seed noise"
+    app.selectbox(key="studies.merge.reference.merged").set_value("lora · r=8").run()
+    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
+    assert verdicts["lora · r=2"] == "worse, larger than seed noise"
+    assert any("completed · 9 of 9 runs ended" in m.value for m in app.markdown)
+    merged = json.loads(downloads["study-merged.json"])
+    assert merged["status"] == "completed" and merged["merged_from"] == ["study", "study-2"]
+    assert len(merged["runs"]) == 9 and merged["missing"] == []
+    assert len(app.get("plotly_chart")) == 4  # the merge's two charts and the stored study's two
+    assert (Workbench(demo_home).list_studies(), Workbench(demo_home).list_runs()) == stored  # a view
+
+    other = json.loads(second)
+    other["settings"]["max_steps"] = 20
+    for files, reason in (
+            ([("notes.json", b"not json"), ("b.json", second)], "notes.json: not a study's JSON"),
+            ([("a.json", first), ("list.json", b"[1, 2]")], "list: not a study summary"),
+            ([("a.json", first), ("a2.json", first)], "merge each seed of a cell once"),
+            ([("a.json", first), ("other.json", json.dumps(other).encode())], "only the parts of one grid merge")):
+        upload(app, *files)
+        assert any(reason in error.value for error in app.error), (reason, [e.value for e in app.error])

@@ -241,3 +241,67 @@ def test_a_grid_split_over_two_data_homes_merges_into_the_single_study(demo_temp
     assert "not a study summary" in capsys.readouterr().err
     assert main(["study", "merge", str(files[0]), str(tmp_path / "missing.json")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def cli_study(template, home, methods: str, seeds: str, monkeypatch, capsys, wait: bool = True) -> dict:
+    """`study ... --json` in a fresh copy of the demo home: a part of a grid as one machine
+    writes it (without ``wait`` its runs stay queued there)."""
+    import json
+
+    from conftest import copy_home
+
+    from engine.cli import main
+
+    copy_home(template, home)
+    monkeypatch.setenv("LIM_HOME", str(home))
+    code = main(["study", "--dataset", "demo-text", "--model", "tiny-bert", "--methods", methods,
+                 "--ranks", "2", "--seeds", seeds, "--set", "max_steps=2", "--json",
+                 *(["--wait"] if wait else [])])
+    out = capsys.readouterr().out
+    assert code == 0
+    return json.loads(out)
+
+
+def test_a_merged_status_says_what_the_merged_grid_holds(demo_template, tmp_path, monkeypatch, capsys):
+    """A seed queued in one part and completed in another is done; a seed only queued (or
+    running) somewhere keeps the merge queued, whichever order the files come in; a cell's
+    seed that no part holds makes the merge partial, and its row counts that seed as planned."""
+    from engine.studies import merge_summaries
+
+    def part(name: str, methods: str, seeds: str, wait: bool = True) -> dict:
+        return cli_study(demo_template, tmp_path / name, methods, seeds, monkeypatch, capsys, wait)
+
+    waiting = part("waiting", "lora", "1,2", wait=False)  # the whole grid, queued on a busy machine
+    assert [run["status"] for run in waiting["runs"]] == ["queued", "queued"]
+    first, second, ia3 = part("first", "lora", "1"), part("second", "lora", "2"), part("ia3", "ia3", "2")
+
+    merged = merge_summaries([waiting, first, second], ["waiting", "first", "second"])
+    assert merged["status"] == "completed" and merged["missing"] == []
+    assert merged["runs_total"] == merged["runs_ended"] == 2 and len(merged["replaced"]) == 2
+    assert [(row["completed"], row["seeds"]) for row in merged["table"]] == [(2, 2)]
+
+    for order in ([waiting, first], [first, waiting]):  # seed 2 is still queued on its machine
+        names = ["waiting" if summary is waiting else "first" for summary in order]
+        merged = merge_summaries(order, names)
+        assert merged["status"] == "queued" and merged["status_counts"] == {"completed": 1, "queued": 1}
+        assert [(row["completed"], row["seeds"]) for row in merged["table"]] == [(1, 2)]
+
+    # seed 2 failed on one machine and waits on another: it is still coming, in either order
+    failed = dict(second, runs=[dict(run, status="failed", results={**run["results"], "status": "failed"})
+                                for run in second["runs"]])
+    for order, names in (([failed, waiting], ["failed", "waiting"]), ([waiting, failed], ["waiting", "failed"])):
+        merged = merge_summaries([first, *order], ["first", *names])
+        assert merged["status"] == "queued", names
+        assert sorted(r["status"] for r in merged["replaced"]) == ["failed", "queued"]
+
+    # ia3 ran seed 2 only: its seed 1 is in no part, so the merged grid is not complete
+    merged = merge_summaries([first, second, ia3], ["first", "second", "ia3"])
+    assert merged["status"] == "partial"
+    assert merged["missing"] == [{"cell": "ia3", "seed": 1}]
+    rows = {row["cell"]: (row["completed"], row["seeds"]) for row in merged["table"]}
+    assert rows == {"lora · r=2": (2, 2), "ia3": (1, 2)}
+
+    # a part whose runs are not what `study show --json` writes is refused, not half-read
+    broken = dict(ia3, runs=[dict(run, study_cell="ia3") for run in ia3["runs"]])
+    with pytest.raises(SettingsError, match="broken: not a study summary"):
+        merge_summaries([first, broken], ["first", "broken"])
