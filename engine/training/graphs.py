@@ -25,7 +25,8 @@ How it is used (``TrainStep`` does all of this when ``cuda_graphs`` is on):
   LayerDrop (a Python-side draw of which layers run).
 
 Tasks keep the number of shapes small by padding batches to buckets (``TaskModel.bucket``):
-label width and text length to multiples of 16 tokens (ignored labels, masked tokens: the loss
+Whisper's label width to multiples of 64 tokens behind 30 s windows (16 with short ones) and
+text length to multiples of 16 tokens (ignored labels, masked tokens: the loss
 is unchanged) and short-audio windows to whole seconds (up to a second more trailing silence,
 as if the batch's longest clip were that much longer).
 """

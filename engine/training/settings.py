@@ -88,8 +88,8 @@ class TrainingSettings:
         "eager steps and replay it: the step then takes as long as its GPU kernels, not as long "
         "as Python takes to launch them (whisper-small QLoRA on an H100: 2.8-3.8× faster; "
         "docs/benchmarks.md). "
-        "Batches are padded to a few shapes for it: label width to a multiple of 16 tokens and "
-        "text to a multiple of 16 tokens (masked: the loss is unchanged), short-audio windows to "
+        "Batches are padded to a few shapes for it: label width to a multiple of 64 tokens (16 "
+        "with short windows) and text to a multiple of 16 tokens (masked: the loss is unchanged), short-audio windows to "
         "whole seconds (a little more trailing silence). auto: on a CUDA GPU, without activation "
         "offload or an fp16 gradient scaler; off: never.",
         choices=["auto", "off"])
