@@ -82,8 +82,7 @@ CATEGORIES = (
     ("norms, activations, dropout, residuals", ("triton", "norm", "gelu", "dropout", "elementwise",
                                                 "reduce", "aten::add", "aten::mul")),
 )
-_LAYOUT = {"clone", "transpose", "view", "permute", "expand", "unsafe", "to", "copy", "", "0", "1", "2",
-           "3", "4", "5", "6", "7", "8", "9"}
+_LAYOUT = {"clone", "transpose", "view", "permute", "expand", "unsafe", "to", "copy", ""}
 
 
 def kernel_category(name: str) -> str:
@@ -91,7 +90,7 @@ def kernel_category(name: str) -> str:
     ``CATEGORIES``' names or ``other``."""
     low = name.lower()
     if low.startswith("triton_") and "fused_" in low and not low.startswith("triton_tem"):
-        words = set(low.split("fused_", 1)[1].split("_"))
+        words = {w for w in low.split("fused_", 1)[1].split("_") if not w.isdigit()}  # minus the kernel's number
         if words <= _LAYOUT:  # nothing but copies and re-layouts
             return "copies and casts"
         if "gemm_4bit" in low or "dequantize" in low:  # names the op it sits next to, not dequantises
