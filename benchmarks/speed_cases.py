@@ -68,6 +68,9 @@ class Case:
     # the engine side's scaled-dot-product attention kernel: "" lets torch choose (cuDNN's flash
     # kernel on Hopper), else one of ATTENTION_BACKENDS alone (issue 18's "Hopper attention" lever)
     attention: str = ""
+    # torch._inductor.config values the engine side sets after its set-up (compilation is lazy,
+    # so they apply to its compiled layers), e.g. {"fallback_random": False}: inductor's own RNG
+    inductor: dict = field(default_factory=dict)
     sides: tuple = ("reference", "engine")
 
     def __post_init__(self):
@@ -152,10 +155,25 @@ SUITES = {
                label=f"attention {backend.lower()}") for backend in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION")],
         Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), method_settings={"lora_dropout": 0.0},
              label="lora_dropout 0"),
+        Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), inductor={"fallback_random": False},
+             label="inductor's own dropout RNG"),
         Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), training={"gradient_checkpointing": False},
              label="no checkpointing"),
         Case("whisper-large-v3", "qlora", steps=6, memory_cap_gb=4.0, training={"memory_budget_gb": 4.0},
              label="memory-first, 4 GiB cap", sides=("engine",)),
+    ],
+    # The dropout lever alone (a shorter call than large-v3-kernels): the engine compiles with
+    # eager's dropout kernel (fallback_random), against inductor's own RNG and no dropout; with
+    # the recipe on both models for the loss curves (same masks as peft's eager dropout now).
+    "dropout-rng": [
+        Case("whisper-large-v3", "qlora", steps=6),
+        Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), inductor={"fallback_random": False},
+             label="inductor's own dropout RNG"),
+        Case("whisper-large-v3", "qlora", steps=6, sides=("engine",), method_settings={"lora_dropout": 0.0},
+             label="lora_dropout 0"),
+        Case("whisper-small", "qlora", steps=17),
+        Case("whisper-small", "qlora", steps=17, sides=("engine",), inductor={"fallback_random": False},
+             label="inductor's own dropout RNG"),
     ],
     # Issue 18, goal 2: where large-v3's step goes, by kind of work (run with
     # LIM_BENCH_PROFILE=folder). Recompute = the busy time of the first row less the second's.

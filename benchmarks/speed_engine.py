@@ -72,8 +72,14 @@ def _hint(name: str, known: list[str]) -> str:
 
 def check_cases(cases: list[Case]) -> None:
     """Every case's settings, before anything is measured (``engine_settings`` says what is wrong)."""
+    import torch._inductor.config as inductor_config
+
     for case in cases:
         engine_settings(case)
+        unknown = [name for name in case.inductor if not hasattr(inductor_config, name)]
+        if unknown:
+            raise SettingsError(f"benchmark case {case.name!r}: {', '.join(unknown)} is not a "
+                                "torch._inductor.config setting")
 
 
 @dataclass
@@ -108,6 +114,11 @@ def setup_engine(case: Case, model_dir: Path, batches: list[dict], device: str,
                                 plan_batch=lambda: {k: batches[0][k] for k in INPUTS},
                                 on_optimizer_step=method.on_optimizer_step, log=log,
                                 parallel=parallel is not None)
+    if case.inductor:  # after compile_layers' own choices; layers compile at their first call
+        import torch._inductor.config as inductor_config
+
+        for name, value in case.inductor.items():
+            setattr(inductor_config, name, value)
     if prepared.step.graphs is not None:
         # as a run's collate does for CUDA graphs: a few shapes, each captured once
         batches = [{**b, **task_model.bucket({k: b[k] for k in INPUTS})} for b in batches]

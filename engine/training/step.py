@@ -47,9 +47,17 @@ def compile_layers(model: torch.nn.Module) -> int:
     docs/benchmarks.md) compiled plain layers beside compiled checkpointed ones failed
     inductor's stride checks (on the encoder's permuted first input and on SDPA's saved
     log-sum-exp), and a save-everything selective checkpoint around the plain ones failed on a
-    mutated cached tensor. Returns the number of layers compiled."""
+    mutated cached tensor. Random ops run eager's kernels (``fallback_random``: the same masks
+    as an eager layer for the same seed). Returns the number of layers compiled."""
     import torch._dynamo
+    import torch._inductor.config
 
+    # Random ops (LoRA's dropout masks) run as eager's kernels inside the compiled graphs, so a
+    # compiled layer draws the masks an eager one draws for the same seed. Inductor's own RNG
+    # lowering fused the q/v LoRA dropout into the layer-norm kernel at ~10x its memory
+    # traffic: 32.6 ms of large-v3's 421 ms step on an H200 (docs/benchmarks.md, "Large-v3:
+    # where the step goes"). Process-wide, as dynamo's cache limit below.
+    torch._inductor.config.fallback_random = True
     stacks = find_stacks(model)
     flags = [bool(getattr(layer, "gradient_checkpointing", False))
              for stack in stacks for layer in stack.layers]

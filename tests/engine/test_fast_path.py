@@ -50,6 +50,71 @@ def test_fused_lora_op_matches_its_formula(dropout, bias):
         torch.testing.assert_close(got, want)
 
 
+class _NormLoraLayer(nn.Module):
+    """A transformer layer in miniature: layer norm, then q and v projections (LoRA targets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.q_proj, self.v_proj = nn.LayerNorm(32), nn.Linear(32, 32), nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.q_proj(h) * torch.sigmoid(self.v_proj(h))
+
+
+def test_compiled_layers_draw_the_eager_dropout_masks():
+    """``compile_layers`` lets random ops run eager's kernels: a compiled layer with LoRA dropout
+    gives the eager layer's output and gradients for the same seed (inductor's own RNG draws
+    other masks; checkpointed, the recomputation in backward must draw the same ones again)."""
+    import copy
+
+    import torch._dynamo
+    from peft import LoraConfig, get_peft_model
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from engine.memory import apply_checkpointing
+    from engine.methods.fast_lora import fuse_lora
+    from engine.training.step import compile_layers
+
+    class Layer(GradientCheckpointingLayer, _NormLoraLayer):
+        pass
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([Layer(), Layer()])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    model = get_peft_model(Model(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3,
+                                               target_modules=["q_proj", "v_proj"]))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero; the masks must show in the output
+            nn.init.normal_(parameter)
+    assert fuse_lora(model) == 4
+    eager = copy.deepcopy(model)
+    for built in (model, eager):
+        apply_checkpointing(built, True)
+    torch._dynamo.reset()
+    assert compile_layers(model) == 2
+    x = torch.randn(6, 10, 32)
+    results = []
+    for built in (eager, model):
+        built.train()
+        torch.manual_seed(3)
+        out = built(x)
+        out.square().mean().backward()
+        results.append([out.detach()] + [p.grad for p in built.parameters() if p.requires_grad])
+    assert len(results[1]) == 9  # the output and eight LoRA matrices, every one with a gradient
+    for got, want in zip(results[1], results[0]):
+        assert got is not None and want is not None
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_engine_loss_equals_the_reference_recipe(tiny_whisper):
     """Same seed, same batches, same LoRA init: the fused fp32 path on the CPU logs the losses
     the Seq2SeqTrainer + peft + bitsandbytes recipe logs (which rounds them to 4 decimals)."""
@@ -143,6 +208,26 @@ def test_a_case_pins_the_attention_kernel_by_its_torch_name():
     finally:  # process-wide flags: leave them as found
         for (_, enable), value in zip(kinds, before):
             enable(value)
+
+
+def test_a_case_sets_inductor_settings_after_the_engine_set_up(tiny_whisper):
+    """The dropout lever's row: the engine compiles with eager's random kernels, a case may set
+    inductor's own RNG back for its layers; a name inductor does not have is refused."""
+    import torch._inductor.config as inductor_config
+
+    with pytest.raises(SettingsError, match="fallback_randm is not a torch._inductor.config setting"):
+        speed_engine.check_cases([train_speed.Case("whisper-small", inductor={"fallback_randm": False})])
+    case = train_speed.Case("tiny-whisper", "qlora", steps=1, warmup=1, inductor={"fallback_random": False},
+                            training={"per_device_train_batch_size": 2, "compile_layers": "on"})
+    config = WhisperConfig.from_pretrained(tiny_whisper)
+    batches = train_speed.make_batches(case, config, 1, config.max_source_positions * 2)
+    before = inductor_config.fallback_random
+    try:
+        setup = speed_engine.setup_engine(case, tiny_whisper, batches, "cpu")
+        assert setup.prepared.compiled_layers > 0  # compile_layers ran, and chose eager's kernels first
+        assert inductor_config.fallback_random is False
+    finally:  # process-wide: leave it as found
+        inductor_config.fallback_random = before
 
 
 # Settings a benchmark case and a run share, none of them at its default, so that a set-up
