@@ -71,6 +71,7 @@ def run_case(workbench, label: str, model: str, extra: dict, steps: int, cap_mb:
         "training_settings": run["settings"]["training"],
         "steps": run["step"], "wall_s": round(wall, 1),
         "phases_s": phases(workbench.run_metrics(run_id), wall),
+        "step_end_s": [round(row["wall_time"], 3) for row in workbench.run_metrics(run_id, ["train/loss"])],
         "graph_messages": [m for m in log if "graph" in m.lower()],
         "samples_per_s_second_half": sum(later) / len(later) if later else None,
         "peak_allocated_mb": run["peak_memory_mb"], "peak_reserved_mb": reserved,

@@ -15,9 +15,11 @@ backward of each repeated batch shape are captured once and replayed (engine/tra
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,7 +27,7 @@ from engine.memory import MemoryPlan, apply_checkpointing, find_stacks, plan_for
 from engine.training.settings import TrainingSettings
 
 __all__ = ["PreparedTraining", "TrainStep", "autocast_dtype", "compile_layers", "prepare_training",
-           "wants_compile", "wants_graphs"]
+           "use_compile_cache", "wants_compile", "wants_graphs"]
 
 
 def wants_compile(setting: str, device: str) -> bool:
@@ -36,6 +38,22 @@ def wants_graphs(setting: str, device: str, offload: bool = False) -> bool:
     """CUDA graphs need a CUDA device; activation offload copies to host memory it allocates
     on the fly, which a graph cannot replay."""
     return setting == "auto" and device.startswith("cuda") and not offload
+
+
+def use_compile_cache(folder: Path) -> Path:
+    """Keep torch.compile's caches (inductor's compiled graphs, Triton's kernels) in ``folder``
+    unless ``TORCHINDUCTOR_CACHE_DIR`` names a folder of the user's. Inductor's default is in
+    /tmp, which a reboot or a new container empties: a short run then compiles again from
+    scratch (on an H200, 40 steps of whisper-base took 119.9 s with an empty cache and 54.0 s
+    with a filled one; docs/benchmarks.md, "Short runs"). Returns the folder in use."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and current != default_cache_dir():
+        return Path(current)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # read by inductor at each use
+    return folder
 
 
 def compile_layers(model: torch.nn.Module) -> int:
@@ -224,14 +242,15 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
                      plan_batch: Callable[[], dict[str, torch.Tensor]] | None = None,
                      on_optimizer_step: Callable | None = None,
                      log: Callable[[str], None] | None = None,
-                     parallel: bool = False) -> PreparedTraining:
+                     parallel: bool = False, compile_cache: Path | None = None) -> PreparedTraining:
     """The optimisation set-up of a built ``model`` (the one path of a run and of the speed
     benchmark): with ``memory_budget_gb`` the planner picks micro-batch, checkpointed layers
     and offload on ``plan_batch()`` (a batch whose shapes bound the run's; only called then),
     else ``gradient_checkpointing`` checkpoints every layer or none; ``compile_layers`` then
     compiles; the ``TrainStep`` makes the optimizer and the rest. ``on_optimizer_step`` is the
     method's hook, ``log`` gets what was chosen, ``parallel`` marks one process of a multi-GPU
-    run (CUDA graphs are then captured thread-locally)."""
+    run (CUDA graphs are then captured thread-locally), ``compile_cache`` the folder compiled
+    kernels are kept in across processes (``use_compile_cache``; a run's: its data home's)."""
     log = log or (lambda message: None)
     plan = None
     if config.memory_budget_gb > 0:
@@ -242,8 +261,10 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
     apply_checkpointing(model, plan.checkpoint if plan else bool(config.gradient_checkpointing))
     compiled = 0
     if wants_compile(config.compile_layers, device):
+        cache = use_compile_cache(compile_cache) if compile_cache is not None else None
         compiled = compile_layers(model)
-        log(f"compiling {compiled} layers with torch.compile (the first steps are slower while it compiles)")
+        log(f"compiling {compiled} layers with torch.compile (the first steps are slower while it compiles"
+            + (f"; kernels compiled before are reused from {cache})" if cache else ")"))
     offload = plan.offload if plan else False
     step = TrainStep(model, config, device, total_steps, on_optimizer_step=on_optimizer_step,
                      micro_batch=plan.micro_batch if plan else 0, offload=offload,

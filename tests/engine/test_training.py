@@ -274,3 +274,32 @@ def test_a_memory_budget_is_planned_logged_and_trains(workbench):
     failed = workbench.wait_for_run(too_small)
     assert failed["status"] == "failed"
     assert "too small for this model" in (failed.get("error") or "")
+
+
+def test_compiled_kernels_are_kept_in_the_data_home(workbench, monkeypatch):
+    """torch.compile's cache goes to LIM_HOME/cache/compiled (inductor's default, in /tmp, is
+    gone after a reboot or in a new container, and a short run then compiles all over again);
+    a folder the user names in TORCHINDUCTOR_CACHE_DIR is kept. (Compiling the model's layers
+    is tests/engine/test_fast_path.py's; here a function stands in for them.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from engine.training import step
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as inductor leaves it
+    compiled = []
+    monkeypatch.setattr(step, "compile_layers", lambda model: compiled.append(model) or 0)
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {},
+                                  {**FAST, "max_steps": 1, "compile_layers": "on"})
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary["error"]
+    assert compiled  # compile_layers was asked for
+    cache = workbench.home / "cache" / "compiled"
+    messages = [event["message"] for event in workbench.run_events(run_id)]
+    assert any(f"reused from {cache}" in message for message in messages)
+
+    torch._dynamo.reset()
+    torch.compile(lambda x: torch.cos(x) * 3 + x.sum())(torch.randn(5))  # inductor writes now
+    assert any(path.is_file() for path in cache.rglob("*"))
+    mine = workbench.home / "elsewhere"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
+    assert step.use_compile_cache(cache) == mine
