@@ -16,6 +16,18 @@ from typing import TextIO
 from tqdm import tqdm
 
 LOSS, SAMPLES_PER_S = "train/loss", "train/samples_per_s"
+# The phase a run stores while its first batch of a new shape compiles the layers
+# (engine/training/step.py); evaluation phases name their split and count examples.
+COMPILING = "compiling the layers for a new batch shape"
+
+
+def busy_with(run: dict) -> str | None:
+    """What a running run does between steps: "evaluating" (a phase with examples to count) or
+    the phase itself (``COMPILING``); None while it trains or when it is not running."""
+    phase = run.get("phase") if run["status"] == "running" else None
+    if not phase:
+        return None
+    return "evaluating" if run.get("phase_total") else phase
 
 
 def format_duration(seconds: float | None) -> str:
@@ -62,8 +74,10 @@ class ProgressReport:
             return  # queued behind another run, or still loading: nothing to count yet
         if self.on_terminal:
             self._draw(run)
-        elif run["step"] != self.last_line_step and time.monotonic() - self.last_line_at >= self.line_every_s:
-            self._line(run)
+        elif (time.monotonic() - self.last_line_at >= self.line_every_s
+              and (run["step"] != self.last_line_step or busy_with(run) == COMPILING)
+              and self._text(run) != self.last_line):
+            self._line(run)  # a new step, or a compile that holds the step back
 
     def close(self, run: dict) -> None:
         """The final state: the bar at its last step, or a last line unless one said it all."""
@@ -86,17 +100,18 @@ class ProgressReport:
         loss, speed = self._figures()
         self.bar.set_postfix_str(" · ".join(part for part in (
             None if loss is None else f"loss {loss:.4f}",
-            None if speed is None else f"{speed:.1f} samples/s") if part), refresh=False)
+            None if speed is None else f"{speed:.1f} samples/s", busy_with(run)) if part), refresh=False)
         self.bar.update((run["step"] or 0) - self.bar.n)  # tqdm works out the rate and the ETA
 
     def _text(self, run: dict) -> str:
         step, total = run["step"] or 0, run["total_steps"]
         loss, speed = self._figures()
-        eta = eta_seconds(run)
+        busy = busy_with(run)
+        eta = None if busy else eta_seconds(run)  # the mean step time says nothing then
         parts = [f"run {self.run_id}: step {step}/{total} ({100 * step / total:.0f}%)",
                  None if loss is None else f"loss {loss:.4f}",
                  None if speed is None else f"{speed:.1f} samples/s",
-                 None if eta is None else f"ETA {format_duration(eta)}"]
+                 None if eta is None else f"ETA {format_duration(eta)}", busy]
         return " · ".join(part for part in parts if part)
 
     def _line(self, run: dict) -> None:

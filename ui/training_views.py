@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.metrics import METRIC_DIRECTION
-from engine.progress import eta_seconds
+from engine.progress import COMPILING, busy_with, eta_seconds
 from engine.training import monitoring as m
 from engine.training.settings import planned_steps
 from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
@@ -45,18 +45,23 @@ def default_run(runs: list[dict]) -> int:
 
 
 def progress(run: dict) -> None:
-    """Training steps, and while the run evaluates, that phase with its own examples done / total."""
+    """Training steps, and while the run evaluates, that phase with its own examples done / total;
+    while it compiles for a new batch shape, that, and why it takes a while."""
     step, total = run["step"] or 0, run["total_steps"]
-    phase = run.get("phase") if run["status"] == "running" else None
+    phase, busy = (run.get("phase") if run["status"] == "running" else None), busy_with(run)
     eta = None if phase else eta_seconds(run)
     st.progress(min(1.0, step / total) if total else 0.0,
                 text=f"step {step} / {total or '?'} · elapsed {format_duration(run['wall_time_s'] or 0)}"
                      + (f" · ETA {format_duration(eta)}" if eta is not None else "")
-                     + (" · evaluating" if phase else ""))
-    if phase:
+                     + (f" · {busy}" if busy else ""))
+    if phase and run.get("phase_total"):
         done, of = run.get("phase_done") or 0, run.get("phase_total") or 0
         st.progress(min(1.0, done / of) if of else 0.0,
                     text=f"{phase[0].upper() + phase[1:]}: {done} / {of} examples")
+    elif phase == COMPILING:
+        st.caption("Compiling: the first batch of each new shape compiles the model's layers "
+                   "(torch.compile), which takes a while; later runs reuse what was compiled "
+                   "(it is kept in the data home).")
 
 
 def event_log(events: list[dict]) -> None:
@@ -69,7 +74,7 @@ def event_log(events: list[dict]) -> None:
 def runs_table(runs: list[dict]) -> None:
     """Every run; the page draws it in a fragment that refreshes, so it agrees with the monitor."""
     st.dataframe(pd.DataFrame([{
-        "run": r["id"], "status": r["status"] + (" (evaluating)" if r.get("phase") and r["status"] == "running" else ""),
+        "run": r["id"], "status": r["status"] + (f" ({busy_with(r)})" if busy_with(r) else ""),
         "method": r["method"], "model": r["model_name"], "dataset": r["dataset_name"],
         "step": f"{r['step'] or 0}/{planned_steps(r) or '?'}", "created": r["created_at"],
     } for r in runs]), hide_index=True, width="stretch", key="train.all_runs")

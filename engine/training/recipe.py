@@ -211,10 +211,16 @@ class FineTuneRecipe:
         prepared = prepare_training(
             self.model, self.config, self.device, self.total_steps, plan_batch=self.longest_batch,
             on_optimizer_step=self.method.on_optimizer_step, log=self.log,
-            parallel=self.parallel is not None, compile_cache=self.storage.home / "cache" / "compiled")
+            parallel=self.parallel is not None, compile_cache=self.storage.home / "cache" / "compiled",
+            on_phase=self.show_phase if self.is_main else None)
         self.trainer, self.memory_plan = prepared.step, prepared.plan
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
         self.scaler = self.trainer.scaler
+
+    def show_phase(self, phase: str | None) -> None:
+        """What the run is doing between steps (compiling for a new batch shape), for the
+        live monitor and the command line; None when it trains again."""
+        self.storage.update_run(self.run_id, phase=phase, phase_done=None, phase_total=None)
 
     def longest_batch(self) -> dict[str, torch.Tensor]:
         """A batch of the longest training items (their shapes bound every later batch's): what

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from engine.memory import MemoryPlan, apply_checkpointing, find_stacks, plan_for_budget
+from engine.progress import COMPILING
 from engine.training.settings import TrainingSettings
 
 __all__ = ["PreparedTraining", "TrainStep", "autocast_dtype", "compile_layers", "prepare_training",
@@ -129,10 +130,14 @@ class TrainStep:
     def __init__(self, model: torch.nn.Module, config: TrainingSettings, device: str,
                  total_steps: int, *, on_optimizer_step=None, micro_batch: int = 0,
                  offload: bool = False, cuda_graphs: bool = False, on_message=None,
-                 capture_error_mode: str = "global"):
+                 capture_error_mode: str = "global", compiled: bool = False, on_phase=None):
         from transformers import get_scheduler
 
         self.model, self.config, self.device = model, config, device
+        # With compiled layers the first batch of each shape compiles them (dynamic=False):
+        # on_phase(COMPILING) before it and on_phase(None) after, so a page can say why the
+        # step takes long instead of looking stuck.
+        self.compiled, self.on_phase, self.shapes_seen = compiled, on_phase, set()
         self.on_optimizer_step = on_optimizer_step
         self.micro_batch, self.offload = micro_batch, offload
         # A method that put the frozen base in bf16 (lim_pure_dtype) runs without autocast.
@@ -187,10 +192,19 @@ class TrainStep:
 
     def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
         """Loss of ``batch`` (detached), its gradient added with ``weight`` (1 / accumulation)."""
-        batch = self.to_device(batch)
-        if self.graphs is not None:
-            return self.graphs(batch, weight)
-        return self._forward_backward(batch, weight)
+        shape = tuple((name, tuple(value.shape)) for name, value in sorted(batch.items()))
+        new_shape = self.compiled and self.on_phase is not None and shape not in self.shapes_seen
+        if new_shape:
+            self.shapes_seen.add(shape)
+            self.on_phase(COMPILING)
+        try:
+            batch = self.to_device(batch)
+            if self.graphs is not None:
+                return self.graphs(batch, weight)
+            return self._forward_backward(batch, weight)
+        finally:
+            if new_shape:
+                self.on_phase(None)
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
         size = next(iter(batch.values())).shape[0]
@@ -242,7 +256,8 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
                      plan_batch: Callable[[], dict[str, torch.Tensor]] | None = None,
                      on_optimizer_step: Callable | None = None,
                      log: Callable[[str], None] | None = None,
-                     parallel: bool = False, compile_cache: Path | None = None) -> PreparedTraining:
+                     parallel: bool = False, compile_cache: Path | None = None,
+                     on_phase: Callable[[str | None], None] | None = None) -> PreparedTraining:
     """The optimisation set-up of a built ``model`` (the one path of a run and of the speed
     benchmark): with ``memory_budget_gb`` the planner picks micro-batch, checkpointed layers
     and offload on ``plan_batch()`` (a batch whose shapes bound the run's; only called then),
@@ -250,7 +265,8 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
     compiles; the ``TrainStep`` makes the optimizer and the rest. ``on_optimizer_step`` is the
     method's hook, ``log`` gets what was chosen, ``parallel`` marks one process of a multi-GPU
     run (CUDA graphs are then captured thread-locally), ``compile_cache`` the folder compiled
-    kernels are kept in across processes (``use_compile_cache``; a run's: its data home's)."""
+    kernels are kept in across processes (``use_compile_cache``; a run's: its data home's),
+    ``on_phase`` hears when a step compiles for a new batch shape (``TrainStep``)."""
     log = log or (lambda message: None)
     plan = None
     if config.memory_budget_gb > 0:
@@ -269,5 +285,6 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
     step = TrainStep(model, config, device, total_steps, on_optimizer_step=on_optimizer_step,
                      micro_batch=plan.micro_batch if plan else 0, offload=offload,
                      cuda_graphs=wants_graphs(config.cuda_graphs, device, offload), on_message=log,
-                     capture_error_mode="thread_local" if parallel else "global")
+                     capture_error_mode="thread_local" if parallel else "global",
+                     compiled=compiled > 0, on_phase=on_phase)
     return PreparedTraining(step, plan, compiled)

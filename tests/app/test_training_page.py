@@ -228,6 +228,23 @@ def test_the_monitor_shows_the_evaluation_with_its_own_progress(app, demo_home):
     workbench.storage.update_run(run_id, status="completed", phase=None)
 
 
+def test_the_monitor_says_when_a_run_compiles_for_a_new_batch_shape(app, demo_home):  # noqa: F811
+    """On a GPU the first batch of each shape compiles the layers for tens of seconds: the bar
+    says so (no ETA from those slow steps) and a line says why, instead of a bar that looks stuck."""
+    from engine import Workbench
+    from engine.progress import COMPILING
+
+    workbench = Workbench(demo_home)
+    run_id = hold_worker(workbench)
+    workbench.storage.update_run(run_id, step=0, total_steps=40, wall_time_s=None, phase=COMPILING)
+    open_page(app, "pages/training.py")
+    [bar] = [bar.proto.text for bar in app.get("progress")]
+    assert bar.startswith("step 0 / 40") and bar.endswith(COMPILING) and "ETA" not in bar
+    assert any("later runs reuse what was compiled" in caption.value for caption in app.caption)
+    assert f"running ({COMPILING})" in app.dataframe[-1].value["status"].tolist()
+    workbench.storage.update_run(run_id, status="completed", phase=None)
+
+
 def test_a_finished_run_can_be_exported_from_the_training_page(app, demo_home):  # noqa: F811
     run_id = finished_run(demo_home, "lora")
     open_page(app, "pages/training.py")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
+from engine.progress import COMPILING, LOSS, SAMPLES_PER_S, ProgressReport
 
 
 class Terminal(io.StringIO):
@@ -12,8 +12,8 @@ class Terminal(io.StringIO):
         return True
 
 
-def run_at(step: int, status: str = "running") -> dict:
-    return {"status": status, "step": step, "total_steps": 10, "wall_time_s": 2.0 * step}
+def run_at(step: int, status: str = "running", phase: str | None = None) -> dict:
+    return {"status": status, "step": step, "total_steps": 10, "wall_time_s": 2.0 * step, "phase": phase}
 
 
 def latest() -> dict:
@@ -33,6 +33,26 @@ def test_plain_lines_when_not_a_terminal_with_loss_speed_and_eta():
         "run 7: step 10/10 (100%) · loss 1.2500 · 3.0 samples/s · ETA 0m 00s",
         "run 7: step 10/10 (100%) · loss 1.2500 · 3.0 samples/s",  # the end says it ended
     ]
+
+
+def test_a_compile_that_holds_a_step_back_is_said_once():
+    """A GPU run's first batch of each shape compiles the layers (tens of seconds): the line
+    says so instead of repeating the step, and gives no ETA from the slow first steps."""
+    stream = io.StringIO()
+    report = ProgressReport(7, latest, stream, line_every_s=0)
+    report.update(run_at(0, phase=COMPILING))
+    report.update(run_at(0, phase=COMPILING))  # still compiling: no new line
+    report.update(run_at(4))
+    report.update(run_at(4, phase=COMPILING))  # a new shape at the same step: said
+    report.update(run_at(4, phase="final evaluation on the test split"))  # the same step: no line
+    assert stream.getvalue().splitlines() == [
+        f"run 7: step 0/10 (0%) · loss 1.2500 · 3.0 samples/s · {COMPILING}",
+        "run 7: step 4/10 (40%) · loss 1.2500 · 3.0 samples/s · ETA 0m 12s",
+        f"run 7: step 4/10 (40%) · loss 1.2500 · 3.0 samples/s · {COMPILING}",
+    ]
+    terminal = Terminal()
+    ProgressReport(7, latest, terminal).update(run_at(2, phase=COMPILING))
+    assert COMPILING in terminal.getvalue()
 
 
 def test_plain_lines_are_rate_limited_for_long_runs():

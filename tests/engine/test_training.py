@@ -283,19 +283,34 @@ def test_compiled_kernels_are_kept_in_the_data_home(workbench, monkeypatch):
     is tests/engine/test_fast_path.py's.)"""
     from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir, triton_cache_dir
 
+    from engine.progress import COMPILING
     from engine.training import step
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as inductor leaves it
     compiled = []
-    monkeypatch.setattr(step, "compile_layers", lambda model: compiled.append(model) or 0)
+    monkeypatch.setattr(step, "compile_layers", lambda model: compiled.append(model) or 1)
+    phases = []
+    update_run = workbench.storage.update_run
+
+    def recorded(run_id, **values):  # the phases the live monitor and the command line read
+        if "phase" in values:
+            phases.append(values["phase"])
+        return update_run(run_id, **values)
+
+    monkeypatch.setattr(workbench.storage, "update_run", recorded)
     run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {},
-                                  {**FAST, "max_steps": 1, "compile_layers": "on"})
+                                  {**FAST, "max_steps": 2, "compile_layers": "on"})
     summary = workbench.wait_for_run(run_id)
     assert summary["status"] == "completed", summary["error"]
     assert compiled  # compile_layers was asked for
     cache = workbench.home / "cache" / "compiled"
     messages = [event["message"] for event in workbench.run_events(run_id)]
     assert any(f"reused from {cache}" in message for message in messages)
+    # the first batch of a shape compiles: the run said so while it ran, then trained on
+    training = [phase for phase in phases if phase is None or phase == COMPILING]
+    assert training[:2] == [COMPILING, None] and training[-1] is None
+    assert phases.count(COMPILING) <= 2  # two steps: at most two shapes (a short last batch)
+    assert workbench.get_run(run_id)["phase"] is None
 
     # where inductor now writes its graphs and Triton its kernels (a first compile into an
     # empty folder takes half a minute on 2 cores, so the folder is asked, not filled)
