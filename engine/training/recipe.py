@@ -211,7 +211,7 @@ class FineTuneRecipe:
         prepared = prepare_training(
             self.model, self.config, self.device, self.total_steps, plan_batch=self.longest_batch,
             on_optimizer_step=self.method.on_optimizer_step, log=self.log,
-            parallel=self.parallel is not None, compile_cache=self.storage.home / "cache" / "compiled",
+            parallel=self.parallel is not None, compile_cache=self.storage.files.home / "cache" / "compiled",
             on_phase=self.show_phase if self.is_main else None)
         self.trainer, self.memory_plan = prepared.step, prepared.plan
         self.optimizer, self.scheduler = self.trainer.optimizer, self.trainer.scheduler
