@@ -4,6 +4,7 @@ On a terminal a tqdm bar (step / total, loss, samples/s, ETA) redraws in place; 
 (a log file, CI) the same facts come as plain lines, at most one every ``line_every_s``, so a
 100,000-step run does not write 100,000 lines. ``--json`` runs show neither. The report only
 reads the run's row and latest metrics; whichever process trains the run, it looks the same.
+The pages' monitor reads durations, the ETA and what a run is busy with from here too.
 """
 
 from __future__ import annotations
