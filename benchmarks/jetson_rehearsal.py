@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, type=Path, help="where the results go")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--shapes", choices=["real", "tiny"], default="real")
-    parser.add_argument("--home", type=Path, help="data home (default: a new temporary folder)")
+    parser.add_argument("--home", type=Path, help="data home (default: a new temporary folder); "
+                        "a second run in the same home reuses its models and its compiled kernels")
     parser.add_argument("--cases", help="comma-separated indices into the case list (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training setting for every case (repeatable), e.g. compile_layers=off")
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         shapes = "tiny-shapes" if args.shapes == "tiny" else name
         model_name = f"{name}-random"
-        random_whisper(workbench, shapes, model_name)
+        if model_name not in registered:  # a --home used before keeps its random model
+            random_whisper(workbench, shapes, model_name)
         models[name] = {"name": model_name, "weights": f"random, {shapes} shapes"}
     cap_mb = None
     device = {"name": "cpu", "total_mb": None}
