@@ -175,6 +175,15 @@ SUITES = {
         Case("whisper-small", "qlora", steps=17, sides=("engine",), inductor={"fallback_random": False},
              label="inductor's own dropout RNG"),
     ],
+    # Does compiling the layers pay once CUDA graphs replay the step? Each model and window
+    # with the engine's default and with compile_layers=off, steady state (compiling excluded).
+    "compile-or-not": [
+        *[Case(model, "qlora", audio=audio, steps=steps, sides=("engine",), label=label,
+               training={} if label == "compiled" else {"compile_layers": "off"})
+          for model, audio, steps in (("whisper-small", "30s", 10), ("whisper-small", "short", 10),
+                                      ("whisper-large-v3", "30s", 6))
+          for label in ("compiled", "not compiled")],
+    ],
     # Issue 18, goal 2: where large-v3's step goes, by kind of work (run with
     # LIM_BENCH_PROFILE=folder). Recompute = the busy time of the first row less the second's.
     "large-v3-profile": [

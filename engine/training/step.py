@@ -27,12 +27,24 @@ from engine.memory import MemoryPlan, apply_checkpointing, find_stacks, plan_for
 from engine.progress import COMPILING
 from engine.training.settings import TrainingSettings
 
-__all__ = ["PreparedTraining", "TrainStep", "autocast_dtype", "compile_layers", "prepare_training",
+__all__ = ["COMPILE_MIN_STEPS", "PreparedTraining", "TrainStep", "autocast_dtype", "compile_layers", "prepare_training",
            "use_compile_cache", "wants_compile", "wants_graphs"]
 
 
-def wants_compile(setting: str, device: str) -> bool:
-    return setting == "on" or (setting == "auto" and device.startswith("cuda"))
+# "auto" compiles a GPU run of at least this many optimizer steps. Measured on an H200 (docs/
+# benchmarks.md, "Short runs and compiling"): compiled layers step 18-24 % faster once CUDA graphs
+# replay the step (whisper-small, large-v3; nothing for whisper-base at batch 4), but compiling
+# costs 27-39 s per model and window with an empty cache (86 s for whisper-base's three short-
+# audio shapes): paid back after ~530 (large-v3) to ~2,000 (whisper-small) steps. Shorter runs,
+# such as the demo's 96 steps, finish sooner without it.
+COMPILE_MIN_STEPS = 1000
+
+
+def wants_compile(setting: str, device: str, total_steps: int | None = None) -> bool:
+    """``on``; or ``auto`` on a CUDA device for a run of at least ``COMPILE_MIN_STEPS`` steps
+    (``total_steps`` None: a run of unknown length, compiled)."""
+    long_enough = total_steps is None or total_steps >= COMPILE_MIN_STEPS
+    return setting == "on" or (setting == "auto" and device.startswith("cuda") and long_enough)
 
 
 def wants_graphs(setting: str, device: str, offload: bool = False) -> bool:
@@ -45,8 +57,9 @@ def use_compile_cache(folder: Path) -> Path:
     """Keep torch.compile's caches (inductor's compiled graphs, Triton's kernels) in ``folder``
     unless ``TORCHINDUCTOR_CACHE_DIR`` names a folder of the user's. Inductor's default is in
     /tmp, which a reboot or a new container empties: a short run then compiles again from
-    scratch (on an H200, 40 steps of whisper-base took 119.9 s with an empty cache and 54.0 s
-    with a filled one; docs/benchmarks.md, "Short runs"). Returns the folder in use."""
+    scratch (on an H200, 40 compiled steps of whisper-base took 103.8 s with an empty cache and
+    51.7 s with a filled one; docs/benchmarks.md, "Short runs and compiling"). Returns the
+    folder in use."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -276,7 +289,12 @@ def prepare_training(model: torch.nn.Module, config: TrainingSettings, device: s
         log(plan.describe())
     apply_checkpointing(model, plan.checkpoint if plan else bool(config.gradient_checkpointing))
     compiled = 0
-    if wants_compile(config.compile_layers, device):
+    if config.compile_layers == "auto" and device.startswith("cuda") and not wants_compile(
+            "auto", device, total_steps):
+        log(f"layers not compiled: {total_steps} steps end before compiling would pay for itself "
+            f"(auto compiles runs of {COMPILE_MIN_STEPS:,} steps or more; compile_layers=on "
+            "compiles anyway)")
+    if wants_compile(config.compile_layers, device, total_steps):
         cache = use_compile_cache(compile_cache) if compile_cache is not None else None
         compiled = compile_layers(model)
         log(f"compiling {compiled} layers with torch.compile (the first steps are slower while it compiles"
