@@ -79,7 +79,7 @@ def check_cases(cases: list[Case]) -> None:
         unknown = [name for name in case.inductor if not hasattr(inductor_config, name)]
         if unknown:
             raise SettingsError(f"benchmark case {case.name!r}: {', '.join(unknown)} is not a "
-                                "torch._inductor.config setting")
+                                "torch._inductor.config setting (name one of its attributes, e.g. fallback_random)")
 
 
 @dataclass

@@ -205,8 +205,10 @@ class TrainStep:
 
     def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
         """Loss of ``batch`` (detached), its gradient added with ``weight`` (1 / accumulation)."""
-        shape = tuple((name, tuple(value.shape)) for name, value in sorted(batch.items()))
-        new_shape = self.compiled and self.on_phase is not None and shape not in self.shapes_seen
+        new_shape = False
+        if self.compiled and self.on_phase is not None:  # only then is a shape worth keying
+            shape = tuple((name, tuple(value.shape)) for name, value in sorted(batch.items()))
+            new_shape = shape not in self.shapes_seen
         if new_shape:
             self.shapes_seen.add(shape)
             self.on_phase(COMPILING)
