@@ -188,6 +188,10 @@ class WorkbenchConfig:
     # Audio packs about 1.1:1, text tables 3-10:1; a zip bomb packs 1000:1 and more.
     max_compression_ratio: int = setting(100, "Highest compression ratio of a zip, per entry and "
                                          "overall (LIM_MAX_COMPRESSION_RATIO).", min=1, max=100_000)
+    import_roots: str = setting(
+        "", "With auth on, the only folders (separated by ':') under which an admin may import "
+        "from a path on the server; empty: nobody may, everybody uploads. Never the data home "
+        "(LIM_IMPORT_ROOTS).")
     device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
                           "cuda or cuda:N (LIM_DEVICE).")
     profile: str = setting("", "Device profile: defaults of new runs and, on a CUDA GPU, a memory "

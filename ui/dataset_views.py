@@ -177,8 +177,10 @@ def import_form(wb) -> None:
 
 
 def _choose_source(wb, limits: ImportLimits) -> None:
-    where = st.radio("From", ["Upload a file", "A folder or file on this machine"], horizontal=True,
-                     key="datasets.import.from")
+    # With accounts on, a typed server path is for admins under LIM_IMPORT_ROOTS only
+    # (engine/workbench/datasets.py check_server_path): the app's process can read everyone's files.
+    sources = ["Upload a file"] + (["A folder or file on this machine"] if wb.server_import_allowed() else [])
+    where = st.radio("From", sources, horizontal=True, key="datasets.import.from")
     uploaded = path = None
     if where == "Upload a file":
         uploaded = st.file_uploader("A .zip, .csv, .jsonl or .parquet file", key="datasets.upload",

@@ -13,18 +13,22 @@ from storage import Storage
 
 def queue_rows(storage: Storage, owner_id: int, *, see_all: bool = False) -> list[dict]:
     """Every queued run (one device: everybody's queue), in the order a worker takes them.
-    Another user's run shows its place and method, not its model or dataset (unless shared,
-    or ``see_all``: an admin's view)."""
+    Another user's run shows only its place (issue 27): no id, method, model, dataset, step or
+    estimate, so neither its settings nor its length can be read off the queue (unless shared,
+    or ``see_all``: an admin's view). Your own runs' start estimates still count the runs ahead."""
     wait = sum(seconds_left(storage, run) or 0.0 for run in storage.runs_with_status("running"))
     rows = []
     for position, run in enumerate(storage.queued_runs(), start=1):
         duration = seconds_left(storage, run)
         visible = run["owner_id"] == owner_id or run.get("shared") or see_all
-        rows.append({"position": position, "id": run["id"], "method": run["method"],
-                     "model": run["model_name"] if visible else "(another user's)",
-                     "dataset": run["dataset_name"] if visible else "(another user's)",
-                     "mine": run["owner_id"] == owner_id, "step": run["step"],
-                     "estimated_duration_s": duration, "estimated_start_in_s": wait})
+        hidden = "(another user's)"
+        rows.append({"position": position, "id": run["id"] if visible else None,
+                     "method": run["method"] if visible else hidden,
+                     "model": run["model_name"] if visible else hidden,
+                     "dataset": run["dataset_name"] if visible else hidden,
+                     "mine": run["owner_id"] == owner_id, "step": run["step"] if visible else None,
+                     "estimated_duration_s": duration if visible else None,
+                     "estimated_start_in_s": wait if visible else None})
         wait = None if wait is None or duration is None else wait + duration
     return rows
 

@@ -13,10 +13,16 @@ from engine.data.inspect import audio_view, dataset_stats
 from engine.data.pipeline import (ImportOptions, ImportPlan, Progress, clean_stale_staging,
                                   content_version, discard, prepare_import, staging_name,
                                   version_after_change, write_dataset)
-from engine.errors import DatasetError, NotFoundError
+from engine.demo import DEMO_ASSETS
+from engine.errors import AuthError, DatasetError, NotFoundError
+from engine.settings import load_config
 from engine.text import check_name
-from storage import safe_name
+from storage import LOCAL_USER_ID, safe_name
 
+
+def _import_roots(config) -> list[Path]:
+    """LIM_IMPORT_ROOTS as resolved folders (the data home never counts, see check_server_path)."""
+    return [Path(part).expanduser().resolve() for part in config.import_roots.split(":") if part.strip()]
 
 
 class DatasetsMixin:
@@ -76,11 +82,13 @@ class DatasetsMixin:
         the path it was staged under."""
         clean_stale_staging(self._staging())
         source = Path(path).expanduser()
+        # only a file save_upload made (staging/upload-*/file) is ours to clean up afterwards
+        uploaded = (source.is_file() and not source.is_symlink() and source.parent.name.startswith("upload-")
+                    and source.resolve().parent.parent == self._staging().resolve())
+        if not uploaded:
+            self.check_server_path(source)
         if not source.exists():
             raise DatasetError(f"{source} is not a folder or file on this machine; check the path")
-        # only a file save_upload made (staging/upload-*/file) is ours to clean up afterwards
-        uploaded = (source.is_file() and source.parent.name.startswith("upload-")
-                    and source.resolve().parent.parent == self._staging().resolve())
         try:
             plan = prepare_import(source, self._staging(), options, ImportLimits(), on_progress)
         except BaseException:
@@ -90,6 +98,40 @@ class DatasetsMixin:
         plan.upload = source.parent if uploaded else None
         plan.name = name or plan.name
         return plan
+
+    def server_import_allowed(self) -> bool:
+        """Whether this user may import from a path on the server at all: always with accounts
+        off (one person on their own machine); with accounts on, an admin, and only when
+        ``import_roots`` (LIM_IMPORT_ROOTS) names somewhere. Everybody may upload."""
+        config = load_config()
+        return not self._accounts_on(config) or (self.is_admin and bool(_import_roots(config)))
+
+    def check_server_path(self, source: str | Path) -> Path:
+        """The resolved path when this user may import from it; ``AuthError`` otherwise.
+
+        The app's process can read every user's files, so a typed path is the one door to them
+        that item scoping does not close (issue 27): never the data home or anything in it
+        (symbolic links and ``..`` resolved first), and with accounts on only an admin, and
+        only under the folders ``import_roots`` lists."""
+        resolved = Path(source).expanduser().resolve()
+        config = load_config()
+        accounts = self._accounts_on(config)
+        if resolved.is_relative_to(DEMO_ASSETS.resolve()):
+            return resolved  # the demo sets the code ships (public, read-only)
+        if accounts and not self.is_admin:  # said first: the answer tells nothing about the path
+            raise AuthError("with accounts on, importing from a path on the server is for admins only; "
+                            "upload a .zip, .csv, .jsonl or .parquet file instead")
+        if resolved.is_relative_to(self.home.resolve()):
+            raise AuthError(f"{source} is inside the workbench's data home; import from a folder of "
+                            "your own, or export a dataset and upload the zip")
+        if not accounts:
+            return resolved  # one person on their own machine
+        roots = _import_roots(config)
+        if not any(resolved.is_relative_to(root) for root in roots):
+            where = ", ".join(str(root) for root in roots) or "none: LIM_IMPORT_ROOTS is empty"
+            raise AuthError(f"{source} is outside the folders admins may import from ({where}); "
+                            "ask whoever runs the server to add it to LIM_IMPORT_ROOTS, or upload it")
+        return resolved
 
     def commit_import(self, plan: ImportPlan, name: str, *, on_progress: Progress | None = None,
                       shared: bool = False, is_demo: bool = False, description: str = "") -> dict:
@@ -222,6 +264,10 @@ class DatasetsMixin:
         check_name(name, "dataset")  # no control characters, terminal escapes or non-UTF-8 bytes
         if self.storage.find_dataset(name.strip(), self.owner_id) is not None:
             raise DatasetError(f"a dataset named {name.strip()!r} already exists; choose another name")
+
+    def _accounts_on(self, config) -> bool:
+        """Accounts are on (LIM_AUTH=on), or this view acts as an account whatever the setting."""
+        return config.auth == "on" or (self.user is not None and self.owner_id != LOCAL_USER_ID)
 
     def _staging(self) -> Path:
         return self.home / "staging"

@@ -12,7 +12,9 @@ import pytest
 from argon2 import PasswordHasher
 
 from engine.cli import main
+from engine.data.pipeline import ImportOptions
 from engine.errors import AuthError, DatasetError, NotFoundError, RunError
+from tests.audio_files import speech_folder
 from engine.workbench.accounts import FREE_FAILURES_PER_CLIENT, FREE_FAILURES_PER_USER
 
 PASSWORD_A, PASSWORD_B = "correct horse battery", "staple gun sunrise"
@@ -32,7 +34,10 @@ def bobs_dataset(bob, tmp_path) -> dict:
     table = tmp_path / "reviews.csv"
     table.write_text("text,label\n" + "".join(f"review {i} {'good' if i % 2 else 'bad'},"
                                              f"{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
-    return bob.import_dataset(table, "bobs-reviews", "text-classification")
+    with table.open("rb") as stream:  # uploaded: with accounts, a server path is for admins only
+        plan = bob.check_import(bob.save_upload(table.name, stream),
+                                ImportOptions(task="text-classification"))
+    return bob.commit_import(plan, "bobs-reviews")
 
 
 def bobs_run(bob) -> int:
@@ -367,3 +372,91 @@ def test_cli_shares_a_study_read_only(demo_home, monkeypatch, capsys):
     code, _, err = as_user("carol", "study", "show", str(study_id))
     assert (code, err.strip()) == (1, f"error: no study {study_id}")
     assert as_user("bob", "study", "stop", str(study_id))[0] == 0
+
+
+# ---------------------------------------------------------------- server paths (issue 27, item 1)
+def _alices_home_items(workbench, alice, tmp_path):
+    """alice's imported speech set and a run folder file inside the data home."""
+    source = tmp_path / "alice-src"
+    speech_folder(source)  # a real audiofolder with WAV clips
+    dataset = alice.import_dataset(source, "alice-speech", "asr")
+    run_file = workbench.home / "runs" / "1" / "predictions.jsonl"
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    run_file.write_text('{"text": "alice private"}\n')
+    return workbench.home / dataset["path"], run_file
+
+
+def _datasets_of(workbench) -> list[str]:
+    return sorted(d["name"] for d in workbench.storage.list_datasets(0, see_all=True))
+
+
+def test_bob_cannot_import_alices_data_or_any_server_path(workbench, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIM_AUTH", "on")
+    monkeypatch.setenv("LIM_IMPORT_ROOTS", str(tmp_path))
+    alice = workbench.for_user(workbench.sign_up("alice", PASSWORD_A))  # the first: an admin
+    bob = workbench.for_user(workbench.sign_up("bob", PASSWORD_B))
+    alice_folder, run_file = _alices_home_items(workbench, alice, tmp_path)
+    link = tmp_path / "innocent-looking"
+    link.symlink_to(alice_folder)
+    before = _datasets_of(workbench)
+    assert not bob.server_import_allowed() and alice.server_import_allowed()
+    for path in (alice_folder, run_file, "/etc", "/etc/passwd", link, str(tmp_path / "alice-src"),
+                 f"{tmp_path}/../{tmp_path.name}/alice-src"):
+        with pytest.raises(AuthError, match="for admins only"):
+            bob.import_dataset(path, "copied-from-alice", "asr")
+    # even an admin never reaches the data home, through a symlink or '..' either
+    for path in (alice_folder, run_file, link, workbench.home / "datasets" / ".." / "runs"):
+        with pytest.raises(AuthError, match="inside the workbench's data home"):
+            alice.check_import(path)
+    with pytest.raises(AuthError, match="outside the folders admins may import from"):
+        alice.check_import("/etc")
+    assert _datasets_of(workbench) == before  # nothing stored
+    assert not list((workbench.home / "datasets").glob("copied-from-alice*"))
+    # an admin inside an allowed root works
+    assert alice.import_dataset(tmp_path / "alice-src", "alice-again", "asr")["name"] == "alice-again"
+    # uploads stay open to everybody
+    upload = tmp_path / "bob.csv"
+    upload.write_text("text,label\n" + "".join(f"line {i},{'a' if i % 2 else 'b'}\n" for i in range(20)))
+    with upload.open("rb") as stream:
+        staged = bob.save_upload("bob.csv", stream)
+    plan = bob.check_import(staged)
+    assert bob.commit_import(plan, "bobs-upload")["name"] == "bobs-upload"
+
+
+def test_with_no_import_roots_not_even_an_admin_imports_a_server_path(workbench, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIM_AUTH", "on")
+    alice = workbench.for_user(workbench.sign_up("alice", PASSWORD_A))
+    assert not alice.server_import_allowed()
+    with pytest.raises(AuthError, match="LIM_IMPORT_ROOTS is empty"):
+        alice.check_import(tmp_path)
+
+
+def test_with_accounts_off_paths_work_except_the_data_home(workbench, tmp_path):
+    speech_folder(tmp_path / "mine")
+    assert workbench.server_import_allowed()
+    assert workbench.import_dataset(tmp_path / "mine", "mine", "asr")["name"] == "mine"
+    with pytest.raises(AuthError, match="inside the workbench's data home"):
+        workbench.import_dataset(workbench.home / "datasets" / "mine", "again", "asr")
+
+
+def test_cli_as_bob_cannot_import_a_server_path(demo_home, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIM_AUTH", "on")
+    run_cli(monkeypatch, capsys, "users", "add", "alice", "--admin", stdin=PASSWORD_A + "\n")
+    run_cli(monkeypatch, capsys, "users", "add", "bob", stdin=PASSWORD_B + "\n")
+    code, out, err = run_cli(monkeypatch, capsys, "--user", "bob", "datasets", "import",
+                             str(demo_home / "datasets"), "--name", "stolen", "--task", "asr")
+    assert code != 0 and "for admins only" in err
+    assert "stolen" not in run_cli(monkeypatch, capsys, "--user", "bob", "datasets", "list", "--json")[1]
+
+
+def test_queue_shows_another_users_run_only_as_its_place(people):
+    ada, bob, carol = people
+    theirs = bobs_run(bob)
+    mine = carol.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2})
+    rows = carol.queue()
+    assert [row["position"] for row in rows] == [1, 2]
+    assert rows[0] == {"position": 1, "id": None, "method": "(another user's)", "model": "(another user's)",
+                       "dataset": "(another user's)", "mine": False, "step": None,
+                       "estimated_duration_s": None, "estimated_start_in_s": None}
+    assert rows[1]["id"] == mine and rows[1]["mine"]
+    assert [row["id"] for row in ada.queue()] == [theirs, mine]  # the admin sees every run
