@@ -217,3 +217,15 @@ def test_the_account_page_shares_a_study_with_its_runs(auth_home, demo_home):
     assert not [b for b in carol.button if b.label.startswith("Delete study")]
     bob.switch_page("pages/studies.py").run()
     assert not bob.exception and [b for b in bob.button if b.label == "Delete study…"]
+
+
+def test_the_server_path_import_is_offered_only_to_an_admin_with_import_roots(auth_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("LIM_IMPORT_ROOTS", str(tmp_path))
+    choices = {}
+    for name in ("bob", "ada"):
+        app = log_in(session(), name)
+        app.switch_page("pages/datasets.py").run()
+        [source] = [r for r in app.radio if r.key == "datasets.import.from"]
+        choices[name] = list(source.options)
+    assert choices["bob"] == ["Upload a file"]
+    assert choices["ada"] == ["Upload a file", "A folder or file on this machine"]
