@@ -7,11 +7,48 @@ is one new subclass.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria
+
+# Longest one batch of generation may take before it is cut (its transcripts end where they
+# were). Far above a real batch (large-v3, 16 clips x 48 tokens on a Jetson Orin: well under a
+# minute); it exists so that no model, however broken, can hold a worker for ever (issue 27).
+GENERATION_BATCH_LIMIT_S = 600.0
+
+
+class GenerationLimit(StoppingCriteria):
+    """Ends generation when a stop is requested (``should_stop``, read at most every
+    ``poll_s``) or a batch has run ``seconds``; ``stopped`` / ``timed_out`` say which.
+    ``start()`` before each batch."""
+
+    def __init__(self, should_stop: Callable[[], bool] | None = None,
+                 seconds: float = GENERATION_BATCH_LIMIT_S, poll_s: float = 0.5):
+        self.should_stop, self.seconds, self.poll_s = should_stop, seconds, poll_s
+        self.stopped = self.timed_out = False
+        self.start()
+
+    def start(self) -> GenerationLimit:
+        self.deadline = time.monotonic() + self.seconds
+        self.last_poll = float("-inf")
+        return self
+
+    def reached(self) -> bool:
+        now = time.monotonic()
+        if now > self.deadline:
+            self.timed_out = True
+        elif self.should_stop is not None and now - self.last_poll >= self.poll_s:
+            self.last_poll = now
+            self.stopped = self.stopped or bool(self.should_stop())
+        return self.stopped or self.timed_out
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.reached(), dtype=torch.bool, device=input_ids.device)
 
 
 class TaskModel:
@@ -68,7 +105,9 @@ class TaskModel:
         on short windows; see WhisperBase). Default: unchanged."""
         return batch
 
-    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list:
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                limit: GenerationLimit | None = None) -> list:
+        """Predictions for a batch; a generating model ends early when ``limit`` is reached."""
         raise NotImplementedError
 
     def reference(self, item: dict) -> Any:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engine.data.audio import load_audio, trim_silence
-from engine.models.base import TaskModel, pad_to_multiple
+from engine.models.base import GenerationLimit, TaskModel, pad_to_multiple
 from engine.models.whisper import _device_of, _float_dtype_of, quiet_transformers
 from engine.metrics import classification_metrics
 
@@ -43,7 +43,8 @@ class Classification(TaskModel):
         return self.labels.index(item["label"]) if item.get("label") is not None else -1
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                limit: GenerationLimit | None = None) -> list[list[float]]:
         inputs = {k: v.to(_device_of(model)) for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         return torch.softmax(logits.float(), dim=-1).cpu().tolist()
@@ -160,7 +161,8 @@ class SpeechEncoderClassification(Classification):
                 "labels": torch.randint(0, max(2, len(self.labels)), (batch_size,))}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                limit: GenerationLimit | None = None) -> list[list[float]]:
         batch = {k: v for k, v in batch.items() if k != "labels"}
         batch["input_values"] = batch["input_values"].to(_float_dtype_of(model))
         return super().predict(model, batch)

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import GenerationMixin, StoppingCriteriaList
 
 from engine.data.audio import load_audio, trim_silence
 from engine.errors import ModelError
-from engine.models.base import TaskModel, pad_to_multiple, tie_like_pretrained
+from engine.models.base import GenerationLimit, TaskModel, pad_to_multiple, tie_like_pretrained
 from engine.models.whisper_window import (
     PADDINGS,
     install_window,
@@ -314,18 +315,27 @@ class WhisperSpeechRecognition(WhisperBase):
         return batch
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                limit: GenerationLimit | None = None) -> list[str]:
+        """Greedy transcripts of a batch: at most ``generation_max_length`` new tokens, ended
+        early by ``limit`` (a stop request, or the batch time limit)."""
         features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: adapters in place
         if self.windowed:
             # generate() pads input_features back to the whole window (with zeros) before the
             # encoder sees them; handing it the encoder's output keeps the short window.
-            generated = model.generate(encoder_outputs=model.get_encoder()(features),
-                                       max_new_tokens=self.generation_max_length,
-                                       **self.generation_kwargs())
+            inputs = {"encoder_outputs": base.get_encoder()(features)}
         else:
-            generated = model.generate(input_features=features,
-                                       max_new_tokens=self.generation_max_length,
-                                       **self.generation_kwargs())
+            inputs = {"input_features": features}
+        prompt = torch.tensor([self.tokenizer.prefix_tokens], device=features.device).expand(len(features), -1)
+        # transformers' plain greedy generate, not WhisperForConditionalGeneration.generate: Whisper's
+        # own loops over 30 s segments (and temperature fallbacks) until each clip's "seek" passes
+        # its end, and a model that emits a timestamp token at 0.00 never advances it: a
+        # tiny-whisper run hung in evaluation for ever at step 100 (issue 27). One window per clip
+        # is all evaluation needs; the same prompt and suppressed tokens, so the same greedy result.
+        generated = GenerationMixin.generate(
+            base, **inputs, decoder_input_ids=prompt, max_new_tokens=self.generation_max_length,
+            do_sample=False, num_beams=1, stopping_criteria=StoppingCriteriaList([limit or GenerationLimit()]))
         return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def reference(self, item: dict) -> str:
@@ -375,7 +385,8 @@ class WhisperAudioClassification(WhisperBase):
         return batch
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[list[float]]:
+    def predict(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                limit: GenerationLimit | None = None) -> list[list[float]]:
         features = batch["input_features"].to(_device_of(model), _float_dtype_of(model))
         mask = batch.get("attention_mask")
         extra = {"attention_mask": mask.to(features.device)} if mask is not None else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from engine.metrics import confusion_counts, item_speech_errors
+from engine.models.base import GENERATION_BATCH_LIMIT_S, GenerationLimit
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -83,22 +85,44 @@ def _encoded_bytes(encoded: dict) -> int:
     return size
 
 
+class EvaluationStopped(Exception):
+    """A stop request arrived during an evaluation: the run stops, the evaluation is dropped."""
+
+
 def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
              batch_size: int, autocast: AbstractContextManager,
-             on_progress: Callable[[int, int], None] | None = None) -> tuple[dict, list]:
+             on_progress: Callable[[int, int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             on_slow_batch: Callable[[int, float], None] | None = None,
+             batch_limit_s: float = GENERATION_BATCH_LIMIT_S) -> tuple[dict, list]:
     """Metrics and predictions of ``model`` on ``items`` (the model's mode is restored);
-    ``on_progress(done, total)`` after each batch, in examples."""
+    ``on_progress(done, total)`` after each batch, in examples.
+
+    Never hangs (issue 27): ``should_stop`` is read between batches and, while a batch
+    generates, every half second (``EvaluationStopped`` is raised either way); a batch that
+    generates for ``batch_limit_s`` is cut where it is and ``on_slow_batch(batch, seconds)``
+    says so (its transcripts end there; the rest go on)."""
     was_training = model.training
     model.eval()
     # Its own generator: a loader draws a seed when iterated, which must not move the global
     # RNG that dropout and masking use (evaluation happens at different points of a resume).
     loader = DataLoader(ItemDataset(items, task_model, dataset_dir), batch_size=batch_size,
                         collate_fn=task_model.collate, generator=torch.Generator())
+    limit = GenerationLimit(should_stop, seconds=batch_limit_s)
     predictions = []
     try:
         with autocast:
-            for batch in loader:
-                predictions += task_model.predict(model, batch)
+            for number, batch in enumerate(loader, start=1):
+                if should_stop is not None and should_stop():
+                    raise EvaluationStopped
+                started = time.monotonic()
+                predictions += task_model.predict(model, batch, limit.start())
+                if limit.stopped:
+                    raise EvaluationStopped
+                if limit.timed_out:
+                    limit.timed_out = False
+                    if on_slow_batch is not None:
+                        on_slow_batch(number, time.monotonic() - started)
                 if on_progress is not None:
                     on_progress(len(predictions), len(items))
     finally:

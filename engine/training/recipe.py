@@ -36,12 +36,13 @@ from engine.methods import get_method
 from engine.methods.build import build_method_model
 from engine.methods.registry import METHOD_REPORT
 from engine.models import count_parameters, task_model_for
+from engine.models.base import GENERATION_BATCH_LIMIT_S
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.batches import Prefetcher
 from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                         set_rng_state)
-from engine.training.evaluation import ItemDataset, evaluate, per_example_rows, write_evaluation
+from engine.training.evaluation import EvaluationStopped, ItemDataset, evaluate, per_example_rows, write_evaluation
 from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
@@ -306,7 +307,11 @@ class FineTuneRecipe:
         self.model.train()
         self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         if cfg.eval_on_start and self.micro_batches == 0 and self.is_main:
-            self.evaluate_untouched(started)
+            try:
+                self.evaluate_untouched(started)
+            except EvaluationStopped:  # nothing trained yet: no checkpoint, resume starts afresh
+                self.log("stopped while scoring the untouched model, before the first step")
+                return "stopped"
         while self.step < self.total_steps:
             epoch, offset = divmod(self.micro_batches, self.batches_per_epoch)
             batches = self.epoch_batches(epoch)[offset:]
@@ -319,7 +324,22 @@ class FineTuneRecipe:
                                            time_limit, throughput)
             if outcome is not None:
                 return outcome
-        self.finish(started)
+        return self.finish_or_stop(started)
+
+    def finish_or_stop(self, started: float) -> str:
+        """``finish``, or "stopped" with a checkpoint when Stop comes during its evaluations
+        (a resume then scores and saves what this would have)."""
+        try:
+            self.finish(started)
+        except EvaluationStopped:
+            if self.parallel:  # the other ranks have left (finish is rank 0's): no collective now
+                self.log(f"stopped during the final evaluation at step {self.step}; resume continues "
+                         "from the last checkpoint")
+                return "stopped"
+            self.checkpoint(self.wall_offset + time.perf_counter() - started)
+            self.log(f"stopped during the final evaluation at step {self.step}; checkpoint saved, "
+                     "resume to score and save the run")
+            return "stopped"
         return "completed"
 
     def train_epoch(self, batches, mine, stream, accumulation, started, time_limit, throughput) -> str | None:
@@ -364,8 +384,7 @@ class FineTuneRecipe:
                 self.log(f"early stopping at step {self.step}: validation "
                          f"{self.early_stopping.metric} has not improved for "
                          f"{self.early_stopping.patience} evaluations (best {self.early_stopping.best:.4f})")
-            self.finish(started)
-            return "completed"
+            return self.finish_or_stop(started)
         if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
             self.checkpoint(wall())
         if decision == STOP:
@@ -387,7 +406,11 @@ class FineTuneRecipe:
         if self.is_main:
             early = False
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
-                early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
+                try:
+                    early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
+                except EvaluationStopped:  # Stop during the evaluation: the run stops at this step
+                    self.log(f"stop requested during the evaluation at step {self.step}; it was dropped")
+                    return self.parallel.decide(STOP) if self.parallel else STOP
             if early:
                 decision = FINISH_EARLY
             elif self.should_stop():
@@ -439,10 +462,16 @@ class FineTuneRecipe:
             last_write[0] = time.monotonic()
             self.storage.update_run(self.run_id, phase_done=done, phase_total=total)
 
+        def slow(batch: int, seconds: float) -> None:
+            self.log(f"{phase}: batch {batch} generated for {seconds:.0f} s and was cut there (the "
+                     f"limit is {GENERATION_BATCH_LIMIT_S:.0f} s a batch); its transcripts may be "
+                     "incomplete. A model that never ends its transcripts does this", "warning")
+
         self.storage.update_run(self.run_id, phase=phase, phase_done=0, phase_total=len(items))
         try:
             return evaluate(self.model, self.task_model, items, self.dataset_dir,
-                            self.config.per_device_eval_batch_size, self.autocast(), on_progress=report)
+                            self.config.per_device_eval_batch_size, self.autocast(), on_progress=report,
+                            should_stop=self.should_stop, on_slow_batch=slow)
         finally:
             self.storage.update_run(self.run_id, phase=None, phase_done=None, phase_total=None)
 

@@ -8,6 +8,7 @@ once. Stop requests are stored too: any process may ask, the worker notices at t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -194,9 +195,17 @@ def store_display_series(storage: Storage, run_id: int) -> None:
 
 def shutdown_all_workers() -> None:
     """Stop every worker this process started: a benchmark that ran the app in-process (with
-    Streamlit's AppTest) ends its workers before it removes their data home."""
+    Streamlit's AppTest) ends its workers before it removes their data home.
+
+    Also run at exit (the app stopped with Ctrl-C or by its service manager): the worker is a
+    daemon thread, and one left inside torch while the interpreter tears down crashed the
+    process (issue 27: a segmentation fault). Stop is honoured between steps and inside an
+    evaluation's generation, so the run ends as ``stopped`` with a checkpoint within seconds."""
     for worker in list(_started):
         worker.shutdown()
+
+
+atexit.register(shutdown_all_workers)
 
 
 class Worker:

@@ -166,3 +166,26 @@ def test_merged_export_decodes_with_the_runs_prompt_in_a_stock_pipeline(voices_r
         generated = model.generate(features, max_new_tokens=32)
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     assert speech_metrics([item["text"] for item in items], texts)["wer"] < 0.3, texts
+
+
+@pytest.mark.parametrize("padding", ["30s", "longest"])
+def test_bounded_greedy_decoding_gives_whisper_generates_transcripts(voices_run, padding):
+    """Evaluation and the Playground decode with transformers' plain greedy ``generate``, bounded
+    and stoppable (issue 27), not Whisper's own segment loop; on real whisper-base with its
+    trained adapter the transcripts are word for word Whisper's."""
+    from engine.training.evaluation import ItemDataset
+
+    task, model = voices_run["workbench"].load_trained(voices_run["run_id"])
+    task.audio_padding = padding
+    items = voices_run["test"][:8]
+    dataset = ItemDataset(items, task, voices_run["dataset_dir"])
+    batch = task.collate([dataset[i] for i in range(len(items))])
+    ours = task.predict(model, batch)
+    features = batch["input_features"].to(next(model.parameters()).dtype)
+    inputs = ({"encoder_outputs": model.get_encoder()(features)} if task.windowed
+              else {"input_features": features})
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=task.generation_max_length,
+                                   **task.generation_kwargs())
+    theirs = [t.strip() for t in task.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    assert ours == theirs and any(ours)

@@ -107,3 +107,33 @@ def test_a_method_error_that_cannot_be_rebuilt_keeps_its_message(workbench):
     assert run["status"] == "failed"
     assert run["error"] == ("method 'picky' failed to apply: NeedsTwoArguments: "
                             "code 7: the layer names did not match"), run["error"]
+
+
+def test_the_app_process_ends_cleanly_while_its_worker_trains(demo_home, tmp_path):
+    """Ctrl-C on a process whose worker thread is in a run: the run stops with a checkpoint and
+    the process exits normally, no segmentation fault (issue 27)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine import Workbench
+
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import time\nfrom engine import Workbench\n"
+        f"wb = Workbench({str(demo_home)!r})\n"
+        "wb.submit_run('demo-speech', 'tiny-whisper', 'qlora', {}, {'max_steps': 400, 'eval_steps': 3,"
+        " 'save_steps': 0, 'per_device_train_batch_size': 4, 'per_device_eval_batch_size': 4})\n"
+        "wb.start_worker()\nwhile True:\n    time.sleep(0.2)\n")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    workbench = Workbench(demo_home)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (workbench.list_runs() and workbench.list_runs()[0]["step"]):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0].decode(errors="replace")
+    assert process.returncode not in (-signal.SIGSEGV, -signal.SIGABRT), output[-2000:]
+    [run] = workbench.list_runs()
+    assert run["status"] == "stopped" and run["checkpoint_dir"], (run["status"], output[-2000:])
+    workbench.storage.close()
