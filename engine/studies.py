@@ -176,7 +176,7 @@ def group_label(cell: dict) -> str:
 
 
 def cell_label(cell: dict) -> str:
-    axes = " ".join(f"{key}={axis_text(value)}" for key, value in (cell.get("axes") or {}).items())
+    axes = " · ".join(f"{key}={axis_text(value)}" for key, value in (cell.get("axes") or {}).items())
     return group_label(cell) + (f" · {axes}" if axes else "")
 
 
