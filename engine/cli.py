@@ -632,7 +632,7 @@ def study_text(summary: dict) -> str:
         lines.append(summary["power"]["text"])
     provenance = summary.get("provenance") or {}
     if provenance.get("recorded"):
-        code = provenance.get("commit") or provenance.get("version")
+        code = (provenance.get("commit") or "")[:12] or provenance.get("version")
         device = provenance.get("device")
         lines.append(f"provenance: code {code}, device "
                      f"{device.get('name') if isinstance(device, dict) else device}"

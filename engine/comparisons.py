@@ -185,6 +185,10 @@ def power_line(comparisons: list[dict]) -> dict | None:
     items = max(c["items"] for c in comparisons if c["items"])
     median = statistics.median(found)
     scale, unit = (100, " points") if metric in ("wer", "accuracy", "cer") else (1, "")
+    if not median:
+        return {"metric": metric, "detectable": None, "low": min(found), "high": max(found), "items": items,
+                "how": "", "text": f"On these {items} test items the compared runs gave the same answers "
+                                   "(or nearly): no spread to work out the detectable difference from."}
     return {"metric": metric, "detectable": median, "low": min(found), "high": max(found), "items": items,
             "how": f"2.80 × the bootstrap standard error of each difference: the difference a two-sided "
                    f"test at α = {ALPHA} finds {POWER:.0%} of the time (before Holm's correction, "

@@ -85,6 +85,10 @@ def tuning_frame(tuning: list[dict]) -> pd.DataFrame:
                          for t in tuning])
 
 
+def power_text(power: dict) -> str:
+    return power["text"] + (f" ({power['how']}.)" if power["how"] else "")
+
+
 def axes_text(axes: dict | None) -> str:
     return ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
                      for key, value in (axes or {}).items())
@@ -193,7 +197,7 @@ def report(wb, summary: dict) -> str:
             + table_frame(summary["table"]).to_html(index=False)),
         f"Against {summary['reference']} ({'tuned per method' if summary['reading'] == 'tuned' else 'per cell'})": (
             f"<p>{html.escape(summary['statistics'])}</p>"
-            + (f"<p>{html.escape(power['text'])} ({html.escape(power['how'])}.)</p>" if power else "")
+            + (f"<p>{html.escape(power_text(power))}</p>" if power else "")
             + comparisons_frame(summary["comparisons"]).to_html(index=False)
             + (tuning_frame(summary["tuning"]).to_html(index=False) if summary["tuning"] else "")),
         "Provenance": pd.DataFrame([{"what": k, "recorded": v} for k, v in provenance.items()]).to_html(index=False),
@@ -257,7 +261,7 @@ def cells_view(summary: dict, reading_for: ReadingFor, key: str = "studies") -> 
     if tests:
         st.caption("Test: " + "; ".join(tests) + ".")
     if reading["power"]:
-        st.info(f"{reading['power']['text']} ({reading['power']['how']}.)", icon=":material/straighten:")
+        st.info(power_text(reading["power"]), icon=":material/straighten:")
     st.caption(reading["statistics"])
     charts = figures(table, reading)
     if "differences" in charts:

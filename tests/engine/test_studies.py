@@ -214,7 +214,7 @@ def test_a_grid_axis_over_any_setting_makes_and_trains_its_cells(demo_home, monk
     from engine import Workbench
     from engine.cli import main
 
-    code = main(["study", "--dataset", "demo-text", "--model", "tiny-bert", "--methods", "lora,ia3",
+    code = main(["study", "--dataset", "demo-text", "--model", "tiny-bert", "--methods", "lora",
                  "--ranks", "2", "--seeds", "1", "--grid", "warmup_steps=0,1", "--grid", "lora_dropout=0,0.2",
                  "--set", "max_steps=2", "--set", "eval_steps=0", "--set", "save_steps=0", "--wait", "--json"])
     summary = json.loads(capsys.readouterr().out)
@@ -222,13 +222,11 @@ def test_a_grid_axis_over_any_setting_makes_and_trains_its_cells(demo_home, monk
     assert summary["grid"]["axes"] == {"warmup_steps": [0, 1], "lora_dropout": [0.0, 0.2]}
     assert [row["cell"] for row in summary["table"]] == [
         "lora · r=2 · warmup_steps=0 · lora_dropout=0", "lora · r=2 · warmup_steps=0 · lora_dropout=0.2",
-        "lora · r=2 · warmup_steps=1 · lora_dropout=0", "lora · r=2 · warmup_steps=1 · lora_dropout=0.2",
-        "ia3 · warmup_steps=0", "ia3 · warmup_steps=1"]
+        "lora · r=2 · warmup_steps=1 · lora_dropout=0", "lora · r=2 · warmup_steps=1 · lora_dropout=0.2"]
     workbench = Workbench(demo_home)
     stored = {(run["method"], run["settings"]["training"]["warmup_steps"],
                run["settings"]["method"].get("lora_dropout")) for run in workbench.list_runs()}
-    assert stored == {("lora", 0, 0.0), ("lora", 0, 0.2), ("lora", 1, 0.0), ("lora", 1, 0.2),
-                      ("ia3", 0, None), ("ia3", 1, None)}
+    assert stored == {("lora", 0, 0.0), ("lora", 0, 0.2), ("lora", 1, 0.0), ("lora", 1, 0.2)}
     assert all(run["status"] == "completed" for run in workbench.list_runs())
     for grid, settings, reason in (
             (Grid(["lora"], axes={"nope": ["1"]}), {}, "--grid nope: not a training setting nor a setting of lora"),
