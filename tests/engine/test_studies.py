@@ -115,6 +115,18 @@ def test_the_bootstrap_interval_and_p_match_brute_force_over_every_resample():
     same = paired_bootstrap(method, method, words)
     assert same["difference"] == 0 and same["ci95"] == [0, 0] and same["p"] == 1
 
+    # The library's paired bootstrap resamples alike: the same interval within resampling noise.
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(11)
+    words = rng.integers(2, 12, size=80)
+    method, reference = rng.binomial(words, 0.15), rng.binomial(words, 0.2)
+    library = bootstrap((method, reference, words), lambda m, r, w, axis=-1: (m.sum(axis) - r.sum(axis)) / w.sum(axis),
+                        paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(0))
+    ours = paired_bootstrap(method, reference, words)
+    assert ours["ci95"] == pytest.approx(list(library.confidence_interval), abs=0.004)
+    assert ours["standard_error"] == pytest.approx(library.standard_error, rel=0.05)
+
 
 def test_holm_against_a_hand_worked_example():
     # sorted 0.005 0.01 0.03 0.04 -> x4 x3 x2 x1 = 0.02 0.03 0.06 0.04 -> running max 0.02 0.03 0.06 0.06
