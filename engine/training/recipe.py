@@ -193,12 +193,21 @@ class FineTuneRecipe:
                                    gradient_checkpointing=self.config.gradient_checkpointing,
                                    sample_batches=self.sample_batches, report=self.method_report,
                                    log=self.log)
-        if self.method_report:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            partial = report_file.with_suffix(".partial")
-            partial.write_text(json.dumps(self.method_report, indent=2))
-            partial.replace(report_file)  # never half-written
+        self.write_method_report()
         return model
+
+    def write_method_report(self) -> None:
+        """The method's report in the run's folder, with what it decided while training so far
+        (``Method.decisions``: mma's routing, ta-qlora's kernel drift) merged in."""
+        if self.method.decisions is not None and getattr(self, "model", None) is not None:
+            self.method_report.update(self.method.decisions(self.model))
+        if not self.method_report:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        report_file = self.run_dir / METHOD_REPORT
+        partial = report_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.method_report, indent=2))
+        partial.replace(report_file)  # never half-written
 
     def sample_batches(self, count: int) -> list[dict]:
         """The first ``count`` batches of the first epoch, collated (methods measure on them)."""
@@ -446,6 +455,7 @@ class FineTuneRecipe:
         folder = save_checkpoint(
             self.run_dir, self.model, self.optimizer, self.scheduler, state,
             scaler=self.scaler, keep=self.config.save_total_limit)
+        self.write_method_report()  # a resumed run goes on from what was decided by now
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
                                 wall_time_s=wall)
 
@@ -562,6 +572,8 @@ class FineTuneRecipe:
             "base_model_path": str(self.model_dir), "labels": self.task_model.labels,
             "settings": self.settings.to_record()["settings"],
         }, indent=2))
+        if hasattr(self, "method_report"):
+            self.write_method_report()
         if getattr(self, "method_report", None):  # reloading the adapter needs what was decided
             (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))
         self.storage.update_run(self.run_id, adapter_dir=self.storage.files.relative(out))
