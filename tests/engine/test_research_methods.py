@@ -1,7 +1,10 @@
-"""What each research method (issue 16) claims, beyond the plugin matrix of test_methods.py:
-ta-qlora starts at the base and sees neighbouring frames; cmra spends its budget by strategy;
-qass keeps in 16-bit the layers it says and trimming leaves silence-free clips alone; mma's
-router weights sum to one and differ between modalities; unmergeable methods refuse merging."""
+"""What each research method (issues 16 and 28) claims, beyond the plugin matrix of
+test_methods.py: ta-qlora starts at the base, sees neighbouring frames and its kernels leave the
+identity within a few steps (on the fused path); cmra spends its budget by strategy, scales each
+layer for its rank and leaves no gradient behind; qass keeps in 16-bit the layers it says, trims
+real silence and records what it saved; mma starts as LoRA of its rank and routes per sequence;
+each records what it decided; the baselines are studies' methods; unmergeable methods refuse
+merging."""
 
 from __future__ import annotations
 
@@ -75,6 +78,65 @@ def test_ta_qlora_refuses_a_text_model_and_an_even_kernel(workbench):
 
     with pytest.raises(SettingsError, match="odd"):
         workbench.submit_run("demo-speech", "tiny-whisper", "ta-qlora", {"temporal_kernel_size": 4}, FAST)
+
+
+def kernel_drift(model) -> float:
+    from engine.methods.ta_qlora import movement_summary
+
+    return movement_summary(model)["kernel_drift"]
+
+
+def test_ta_qlora_kernels_leave_the_identity_in_a_few_steps_and_the_run_says_how_far(workbench):
+    drift = {}
+    for ratio in (1.0, 10.0):
+        recipe = recipe_for(workbench, "ta-qlora", {"temporal_lr_ratio": ratio}, learning_rate=1e-3)
+        groups = recipe.optimizer.param_groups
+        kernels = [p for name, p in recipe.model.named_parameters() if name.endswith(".temporal")]
+        if ratio != 1.0:  # the kernels are a group of their own, at 10x the run's rate, no decay
+            assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-2)]
+            assert {id(p) for p in groups[1]["params"]} == {id(p) for p in kernels}
+            assert groups[1]["weight_decay"] == 0.0
+        assert kernel_drift(recipe.model) == 0.0  # the identity
+        assert recipe.train() == "completed"  # 3 steps: B leaves zero at step 1, then the kernels move
+        drift[ratio] = kernel_drift(recipe.model)
+    assert drift[10.0] > 0.005 and drift[10.0] > 5 * drift[1.0], drift
+
+    report = workbench.run_method_report(recipe.run_id)  # the last run: ratio 10
+    assert report["method"] == "ta-qlora" and report["temporal_lr_ratio"] == 10.0
+    assert set(report["kernel_drift"]) == set(report["temporal_layers"]) and report["temporal_layers"]
+    assert report["summary"]["kernel_drift"] == pytest.approx(drift[10.0])
+    assert all(0 < share < 1 for share in report["neighbour_share"].values())
+    assert [e["step"] for e in report["history"]["entries"]] == [1, 2, 3]
+    logged = [row for row in workbench.storage.metrics(recipe.run_id, ["temporal/kernel_drift"])]
+    assert len(logged) == 3 and logged[-1]["value"] == pytest.approx(drift[10.0])
+
+
+def test_ta_qlora_trains_on_the_fused_path_with_peft_paths_gradients(workbench):
+    from engine.methods.fast_lora import fused_layers
+    from engine.methods.ta_qlora import TemporalLoraA
+
+    recipe = recipe_for(workbench, "ta-qlora", {"temporal_kernel_size": 5, "lora_dropout": 0.0})
+    fused = set(fused_layers(recipe.model))
+    temporal = [name for name, m in recipe.model.named_modules() if isinstance(m, TemporalLoraA)]
+    assert temporal and all(name.removesuffix(".lora_A.default") in fused for name in temporal)
+    layer = recipe.model.base_model.model.model.encoder.layers[0].self_attn.q_proj
+    A, B = layer.lora_A["default"], layer.lora_B["default"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        B.weight.normal_()
+        A.temporal.normal_()
+    layer.train()
+    x = torch.randn(2, 9, layer.in_features)
+    results = []
+    for forward in (layer.forward, layer._peft_forward):  # the fused op, then peft's own layers
+        inputs = x.clone().requires_grad_(True)
+        output = forward(inputs)
+        output.pow(2).sum().backward()
+        results.append([output.detach()] + [t.grad.clone() for t in (inputs, A.weight, B.weight, A.temporal)])
+        for t in (A.weight, B.weight, A.temporal):
+            t.grad = None
+    for fused_value, peft_value in zip(*results):
+        torch.testing.assert_close(fused_value, peft_value, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------- cmra
