@@ -265,24 +265,79 @@ def test_trimming_leaves_a_clip_without_silence_unchanged(workbench, tmp_path):
 
 
 # ---------------------------------------------------------------------- mma
-def test_mma_router_weights_sum_to_one_and_differ_between_modalities(workbench):
+def test_mma_routes_per_sequence_and_records_its_routing_over_training(workbench):
     from engine.methods.mma import RoutedLoraB, router_weights, step_metrics
 
     recipe = recipe_for(workbench, "mma", {"adapters": 2})
-    routed = [m for m in recipe.model.modules() if isinstance(m, RoutedLoraB)]
-    assert {m.modality for m in routed} == {"audio", "text"}
-    train_steps(recipe, 3)
+    routed = {name: m for name, m in recipe.model.named_modules() if isinstance(m, RoutedLoraB)}
+    assert {m.modality for m in routed.values()} == {"audio", "text"}
+    for name, module in routed.items():  # cross-attention queries run per text token
+        if ".encoder_attn." in name:
+            assert module.modality == ("audio" if ".k_proj." in name or ".v_proj." in name else "text")
+    assert recipe.train() == "completed"
+    batch = recipe.sample_batches(1)[0]
+    recipe.model.eval()
     with torch.no_grad():
-        h = torch.randn(2, 7, routed[0].in_features)
-        for module in routed:
-            torch.testing.assert_close(module.routing(h).sum(-1), torch.ones(2, 1 if module.pooled else 7))
+        recipe.model(**batch)
+    clips = batch["input_features"].shape[0]
+    for module in routed.values():  # one weight vector per clip, summing to one
+        assert module.last_weights.shape == (clips, 2)
+        torch.testing.assert_close(module.last_weights.sum(-1), torch.ones(clips))
     weights = router_weights(recipe.model)
     assert set(weights) == {"audio", "text"}
     for values in weights.values():
-        assert sum(values) == pytest.approx(1.0, abs=1e-5)
-    assert max(abs(a - t) for a, t in zip(weights["audio"], weights["text"])) > 1e-4
-    assert set(step_metrics(recipe.model)) == {"router/audio_w0", "router/audio_w1",
-                                               "router/text_w0", "router/text_w1"}
+        assert sum(values["weights"]) == pytest.approx(1.0, abs=1e-5)
+        assert values["spread"] > 0  # clips that differ are routed differently
+    assert set(step_metrics(recipe.model)) == {"router/audio_w0", "router/audio_w1", "router/audio_spread",
+                                               "router/text_w0", "router/text_w1", "router/text_spread"}
+    report = workbench.run_method_report(recipe.run_id)
+    assert report["routing_token"] == "mean log-mel spectrum"
+    assert set(report["router"]) == {"audio", "text"} and len(report["layer_weights"]) == len(routed)
+    history = report["history"]["entries"]
+    assert [e["step"] for e in history] == [1, 2, 3] and set(history[-1]["audio"]) == {"weights", "spread"}
+
+
+def test_mma_starts_equal_to_lora_of_its_rank(workbench):
+    """Same seed, same A; the same B values put into both: the same logits and the same first
+    gradients on a real batch (not half a LoRA through two gates of 0.5)."""
+    settings = {"r": 8, "lora_dropout": 0.0}
+    models = {}
+    for method in ("qlora", "mma"):
+        recipe = recipe_for(workbench, method, settings)
+        models[method] = recipe
+    batch = models["qlora"].sample_batches(1)[0]
+    layers = {}
+    for method, recipe in models.items():
+        layers[method] = {name: module for name, module in recipe.model.named_modules()
+                          if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {})}
+    assert layers["qlora"].keys() == layers["mma"].keys() and layers["qlora"]
+    for name in layers["qlora"]:
+        a_q, a_m = (layers[m][name].lora_A["default"].weight for m in ("qlora", "mma"))
+        torch.testing.assert_close(a_q, a_m, rtol=0, atol=0)  # the same initialisation
+    grads = {}
+    for method, recipe in models.items():
+        recipe.model.train()
+        recipe.trainer.forward_backward(batch)
+        grads[method] = {name: layer.lora_B["default"].weight.grad.clone()
+                         for name, layer in layers[method].items()}
+    for name in layers["qlora"]:  # the first gradients: LoRA's
+        torch.testing.assert_close(grads["mma"][name], grads["qlora"][name], rtol=1e-4, atol=1e-6)
+    generator = torch.Generator().manual_seed(0)
+    for name, layer in layers["qlora"].items():
+        values = torch.randn(layer.lora_B["default"].weight.shape, generator=generator) * 0.1
+        for method in models:
+            with torch.no_grad():
+                layers[method][name].lora_B["default"].weight.copy_(values)
+    logits = {}
+    for method, recipe in models.items():
+        recipe.model.eval()
+        with torch.no_grad():
+            logits[method] = recipe.model(**batch).logits
+    base = models["qlora"].model
+    with torch.no_grad(), base.disable_adapter():
+        untouched = base(**batch).logits
+    assert (logits["qlora"] - untouched).abs().max() > 1e-2  # the update is there
+    torch.testing.assert_close(logits["mma"], logits["qlora"], rtol=1e-4, atol=1e-4)
 
 
 def test_mma_on_a_text_model_has_one_modality_and_says_so(workbench):
