@@ -231,7 +231,7 @@ def importance_scores(model: nn.Module, names: list[str], batches: list[dict], s
 def effective_rank(weight: torch.Tensor) -> float:
     """exp of the entropy of the normalised singular values (Roy & Vetterli 2007): 1 for a
     rank-1 matrix, min(k, d) when every direction counts alike."""
-    singular = torch.linalg.svdvals(weight.float())
+    singular = torch.linalg.svdvals(weight.detach().float())
     p = singular / singular.sum().clamp_min(1e-12)
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))

@@ -166,6 +166,16 @@ def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench, 
     budget = 20_000
     recipe = recipe_for(workbench, "cmra", {"strategy": "importance", "budget": budget})
     report = recipe.method_report
+    # Scoring took gradients of layer outputs only: no parameter holds a .grad before step 1.
+    assert [name for name, p in recipe.model.named_parameters() if p.grad is not None] == []
+    # Each layer's scaling α/√(r·r_m) (rank-stable), and peft's layer uses it.
+    from engine.methods.custom_lora import lora_layers, short_name
+
+    lora = {short_name(name): module for name, module in lora_layers(recipe.model)}
+    for layer in report["layers"]:
+        expected = 16 / (8 * layer["rank"]) ** 0.5
+        assert layer["scaling"] == pytest.approx(expected)
+        assert lora[layer["name"]].scaling["default"] == pytest.approx(expected)
     smallest = min(layer["cost_per_rank"] for layer in report["layers"])
     assert report["used"] <= budget and budget - report["used"] < smallest
     assert lora_parameters(recipe.model) == report["used"]  # what peft built is what it says
@@ -199,6 +209,52 @@ def test_cmra_allocation_sums_to_the_budget_and_follows_the_strategy(workbench, 
     assert shares["audio encoder"] == pytest.approx(0.6, abs=0.05)
     assert shares["cross-attention"] == pytest.approx(0.2, abs=0.05)
     assert shares["text decoder"] == pytest.approx(0.2, abs=0.05)
+
+
+def test_cmra_proportional_follows_each_weights_effective_rank(workbench):
+    """proportional differs from uniform where layers of one shape differ (their spectra) and
+    equals it where they do not; the step size follows the rank only with scaling=lora."""
+    from engine.methods import MethodContext
+    from engine.methods.cmra import CmraSettings, effective_rank, layer_scaling, plan_allocation
+    from engine.models import linear_module_names, task_model_for
+
+    folder = workbench.storage.files.resolve(workbench.get_model("tiny-whisper")["path"])
+    task_model = task_model_for("whisper", "asr", folder)
+    torch.manual_seed(0)
+    model = task_model.load()
+    context = MethodContext.for_task_model(task_model, linear_module_names=linear_module_names(model))
+
+    def ranks(strategy):
+        plan = plan_allocation(model, CmraSettings(strategy=strategy, min_rank=1), context)
+        return {layer["name"]: layer["rank"] for layer in plan["layers"]}, plan
+
+    targets = [name for name in ranks("uniform")[0]]
+    assert {name.rsplit(".", 1)[-1] for name in targets} == {"q_proj", "v_proj"}  # one shape everywhere
+    shared = torch.randn_like(model.get_submodule(targets[0]).weight)
+    with torch.no_grad():  # every layer the same spectrum: proportional must be uniform
+        for name in targets:
+            model.get_submodule(name).weight.copy_(shared[torch.randperm(shared.shape[0])])
+    assert ranks("proportional")[0] == ranks("uniform")[0]
+
+    with torch.no_grad():  # one layer really uses 12 directions, another 2
+        low, lower = targets[3], targets[7]
+        for name, keep in ((low, 12), (lower, 2)):
+            u, sv, vh = torch.linalg.svd(shared)
+            model.get_submodule(name).weight.copy_(u[:, :keep] @ torch.diag(sv[:keep]) @ vh[:keep])
+    proportional, plan = ranks("proportional")
+    uniform = ranks("uniform")[0]
+    assert proportional != uniform
+    assert proportional[lower] < proportional[low] < min(r for n, r in proportional.items()
+                                                          if n not in (low, lower))
+    scores = {layer["name"]: layer["score"] for layer in plan["layers"]}
+    assert scores[lower] == pytest.approx(effective_rank(model.get_submodule(lower).weight))
+    assert plan["score"] == "effective rank of the frozen weight"
+    assert plan["used"] <= plan["budget"] and plan["budget"] - plan["used"] < min(
+        layer["cost_per_rank"] for layer in plan["layers"])
+    # Rank-stable: a layer 4x the reference rank takes half LoRA's scaling; at r the same.
+    stable, plain = CmraSettings(r=8), CmraSettings(r=8, scaling="lora")
+    assert layer_scaling(stable, 8) == layer_scaling(plain, 8) == pytest.approx(2.0)
+    assert layer_scaling(stable, 32) == pytest.approx(1.0) and layer_scaling(plain, 32) == pytest.approx(2.0)
 
 
 def recipe_context(recipe):
