@@ -283,6 +283,10 @@ def test_qass_keeps_in_16_bit_exactly_the_layers_it_names(workbench):
         assert (type(module).__name__ == "Linear4bit") == (name not in kept), name
     assert report["signal"] == {"trim_silence_db": 40.0, "audio_padding": "longest"}
     assert recipe.task_model.windowed  # pads only to the longest clip
+    assert report["layers_kept"] == len(kept) and report["layers_measured"] == len(layers)
+    assert report["saved_mib_vs_full_precision"] == pytest.approx(
+        report["full_precision_mib"] - report["all_4bit_mib"] - report["extra_mib"])
+    assert 0 < report["saved_mib_vs_full_precision"] < report["full_precision_mib"]
 
     from engine.methods.qass import QassSettings, choose_kept
 
@@ -318,6 +322,52 @@ def test_trimming_leaves_a_clip_without_silence_unchanged(workbench, tmp_path):
     long = plain.encode({"file": "padded.wav", "text": ""}, tmp_path)["input_features"]
     short = trimming.encode({"file": "padded.wav", "text": ""}, tmp_path)["input_features"]
     assert short.shape[-1] < long.shape[-1] * 0.7  # the silent second is gone
+
+
+def speech_with_silent_edges(root, seconds_of_silence: float = 0.75) -> None:
+    """An audiofolder of voiced 1 s clips (a tone with a syllable-rate envelope and a little
+    noise) between real digital silence at both ends, as a recording's start and end are."""
+    rng = np.random.default_rng(0)
+    t = np.arange(16_000) / 16_000
+    silence = np.zeros(int(seconds_of_silence * 16_000), np.float32)
+    for split, count in (("train", 8), ("validation", 2), ("test", 2)):
+        (root / split).mkdir(parents=True)
+        rows = ["file_name,transcription"]
+        for i in range(count):
+            voiced = (0.3 * np.sin(2 * np.pi * (180 + 35 * i) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+                      + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+            soundfile.write(root / split / f"clip{i}.wav", np.concatenate([silence, voiced, silence]), 16_000)
+            rows.append(f"clip{i}.wav,word number {i}")
+        (root / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_qass_trims_real_silence_and_trains_on_the_signal_beside_its_references(workbench, tmp_path):
+    speech_with_silent_edges(tmp_path / "silent-edges")
+    workbench.import_dataset(tmp_path / "silent-edges", "silent-edges", "asr")
+    plain = recipe_for(workbench, "qlora", dataset="silent-edges", audio_padding="longest")
+    qass = recipe_for(workbench, "qass", {"keep_share": 0.25}, dataset="silent-edges")
+    frames = {name: recipe.sample_batches(1)[0]["input_features"].shape[-1]  # clips alike: the longest
+              for name, recipe in (("qlora", plain), ("qass", qass))}
+    assert frames["qlora"] >= 240  # 2.5 s of audio at 100 frames a second: the silence is there
+    assert frames["qass"] < 0.6 * frames["qlora"]  # qass's encoder gets the voiced second
+    report = qass.method_report
+    assert report["signal_frames"]["mean_frames"] < 0.6 * frames["qlora"]
+    assert report["layers_kept"] > 0 and report["saved_mib_vs_full_precision"] > 0
+    train_steps(qass, 2)
+
+    # The 16-bit references: qass with every measured layer kept (the signal half alone, at
+    # 16-bit) and plain LoRA on the full-precision base, on the same data.
+    everything = recipe_for(workbench, "qass", {"keep_share": 1.0}, dataset="silent-edges")
+    kept = everything.method_report["keep_16bit"]
+    assert len(kept) == everything.method_report["layers_measured"]
+    assert everything.method_report["saved_mib_vs_full_precision"] == pytest.approx(0.0, abs=1e-9)
+    assert not any(type(m).__name__ == "Linear4bit" for m in everything.model.modules())
+    lora = recipe_for(workbench, "lora", dataset="silent-edges", audio_padding="longest")
+    for recipe in (everything, lora):
+        before = {n: p.detach().clone() for n, p in recipe.model.named_parameters() if p.requires_grad}
+        train_steps(recipe, 2)
+        changed = [n for n, p in recipe.model.named_parameters() if p.requires_grad and not torch.equal(before[n], p)]
+        assert changed and any("lora_B" in n for n in changed)
 
 
 # ---------------------------------------------------------------------- mma
