@@ -453,6 +453,21 @@ def test_mma_on_a_text_model_has_one_modality_and_says_so(workbench):
     assert "text-only model, one modality" in events
 
 
+# ---------------------------------------------------------------------- baselines
+def test_the_baselines_are_methods_a_study_names(workbench):
+    """16-bit LoRA (lora), DoRA on the 4-bit base (qdora) and all-linear QLoRA each make their
+    own cells (test_methods trains each and checks every parameter changed)."""
+    from engine.studies import Grid
+
+    methods = ["qlora", "lora", "qdora", "qlora-all-linear", "ta-qlora"]
+    plan = workbench.plan_study("demo-speech", "tiny-whisper", Grid(methods=methods, ranks=[8], seeds=[1]))
+    assert [cell["method"] for cell in plan["cells"]] == methods
+    settings = {cell["method"]: run["method_settings"] for cell, run in zip(plan["cells"], plan["plans"])}
+    assert settings["qdora"]["use_dora"] and not settings["qlora"]["use_dora"]
+    assert settings["qlora-all-linear"]["target_modules"] == "all-linear"
+    assert all(settings[m]["r"] == 8 for m in methods)  # the study's rank reaches every one
+
+
 # ---------------------------------------------------------------------- exports
 @pytest.mark.parametrize("method", ["ta-qlora", "mma"])
 def test_unmergeable_methods_refuse_a_merged_export(workbench, tmp_path, method):
