@@ -142,14 +142,19 @@ def settings(c: Comparison) -> None:
 
 
 def export(c: Comparison) -> None:
-    """CSV, the HTML report and the chart images of what the other tabs drew."""
+    """CSV, the HTML report and the chart images of what the other tabs drew.
+
+    Each file is built before its button is drawn and handed over as bytes, never as a
+    callable: Streamlit keeps a deferred callable only until the next rerun, so a click
+    soon after another download found it gone ("Deferred file … not found") and nothing
+    came. ``on_click="ignore"``: a download does not rerun the page either."""
     st.download_button("Comparison as CSV", comparison_csv(c.rows), file_name="comparison.csv",
-                       mime="text/csv", icon=":material/table:", key="compare.csv")
+                       mime="text/csv", icon=":material/table:", key="compare.csv", on_click="ignore")
     title = f"Comparison of runs {', '.join(c.labels.values())}"
-    st.download_button("Read-only report (HTML)", lambda: html_report(title, c.figures, c.rows),
+    st.download_button("Read-only report (HTML)", html_report(title, c.figures, c.rows).encode(),
                        file_name="comparison.html", mime="text/html", icon=":material/article:",
-                       key="compare.html", help="One self-contained page with every chart "
-                       "(works offline): for a slide or a lab report.")
+                       key="compare.html", on_click="ignore", help="One self-contained page with "
+                       "every chart (works offline): for a slide or a lab report.")
     if st.button("Render charts as PNG and SVG", icon=":material/image:", key="compare.images"):
         with st.spinner("Rendering the charts with a headless browser…"):
             try:
@@ -161,7 +166,7 @@ def export(c: Comparison) -> None:
     if rendered_for == c.chosen:  # images of another selection would mislead
         st.download_button("Charts (PNG + SVG, zip)", images,
                            file_name="comparison-charts.zip", mime="application/zip",
-                           key="compare.images.download")
+                           key="compare.images.download", on_click="ignore")
 
 
 TABS = {"Curves": curves, "Costs": costs, "Throughput": throughput, "Less is more": tradeoff,

@@ -99,6 +99,32 @@ def settings_form(fields: list[dict], key_prefix: str, columns: int = 2, values:
     return result, problems
 
 
+def bounded_number(label: str, low: float, high: float, value: float, key: str, where=None,
+                   **options) -> float:
+    """A number box with bounds that shows the number used. Not ``min_value``/``max_value``: the
+    browser would keep a refused entry (a red 0) in the box while the old value is used. An
+    entry outside ``[low, high]`` is replaced in the box by the nearest bound, and a note
+    under the box says so. ``options``: more of ``st.number_input``'s (step, format, help)."""
+    where = where or st
+
+    def to_bounds() -> None:
+        entered = st.session_state[key]
+        used = type(entered)(min(max(entered, low), high))
+        if used != entered:
+            st.session_state[key] = used
+            st.session_state[f"{key}.note"] = (f"{label}: {_number(entered)} is outside "
+                                               f"{_number(low)} to {_number(high)}, so {_number(used)} is used.")
+
+    number = where.number_input(label, value=value, key=key, on_change=to_bounds, **options)
+    if note := st.session_state.pop(f"{key}.note", None):
+        where.caption(f":orange[{note}]")
+    return number
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
 def _widget(field: dict, key: str, value):
     label, help_ = plain_label(field["name"]), help_text(field)
     if field["choices"]:

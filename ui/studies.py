@@ -22,6 +22,7 @@ from engine.studies import differences as differences_against
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
 from ui.confirm import delete_button, flash
+from ui.forms import bounded_number
 from ui.state import format_duration, md_text
 
 DEFAULT_METHODS = ["qlora", "lora"]
@@ -63,10 +64,9 @@ def launch_form(wb) -> int | None:
                            key="studies.targets", height=68,
                            help="Comma-separated layer names per line, e.g. q_proj,v_proj")
     a, b, c = st.columns(3)
-    steps = a.number_input("Steps per run", 1, 1_000_000, 50, key="studies.steps")
-    learning_rate = b.number_input("Learning rate", 0.0, 1.0, 1e-3, format="%.0e",
-                                   key="studies.lr")
-    batch = c.number_input("Batch size", 1, 1024, 8, key="studies.batch")
+    steps = bounded_number("Steps per run", 1, 1_000_000, 50, "studies.steps", a)
+    learning_rate = bounded_number("Learning rate", 0.0, 1.0, 1e-3, "studies.lr", b, format="%g", step=None)
+    batch = bounded_number("Batch size", 1, 1024, 8, "studies.batch", c)
     extra = st.text_area("More settings for every run (key=value, one per line)", "",
                          key="studies.extra", height=68,
                          help="Any training setting, or a method setting (given to every "
@@ -258,12 +258,13 @@ def results(wb, summary: dict) -> None:
     reference, differences = shown
     left, right = st.columns(2)
     left.download_button("Table as CSV", study_csv(summary["table"]), file_name=f"study-{study_id}.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.csv")
+                         mime="text/csv", icon=":material/table:", key="studies.csv", on_click="ignore")
+    # Bytes built now, not a callable: a deferred one expires at the next rerun (ui/compare_views.export).
     right.download_button("Read-only report (HTML)",
-                          lambda: report(wb, {**summary, "differences": differences, "reference": reference}),
+                          report(wb, {**summary, "differences": differences, "reference": reference}).encode(),
                           file_name=f"study-{study_id}.html", mime="text/html", icon=":material/article:",
-                          key="studies.html", help="The Compare page's self-contained report of the "
-                          "study's runs, with this table and its differences on top.")
+                          key="studies.html", on_click="ignore", help="The Compare page's self-contained "
+                          "report of the study's runs, with this table and its differences on top.")
 
 
 def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[str, list[dict]] | None:
@@ -341,8 +342,10 @@ def merge_section() -> None:
     reference, differences = shown  # the download says what the page shows
     left, right = st.columns(2)
     left.download_button("Table as CSV", study_csv(merged["table"]), file_name="study-merged.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.merge.csv")
+                         mime="text/csv", icon=":material/table:", key="studies.merge.csv",
+                         on_click="ignore")
     shown_json = json.dumps({**merged, "reference": reference, "differences": differences}, indent=2, default=str)
     right.download_button("Merged study (JSON)", shown_json, file_name="study-merged.json",
                           mime="application/json", icon=":material/download:", key="studies.merge.json",
+                          on_click="ignore",
                           help="What `python -m engine study merge FILES --reference CELL --json` prints.")

@@ -15,6 +15,7 @@ from engine.errors import NotFoundError
 from ui import training_views as views
 from ui.confirm import ask_first, asked, confirm, delete_button
 from ui.exports import export_panel
+from ui.forms import bounded_number
 from ui.state import format_duration, run_label, status_badge
 
 
@@ -136,8 +137,7 @@ def queue_section(wb) -> None:
         return
     pick, where, move, cancel = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
     chosen = pick.selectbox("Queued run", ids, key="train.queue.run", format_func=lambda i: f"#{i}")
-    position = where.number_input("Move to position", min_value=1, max_value=len(queue), value=1,
-                                  step=1, key="train.queue.position")
+    position = bounded_number("Move to position", 1, len(queue), 1, "train.queue.position", where)
     if move.button("Move", key="train.queue.move"):
         wb.move_run(chosen, int(position))
         st.rerun()

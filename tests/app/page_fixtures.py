@@ -22,3 +22,14 @@ def downloads(monkeypatch):
 
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
     return seen
+
+
+def assert_built_before_offered(app) -> list:
+    """Every download button on the page holds its file (a media URL), none a deferred callable:
+    Streamlit drops a callable's placeholder at the next rerun, so a click soon after another
+    download found "Deferred file … not found" and nothing came (issue 27). Returns the buttons."""
+    buttons = app.get("download_button")
+    for button in buttons:
+        assert not button.proto.deferred_file_id and button.proto.url, button.proto.label
+        assert button.proto.ignore_rerun, f"{button.proto.label}: a download need not rerun the page"
+    return buttons
