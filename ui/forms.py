@@ -121,6 +121,23 @@ def bounded_number(label: str, low: float, high: float, value: float, key: str, 
     return number
 
 
+def fix_buttons(error: Exception, keys: dict[str, str], key: str) -> None:
+    """The engine's fix for a value that blocks Start (``WorkbenchError.fix``), as one button
+    beside its message: "Set Batch size to 4" puts 4 in that box (``keys``: setting name ->
+    the key of the widget that shows it; a setting without one here is left out)."""
+    fix = {name: value for name, value in getattr(error, "fix", {}).items() if name in keys}
+    if not fix:
+        return
+
+    def apply() -> None:
+        for name, value in fix.items():
+            st.session_state[keys[name]] = value
+
+    label = " and ".join(f"{plain_label(name)} to {value}" for name, value in fix.items())
+    st.button(f"Set {label}", key=key, on_click=apply, icon=":material/build:",
+              help="Change the setting named in the message to the value that lets this run start.")
+
+
 def _number(value: float) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 

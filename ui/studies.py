@@ -22,7 +22,7 @@ from engine.studies import differences as differences_against
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
 from ui.confirm import delete_button, flash
-from ui.forms import bounded_number
+from ui.forms import bounded_number, fix_buttons
 from ui.state import format_duration, md_text
 
 DEFAULT_METHODS = ["qlora", "lora"]
@@ -82,6 +82,8 @@ def launch_form(wb) -> int | None:
         plan = wb.plan_study(dataset, model, grid, settings)
     except WorkbenchError as error:
         st.error(str(error), icon=":material/error:")
+        fix_buttons(error, {"max_steps": "studies.steps", "learning_rate": "studies.lr",
+                            "per_device_train_batch_size": "studies.batch"}, "studies.fix")
         return None
     st.info(estimate_text(plan), icon=":material/calculate:")
     for warning in plan["warnings"]:

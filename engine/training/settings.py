@@ -57,9 +57,10 @@ class TrainingSettings:
     eval_steps: int = setting(20, "Evaluate on the validation split every N steps (0: only at the end).", min=0,
                             max=10_000_000)
     eval_on_start: bool = setting(
-        False, "Score the untouched model on the validation split before the first step: the "
-        "validation curve then starts at the zero-shot score, and the finished run shows before "
-        "and after side by side. Costs one evaluation.")
+        False, "Score the untouched model before the first step, on the validation split and on "
+        "the test split when there is one: the validation curve then starts at the zero-shot "
+        "score, and the finished run shows its final score before and after, on one split. "
+        "Costs an evaluation of each split.")
     early_stopping_patience: int = setting(
         0, "Stop when the validation metric (WER for speech, accuracy for labels) has not "
         "improved for this many evaluations in a row (0: never stop early). Needs eval_steps > 0.",

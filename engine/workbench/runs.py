@@ -131,7 +131,8 @@ class RunsMixin:
         visible = self.gpu_count()
         if training.gpus > 1 and visible and training.gpus > visible:
             raise SettingsError(f"gpus={training.gpus}, but this machine has {visible} GPU"
-                                f"{'s' if visible > 1 else ''}; choose at most {visible}")
+                                f"{'s' if visible > 1 else ''}; choose at most {visible}",
+                                fix={"gpus": visible})
         if training.world_size > 1 and not visible:
             return [f"no GPU here: the run trains in {training.world_size} CPU processes (gloo "
                     "backend), which only makes sense on a machine with many cores or to try "
@@ -146,14 +147,18 @@ class RunsMixin:
         batch, processes = training.per_device_train_batch_size, training.world_size
         if batch > counts["train"]:
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
-                                f"is larger than the train split ({counts['train']} items)")
+                                f"is larger than the train split ({counts['train']} items)",
+                                fix={"per_device_train_batch_size": counts["train"]})
         if batch * processes > counts["train"]:
+            fits = counts["train"] // processes  # the largest batch that gives every GPU one
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
                                 f"× {processes} GPUs is larger than the train split ({counts['train']} "
-                                "items): some GPUs would have nothing to train on")
+                                "items): some GPUs would have nothing to train on",
+                                fix={"per_device_train_batch_size": fits} if fits else {"gpus": counts["train"]})
         if training.early_stopping_patience and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
-                                f"{dataset_record['name']}'s validation split has no items")
+                                f"{dataset_record['name']}'s validation split has no items",
+                                fix={"early_stopping_patience": 0})
 
     def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
                       training_settings: dict | None = None) -> str:

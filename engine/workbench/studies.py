@@ -49,7 +49,7 @@ class StudiesMixin:
             try:
                 plan = self.check_run(dataset, model, cell["method"], method_values, training_values)
             except WorkbenchError as error:  # the same kind of error, naming the cell
-                raise type(error)(f"{cell_label(cell)} (seed {cell['seed']}): {error}") from None
+                raise type(error)(f"{cell_label(cell)} (seed {cell['seed']}): {error}", fix=error.fix) from None
             plans.append(plan)
             if plan["estimated_seconds"] is None:
                 unestimated += 1
