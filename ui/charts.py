@@ -184,6 +184,12 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
                if row["final_metric_mean"] is not None and row[f"{cost}_mean"] is not None]
     metrics = sorted({row["metric"] for row in present if row["metric"]})
     higher = all(METRIC_DIRECTION.get(m, True) for m in metrics)
+    front = sorted((present[i] for i in pareto_front(
+        [(row[f"{cost}_mean"], row["final_metric_mean"]) for row in present], higher)),
+        key=lambda row: row[f"{cost}_mean"])
+    # Labels overprinted where cells sit close: only the front's cells are labelled, above and
+    # below in turn along it; every cell names itself on hover.
+    place = {row["cell"]: ("top center", "bottom center")[i % 2] for i, row in enumerate(front)}
     figure = go.Figure()
     for method in dict.fromkeys(row["method"] for row in present):
         mine = [row for row in present if row["method"] == method]
@@ -191,13 +197,11 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
             x=[row[f"{cost}_mean"] for row in mine], y=[row["final_metric_mean"] for row in mine],
             error_y=dict(type="data", array=[row["final_metric_std"] or 0 for row in mine], visible=True),
             error_x=dict(type="data", array=[row[f"{cost}_std"] or 0 for row in mine], visible=True),
-            mode="markers+text", name=method, text=[row["cell"] for row in mine],
-            textposition="top center", marker=dict(size=13, color=method_colour(method)),
+            mode="markers+text", name=method, text=[row["cell"] if row["cell"] in place else "" for row in mine],
+            textposition=[place.get(row["cell"], "top center") for row in mine],
+            hovertext=[row["cell"] for row in mine], marker=dict(size=13, color=method_colour(method)),
             customdata=[[row["completed"]] for row in mine],
-            hovertemplate="%{text}<br>%{x:,.4g} · %{y:.4g} (mean of %{customdata[0]} seeds)<extra></extra>"))
-    front = sorted((present[i] for i in pareto_front(
-        [(row[f"{cost}_mean"], row["final_metric_mean"]) for row in present], higher)),
-        key=lambda row: row[f"{cost}_mean"])
+            hovertemplate="%{hovertext}<br>%{x:,.4g} · %{y:.4g} (mean of %{customdata[0]} seeds)<extra></extra>"))
     if len(front) > 1:
         figure.add_trace(go.Scatter(x=[row[f"{cost}_mean"] for row in front],
                                     y=[row["final_metric_mean"] for row in front], mode="lines",

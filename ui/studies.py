@@ -112,7 +112,9 @@ def estimate_text(plan: dict) -> str:
     if plan["estimated_seconds"] is None:
         return text + ("time unknown: none of these methods has trained this model on this "
                        "machine yet (the first run gives the estimate).")
-    text += f"about {format_duration(plan['estimated_seconds'])} one after another"
+    text += (f"about {format_duration(plan['estimated_seconds']).removeprefix('about ')} one after "
+             "another (from earlier runs of these models and methods here: their steps, plus the "
+             "loading, scoring and saving around them)")
     if plan["unestimated"]:
         text += f", not counting {plan['unestimated']} runs of methods not yet timed here"
     return text + "."
@@ -296,7 +298,8 @@ def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[st
     for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
         tab.plotly_chart(figure, key=f"{key}.{name}")
     st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
-               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
+               "joins the cells no other cell beats on both quality and cost (those are labelled; "
+               "point at any other for its name). Peak memory on a CPU "
                "is the whole process's resident memory: compare memory on a GPU.")
     return reference, differences
 

@@ -80,3 +80,19 @@ def test_a_batch_larger_than_the_train_split_is_fixed_in_one_click(app, demo_hom
     assert not app.exception, app.exception
     assert app.number_input(key="train.training.per_device_train_batch_size").value == train_items
     assert not app.error and not app.button(key="train.start").disabled
+
+
+def test_the_absurd_steps_warning_names_the_device_used(app, demo_home, monkeypatch):
+    """It spoke of GPUs on a CPU machine."""
+    from engine import memory
+    from engine import Workbench
+    from seeded_runs import hold_worker
+
+    monkeypatch.setattr(memory, "training_device", lambda: "cpu")
+    hold_worker(Workbench(demo_home))
+    open_page(app, "pages/training.py")
+    app.radio(key="train.training.train_for").set_value("steps").run()
+    app.number_input(key="train.training.max_steps").set_value(2_000_000).run()
+    warnings = " ".join(w.value for w in app.warning)
+    assert "max_steps 2,000,000 will take weeks on this machine's CPU (it has no GPU)" in warnings
+    assert "GPU;" not in warnings
