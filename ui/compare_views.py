@@ -15,7 +15,7 @@ import streamlit as st
 from engine.compare import filter_options, filter_runs, kept_selection
 from engine.errors import WorkbenchError
 from ui.charts import (COST_BARS, METRIC_TITLES, RATE_SERIES, THROUGHPUT_BARS, bar_figure,
-                       quality_memory_figure, series_figure)
+                       in_percent, quality_memory_figure, series_figure)
 from ui.compare_data import display_series, metric_names
 from ui.compare_report import (chart_images_zip, comparison_csv, html_report, results_frame,
                                settings_styler, utilisation_note)
@@ -93,7 +93,7 @@ def curves(c: Comparison) -> None:
         name = right.selectbox("Validation metric", eval_names, index=eval_names.index(primary),
                                key="compare.metric")
         c.figures["validation_metric"] = series_figure(c.series(name), METRIC_TITLES.get(name, name),
-                                                       c.x_axis)
+                                                       c.x_axis, percent=in_percent([name]))
         right.plotly_chart(c.figures["validation_metric"], key="compare.eval")
     else:
         right.info("No validation metric logged yet: runs evaluate every `eval_steps` and at the end.")
@@ -138,7 +138,17 @@ def settings(c: Comparison) -> None:
     only_differing = st.toggle("Only settings that differ", key="compare.only_diff")
     st.dataframe(settings_styler(c.rows, only_differing), width="stretch", key="compare.settings")
     st.caption("Highlighted: settings that differ between the chosen runs.")
-    st.dataframe(results_frame(c.rows), hide_index=True, width="stretch", key="compare.results")
+    st.dataframe(results_frame(c.rows), hide_index=True, width="stretch", key="compare.results",
+                 column_config=percent_columns(c.rows))
+
+
+def percent_columns(rows: list[dict]) -> dict:
+    """The results' WER, CER and accuracy columns shown in percent (the CSV keeps fractions)."""
+    percent = st.column_config.NumberColumn(format="percent")
+    columns = {f"final_{name}" for row in rows for name in ("wer", "cer", "accuracy") if f"final_{name}" in row}
+    if in_percent({row["metric"] for row in rows if row.get("metric")}):
+        columns.add("final_metric")
+    return {column: percent for column in columns}
 
 
 def export(c: Comparison) -> None:

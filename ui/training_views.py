@@ -12,7 +12,8 @@ from engine.metrics import METRIC_DIRECTION
 from engine.progress import COMPILING, busy_with, eta_seconds
 from engine.training import monitoring as m
 from engine.training.settings import planned_steps
-from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
+from ui.charts import (PERCENT_METRICS, confusion_figure, metric_label, metric_text,
+                       rank_allocation_figure, run_series_figure)
 from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
@@ -163,20 +164,6 @@ def evaluation(run_id: int, result: dict | None) -> None:
     if result.get("confusion"):
         st.plotly_chart(confusion_figure(result["labels"], result["confusion"]),
                         key=f"train.confusion.{run_id}")
-
-
-PERCENT_METRICS = {"wer", "cer", "accuracy"}  # shown as percent everywhere on the page
-
-
-def metric_label(name: str) -> str:
-    return name.upper() if len(name) <= 3 else name.replace("_", " ")
-
-
-def metric_text(name: str, value: float | None) -> str:
-    """One format per metric on the whole page: WER, CER and accuracy in percent."""
-    if value is None:
-        return "–"
-    return f"{value:.1%}" if name in PERCENT_METRICS else f"{value:.3f}"
 
 
 def before_after(scores: dict | None) -> None:

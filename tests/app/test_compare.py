@@ -153,6 +153,21 @@ def test_every_download_is_built_before_it_is_offered(compare, downloads):
     assert report.startswith("<!doctype html>") and all(f">{run_id}<" in report for run_id in ids)
 
 
+def test_wer_is_shown_in_percent_with_its_split(compare):
+    """One format for WER everywhere (issue 27): the final scores in percent, named by split."""
+    import json
+
+    app, ids = compare
+    bars = chart_spec(app, "compare.bar.final_metric")
+    assert list(bars["data"][0]["text"]) == ["38.0%", "40.0%", "42.0%"]  # full, lora, qlora
+    assert bars["layout"]["yaxis"]["tickformat"] == ".0%"
+    assert bars["layout"]["title"]["text"] == "Final WER (test split; validation without one)"
+    assert chart_spec(app, "compare.eval")["layout"]["yaxis"]["tickformat"] == ".0%"
+    shown = json.loads(results_table(app).proto.columns)
+    assert {name for name, config in shown.items() if config.get("type_config", {}).get("format") == "percent"} \
+        >= {"final_metric", "final_wer", "final_cer"}
+
+
 def test_html_report_is_self_contained(compare):
     from engine import Workbench
     from ui.charts import bar_figure
