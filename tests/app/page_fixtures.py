@@ -33,3 +33,14 @@ def assert_built_before_offered(app) -> list:
         assert not button.proto.deferred_file_id and button.proto.url, button.proto.label
         assert button.proto.ignore_rerun, f"{button.proto.label}: a download need not rerun the page"
     return buttons
+
+
+@pytest.fixture
+def no_memory_estimate(monkeypatch):
+    """``check_run`` without its memory estimate (a dry run in a child process: about a minute
+    on a busy 2-core machine) for tests about something else; every run "fits"."""
+    from engine.workbench.runs import RunsMixin
+
+    monkeypatch.setattr(RunsMixin, "_check_memory", lambda self, *args, **kwargs: {
+        "fits": True, "message": "memory not estimated in this test", "estimate_mb": None,
+        "free_mb": None, "shape": {}})

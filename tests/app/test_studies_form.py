@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 
-from page_fixtures import assert_built_before_offered, downloads  # noqa: F401  (a fixture)
+import pytest
+
+from page_fixtures import assert_built_before_offered, downloads, no_memory_estimate  # noqa: F401  (fixtures)
 from seeded_runs import hold_worker
 from test_studies_page import app, open_studies, seed_study  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("no_memory_estimate")  # not what these tests are about
 
 
 def estimate(app) -> str:

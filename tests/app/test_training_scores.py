@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from page_fixtures import no_memory_estimate  # noqa: F401  (a fixture)
 from seeded_runs import seed_runs
 from test_pages import app, open_page  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.usefixtures("no_memory_estimate")  # not what these tests are about
 
 
 def write_evaluation(home, run_id: int, **before) -> None:
@@ -44,7 +49,7 @@ def test_wer_is_in_percent_with_its_split_and_before_after_on_that_split(app, de
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["WER (test split)"] == "1.2%" and metrics["CER (test split)"] == "0.5%"
     assert metrics["WER: 71.9% before training"] == "1.2%"  # the test split's before, not validation's
-    assert "Before and after 40 steps (test split)" in [m.value for m in app.markdown]
+    assert "#### Before and after 40 steps (test split)" in [m.value for m in app.markdown]
     assert not any("validation split)" in m.value for m in app.markdown)
     examples = app.dataframe[0].value
     assert examples["wer"].tolist() == ["25.0%"] and examples["cer"].tolist() == ["7.7%"]
@@ -55,7 +60,7 @@ def test_an_older_run_says_its_before_is_on_the_validation_split(app, demo_home)
         "before": {"wer": 0.70}, "after": {"wer": 0.014}, "steps": 40,
         "before_window": None, "after_window": None})
     open_page(app, "pages/training.py")
-    assert "Before and after 40 steps (validation split)" in [m.value for m in app.markdown]
+    assert "#### Before and after 40 steps (validation split)" in [m.value for m in app.markdown]
     assert any("final test-split score has no before" in c.value for c in app.caption)
     assert {m.label: m.value for m in app.metric}["WER: 70.0% before training"] == "1.4%"
 
