@@ -143,7 +143,7 @@ def test_csv_download_holds_every_chosen_run(compare, downloads):
     assert frame["tags"].tolist() == ["baseline", "baseline"]
 
 
-def test_every_download_is_built_before_it_is_offered(compare, downloads):
+def test_every_download_is_built_before_it_is_offered(downloads, compare):  # the spy first
     """The HTML report came from a callable that expired at the next rerun: clicked soon after
     the CSV, nothing came (MediaFileStorageError: Deferred file … not found)."""
     app, ids = compare
