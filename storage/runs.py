@@ -147,3 +147,14 @@ class RunStore:
             "select sum(wall_time_s), sum(step) from runs where status = 'completed' and "
             "model_id = ? and method = ? and step > 0", [model_id, method]).fetchone()
         return row[0] / row[1] if row and row[1] else None
+
+    def seconds_outside_steps(self, model_id: int, method: str) -> float | None:
+        """Mean seconds a completed run of ``model_id`` with ``method`` spent outside its
+        optimizer steps (loading the model, the final scoring, saving): start to finish less
+        its ``wall_time_s``; None when no such run has both times."""
+        row = self.db.execute(
+            "select avg(max(0.0, (julianday(finished_at) - julianday(started_at)) * 86400.0 - wall_time_s)), "
+            "count(*) from runs where status = 'completed' and model_id = ? and method = ? and step > 0 "
+            "and started_at is not null and finished_at is not null and wall_time_s is not null",
+            [model_id, method]).fetchone()
+        return float(row[0]) if row and row[1] else None

@@ -42,6 +42,18 @@ def demo_story(wb) -> None:
                 "`python -m engine demo` (or `make run`) with the packages of requirements.txt installed.")
 
 
+@st.fragment(run_every=3)
+def counters(wb) -> None:
+    """What is in the workbench and what trains now; a fragment that reads again every few
+    seconds, so a run started here (the demo button) or elsewhere shows without a reload."""
+    runs = wb.list_runs()
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Datasets", len(wb.list_datasets()))
+    c2.metric("Models", len(wb.list_models()))
+    c3.metric("Runs", len(runs))
+    c4.metric("Training now", sum(r["status"] == "running" for r in runs))
+
+
 def machine(info: dict) -> None:
     """CPU, RAM and GPU use now, and where the data lives (``Workbench.system_info``)."""
     s1, s2, s3 = st.columns(3)
@@ -74,8 +86,10 @@ def models_table(models: list[dict]) -> None:
         st.info("No models yet. The demo adds the pretrained `whisper-base` and fast untrained presets.")
 
 
-def recent_runs(runs: list[dict]) -> None:
-    """The newest ten runs (``runs`` newest first)."""
+@st.fragment(run_every=3)
+def recent_runs(wb) -> None:
+    """The newest ten runs, read again every few seconds (their status and steps move)."""
+    runs = wb.list_runs()  # newest first
     if runs:
         st.dataframe(pd.DataFrame([{
             "run": r["id"], "status": r["status"],

@@ -12,7 +12,8 @@ from engine.metrics import METRIC_DIRECTION
 from engine.progress import COMPILING, busy_with, eta_seconds
 from engine.training import monitoring as m
 from engine.training.settings import planned_steps
-from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
+from ui.charts import (PERCENT_METRICS, confusion_figure, metric_label, metric_text,
+                       rank_allocation_figure, run_series_figure)
 from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
@@ -132,10 +133,17 @@ def live_charts(run_id: int, live: dict) -> None:
 
 
 def evaluation(run_id: int, result: dict | None) -> None:
-    """The final score's split, the per-example table (worst first), the confusion matrix."""
+    """Before and after on the final score's split, the per-example table (worst first), the
+    confusion matrix."""
     if result is None:
         return
-    before_after(result.get("validation_before"))
+    before = result.get(f"{result['split']}_before")
+    if before:
+        before_after(before)
+    elif result.get("validation_before"):  # a run from before the test split was scored at step 0
+        before_after(result["validation_before"])
+        st.caption(f"The untouched model was scored on the validation split only, so the final "
+                   f"{result['split']}-split score has no before.")
     st.markdown(f"#### Evaluation on the {result['split']} split ({result['num_examples']} examples)")
     if result["fell_back_to_validation"]:
         st.info("This dataset has no test split, so the final scores are on the validation "
@@ -146,7 +154,9 @@ def evaluation(run_id: int, result: dict | None) -> None:
         return
     if result["task"] == "asr":
         st.caption("Each example's transcript against the reference, the worst first.")
-        shown = rows[["reference", "prediction", "wer", "cer", "file"]]
+        shown = rows[["reference", "prediction", "wer", "cer", "file"]].assign(
+            wer=lambda f: f["wer"].map(lambda v: metric_text("wer", v)),
+            cer=lambda f: f["cer"].map(lambda v: metric_text("cer", v)))
     else:
         st.caption("Mistakes first, the most confident mistakes at the top.")
         shown = rows[["reference", "prediction", "confidence", "correct", "file"]]
@@ -156,15 +166,13 @@ def evaluation(run_id: int, result: dict | None) -> None:
                         key=f"train.confusion.{run_id}")
 
 
-PERCENT_METRICS = {"wer", "cer", "accuracy"}
-
-
 def before_after(scores: dict | None) -> None:
-    """The presenter's line: each validation score of the untouched model (``eval_on_start``)
-    beside the trained one's, with the change coloured by which way is better."""
+    """The presenter's line: each score of the untouched model (``eval_on_start``) beside the
+    trained one's on the same split, with the change coloured by which way is better."""
     if not scores:
         return
-    st.markdown(f"#### Before and after {scores['steps']} steps (validation split)")
+    split = scores.get("split", "validation")  # runs before the test split was scored had validation only
+    st.markdown(f"#### Before and after {scores['steps']} steps ({split} split)")
     if scores.get("before_window") != scores.get("after_window"):
         st.caption("Before: the model as it ships, on Whisper's standard 30 s window (pretrained "
                    "Whisper knows no other). After: on this run's own windows (`audio_padding="
@@ -172,11 +180,10 @@ def before_after(scores: dict | None) -> None:
     shown = [name for name in scores["after"] if name in scores["before"]]
     for column, name in zip(st.columns(max(len(shown), 1)), shown):
         before, after = scores["before"][name], scores["after"][name]
-        percent = name in PERCENT_METRICS
-        text = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
         change = after - before
-        column.metric(f"{name.upper() if percent else name}: {text(before)} before training",
-                      text(after), delta=(f"{change * 100:+.1f} points" if percent else f"{change:+.3f}"),
+        column.metric(f"{metric_label(name)}: {metric_text(name, before)} before training",
+                      metric_text(name, after),
+                      delta=f"{change * 100:+.1f} points" if name in PERCENT_METRICS else f"{change:+.3f}",
                       delta_color="normal" if METRIC_DIRECTION.get(name, True) else "inverse")
 
 

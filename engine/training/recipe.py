@@ -510,23 +510,34 @@ class FineTuneRecipe:
             self.task_model.audio_padding = "30s"
         try:
             self.evaluate_and_record(wall_start=started, label="the untouched model")
+            if self.test_items:  # the final score's split too, so its before and after are one split's
+                self.score_test(started, "evaluation of the untouched model on the test split")
         finally:
             if padding is not None:
                 self.task_model.audio_padding = padding
 
-    def validation_before(self, after: dict) -> dict | None:
-        """The validation scores at step 0 (``eval_on_start``), beside the final ones: what
+    def score_test(self, started: float, phase: str) -> tuple[dict, list]:
+        """Metrics and predictions on the test split, stored as ``test/*`` at this step."""
+        metrics, predictions = self.evaluate(self.test_items, phase)
+        wall = self.wall_offset + time.perf_counter() - started
+        self.storage.add_metrics(self.run_id, self.step, wall,
+                                 {f"test/{name}": value for name, value in metrics.items()})
+        return metrics, predictions
+
+    def scores_before(self, split: str, after: dict) -> dict | None:
+        """``split``'s scores at step 0 (``eval_on_start``), beside the final ones: what
         training changed, on one split. None when the run did not score the untouched model."""
         if not after or self.step == 0:
             return None
-        names = [f"eval/{name}" for name in after]
+        prefix = {"validation": "eval", "test": "test"}[split]
+        names = [f"{prefix}/{name}" for name in after]
         before = {row["name"].split("/", 1)[1]: row["value"]
                   for row in self.storage.metrics(self.run_id, names) if row["step"] == 0}
         if not before:
             return None
         padding = getattr(self.task_model, "audio_padding", None)
         # Windows are a Whisper matter: None for other models.
-        return {"before": before, "after": after, "steps": self.step,
+        return {"split": split, "before": before, "after": after, "steps": self.step,
                 "before_window": "30s" if padding else None, "after_window": padding}
 
     def finish(self, started: float) -> None:
@@ -536,10 +547,7 @@ class FineTuneRecipe:
         validation = self.evaluate_and_record(wall_start=started, final=True)
         if self.test_items:
             split, items, fell_back = "test", self.test_items, False
-            final, predictions = self.evaluate(self.test_items, "final evaluation on the test split")
-            wall = self.wall_offset + time.perf_counter() - started
-            self.storage.add_metrics(self.run_id, self.step, wall,
-                                     {f"test/{name}": value for name, value in final.items()})
+            final, predictions = self.score_test(started, "final evaluation on the test split")
         elif self.eval_items:
             split, items, fell_back = "validation", self.eval_items, True
             final, predictions = validation, self.last_validation[1]
@@ -551,7 +559,8 @@ class FineTuneRecipe:
         if split:
             rows = per_example_rows(self.task_model, items, predictions)
             write_evaluation(self.run_dir, self.task_model, split, fell_back, final, rows,
-                             validation_before=self.validation_before(validation))
+                             validation_before=self.scores_before("validation", validation),
+                             test_before=self.scores_before("test", final) if split == "test" else None)
         self.save()
         self.storage.update_run(self.run_id, metrics=final)
 

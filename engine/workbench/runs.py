@@ -77,7 +77,8 @@ class RunsMixin:
         check_target_modules(run_settings.method_settings, outline, task_model_cls)
         steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
         duration = self._estimated_seconds(model_record["id"], method, steps)
-        warnings = training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
+        warnings = (training_obj.warnings(memory.training_device())  # absurd but legal values
+                    + self._check_gpus(training_obj))
         if duration is not None and duration > LONG_RUN_S:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
@@ -123,15 +124,21 @@ class RunsMixin:
         return {"sequence_length": len(task_model.encode(text, Path())["input_ids"])}
 
     def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
+        """A whole run on this machine: ``steps`` at the speed of its earlier completed runs of
+        this model and method, plus what such a run spent outside its steps (loading, final
+        scoring, saving): a 50-step study run of a tiny model took 7 s, its steps 1 s."""
         per_step = self.storage.seconds_per_step(model_id, method)
-        return None if per_step is None else per_step * steps
+        if per_step is None:
+            return None
+        return per_step * steps + (self.storage.seconds_outside_steps(model_id, method) or 0.0)
 
     def _check_gpus(self, training: TrainingSettings) -> list[str]:
         """Refuse more GPUs than this machine has; warnings for a multi-process run on CPUs."""
         visible = self.gpu_count()
         if training.gpus > 1 and visible and training.gpus > visible:
             raise SettingsError(f"gpus={training.gpus}, but this machine has {visible} GPU"
-                                f"{'s' if visible > 1 else ''}; choose at most {visible}")
+                                f"{'s' if visible > 1 else ''}; choose at most {visible}",
+                                fix={"gpus": visible})
         if training.world_size > 1 and not visible:
             return [f"no GPU here: the run trains in {training.world_size} CPU processes (gloo "
                     "backend), which only makes sense on a machine with many cores or to try "
@@ -146,14 +153,18 @@ class RunsMixin:
         batch, processes = training.per_device_train_batch_size, training.world_size
         if batch > counts["train"]:
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
-                                f"is larger than the train split ({counts['train']} items)")
+                                f"is larger than the train split ({counts['train']} items)",
+                                fix={"per_device_train_batch_size": counts["train"]})
         if batch * processes > counts["train"]:
+            fits = counts["train"] // processes  # the largest batch that gives every GPU one
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
                                 f"× {processes} GPUs is larger than the train split ({counts['train']} "
-                                "items): some GPUs would have nothing to train on")
+                                "items): some GPUs would have nothing to train on",
+                                fix={"per_device_train_batch_size": fits} if fits else {"gpus": counts["train"]})
         if training.early_stopping_patience and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
-                                f"{dataset_record['name']}'s validation split has no items")
+                                f"{dataset_record['name']}'s validation split has no items",
+                                fix={"early_stopping_patience": 0})
 
     def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
                       training_settings: dict | None = None) -> str:
