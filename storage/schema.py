@@ -187,5 +187,12 @@ def m009_accounts(db: Database) -> None:
     db["login_failures"].create_index(["client", "at"])
 
 
+@migrations()
+def m010_runs_queue_pinned(db: Database) -> None:
+    """The fair queue (issue 27): queued runs take turns by owner (round robin); a run an admin
+    moved is pinned at its place, ahead of the turns (storage/runs.py, ``FAIR_QUEUE``)."""
+    db["runs"].add_column("queue_pinned", int, not_null_default=0)
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

@@ -137,7 +137,11 @@ def queue_section(wb) -> None:
     pick, where, move, cancel = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
     chosen = pick.selectbox("Queued run", ids, key="train.queue.run", format_func=lambda i: f"#{i}")
     position = where.number_input("Move to position", min_value=1, max_value=len(queue), value=1,
-                                  step=1, key="train.queue.position")
+                                  step=1, key="train.queue.position",
+                                  help="Runs take turns by owner (round robin), so your run changes "
+                                       "places with your own runs only and lands on your turn "
+                                       "nearest this position; an admin's move pins a run exactly "
+                                       "there.")
     if move.button("Move", key="train.queue.move"):
         wb.move_run(chosen, int(position))
         st.rerun()

@@ -188,14 +188,23 @@ class RunsMixin:
         return queue_rows(self.storage, self.owner_id, see_all=self.see_all)
 
     def move_run(self, run_id: int, position: int) -> list[int]:
-        """Move a queued run to ``position`` (1 = next to train); returns the queue's ids."""
+        """Move a queued run to ``position`` (1 = next to train); returns the queue's ids.
+
+        The queue is fair between users (runs take turns by owner, storage/runs.py
+        ``FAIR_ORDER``): an admin's move pins the run exactly there (with the runs ahead of
+        it); anybody else's run changes places with their own runs only, so it lands on the
+        turn of theirs nearest ``position`` (without accounts, exactly there)."""
         run = self._own_run(run_id, "moved", admin_may=True)
         if run["status"] != "queued":
             raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be moved")
         if position < 1:
             raise SettingsError(f"position must be 1 or more, got {position}")
-        order = self.storage.move_in_queue(run["id"], position)
-        self.storage.add_event(run["id"], f"moved to position {order.index(run['id']) + 1} in the queue")
+        order = self.storage.move_in_queue(run["id"], position, pin=self.see_all)
+        now = order.index(run["id"]) + 1
+        self.storage.add_event(run["id"], f"moved to position {now} in the queue" + (
+            "" if now == min(position, len(order)) else
+            f" (asked for {position}: runs take turns by owner, so a run changes places with "
+            "its owner's own runs only; an admin can pin it anywhere)"))
         return order
 
     def cancel_run(self, run_id: int) -> None:
