@@ -87,6 +87,7 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
                    f"peak memory {run['peak_memory_mb'] or 0:.0f} MiB")
     if live["series"]:
         views.live_charts(run_id, live)
+    views.tracking_commands(wb.run_tracking(run_id))
     views.event_log(wb.run_events(run_id, limit=30))
     if status in views.FINISHED:
         views.method_report(run_id, wb.run_method_report(run_id))

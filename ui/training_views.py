@@ -64,6 +64,25 @@ def progress(run: dict) -> None:
                    "(it is kept in the data home).")
 
 
+def tracking_commands(places: dict[str, dict]) -> None:
+    """How to open the run's experiment tracking (its ``tracking`` setting): TensorBoard's and
+    MLflow's exact commands (``Workbench.run_tracking``)."""
+    if not places:
+        return
+    with st.expander("Experiment tracking: open in " + " and ".join(
+            {"tensorboard": "TensorBoard", "mlflow": "MLflow"}[name] for name in places),
+            icon=":material/monitoring:"):
+        if "tensorboard" in places:
+            st.caption("TensorBoard: event files in the run's folder"
+                       + ("" if places["tensorboard"]["exists"] else " (none written yet)") + ".")
+            st.code(places["tensorboard"]["command"], language="bash")
+        if "mlflow" in places:
+            st.caption("MLflow: this data home's tracking store (experiment `lessismore`, the "
+                       "adapter as an artifact). `mlflow ui` comes with the full mlflow package: "
+                       f"`{places['mlflow']['install']}`.")
+            st.code(places["mlflow"]["command"], language="bash")
+
+
 def event_log(events: list[dict]) -> None:
     """The run's log, newest last; long lines wrap instead of running off the right edge."""
     st.code("\n".join(f"{e['time'][11:19]} {e['level']:>7}  {e['message'].splitlines()[0]}"

@@ -158,8 +158,13 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                 status, peak_memory_mb = ended["status"], ended["peak_memory_mb"]
             else:
                 recipe = FineTuneRecipe(storage, run, should_stop)
-                recipe.setup()
-                status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                try:
+                    recipe.setup()
+                    status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                except BaseException as error:
+                    recipe.cleanup("failed" if isinstance(error, Exception) else "interrupted")
+                    raise
+                recipe.cleanup(status)
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=peak_memory_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")

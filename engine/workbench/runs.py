@@ -14,6 +14,7 @@ from engine.methods import get_method
 from engine.progress import format_duration
 from engine.training.profiles import active_profile
 from engine.training.settings import RunSettings, TrainingSettings, stored_training
+from engine.training.tracking import missing_packages, tracking_places
 from storage import utc_now
 
 LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
@@ -63,7 +64,7 @@ class RunsMixin:
             raise RunError(
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
-        training_settings = self.profile_defaults() | (training_settings or {})  # given values win
+        training_settings = self.new_run_defaults() | (training_settings or {})  # given values win
         run_settings = RunSettings.build(method, dataset_record["task"], method_settings, training_settings)
         training_obj = run_settings.training
         self._check_splits(dataset_record, training_obj)
@@ -77,7 +78,8 @@ class RunsMixin:
         check_target_modules(run_settings.method_settings, outline, task_model_cls)
         steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
         duration = self._estimated_seconds(model_record["id"], method, steps)
-        warnings = training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
+        warnings = (training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
+                    + missing_packages(training_obj.tracking))
         if duration is not None and duration > LONG_RUN_S:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
@@ -244,6 +246,13 @@ class RunsMixin:
         run = self.get_run(run_id)
         path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def run_tracking(self, run_id: int) -> dict[str, dict]:
+        """Where the run's experiment tracking writes (TensorBoard, MLflow) and the command that
+        opens each: ``{"tensorboard": {"where", "exists", "command"}, "mlflow": {..., "install"}}``;
+        empty when the run tracks nothing."""
+        run = self.get_run(run_id)
+        return tracking_places(stored_training(run).tracking, self.storage.files.home, run["id"])
 
     def list_runs(self, limit: int | None = None) -> list[dict]:
         """The user's runs and runs shared with everybody (an admin's view: all), newest first."""
