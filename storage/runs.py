@@ -91,7 +91,7 @@ class RunStore:
         with self.atomic() as db:
             row = db.execute(
                 "update runs set status = 'running', worker = ?, heartbeat_at = ?, "
-                "started_at = coalesce(started_at, ?), error = null "
+                "started_at = coalesce(started_at, ?), error = null, wall_time_at = null "
                 f"where id = {target} and status = 'queued' and not exists ("
                 "select 1 from runs where status = 'running' and worker like ?) returning id",
                 params,
@@ -190,6 +190,12 @@ class RunStore:
         marks = ",".join("?" * len(statuses))
         return self._rows(f"select * from runs where status in ({marks}) order by id",
                           list(statuses))
+
+    def finished_runs_of_model(self, model_id: int, exclude: int | None = None, limit: int = 10) -> list[dict]:
+        """The newest completed runs of ``model_id`` (any owner: how fast this machine is),
+        newest first; for estimates only, never shown."""
+        return self._rows("select * from runs where status = 'completed' and model_id = ? and id is not ? "
+                          "and step > 0 order by id desc limit ?", [model_id, exclude, limit])
 
     def seconds_per_step(self, model_id: int, method: str) -> float | None:
         """Wall seconds per step over the completed runs of ``model_id`` with ``method`` (None

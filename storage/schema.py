@@ -188,10 +188,13 @@ def m009_accounts(db: Database) -> None:
 
 
 @migrations()
-def m010_runs_queue_pinned(db: Database) -> None:
-    """The fair queue (issue 27): queued runs take turns by owner (round robin); a run an admin
-    moved is pinned at its place, ahead of the turns (storage/runs.py, ``FAIR_QUEUE``)."""
+def m010_runs_fair_queue_and_clock(db: Database) -> None:
+    """Issue 27. The fair queue: queued runs take turns by owner (round robin); a run an admin
+    moved is pinned at its place, ahead of the turns (storage/runs.py, ``FAIR_ORDER``). The
+    clock: when ``wall_time_s`` was last written (Unix time), so elapsed keeps moving between
+    steps (engine/training/clock.py)."""
     db["runs"].add_column("queue_pinned", int, not_null_default=0)
+    db["runs"].add_column("wall_time_at", float)
 
 
 def _now_sql(db: Database) -> str:

@@ -312,6 +312,8 @@ class FineTuneRecipe:
         accumulation = cfg.gradient_accumulation_steps
         started = time.perf_counter()
         time_limit, throughput = TimeLimit(cfg.max_time_minutes), Throughput()
+        if self.is_main:  # the clock starts: elapsed moves from here (engine/training/clock.py)
+            self.storage.update_run(self.run_id, wall_time_s=self.wall_offset, wall_time_at=time.time())
         self.model.train()
         self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         if cfg.eval_on_start and self.micro_batches == 0 and self.is_main:
@@ -441,7 +443,7 @@ class FineTuneRecipe:
         }
         self.storage.add_metrics(self.run_id, self.step, wall, values)
         self.tracking.scalars(self.step, values)
-        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
+        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall, wall_time_at=time.time(),
                                 peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
@@ -457,7 +459,7 @@ class FineTuneRecipe:
             self.run_dir, self.model, self.optimizer, self.scheduler, state,
             scaler=self.scaler, keep=self.config.save_total_limit)
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
-                                wall_time_s=wall)
+                                wall_time_s=wall, wall_time_at=time.time())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, items: list[dict], phase: str = "evaluation") -> tuple[dict, list]:
@@ -555,7 +557,9 @@ class FineTuneRecipe:
             write_evaluation(self.run_dir, self.task_model, split, fell_back, final, rows,
                              validation_before=self.validation_before(validation))
         self.save()
-        self.storage.update_run(self.run_id, metrics=final)
+        # The run's wall time includes its final scoring (elapsed never jumps back at the end).
+        self.storage.update_run(self.run_id, metrics=final, wall_time_at=time.time(),
+                                wall_time_s=self.wall_offset + time.perf_counter() - started)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> Path:
