@@ -71,7 +71,11 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
         st.rerun()
     st.markdown(f"### {run_label(run, with_status=False)}")
     status_badge(status)
-    views.progress(run)
+    clock = wb.run_clock(run_id) if status in ("running", "queued") else None
+    views.progress(run, clock)
+    views.clock_caption(clock)
+    if status == "running":
+        views.machine_load_line(wb.machine_load(run_id))
     run_buttons(wb, run)
     if status == "queued":
         position = wb.run_summary(run_id)["queue_position"]

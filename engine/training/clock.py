@@ -40,6 +40,7 @@ class Plan:
     eval_steps: int = 0
     validation_items: int = 0
     test_items: int = 0
+    eval_on_start: bool = False  # the untouched model is scored before step 1
 
     def whole_windows(self, first_step: int, last_step: int) -> int:
         """Whole-window micro-batches in optimizer steps ``first_step``..``last_step`` (1-based):
@@ -118,19 +119,23 @@ def estimate(step: int, plan: Plan, timings: Timings, phase: str | None = None,
     whole = plan.whole_windows(step + 1, total)
     for name, count, seconds in (("short steps", micro - whole, timings.short_s),
                                  ("whole-window steps", whole, timings.whole_s)):
-        if count:
-            (unknown.append(name) if seconds is None else parts.__setitem__(name, count * seconds))
-    per_item = timings.eval_per_item_s
+        if count and seconds is None:
+            unknown.append(name)
+        elif count:
+            parts[name] = count * seconds
     scoring = plan.evaluations_between(step, total) * plan.validation_items
-    final = phase is not None and phase.startswith("final")
-    if not final:
+    if phase is None or not phase.startswith("final"):
         scoring += plan.validation_items + plan.test_items  # the final validation and test scoring
     elif "validation" in phase:
         scoring += plan.test_items
     if phase:
         scoring += max(0, phase_total - phase_done)
-    if scoring:
-        (unknown.append("evaluations") if per_item is None else parts.__setitem__("evaluations", scoring * per_item))
+    elif plan.eval_on_start and step == 0:
+        scoring += plan.validation_items  # the untouched model's score, before the first step
+    if scoring and timings.eval_per_item_s is None:
+        unknown.append("evaluations")
+    elif scoring:
+        parts["evaluations"] = scoring * timings.eval_per_item_s
     return {"eta_s": sum(parts.values()) if parts or not unknown else None, "parts": parts,
             "unknown": unknown}
 
@@ -155,7 +160,7 @@ def plan_of(storage: Storage, run: dict) -> Plan | None:
     counts = storage.count_items(run["dataset_id"])
     return Plan(total_steps=total, accumulation=training.gradient_accumulation_steps,
                 full_window_every=training.full_window_every if training.audio_padding == "longest" else 0,
-                eval_steps=training.eval_steps,
+                eval_steps=training.eval_steps, eval_on_start=training.eval_on_start,
                 validation_items=counts.get("validation", 0), test_items=counts.get("test", 0))
 
 

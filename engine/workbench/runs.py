@@ -12,12 +12,15 @@ from engine import settings as settings_lib
 from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
 from engine.progress import format_duration
+from engine.training.monitoring import AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, MFU_PERCENT, SAMPLES_PER_S, TFLOPS
 from engine.training.profiles import active_profile
 from engine.training.settings import RunSettings, TrainingSettings, stored_training
 from engine.training.tracking import missing_packages, tracking_places
 from storage import utc_now
 
 LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
+# The live monitor's headline figures: means over the run's steps (one GROUP BY on the index).
+MEAN_THROUGHPUT = [SAMPLES_PER_S, AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, TFLOPS, MFU_PERCENT]
 
 
 class RunsMixin:
@@ -247,6 +250,30 @@ class RunsMixin:
         path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def run_clock(self, run_id: int) -> dict:
+        """A running or queued run's elapsed time (moving between steps) and ETA from its own
+        short and whole-window steps and evaluations (engine/training/clock.py): ``elapsed_s``,
+        ``eta_s`` (None: nothing timed yet), ``parts``, ``unknown``, ``basis``."""
+        from engine.training.clock import run_clock
+
+        return run_clock(self.storage, self.get_run(run_id))
+
+    def machine_load(self, run_id: int | None = None) -> dict:
+        """How busy other processes keep this machine (``engine.training.monitoring.MachineLoad``):
+        the CPU of this process and of the process training ``run_id`` here is the workbench's."""
+        import os
+        import socket
+
+        from engine.training.monitoring import MachineLoad
+
+        own = {os.getpid()}
+        if run_id is not None:
+            host, _, rest = (self.get_run(run_id).get("worker") or "").partition(":")
+            pid = rest.split(":")[0]
+            if host == socket.gethostname() and pid.isdigit():
+                own.add(int(pid))
+        return self.__dict__.setdefault("_machine_load", MachineLoad()).sample(own)
+
     def run_tracking(self, run_id: int) -> dict[str, dict]:
         """Where the run's experiment tracking writes (TensorBoard, MLflow) and the command that
         opens each: ``{"tensorboard": {"where", "exists", "command"}, "mlflow": {..., "install"}}``;
@@ -450,9 +477,11 @@ class RunsMixin:
             self.live_series.forget(run["id"])
             series = {name: display_series(self.storage, run["id"], name, step)
                       for name in self.run_metric_names(run["id"])}
-        # Downsampling always keeps a series' last point: its latest value.
+        # Downsampling always keeps a series' last point: its latest value. The headline
+        # throughput is the run's mean over its steps (as Compare's), not the last step's.
         return {"series": series,
-                "latest": {name: columns["value"][-1] for name, columns in series.items() if columns["value"]}}
+                "latest": {name: columns["value"][-1] for name, columns in series.items() if columns["value"]},
+                "means": self.storage.metric_means(run["id"], MEAN_THROUGHPUT)}
 
     def display_series(self, run_id: int, name: str) -> dict[str, list]:
         """One metric downsampled for charts; stored when the run ended (engine/series.py)."""
