@@ -139,3 +139,20 @@ def test_the_machine_load_counts_only_other_processes(monkeypatch):
     second = load.sample({1}, now=20.0)
     assert second["others_percent"] == pytest.approx(100.0 * 40.0 / (20.0 * 2))
     assert second == {"cores": 2, "load_average": 3.5, "others_percent": pytest.approx(100.0), "busy": True}
+
+
+def test_train_wait_lines_take_their_eta_from_the_clock():
+    import io
+
+    from engine.progress import ProgressReport
+
+    clock = {"eta_s": 150.0, "unknown": []}
+    stream = io.StringIO()
+    report = ProgressReport(3, lambda: {"train/loss": 0.5}, stream, line_every_s=0, clock=lambda: clock)
+    run = {"status": "running", "step": 95, "total_steps": 96, "wall_time_s": 190.0, "phase": None}
+    report.update(run)
+    clock.update(eta_s=120.0, unknown=["whole-window steps"])
+    report.update({**run, "step": 96, "phase": "final evaluation on the test split", "phase_total": 20})
+    assert stream.getvalue().splitlines() == [
+        "run 3: step 95/96 (99%) · loss 0.5000 · ETA 2m 30s",
+        "run 3: step 96/96 (100%) · loss 0.5000 · ETA at least 2m 00s · evaluating"]
