@@ -123,3 +123,40 @@ def test_lim_tracking_is_the_default_of_new_runs(workbench, monkeypatch):
     assert plan["training_settings"]["tracking"] == "none"  # a run's own choice wins
     assert "--set" not in workbench.train_command("demo-commands", "tiny-whisper", "lora", {},
                                                   {"tracking": "tensorboard"})
+
+
+def test_a_resumed_run_replaces_the_tensorboard_steps_it_replays(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from engine.training.tracking import TensorBoardWriter
+
+    first = TensorBoardWriter(tmp_path, {"r": "8"}, resumed_at=0)
+    for step in range(1, 6):
+        first.scalars(step, {"train/loss": float(step)})
+    first.close("stopped")  # stopped after step 5; its checkpoint is at step 3
+    resumed = TensorBoardWriter(tmp_path, {"r": "8"}, resumed_at=3)
+    for step in range(4, 7):
+        resumed.scalars(step, {"train/loss": 10.0 * step})
+    resumed.close("completed")
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
+    from engine.training.tracking import MlflowWriter
+
+    run = {"id": 7, "method": "lora", "task": "asr", "model_name": "tiny-whisper", "dataset_name": "demo-speech"}
+    first = MlflowWriter(tmp_path, run, {"r": "8"})
+    first.scalars(1, {"train/loss": 2.0})
+    first.close("stopped")
+    assert first.client.get_run(first.run_id).info.status == "KILLED"
+    resumed = MlflowWriter(tmp_path, run, {"r": "8"})
+    assert resumed.run_id == first.run_id
+    assert resumed.client.get_run(resumed.run_id).info.status == "RUNNING"
+    resumed.scalars(2, {"train/loss": 1.0})
+    resumed.close("completed")
+    found = resumed.client.get_run(resumed.run_id)
+    assert found.info.status == "FINISHED" and found.data.params == {"r": "8"}
+    assert [m.step for m in resumed.client.get_metric_history(found.info.run_id, "train/loss")] == [1, 2]
