@@ -76,10 +76,10 @@ class RunStore:
         """Atomically move the next queued run (or ``run_id``) to ``running`` for ``worker``.
 
         The next run is the first of ``FAIR_ORDER`` (pinned runs, then turns by owner). One
-        UPDATE statement does the
-        check and the change, so two workers (the app and a command line) can never both claim
-        the same run; it also refuses while another run is ``running`` on the same host, so
-        the app and a ``train --wait`` never train two runs on one device at once.
+        UPDATE statement does the check and the change, so two workers (the app and a command
+        line) can never both claim the same run; it also refuses while another run is
+        ``running`` on the same host, so the app and a ``train --wait`` never train two runs on
+        one device at once. The clock of the claimed run stops until it trains (``wall_time_at``).
         """
         target = "?" if run_id is not None else (
             f"({FAIR_ORDER} select id from fair order by place limit 1)")

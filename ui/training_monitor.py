@@ -71,7 +71,7 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
         st.rerun()
     st.markdown(f"### {run_label(run, with_status=False)}")
     status_badge(status)
-    clock = wb.run_clock(run_id) if status in ("running", "queued") else None
+    clock = wb.run_clock(run_id) if status == "running" else None  # (a queued run: the queue's estimate)
     views.progress(run, clock)
     views.clock_caption(clock)
     if status == "running":

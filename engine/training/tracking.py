@@ -212,6 +212,8 @@ class Tracking:
                          "it is off for the rest of this run, which goes on", "warning")
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        if not self.writers:
+            return
         numbers = {name: float(value) for name, value in values.items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
         if numbers:
