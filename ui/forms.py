@@ -36,6 +36,7 @@ PLAIN_LABELS = {
     "generation_max_length": "Longest transcript (tokens)",
     "full_window_every": "Whole-window batch every N batches", "language": "Spoken language",
     "task": "Whisper task", "audio_padding": "Audio padding",
+    "tracking": "Experiment tracking (TensorBoard, MLflow)",
     # methods (peft's names)
     "r": "Rank", "lora_alpha": "Scale (alpha)", "lora_dropout": "Adapter dropout",
     "target_modules": "Layers to adapt", "use_rslora": "Rank-stabilised scaling", "use_dora": "DoRA",

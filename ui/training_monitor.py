@@ -72,7 +72,11 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
         st.rerun()
     st.markdown(f"### {run_label(run, with_status=False)}")
     status_badge(status)
-    views.progress(run)
+    clock = wb.run_clock(run_id) if status == "running" else None  # (a queued run: the queue's estimate)
+    views.progress(run, clock)
+    views.clock_caption(clock)
+    if status == "running":
+        views.machine_load_line(wb.machine_load(run_id))
     run_buttons(wb, run)
     if status == "queued":
         position = wb.run_summary(run_id)["queue_position"]
@@ -89,6 +93,7 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
                    f"peak memory {run['peak_memory_mb'] or 0:.0f} MiB")
     if live["series"]:
         views.live_charts(run_id, live)
+    views.tracking_commands(wb.run_tracking(run_id))
     views.event_log(wb.run_events(run_id, limit=30))
     if status in views.FINISHED:
         views.method_report(run_id, wb.run_method_report(run_id))
@@ -139,7 +144,10 @@ def queue_section(wb) -> None:
         return
     pick, where, move, cancel = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
     chosen = pick.selectbox("Queued run", ids, key="train.queue.run", format_func=lambda i: f"#{i}")
-    position = bounded_number("Move to position", 1, len(queue), 1, "train.queue.position", where)
+    position = bounded_number("Move to position", 1, len(queue), 1, "train.queue.position", where,
+                              help="Runs take turns by owner (round robin), so your run changes "
+                                   "places with your own runs only and lands on your turn nearest "
+                                   "this position; an admin's move pins a run exactly there.")
     if move.button("Move", key="train.queue.move"):
         wb.move_run(chosen, int(position))
         st.rerun()

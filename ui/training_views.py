@@ -45,16 +45,48 @@ def default_run(runs: list[dict]) -> int:
     return runs[0]["id"]
 
 
-def progress(run: dict) -> None:
-    """Training steps, and while the run evaluates, that phase with its own examples done / total;
-    while it compiles for a new batch shape, that, and why it takes a while."""
+def eta_text(clock: dict | None) -> str:
+    """" · ETA 4m 10s", " · ETA at least 2m 00s" when parts are not timed yet, or ""."""
+    if not clock or clock["eta_s"] is None:
+        return ""
+    return f" · ETA {'at least ' if clock['unknown'] else ''}{format_duration(clock['eta_s'])}"
+
+
+def clock_caption(clock: dict | None) -> None:
+    """What the ETA is made of (short and whole-window steps, evaluations) and what it is
+    based on, so a presenter can see why the last steps take longer."""
+    if not clock or (not clock["parts"] and not clock["unknown"]):
+        return
+    parts = " + ".join(f"{name} {format_duration(seconds)}" for name, seconds in clock["parts"].items())
+    st.caption("ETA: " + (parts or "–") + (f", timed on {clock['basis']}" if clock["basis"] else "")
+               + (f"; not timed yet, so not counted: {', '.join(clock['unknown'])}" if clock["unknown"] else "")
+               + ".")
+
+
+def machine_load_line(load: dict | None) -> None:
+    """A line when other processes load the machine, so a slow run is not blamed on the run."""
+    if not load or not load["busy"]:
+        return
+    others = load["others_percent"]
+    st.warning("This machine is busy with other work: "
+               + (f"other processes use {others:.0f} % of its {load['cores']} cores, " if others is not None else "")
+               + f"load average {load['load_average']:.1f} on {load['cores']} cores. This run trains "
+               "slower than it would alone, and the ETA follows what it measures.",
+               icon=":material/speed:")
+
+
+def progress(run: dict, clock: dict | None = None) -> None:
+    """Training steps with elapsed time (moving, ``Workbench.run_clock``) and the ETA from the
+    run's own steps and evaluations, and while the run evaluates, that phase with its own
+    examples done / total; while it compiles for a new batch shape, that, and why it takes a while."""
     step, total = run["step"] or 0, run["total_steps"]
     phase, busy = (run.get("phase") if run["status"] == "running" else None), busy_with(run)
-    eta = None if phase else eta_seconds(run)
+    if clock is None:  # no clock given: the mean time per step, hidden while busy
+        eta = None if phase else eta_seconds(run)
+        clock = {"elapsed_s": run["wall_time_s"] or 0, "eta_s": eta, "unknown": [], "parts": {}, "basis": None}
     st.progress(min(1.0, step / total) if total else 0.0,
-                text=f"step {step} / {total or '?'} · elapsed {format_duration(run['wall_time_s'] or 0)}"
-                     + (f" · ETA {format_duration(eta)}" if eta is not None else "")
-                     + (f" · {busy}" if busy else ""))
+                text=f"step {step} / {total or '?'} · elapsed {format_duration(clock['elapsed_s'] or 0)}"
+                     + eta_text(clock) + (f" · {busy}" if busy else ""))
     if phase and run.get("phase_total"):
         done, of = run.get("phase_done") or 0, run.get("phase_total") or 0
         st.progress(min(1.0, done / of) if of else 0.0,
@@ -63,6 +95,25 @@ def progress(run: dict) -> None:
         st.caption("Compiling: the first batch of each new shape compiles the model's layers "
                    "(torch.compile), which takes a while; later runs reuse what was compiled "
                    "(it is kept in the data home).")
+
+
+def tracking_commands(places: dict[str, dict]) -> None:
+    """How to open the run's experiment tracking (its ``tracking`` setting): TensorBoard's and
+    MLflow's exact commands (``Workbench.run_tracking``)."""
+    if not places:
+        return
+    with st.expander("Experiment tracking: open in " + " and ".join(
+            {"tensorboard": "TensorBoard", "mlflow": "MLflow"}[name] for name in places),
+            icon=":material/monitoring:"):
+        if "tensorboard" in places:
+            st.caption("TensorBoard: event files in the run's folder"
+                       + ("" if places["tensorboard"]["exists"] else " (none written yet)") + ".")
+            st.code(places["tensorboard"]["command"], language="bash")
+        if "mlflow" in places:
+            st.caption("MLflow: this data home's tracking store (experiment `lessismore`, the "
+                       "adapter as an artifact). `mlflow ui` comes with the full mlflow package: "
+                       f"`{places['mlflow']['install']}`.")
+            st.code(places["mlflow"]["command"], language="bash")
 
 
 def event_log(events: list[dict]) -> None:
@@ -86,16 +137,22 @@ def trained_on(names) -> str | None:
     return "GPU" if m.GPU_MEMORY_MB in names else "CPU" if m.CPU_PERCENT in names else None
 
 
-def throughput_metrics(latest: dict[str, float]) -> None:
-    """The last step's samples/s, audio-hours per hour and loss, then its utilisation."""
-    speed, tflops, mfu = (latest.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
-    audio = latest.get(m.AUDIO_HOURS_PER_HOUR) or latest.get(m.AUDIO_SECONDS_PER_S)
+def throughput_metrics(latest: dict[str, float], means: dict[str, float] | None = None) -> None:
+    """The run's mean samples/s, audio-hours per hour and utilisation over its steps (the
+    last step's when no means are given), and its last loss."""
+    figures = {**latest, **(means or {})}
+    speed, tflops, mfu = (figures.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
+    audio = figures.get(m.AUDIO_HOURS_PER_HOUR) or figures.get(m.AUDIO_SECONDS_PER_S)
     loss = latest.get("train/loss")
+    last = latest.get(m.SAMPLES_PER_S)
     speed_col, audio_col, loss_col = st.columns(3)
-    speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}")
+    speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}",
+                     help="The run's mean over its steps (the last step: "
+                          + ("–" if last is None else f"{last:.1f}") + "); a step after an "
+                          "evaluation or a whole-window batch is slower than the rest.")
     audio_col.metric("audio-hours per hour", "–" if audio is None else f"{audio:.1f}",
-                     help="Hours of audio trained on per hour of wall time: above 1 trains "
-                          "faster than real time.")
+                     help="Hours of audio trained on per hour of wall time, the run's mean: "
+                          "above 1 trains faster than real time.")
     loss_col.metric("last loss", "–" if loss is None else f"{loss:.4f}")
     mfu_col, tflops_col, _ = st.columns(3)
     device = trained_on(latest) if tflops is not None else None
@@ -111,7 +168,7 @@ def live_charts(run_id: int, live: dict) -> None:
     throughput, utilisation and machine charts, from ``Workbench.live_metrics`` (downsampled
     series and latest values)."""
     series, latest = live["series"], live["latest"]
-    throughput_metrics(latest)
+    throughput_metrics(latest, live.get("means"))
     charts = dict(LIVE_CHARTS)
     evals = sorted(name for name in series if name.startswith("eval/"))
     if evals:

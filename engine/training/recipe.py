@@ -3,8 +3,10 @@
 Protocol (as in torchtune's recipes): ``setup()`` loads data, model and method and restores the
 newest checkpoint when there is one; ``train()`` runs optimizer steps, writing metrics and
 events to storage as it goes, and returns the final status; ``finish()`` scores the test split
-and writes the per-example table; ``save()`` writes the adapter (or full model). The worker
-thread calls these; nothing here knows about threads or pages.
+and writes the per-example table; ``save()`` writes the adapter (or full model); ``cleanup()``
+closes the experiment tracking (engine/training/tracking.py), which gets every metric, the
+settings and the adapter too. The worker thread calls these; nothing here knows about threads
+or pages.
 
 Resuming is exact: the batches of an epoch are a pure function of ``seed`` and the epoch, and
 a checkpoint holds weights, optimizer, scheduler, gradient scaler, callback and RNG state, so
@@ -48,6 +50,7 @@ from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
+from engine.training.tracking import Tracking
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
@@ -79,6 +82,7 @@ class FineTuneRecipe:
         self.config, self.method_settings = self.settings.training, self.settings.method_settings
         self.method = get_method(run["method"])
         self.device = parallel.device if parallel else pick_device()
+        self.tracking = Tracking([], self.log)  # nothing until setup opens the run's choice
 
     def log(self, message: str, level: str = "info") -> None:
         self.storage.add_event(self.run_id, message, level)
@@ -127,6 +131,10 @@ class FineTuneRecipe:
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
                                 trainable_params=self.trainable_params, total_params=self.total_params)
+        if self.is_main and cfg.tracking != "none":
+            self.tracking = Tracking.open(cfg.tracking, home=self.storage.files.home, run_dir=self.run_dir,
+                                          run=self.run, settings=self.settings.to_record()["settings"],
+                                          resumed_at=self.step, log=self.log)
         where = (f"{self.parallel.world_size} processes, {self.device} on this one" if self.parallel
                  else self.device)
         self.log(f"{self.method.name} on {model_record['name']} ({where}): "
@@ -313,6 +321,8 @@ class FineTuneRecipe:
         accumulation = cfg.gradient_accumulation_steps
         started = time.perf_counter()
         time_limit, throughput = TimeLimit(cfg.max_time_minutes), Throughput()
+        if self.is_main:  # the clock starts: elapsed moves from here (engine/training/clock.py)
+            self.storage.update_run(self.run_id, wall_time_s=self.wall_offset, wall_time_at=time.time())
         self.model.train()
         self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         if cfg.eval_on_start and self.micro_batches == 0 and self.is_main:
@@ -433,14 +443,16 @@ class FineTuneRecipe:
 
     def record_step(self, wall: float, loss: float, grad_norm: float | None, rates: dict) -> None:
         memory_mb = self.memory.sample()
-        self.storage.add_metrics(self.run_id, self.step, wall, {
+        values = {
             "train/loss": loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
             **utilisation_metrics(rates[SAMPLES_PER_S], self.train_flops_per_sample, self.peak_tflops),
             **system_sample(self.device),
             **(self.method.step_metrics(self.model) if self.method.step_metrics else {}),
-        })
-        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
+        }
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
+        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall, wall_time_at=time.time(),
                                 peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
@@ -457,7 +469,7 @@ class FineTuneRecipe:
             scaler=self.scaler, keep=self.config.save_total_limit)
         self.write_method_report()  # a resumed run goes on from what was decided by now
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
-                                wall_time_s=wall)
+                                wall_time_s=wall, wall_time_at=time.time())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, items: list[dict], phase: str = "evaluation") -> tuple[dict, list]:
@@ -493,8 +505,9 @@ class FineTuneRecipe:
                              "on the validation split")
         self.last_validation = (metrics, predictions)
         wall = self.wall_offset + time.perf_counter() - wall_start
-        self.storage.add_metrics(self.run_id, self.step, wall,
-                                 {f"eval/{name}": value for name, value in metrics.items()})
+        values = {f"eval/{name}": value for name, value in metrics.items()}
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None)
         self.log(f"step {self.step}: validation {shown}")
         return metrics
@@ -520,8 +533,9 @@ class FineTuneRecipe:
         """Metrics and predictions on the test split, stored as ``test/*`` at this step."""
         metrics, predictions = self.evaluate(self.test_items, phase)
         wall = self.wall_offset + time.perf_counter() - started
-        self.storage.add_metrics(self.run_id, self.step, wall,
-                                 {f"test/{name}": value for name, value in metrics.items()})
+        values = {f"test/{name}": value for name, value in metrics.items()}
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
         return metrics, predictions
 
     def scores_before(self, split: str, after: dict) -> dict | None:
@@ -562,7 +576,9 @@ class FineTuneRecipe:
                              validation_before=self.scores_before("validation", validation),
                              test_before=self.scores_before("test", final) if split == "test" else None)
         self.save()
-        self.storage.update_run(self.run_id, metrics=final)
+        # The run's wall time includes its final scoring (elapsed never jumps back at the end).
+        self.storage.update_run(self.run_id, metrics=final, wall_time_at=time.time(),
+                                wall_time_s=self.wall_offset + time.perf_counter() - started)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> Path:
@@ -587,4 +603,9 @@ class FineTuneRecipe:
             (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))
         self.storage.update_run(self.run_id, adapter_dir=self.storage.files.relative(out))
         self.log(f"saved {'adapter' if self.method.is_adapter else 'model'} to {out}")
+        self.tracking.artifact(out)
         return out
+
+    def cleanup(self, status: str) -> None:
+        """After the run, whichever way it ended: close its experiment tracking (never raises)."""
+        self.tracking.close(status)

@@ -161,6 +161,15 @@ class TrainingSettings:
                           "(docs/multi-gpu.md).", min=1, max=1024)
     rdzv_endpoint: str = setting("", "host:port where the machines of a multi-machine run meet "
                                  "(torchrun --rdzv-endpoint); empty on one machine.")
+    tracking: str = setting(
+        "none", "Experiment tracking, besides the workbench's own charts: write the loss, "
+        "learning rate, gradient norm, throughput, validation and test scores and the settings "
+        "to TensorBoard event files in the run's folder (open with `tensorboard --logdir "
+        "<data home>/runs/<id>/tensorboard`), to a local MLflow tracking store with the adapter "
+        "as an artifact (`mlflow ui --backend-store-uri sqlite:///<data home>/mlflow/mlflow.db`), "
+        "or both; the run's page shows the exact command. New runs default to LIM_TRACKING. "
+        "Tracking never fails a run: a missing package or a failed write is a warning in its log.",
+        choices=["none", "tensorboard", "mlflow", "both"])
 
     def task_options(self) -> dict:
         """The task model's options these settings choose (prompt, window, generation length):
