@@ -546,7 +546,7 @@ def finish(wb, args, run_id: int) -> int:
         return 0
     # Progress on stderr: a bar on a terminal, plain lines in a log; none with --json.
     report = None if args.json else ProgressReport(
-        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]))
+        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]), clock=lambda: wb.run_clock(run_id))
     try:
         summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
     finally:  # Ctrl-C too: end the bar's line before the error line

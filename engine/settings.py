@@ -217,6 +217,9 @@ class WorkbenchConfig:
     playground_cache_mb: int = setting(2048, "MB of models the Playground keeps loaded, least "
                                        "recently used first out (LIM_PLAYGROUND_CACHE_MB).",
                                        min=0, max=10_000_000)
+    tracking: str = setting(
+        "none", "Experiment tracking of new runs (their `tracking` setting's default): none, "
+        "tensorboard, mlflow or both (LIM_TRACKING).", choices=["none", "tensorboard", "mlflow", "both"])
     distributed_timeout_min: float = setting(
         120.0, "Minutes a GPU process of a multi-GPU run waits for the others; rank 0 evaluates "
         "alone meanwhile, so this bounds an evaluation (LIM_DISTRIBUTED_TIMEOUT_MIN).",

@@ -187,5 +187,15 @@ def m009_accounts(db: Database) -> None:
     db["login_failures"].create_index(["client", "at"])
 
 
+@migrations()
+def m010_runs_fair_queue_and_clock(db: Database) -> None:
+    """Issue 27. The fair queue: queued runs take turns by owner (round robin); a run an admin
+    moved is pinned at its place, ahead of the turns (storage/runs.py, ``FAIR_ORDER``). The
+    clock: when ``wall_time_s`` was last written (Unix time), so elapsed keeps moving between
+    steps (engine/training/clock.py)."""
+    db["runs"].add_column("queue_pinned", int, not_null_default=0)
+    db["runs"].add_column("wall_time_at", float)
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

@@ -20,6 +20,7 @@ from engine.settings import load_config
 from engine.studies import Grid, parse_axes, parse_list
 from engine.study_merge import merge_summaries, part_names, read_summary
 from ui.confirm import delete_button, flash
+from ui.forms import bounded_number, fix_buttons
 from ui.state import format_duration, md_text
 from ui.study_results import cells_view, exports, study_csv
 
@@ -59,12 +60,12 @@ def launch_form(wb) -> int | None:
                            key="studies.targets", height=68,
                            help="Comma-separated layer names per line, e.g. q_proj,v_proj")
     a, b, c = st.columns(3)
-    steps = a.number_input("Steps per run", 1, 1_000_000, 50, key="studies.steps")
+    steps = bounded_number("Steps per run", 1, 1_000_000, 50, "studies.steps", a)
     learning_rates = b.text_input("Learning rates", "1e-3", key="studies.lr",
                                   help="One value for every run, or several (comma-separated, e.g. "
                                        "1e-4, 3e-4, 1e-3) to make the learning rate a grid axis: "
                                        "methods rarely share their best one.")
-    batch = c.number_input("Batch size", 1, 1024, 8, key="studies.batch")
+    batch = bounded_number("Batch size", 1, 1024, 8, "studies.batch", c)
     axes_text = st.text_area("More grid axes (KEY=V1,V2, one per line)", "", key="studies.axes", height=68,
                              help="Any training or method setting and its values, e.g. "
                                   "warmup_steps=0,10 or lora_dropout=0,0.1: every cell is run at each "
@@ -90,6 +91,9 @@ def launch_form(wb) -> int | None:
         plan = wb.plan_study(dataset, model, grid, settings)
     except WorkbenchError as error:
         st.error(str(error), icon=":material/error:")
+        # (learning rates are a text box: several make a grid axis, so no one-click number)
+        fix_buttons(error, {"max_steps": "studies.steps", "per_device_train_batch_size": "studies.batch"},
+                    "studies.fix")
         return None
     st.info(estimate_text(plan), icon=":material/calculate:")
     for warning in plan["warnings"]:
@@ -131,7 +135,9 @@ def estimate_text(plan: dict) -> str:
     if plan["estimated_seconds"] is None:
         return text + ("time unknown: none of these methods has trained this model on this "
                        "machine yet (the first run gives the estimate).")
-    text += f"about {format_duration(plan['estimated_seconds'])} one after another"
+    text += (f"about {format_duration(plan['estimated_seconds']).removeprefix('about ')} one after "
+             "another (from earlier runs of these models and methods here: their steps, plus the "
+             "loading, scoring and saving around them)")
     if plan["unestimated"]:
         text += f", not counting {plan['unestimated']} runs of methods not yet timed here"
     return text + "."
@@ -257,8 +263,9 @@ def merge_section() -> None:
         return
     left, right = st.columns(2)  # the downloads say what the page shows
     left.download_button("Table as CSV", study_csv(merged["table"], merged["runs"]), file_name="study-merged.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.merge.csv")
+                         mime="text/csv", icon=":material/table:", key="studies.merge.csv",
+                         on_click="ignore")
     right.download_button("Merged study (JSON)", json.dumps(shown, indent=2, default=str),
                           file_name="study-merged.json", mime="application/json", icon=":material/download:",
-                          key="studies.merge.json",
+                          key="studies.merge.json", on_click="ignore",
                           help="What `python -m engine study merge FILES --reference CELL --json` prints.")

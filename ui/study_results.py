@@ -211,14 +211,17 @@ def exports(wb, summary: dict, key: str = "studies") -> None:
     study_id = summary["id"]
     a, b, c, d = st.columns(4)
     a.download_button("Table as CSV", study_csv(summary["table"], summary["runs"]),
-                      file_name=f"study-{study_id}.csv", mime="text/csv", icon=":material/table:", key=f"{key}.csv")
+                      file_name=f"study-{study_id}.csv", mime="text/csv", icon=":material/table:", key=f"{key}.csv",
+                      on_click="ignore")
     b.download_button("Comparisons as CSV", comparisons_csv(summary), file_name=f"study-{study_id}-comparisons.csv",
-                      mime="text/csv", icon=":material/compare_arrows:", key=f"{key}.comparisons.csv")
+                      mime="text/csv", icon=":material/compare_arrows:", key=f"{key}.comparisons.csv",
+                      on_click="ignore")
     c.download_button("Study (JSON)", json.dumps(summary, indent=2, default=str), file_name=f"study-{study_id}.json",
-                      mime="application/json", icon=":material/download:", key=f"{key}.json",
+                      mime="application/json", icon=":material/download:", key=f"{key}.json", on_click="ignore",
                       help="What `python -m engine study show ID --json` prints, with this reading.")
-    d.download_button("Read-only report (HTML)", lambda: report(wb, summary), file_name=f"study-{study_id}.html",
-                      mime="text/html", icon=":material/article:", key=f"{key}.html",
+    # Bytes built now, not a callable: a deferred one expires at the next rerun (ui/compare_views.export).
+    d.download_button("Read-only report (HTML)", report(wb, summary).encode(), file_name=f"study-{study_id}.html",
+                      mime="text/html", icon=":material/article:", key=f"{key}.html", on_click="ignore",
                       help="The Compare page's self-contained report of the study's runs, with this "
                            "table, its comparisons and provenance on top.")
 
@@ -270,7 +273,8 @@ def cells_view(summary: dict, reading_for: ReadingFor, key: str = "studies") -> 
     for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
         tab.plotly_chart(figure, key=f"{key}.{name}")
     st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
-               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
+               "joins the cells no other cell beats on both quality and cost (those are labelled; "
+               "point at any other for its name). Peak memory on a CPU "
                "is the whole process's resident memory: compare memory on a GPU.")
     provenance_view(summary.get("provenance"), key)
     decisions_view(summary, key)

@@ -1,6 +1,7 @@
 """The job queue's worker: one thread that trains queued runs one at a time, in queue order.
 
-The queue lives in the database (runs with status ``queued``, ordered by ``queue_position``),
+The queue lives in the database (runs with status ``queued``, in the fair order of
+``storage.runs.FAIR_ORDER``: pinned runs, then turns by owner),
 so the app, the command line and a restarted process all see the same queue. Claiming a run
 is one atomic UPDATE, so two workers never train the same run, nor two runs on one host at
 once. Stop requests are stored too: any process may ask, the worker notices at the next step.
@@ -157,8 +158,13 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                 status, peak_memory_mb = ended["status"], ended["peak_memory_mb"]
             else:
                 recipe = FineTuneRecipe(storage, run, should_stop)
-                recipe.setup()
-                status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                try:
+                    recipe.setup()
+                    status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                except BaseException as error:
+                    recipe.cleanup("failed" if isinstance(error, Exception) else "interrupted")
+                    raise
+                recipe.cleanup(status)
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=peak_memory_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
@@ -209,7 +215,7 @@ atexit.register(shutdown_all_workers)
 
 
 class Worker:
-    """A background thread taking queued runs in submission order."""
+    """A background thread taking queued runs in the queue's (fair) order."""
 
     def __init__(self, storage: Storage, poll_seconds: float = 1.0):
         self.storage = storage
@@ -270,7 +276,7 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
                    on_progress: Callable[[dict], None] | None = None) -> dict:
     """Be the worker in this process until ``run_id`` ends (``train --wait``).
 
-    Runs queued before it are trained first (the queue is first-in, first-out); if another
+    Runs ahead of it in the queue are trained first (turns by owner); if another
     process already trains it, wait for that one. ``on_progress(run)`` is called every
     ``poll_seconds`` from a thread of its own, whichever process trains the run.
     """
