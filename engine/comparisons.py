@@ -126,7 +126,8 @@ def tuned_units(table: list[dict]) -> tuple[list[tuple[str, dict]], list[dict]]:
             how = "best validation mean over seeds"
         else:
             chosen, how = None, "no validation score yet: nothing chosen"
-        tuning.append({"method": label, "cell": chosen["cell"] if chosen else None,
+        tuning.append({"method": label, "metric": next((r["metric"] for r in rows if r["metric"]), None),
+                       "cell": chosen["cell"] if chosen else None,
                        "chosen": chosen["axes"] if chosen else None, "chosen_by": how,
                        "candidates": [{"cell": r["cell"], "axes": r["axes"], "completed": r["completed"],
                                        "validation_mean": r.get("validation_metric_mean"),

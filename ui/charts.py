@@ -258,10 +258,13 @@ def comparison_figure(comparisons: list[dict], reference: str, height: int | Non
         error_x=dict(type="data", symmetric=False, array=highs, arrayminus=lows, visible=True),
         marker=dict(size=12, color=[method_colour(c["method"].split(" · ")[0]) for c in shown]),
         customdata=[[c["p_holm"] if c["p_holm"] is not None else float("nan")] for c in shown],
-        hovertemplate="%{y}: %{x:+.4g} (Holm p %{customdata[0]:.3g})<extra></extra>"))
+        hovertemplate="%{y}: %{x:+" + (".2%" if in_percent([metric]) else ".4g")
+                      + "} (Holm p %{customdata[0]:.3g})<extra></extra>"))
     figure.add_vline(x=0, line=dict(dash="dash", color="#555"))
     figure.update_layout(
         title=f"Difference to {reference} with 95 % intervals", height=height or 120 + 50 * len(shown),
         margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
-        xaxis=dict(title=f"{metric}: method − reference"), yaxis=dict(autorange="reversed"))
+        xaxis=dict(title=f"{metric_label(metric)}: method − reference",
+                   tickformat=".1%" if in_percent([metric]) else None),
+        yaxis=dict(autorange="reversed"))
     return figure

@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.studies import MEASURES, study_provenance
-from ui.charts import STUDY_COSTS, comparison_figure, pareto_figure
+from ui.charts import PERCENT_METRICS, STUDY_COSTS, comparison_figure, metric_text, pareto_figure
 from ui.compare_report import html_report
 
 # reading(reference, tune) -> what engine.comparisons.read_study returns for them
@@ -56,11 +56,19 @@ def number(value: float | None, text: str = "{:.3g}") -> str:
     return "–" if value is None else text.format(value)
 
 
+def difference_text(metric: str | None, value: float | None) -> str:
+    """A difference of two scores: in percentage points for WER, CER and accuracy (shown in
+    percent everywhere, ui/charts.py), else as it is."""
+    if value is None:
+        return "–"
+    return f"{value * 100:+.2f} points" if metric in PERCENT_METRICS else f"{value:+.4g}"
+
+
 def interval(comparison: dict) -> str:
     if not comparison["ci95"]:
         return "–"
-    low, high = comparison["ci95"]
-    return f"[{low:+.4g}, {high:+.4g}]"
+    low, high = (difference_text(comparison["metric"], v) for v in comparison["ci95"])
+    return f"[{low.removesuffix(' points')}, {high}]"
 
 
 COMPARISON_COLUMNS = ["method", "cell", "difference", "95 % interval", "p", "p (Holm)", "p (seeds)",
@@ -69,7 +77,7 @@ COMPARISON_COLUMNS = ["method", "cell", "difference", "95 % interval", "p", "p (
 
 def comparisons_frame(comparisons: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{
-        "method": c["method"], "cell": c["cell"], "difference": number(c["difference"], "{:+.4g}"),
+        "method": c["method"], "cell": c["cell"], "difference": difference_text(c["metric"], c["difference"]),
         "95 % interval": interval(c), "p": number(c["p"]), "p (Holm)": number(c["p_holm"]),
         "p (seeds)": number(c["p_seeds"]), "seeds": ", ".join(map(str, c["seeds"])),
         "verdict": c["verdict"]} for c in comparisons], columns=COMPARISON_COLUMNS)
@@ -77,7 +85,7 @@ def comparisons_frame(comparisons: list[dict]) -> pd.DataFrame:
 
 def tuning_frame(tuning: list[dict]) -> pd.DataFrame:
     def candidates(entry: dict) -> str:
-        return "; ".join(f"{axes_text(c['axes']) or c['cell']}: {number(c['validation_mean'], '{:.4g}')}"
+        return "; ".join(f"{axes_text(c['axes']) or c['cell']}: {metric_text(entry.get('metric') or '', c['validation_mean'])}"
                          for c in entry["candidates"])
 
     return pd.DataFrame([{"method": t["method"], "chosen settings": axes_text(t["chosen"]) or "–",

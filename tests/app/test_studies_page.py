@@ -111,8 +111,8 @@ def test_a_finished_study_shows_its_cells_comparisons_provenance_and_exports(app
     comparisons = frame_with(app, "p (Holm)").set_index("method")
     # lora r=8 is 0.2 better on every seed: the paired test has no doubt; ia3 goes both ways
     assert comparisons.loc["lora · r=8", "verdict"].startswith("better (Holm-adjusted p = ")
-    assert comparisons.loc["lora · r=8", "difference"] == "+0.2"
-    assert comparisons.loc["lora · r=8", "95 % interval"] == "[+0.2, +0.2]"
+    assert comparisons.loc["lora · r=8", "difference"] == "+20.00 points"  # accuracy, in percent
+    assert comparisons.loc["lora · r=8", "95 % interval"] == "[+20.00, +20.00 points]"
     assert comparisons.loc["ia3", "verdict"].startswith("not shown to differ")
     assert comparisons.loc["ia3", "seeds"] == "1, 2, 3"
     # the test is named (these runs kept no per-item scores: the paired t-test over seeds)
@@ -193,7 +193,7 @@ def test_tune_per_method_shows_each_methods_chosen_settings(app, demo_home):
     assert tuning.loc["ia3", "chosen settings"] == "learning_rate=0.0001, warmup_steps=0"
     comparisons = frame_with(app, "p (Holm)").set_index("method")
     assert comparisons.loc["ia3", "cell"] == "ia3 · learning_rate=0.0001 · warmup_steps=0"
-    assert comparisons.loc["ia3", "difference"] == "-0.1"  # 0.6 against lora's chosen 0.7, on test
+    assert comparisons.loc["ia3", "difference"] == "-10.00 points"  # 0.6 against lora's chosen 0.7, on test
     app.toggle(key=f"studies.tuned.{study['id']}").set_value(False).run()  # per cell: every cell
     assert len(frame_with(app, "p (Holm)")) == 3
 
