@@ -628,6 +628,7 @@ def study_text(summary: dict) -> str:
     if summary["comparisons"]:
         lines.append(f"against {summary['reference']} (test named on each line; Holm-corrected):")
         lines += [f"  {c['method']}: {c['verdict']}" + comparison_text(c) for c in summary["comparisons"]]
+    lines += summary.get("notes") or []
     if summary.get("power"):
         lines.append(summary["power"]["text"])
     provenance = summary.get("provenance") or {}

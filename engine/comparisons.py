@@ -59,7 +59,7 @@ def compare_cells(row: dict, reference: dict, results: dict) -> dict:
              and results[theirs[seed]].get("final_metric") is not None]
     out = {"method": row["cell"], "reference": reference["cell"], "metric": metric, "seeds": seeds,
            "difference": None, "ci95": None, "p": None, "test": None, "p_seeds": None,
-           "standard_error": None, "detectable": None, "items": None, "better": None}
+           "standard_error": None, "detectable": None, "items": None, "split": None, "better": None}
     if not seeds:
         out["verdict"] = "no seed completed in both cells yet"
         return out
@@ -72,7 +72,7 @@ def compare_cells(row: dict, reference: dict, results: dict) -> dict:
         found = paired_bootstrap(*items)
         out.update(difference=found["difference"], ci95=found["ci95"], p=found["p"],
                    standard_error=found["standard_error"], detectable=found["detectable"],
-                   items=found["items"],
+                   items=found["items"], split=results[mine[seeds[0]]]["items"]["split"],
                    test=f"{BOOTSTRAP_TEST} ({found['items']} items; seeds {_seed_list(seeds)} paired "
                         f"and pooled; {found['resamples']:,} resamples)")
     elif by_seed is not None:
@@ -162,8 +162,13 @@ def read_study(table: list[dict], results: dict, reference: str | None = None, t
         comparison["p_holm"] = adjusted
         comparison["significant"] = None if adjusted is None else adjusted < ALPHA
         comparison.setdefault("verdict", verdict(comparison))
+    notes = []
+    if tune and any(c["split"] == "validation" for c in comparisons):
+        notes.append("This dataset has no test split: the cells were chosen and compared on the "
+                     "validation split, so the tuned differences are optimistic.")
     return {"reading": "tuned" if tune else "cells", "reference": reference, "comparisons": comparisons,
-            "tuning": tuning, "power": power_line(comparisons), "statistics": statistics_text()}
+            "tuning": tuning, "power": power_line(comparisons), "statistics": statistics_text(),
+            "notes": notes}
 
 
 def verdict(comparison: dict) -> str:

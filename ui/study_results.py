@@ -23,7 +23,7 @@ from ui.compare_report import html_report
 
 # reading(reference, tune) -> what engine.comparisons.read_study returns for them
 ReadingFor = Callable[[str | None, bool], dict]
-READING_KEYS = ("reading", "reference", "comparisons", "tuning", "power", "statistics")
+READING_KEYS = ("reading", "reference", "comparisons", "tuning", "power", "statistics", "notes")
 
 
 # ---------------------------------------------------------------------- frames
@@ -255,7 +255,7 @@ def cells_view(summary: dict, reading_for: ReadingFor, key: str = "studies") -> 
                         help="Each method's best cell over the grid axes (learning rate, ...), chosen "
                              "on the validation split's mean over seeds, then compared on the test split. "
                              "Off: every cell against a reference cell.")
-    reading = {k: summary[k] for k in READING_KEYS}
+    reading = {k: summary.get(k) for k in READING_KEYS}
     if tuned != (summary["reading"] == "tuned"):
         reading = reading_for(None, tuned)
     labels = [reading["reference"], *(c["method"] for c in reading["comparisons"])]
@@ -263,6 +263,8 @@ def cells_view(summary: dict, reading_for: ReadingFor, key: str = "studies") -> 
                                 key=f"{key}.reference.{summary['id']}" + (".tuned" if tuned else ""))
     if reference != reading["reference"]:
         reading = reading_for(reference, tuned)
+    for note in reading.get("notes") or []:
+        st.warning(note, icon=":material/warning:")
     if reading["tuning"]:
         st.caption("Chosen per method on the validation split (mean over seeds):")
         st.dataframe(tuning_frame(reading["tuning"]), hide_index=True, width="stretch", key=f"{key}.tuning")

@@ -159,6 +159,10 @@ def test_read_study_bootstraps_per_item_scores_paired_by_seed_and_gives_a_power_
     assert comparison["p_seeds"] is not None  # the seed test beside it
     assert found["power"]["detectable"] == pytest.approx(2.8016 * direct["standard_error"], rel=1e-3)
     assert found["power"]["items"] == 60 and "60 test items" in found["power"]["text"]
+    assert comparison["split"] == "test" and read_study(table, results, tune=True)["notes"] == []
+    for result in results.values():  # no test split: tuning chose on what it reports
+        result["items"] = dict(result["items"], split="validation")
+    assert "optimistic" in read_study(table, results, tune=True)["notes"][0]
     # runs scored on different items cannot be paired: the seed test stands in
     results[4]["items"] = dict(results[4]["items"], positions=list(range(1, 61)))
     assert read_study(table, results)["comparisons"][0]["test"].startswith("paired t-test over seeds")
@@ -190,6 +194,7 @@ def test_tune_per_method_picks_each_methods_validation_best_cell_and_reports_its
     wer_table, wer_results = table_of(test, "wer", validation)
     chosen = {t["method"]: t["cell"] for t in read_study(wer_table, wer_results, tune=True)["tuning"]}
     assert chosen == {"lora": "lora · learning_rate=1e-4", "ia3": "ia3 · learning_rate=1e-3"}
+    assert found["notes"] == []  # these runs kept no items: no split to warn about
     # without validation scores nothing can be chosen between several cells
     blind_table, blind_results = table_of(test)
     assert read_study(blind_table, blind_results, tune=True)["tuning"][0]["cell"] is None
