@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     clone.set_defaults(handler=cmd_runs_clone)
 
     study = commands.add_parser(
-        "study", help="queue a grid of runs (methods x ranks or budgets x target sets x seeds) "
-        "as one study; or list, show, stop or delete studies",
+        "study", help="queue a grid of runs (methods x ranks or budgets x target sets x any "
+        "setting's values x seeds) as one study; or list, show, stop or delete studies",
         description="Without a sub-command: queue a study. Each cell is an ordinary run.")
     study.add_argument("--dataset")
     study.add_argument("--model")
@@ -250,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--name", help="the study's name (default: methods, model and dataset)")
     study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a setting for every run, e.g. --set max_steps=50")
+    study.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a grid axis over any training or method setting, e.g. --grid "
+                       "learning_rate=1e-4,3e-4,1e-3; repeat for more axes")
+    study.add_argument("--tune-per-method", action="store_true",
+                       help="read the study per method: each method's best cell over the grid "
+                       "axes, chosen on the validation split, compared on the test split")
     study.add_argument("--wait", action="store_true", help="train its runs in this process until all end")
     study.add_argument("--json", action="store_true")
     study.set_defaults(handler=cmd_study)
@@ -257,19 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     listing = study_commands.add_parser("list", help="list studies, newest first")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_study_list)
-    show = study_commands.add_parser("show", help="one study: its runs, table and differences")
+    show = study_commands.add_parser("show", help="one study: its runs, table, comparisons and provenance")
     show.add_argument("id", type=int)
-    show.add_argument("--reference", help="the cell every other cell is compared with (default: the first)")
+    show.add_argument("--reference", help="the cell (or, tuned, the method) every other is compared "
+                      "with (default: the first)")
+    show.add_argument("--reading", choices=["cells", "tuned"],
+                      help="compare every cell, or each method's tuned cell (default: as launched)")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=cmd_study_show)
     merge = study_commands.add_parser(
         "merge", help="one table from the parts of a grid run on several machines or data homes",
         description="Each FILE is what `study show ID --json` (or `study --wait --json`) printed "
         "for one part: the same dataset, model and settings, each seed of a cell once (say one "
-        "seed per GPU). Means, standard deviations and Welch's tests are computed over every "
-        "part's runs as for one study.")
+        "seed per GPU). Means, standard deviations and the paired comparisons are computed over "
+        "every part's runs as for one study.")
     merge.add_argument("files", nargs="+", type=Path, metavar="FILE")
     merge.add_argument("--reference", help="the cell every other cell is compared with (default: the first)")
+    merge.add_argument("--reading", choices=["cells", "tuned"],
+                       help="compare every cell, or each method's tuned cell (default: as launched)")
     merge.add_argument("--json", action="store_true")
     merge.set_defaults(handler=cmd_study_merge, needs_workbench=False)
     stop = study_commands.add_parser("stop", help="cancel a study's queued runs, stop its running one")
@@ -568,7 +579,7 @@ def finish(wb, args, run_id: int) -> int:
 # ---------------------------------------------------------------------- studies
 def cmd_study(wb, args) -> int:
     from engine.settings import parse_assignments
-    from engine.studies import Grid, parse_list
+    from engine.studies import Grid, parse_axes, parse_list
 
     missing = [f"--{name}" for name in ("dataset", "model", "methods") if not getattr(args, name)]
     if missing:
@@ -577,7 +588,8 @@ def cmd_study(wb, args) -> int:
     grid = Grid(methods=parse_list(args.methods, "--methods", str), ranks=parse_list(args.ranks, "--ranks"),
                 budgets=parse_list(args.budgets, "--budgets"),
                 target_sets=[t.strip() for t in args.targets] or [""],
-                seeds=parse_list(args.seeds, "--seeds") if args.seeds else [42])
+                seeds=parse_list(args.seeds, "--seeds") if args.seeds else [42],
+                axes=parse_axes(args.grid), tune_per_method=args.tune_per_method)
     study_id = wb.submit_study(args.dataset, args.model, grid, parse_assignments(args.set), args.name)
     study = wb.study_summary(study_id)
     print(f"study {study_id} queued: {study['runs_total']} runs", file=sys.stderr)
@@ -608,7 +620,8 @@ def _cell_text(run: dict) -> str:
 
 
 def study_text(summary: dict) -> str:
-    """A study for a terminal: its cells with mean ± std, then the differences."""
+    """A study for a terminal: its cells with mean ± std, the tuned choices, the comparisons
+    with their intervals, the power line and the provenance."""
     def pm(row: dict, measure: str, digits: int = 4) -> str:
         mean, std = row[f"{measure}_mean"], row[f"{measure}_std"]
         if mean is None:
@@ -625,14 +638,32 @@ def study_text(summary: dict) -> str:
              table(rows, list(rows[0]) if rows else ["cell"])]
     if summary.get("missing"):  # a merge of parts (study merge) that lacks some cell's seed
         lines.append("in no part: " + ", ".join(f"{m['cell']} seed {m['seed']}" for m in summary["missing"]))
-    if summary["differences"]:
-        lines.append(f"against {summary['reference']}:")
-        lines += [f"  {d['cell']}: {d['verdict']}"
-                  + (f" (difference {d['difference']:+.4g}" if d["difference"] is not None else "")
-                  + (f", p = {d['p_value']:.3g})" if d["p_value"] is not None
-                     else ")" if d["difference"] is not None else "")
-                  for d in summary["differences"]]
+    for tuned in summary.get("tuning") or []:
+        lines.append(f"tuned {tuned['method']}: {tuned['cell'] or '-'} ({tuned['chosen_by']})")
+    if summary["comparisons"]:
+        lines.append(f"against {summary['reference']} (test named on each line; Holm-corrected):")
+        lines += [f"  {c['method']}: {c['verdict']}" + comparison_text(c) for c in summary["comparisons"]]
+    if summary.get("power"):
+        lines.append(summary["power"]["text"])
+    provenance = summary.get("provenance") or {}
+    if provenance.get("recorded"):
+        code = (provenance.get("commit") or "")[:12] or provenance.get("version")
+        device = provenance.get("device")
+        lines.append(f"provenance: code {code}, device "
+                     f"{device.get('name') if isinstance(device, dict) else device}"
+                     + (f"; differs between runs: {', '.join(provenance['differs'])}" if provenance["differs"] else ""))
     return "\n".join(lines)
+
+
+def comparison_text(comparison: dict) -> str:
+    if comparison["difference"] is None:
+        return ""
+    text = f" (difference {comparison['difference']:+.4g}"
+    if comparison["ci95"]:
+        text += f", 95 % interval [{comparison['ci95'][0]:+.4g}, {comparison['ci95'][1]:+.4g}]"
+    if comparison["p"] is not None:
+        text += f", p = {comparison['p']:.3g}"
+    return text + (f"; {comparison['test']})" if comparison["test"] else ")")
 
 
 def cmd_study_list(wb, args) -> None:
@@ -641,12 +672,12 @@ def cmd_study_list(wb, args) -> None:
 
 
 def cmd_study_show(wb, args) -> None:
-    summary = wb.study_summary(args.id, args.reference)
+    summary = wb.study_summary(args.id, args.reference, None if args.reading is None else args.reading == "tuned")
     emit(args, summary, study_text(summary))
 
 
 def cmd_study_merge(_wb, args) -> None:
-    from engine.studies import merge_summaries, part_names, read_summary
+    from engine.study_merge import merge_summaries, part_names, read_summary
 
     summaries = []
     for path in args.files:
@@ -657,7 +688,8 @@ def cmd_study_merge(_wb, args) -> None:
         except OSError as error:
             raise SettingsError(f"{path}: cannot be read ({error.strerror})") from None
         summaries.append(read_summary(data, str(path)))
-    summary = merge_summaries(summaries, part_names([str(path) for path in args.files]), args.reference)
+    summary = merge_summaries(summaries, part_names([str(path) for path in args.files]), args.reference,
+                              None if args.reading is None else args.reading == "tuned")
     emit(args, summary, study_text(summary))
 
 

@@ -53,11 +53,27 @@ def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict
 
 
 def item_speech_errors(reference: str, hypothesis: str) -> dict[str, float]:
-    """WER and CER of one transcript (for the per-example table), normalised alike."""
+    """WER and CER of one transcript (for the per-example table), normalised alike, with the
+    word ``errors`` (substitutions + deletions + insertions) and reference ``words`` behind
+    the WER: summed over items they give the corpus WER ``speech_metrics`` reports, which a
+    study's per-item bootstrap resamples (engine/significance.py)."""
     import jiwer
 
     ref, hyp = normalize_transcript(reference) or "<empty>", normalize_transcript(hypothesis)
-    return {"wer": float(jiwer.wer(ref, hyp)), "cer": float(jiwer.cer(ref, hyp))}
+    words = jiwer.process_words(ref, hyp)
+    errors = words.substitutions + words.deletions + words.insertions
+    return {"wer": float(jiwer.wer(ref, hyp)), "cer": float(jiwer.cer(ref, hyp)),
+            "errors": int(errors), "words": int(words.hits + words.substitutions + words.deletions)}
+
+
+def speech_item_counts(row: dict) -> tuple[int, int]:
+    """(word errors, reference words) of one per-example row; rows written before they were
+    stored get them from the reference text and the item's WER (errors = WER × words, exact
+    as both are whole numbers)."""
+    if row.get("errors") is not None and row.get("words") is not None:
+        return int(row["errors"]), int(row["words"])
+    words = len((normalize_transcript(row.get("reference") or "") or "<empty>").split())
+    return round(float(row["wer"]) * words), words
 
 
 def confusion_counts(labels: list[str], rows: list[dict]) -> list[list[int]]:

@@ -102,6 +102,20 @@ def field_problem(name: str, value: Any, rules: dict) -> str | None:
     return None
 
 
+def convert_field(settings_cls: type, name: str, value: Any) -> Any:
+    """One field's ``value`` as ``build`` would take it (text converted to the field's type)
+    and checked against its own choices and bounds, without the other fields: what a study's
+    grid axis checks each of its values with before any cell is built (the cell's whole run
+    settings are checked again then)."""
+    hints = typing.get_type_hints(settings_cls)
+    rules = next(f.metadata for f in dataclasses.fields(settings_cls) if f.name == name)
+    converted = _convert(name, hints[name], value)
+    problem = field_problem(name, converted, rules)
+    if problem:
+        raise SettingsError(problem)
+    return converted
+
+
 def as_dict(instance: Any) -> dict[str, Any]:
     return dataclasses.asdict(instance)
 

@@ -10,8 +10,9 @@ from ui.state import get_workbench
 wb = get_workbench()
 st.title("Studies")
 st.caption("A study trains every combination of methods × ranks (or parameter budgets) × target "
-           "sets × seeds on one dataset and model, as ordinary queued runs, and shows which "
-           "differences are larger than the noise between seeds.")
+           "sets × any setting's values (learning rate, ...) × seeds on one dataset and model, as "
+           "ordinary queued runs, and compares each method with a reference, paired by seed and by "
+           "test item, with 95 % intervals and Holm-corrected p-values.")
 show_flash("studies")
 
 studies = wb.list_studies()

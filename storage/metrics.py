@@ -39,6 +39,24 @@ class MetricStore:
             f"({','.join('?' * len(names))}) group by name", [run_id, *names]).fetchall()
         return dict(rows)
 
+    def metric_summaries(self, run_id: int, names: Iterable[str]) -> dict[str, dict]:
+        """For each named metric the run logged: its value at the first and the last logged
+        step, its minimum, maximum and mean, and how many steps logged it."""
+        summaries = {}
+        for name in names:
+            row = self.db.execute(
+                "select min(step), max(step), min(value), max(value), avg(value), count(*) "
+                "from run_metrics where run_id = ? and name = ?", [run_id, name]).fetchone()
+            if not row or not row[5]:
+                continue
+            at = lambda step: self.db.execute(  # noqa: E731 (one primary-key lookup)
+                "select value from run_metrics where run_id = ? and name = ? and step = ?",
+                [run_id, name, step]).fetchone()[0]
+            summaries[name] = {"first_step": row[0], "last_step": row[1], "first": at(row[0]),
+                               "last": at(row[1]), "min": row[2], "max": row[3], "mean": row[4],
+                               "steps": row[5]}
+        return summaries
+
     def latest_metrics(self, run_id: int, names: Iterable[str]) -> dict[str, float]:
         """The value at the highest step of each named metric (names never logged are absent).
 

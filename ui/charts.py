@@ -243,3 +243,28 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
         yaxis=dict(title=f"{' / '.join(metrics) or 'final metric'} ({'higher' if higher else 'lower'} "
                          "is better)", rangemode="tozero", tickformat=".0%" if in_percent(metrics) else None))
     return figure
+
+
+def comparison_figure(comparisons: list[dict], reference: str, height: int | None = None) -> go.Figure:
+    """Each method's difference to the reference (``engine.comparisons.read_study``) as a point
+    with its 95 % interval as error bars, and a line at 0: an interval that crosses the line is
+    not shown to differ."""
+    shown = [c for c in comparisons if c["difference"] is not None]
+    metric = next((c["metric"] for c in shown if c["metric"]), "") or "metric"
+    lows = [c["difference"] - c["ci95"][0] if c["ci95"] else 0 for c in shown]
+    highs = [c["ci95"][1] - c["difference"] if c["ci95"] else 0 for c in shown]
+    figure = go.Figure(go.Scatter(
+        x=[c["difference"] for c in shown], y=[c["method"] for c in shown], mode="markers",
+        error_x=dict(type="data", symmetric=False, array=highs, arrayminus=lows, visible=True),
+        marker=dict(size=12, color=[method_colour(c["method"].split(" · ")[0]) for c in shown]),
+        customdata=[[c["p_holm"] if c["p_holm"] is not None else float("nan")] for c in shown],
+        hovertemplate="%{y}: %{x:+" + (".2%" if in_percent([metric]) else ".4g")
+                      + "} (Holm p %{customdata[0]:.3g})<extra></extra>"))
+    figure.add_vline(x=0, line=dict(dash="dash", color="#555"))
+    figure.update_layout(
+        title=f"Difference to {reference} with 95 % intervals", height=height or 120 + 50 * len(shown),
+        margin=dict(l=10, r=10, t=40, b=10), showlegend=False,
+        xaxis=dict(title=f"{metric_label(metric)}: method − reference",
+                   tickformat=".1%" if in_percent([metric]) else None),
+        yaxis=dict(autorange="reversed"))
+    return figure

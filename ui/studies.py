@@ -1,34 +1,30 @@
-"""The Studies page's parts: the launch form, the study picker, its progress and actions, the
-table of cells, the differences, exports, and the merge of parts run on other machines.
+"""The Studies page's parts: the launch form, the study picker, its progress and actions, and
+the merge of parts run on other machines; what a study found (table, comparisons, charts,
+provenance, exports) is ui/study_results.py.
 
 The page (pages/studies.py) only arranges these; the numbers come from the engine
-(``Workbench.study_summary``, engine/studies.py), so what the page shows, the CSV and the
-HTML report say the same.
+(``Workbench.study_summary``, engine/studies.py, engine/comparisons.py), so what the page
+shows, the CSV, the JSON and the HTML report say the same.
 """
 
 from __future__ import annotations
 
-import html
 import json
 
 import pandas as pd
 import streamlit as st
 
-from engine.errors import NotFoundError, WorkbenchError
+from engine.comparisons import read_study
+from engine.errors import NotFoundError, SettingsError, WorkbenchError
 from engine.settings import load_config
-from engine.studies import (MEASURES, STATISTIC_TEXT, Grid, merge_summaries, part_names,
-                            parse_list, read_summary)
-from engine.studies import differences as differences_against
-from ui.charts import STUDY_COSTS, pareto_figure
-from ui.compare_report import html_report
+from engine.studies import Grid, parse_axes, parse_list
+from engine.study_merge import merge_summaries, part_names, read_summary
 from ui.confirm import delete_button, flash
 from ui.forms import bounded_number, fix_buttons
 from ui.state import format_duration, md_text
+from ui.study_results import cells_view, exports, study_csv
 
 DEFAULT_METHODS = ["qlora", "lora"]
-MEASURE_TITLES = {"final_metric": "final metric", "peak_memory_mb": "peak memory (MiB)",
-                  "trainable_params": "trainable parameters", "wall_time_s": "wall time (s)",
-                  "samples_per_second": "samples/s"}
 
 
 # ---------------------------------------------------------------------- launch
@@ -65,25 +61,39 @@ def launch_form(wb) -> int | None:
                            help="Comma-separated layer names per line, e.g. q_proj,v_proj")
     a, b, c = st.columns(3)
     steps = bounded_number("Steps per run", 1, 1_000_000, 50, "studies.steps", a)
-    learning_rate = bounded_number("Learning rate", 0.0, 1.0, 1e-3, "studies.lr", b, format="%g", step=None)
+    learning_rates = b.text_input("Learning rates", "1e-3", key="studies.lr",
+                                  help="One value for every run, or several (comma-separated, e.g. "
+                                       "1e-4, 3e-4, 1e-3) to make the learning rate a grid axis: "
+                                       "methods rarely share their best one.")
     batch = bounded_number("Batch size", 1, 1024, 8, "studies.batch", c)
+    axes_text = st.text_area("More grid axes (KEY=V1,V2, one per line)", "", key="studies.axes", height=68,
+                             help="Any training or method setting and its values, e.g. "
+                                  "warmup_steps=0,10 or lora_dropout=0,0.1: every cell is run at each "
+                                  "value (a method without that setting at its default).")
+    tune = st.checkbox("Tune per method", key="studies.tune",
+                       help="Read the study per method: each method's best cell over the grid axes, "
+                            "chosen on the validation split (mean over seeds), compared with the "
+                            "reference's on the test split. Needs a validation split.")
     extra = st.text_area("More settings for every run (key=value, one per line)", "",
                          key="studies.extra", height=68,
                          help="Any training setting, or a method setting (given to every "
                               "method that has it), e.g. lora_alpha=16")
     name = st.text_input("Name (optional)", "", key="studies.name", max_chars=80)
     try:
+        rates = parse_list(learning_rates, "learning rates", float)
+        axes = grid_axes(rates, axes_text)
         grid = Grid(methods=methods, ranks=parse_list(ranks, "ranks"),
                     budgets=parse_list(budgets, "budgets"),
                     target_sets=[line.strip() for line in targets.splitlines() if line.strip()] or [""],
-                    seeds=parse_list(seeds, "seeds"))
-        settings = {"max_steps": int(steps), "learning_rate": float(learning_rate),
-                    "per_device_train_batch_size": int(batch), **extra_settings(extra)}
+                    seeds=parse_list(seeds, "seeds"), axes=axes, tune_per_method=tune)
+        settings = {"max_steps": int(steps), "per_device_train_batch_size": int(batch),
+                    **({"learning_rate": rates[0]} if len(rates) == 1 else {}), **extra_settings(extra)}
         plan = wb.plan_study(dataset, model, grid, settings)
     except WorkbenchError as error:
         st.error(str(error), icon=":material/error:")
-        fix_buttons(error, {"max_steps": "studies.steps", "learning_rate": "studies.lr",
-                            "per_device_train_batch_size": "studies.batch"}, "studies.fix")
+        # (learning rates are a text box: several make a grid axis, so no one-click number)
+        fix_buttons(error, {"max_steps": "studies.steps", "per_device_train_batch_size": "studies.batch"},
+                    "studies.fix")
         return None
     st.info(estimate_text(plan), icon=":material/calculate:")
     for warning in plan["warnings"]:
@@ -94,6 +104,19 @@ def launch_form(wb) -> int | None:
         except WorkbenchError as error:
             st.error(str(error))
     return None
+
+
+def grid_axes(learning_rates: list[float], text: str) -> dict[str, list]:
+    """The form's grid axes: the learning rates when there are several, and each
+    ``KEY=V1,V2`` line."""
+    axes: dict[str, list] = parse_axes([line.strip() for line in text.splitlines() if line.strip()])
+    if len(learning_rates) > 1:
+        if "learning_rate" in axes:
+            raise SettingsError("learning_rate is given twice: in Learning rates and as a grid axis; keep one")
+        axes = {"learning_rate": learning_rates, **axes}
+    elif not learning_rates:
+        raise SettingsError("learning rates: give one value, or several for a grid axis")
+    return axes
 
 
 def extra_settings(text: str) -> dict:
@@ -118,71 +141,6 @@ def estimate_text(plan: dict) -> str:
     if plan["unestimated"]:
         text += f", not counting {plan['unestimated']} runs of methods not yet timed here"
     return text + "."
-
-
-# ---------------------------------------------------------------------- results
-def plus_minus(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None:
-        return "–"
-    if abs(mean) >= 10_000:
-        text = f"{mean:,.0f}"
-    else:
-        text = f"{mean:.{digits}g}"
-    return text if std is None else f"{text} ± {std:.2g}"
-
-
-def table_frame(table: list[dict]) -> pd.DataFrame:
-    """The cells as shown: mean ± std over the completed seeds of each measure."""
-    metric = " / ".join(sorted({row["metric"] for row in table if row["metric"]})) or "final metric"
-    return pd.DataFrame([{
-        "cell": row["cell"], "seeds done": f"{row['completed']}/{row['seeds']}",
-        metric: plus_minus(row["final_metric_mean"], row["final_metric_std"]),
-        "trainable parameters": plus_minus(row["trainable_params_mean"], row["trainable_params_std"], 6),
-        "peak memory (MiB)": plus_minus(row["peak_memory_mb_mean"], row["peak_memory_mb_std"]),
-        "wall time (s)": plus_minus(row["wall_time_s_mean"], row["wall_time_s_std"], 3),
-        "samples/s": plus_minus(row["samples_per_second_mean"], row["samples_per_second_std"], 3),
-        "runs": ", ".join(f"#{i}" if isinstance(i, int) else str(i) for i in row["runs"]),  # merged: FILE#ID
-    } for row in table])
-
-
-def differences_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "cell": row["cell"], "difference": "–" if row["difference"] is None else f"{row['difference']:+.4g}",
-        "p (Welch)": "–" if row["p_value"] is None else f"{row['p_value']:.3g}",
-        "verdict": row["verdict"]} for row in rows], columns=["cell", "difference", "p (Welch)", "verdict"])
-
-
-def study_csv(table: list[dict]) -> bytes:
-    """One line per cell: every measure's mean and standard deviation as numbers, the
-    seeds' final metrics and the run ids."""
-    columns = ["cell", "method", "size_setting", "size", "targets", "seeds", "completed", "metric",
-               *(f"{m}_{s}" for m in MEASURES for s in ("mean", "std")), "values", "runs"]
-    frame = pd.DataFrame([{**row, "values": " ".join(f"{v:g}" for v in row["values"]),
-                           "runs": " ".join(map(str, row["runs"]))} for row in table], columns=columns)
-    return frame.to_csv(index=False).encode()
-
-
-def figures(table: list[dict]) -> dict:
-    return {f"quality_vs_{cost}": pareto_figure(table, cost) for cost in STUDY_COSTS}
-
-
-def report(wb, summary: dict) -> str:
-    """The Compare page's self-contained HTML report of the study's runs, with the study's
-    table, its differences and how they were decided at the top."""
-    rows = wb.compare_runs([run["id"] for run in summary["runs"] if run["step"]])
-    sections = {
-        f"Study: {summary['name']}": (
-            f"<p>{html.escape(summary['model'])} on {html.escape(summary['dataset'])}; "
-            f"{summary['runs_ended']}/{summary['runs_total']} runs ended. Mean ± sample standard "
-            "deviation over each cell's completed seeds.</p>"
-            + table_frame(summary["table"]).to_html(index=False)),
-        f"Differences against {summary['reference']}": (
-            f"<p>{html.escape(STATISTIC_TEXT)}</p>"
-            + differences_frame(summary["differences"]).to_html(index=False)),
-    }
-    return html_report(f"Study {summary['id']}: {summary['name']}", figures(summary["table"]), rows,
-                       sections)
-
 
 
 def progress(summary: dict) -> None:
@@ -254,54 +212,11 @@ def actions(wb, summary: dict) -> None:
 
 
 def results(wb, summary: dict) -> None:
-    """A stored study's table, differences and charts (``cells_view``), with its exports."""
+    """A stored study's table, comparisons and charts (``cells_view``), with its exports."""
     study_id = summary["id"]
-    shown = cells_view(summary, lambda reference: wb.study_summary(study_id, reference)["differences"])
-    if shown is None:
-        return
-    reference, differences = shown
-    left, right = st.columns(2)
-    left.download_button("Table as CSV", study_csv(summary["table"]), file_name=f"study-{study_id}.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.csv", on_click="ignore")
-    # Bytes built now, not a callable: a deferred one expires at the next rerun (ui/compare_views.export).
-    right.download_button("Read-only report (HTML)",
-                          report(wb, {**summary, "differences": differences, "reference": reference}).encode(),
-                          file_name=f"study-{study_id}.html", mime="text/html", icon=":material/article:",
-                          key="studies.html", on_click="ignore", help="The Compare page's self-contained "
-                          "report of the study's runs, with this table and its differences on top.")
-
-
-def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[str, list[dict]] | None:
-    """The cells' table, the differences against a reference cell the user picks
-    (``differences_for(reference)`` when it is not the summary's own) and the quality-cost
-    charts, for a stored study or a merged one (``key`` keeps their widgets apart); a note
-    instead while no run has completed. Returns the reference and its differences."""
-    table = summary["table"]
-    if not any(row["completed"] for row in table):
-        st.info("No run of this study has completed yet: the table, the charts and the "
-                "differences appear here as runs finish.")
-        return None
-    st.markdown("#### Every cell (mean ± standard deviation over its seeds)")
-    st.dataframe(table_frame(table), hide_index=True, width="stretch", key=f"{key}.table")
-
-    st.markdown("#### Larger than seed noise?")
-    cells = [row["cell"] for row in table]
-    reference = st.selectbox("Compare every cell against", cells, key=f"{key}.reference.{summary['id']}")
-    differences = (summary["differences"] if reference == summary["reference"]
-                   else differences_for(reference))
-    st.dataframe(differences_frame(differences), hide_index=True, width="stretch",
-                 key=f"{key}.differences")
-    st.caption(STATISTIC_TEXT)
-
-    st.markdown("#### Quality against cost")
-    charts = figures(table)
-    for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
-        tab.plotly_chart(figure, key=f"{key}.{name}")
-    st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
-               "joins the cells no other cell beats on both quality and cost (those are labelled; "
-               "point at any other for its name). Peak memory on a CPU "
-               "is the whole process's resident memory: compare memory on a GPU.")
-    return reference, differences
+    shown = cells_view(summary, lambda reference, tune: wb.study_summary(study_id, reference, tune))
+    if shown is not None:
+        exports(wb, shown)
 
 
 # ---------------------------------------------------------------------- merge
@@ -314,7 +229,7 @@ def merge_parts(files: list[tuple[str, bytes]]) -> dict:
 
 def merge_section() -> None:
     """Upload the parts of one grid run on several machines (or data homes) and read them as one
-    study: the same table, differences and charts as a stored study, and the merged JSON.
+    study: the same table, comparisons and charts as a stored study, and the merged JSON.
     Nothing is stored: the merge is a view of the files."""
     uploads = st.file_uploader(
         "Parts of one grid: each machine's `study show ID --json` output", type=["json"],
@@ -341,16 +256,16 @@ def merge_section() -> None:
     if merged["replaced"]:
         st.caption("Left out (the seed's run in another part counts): "
                    + ", ".join(f"{md_text(r['run'])} ({md_text(r['status'])})" for r in merged["replaced"]))
-    shown = cells_view(merged, lambda reference: differences_against(merged["table"], reference), "studies.merge")
+    results = {run["id"]: run["results"] for run in merged["runs"]}
+    shown = cells_view(merged, lambda reference, tune: read_study(merged["table"], results, reference, tune),
+                       "studies.merge")
     if shown is None:
         return
-    reference, differences = shown  # the download says what the page shows
-    left, right = st.columns(2)
-    left.download_button("Table as CSV", study_csv(merged["table"]), file_name="study-merged.csv",
+    left, right = st.columns(2)  # the downloads say what the page shows
+    left.download_button("Table as CSV", study_csv(merged["table"], merged["runs"]), file_name="study-merged.csv",
                          mime="text/csv", icon=":material/table:", key="studies.merge.csv",
                          on_click="ignore")
-    shown_json = json.dumps({**merged, "reference": reference, "differences": differences}, indent=2, default=str)
-    right.download_button("Merged study (JSON)", shown_json, file_name="study-merged.json",
-                          mime="application/json", icon=":material/download:", key="studies.merge.json",
-                          on_click="ignore",
+    right.download_button("Merged study (JSON)", json.dumps(shown, indent=2, default=str),
+                          file_name="study-merged.json", mime="application/json", icon=":material/download:",
+                          key="studies.merge.json", on_click="ignore",
                           help="What `python -m engine study merge FILES --reference CELL --json` prints.")

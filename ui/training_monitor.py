@@ -97,6 +97,7 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
     views.event_log(wb.run_events(run_id, limit=30))
     if status in views.FINISHED:
         views.method_report(run_id, wb.run_method_report(run_id))
+        views.provenance(run_id, wb.run_provenance(run_id), wb.run_decisions(run_id))
     if status == "completed":
         views.evaluation(run_id, result)
 

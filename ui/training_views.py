@@ -269,6 +269,30 @@ def method_report(run_id: int, report: dict | None) -> None:
                    "router/* metrics on Compare).")
 
 
+def provenance(run_id: int, recorded: dict | None, decisions: dict | None) -> None:
+    """Where the run's numbers came from (code, libraries, device, data: recorded when it
+    started) and what its method decided (its report and the metrics it logged each step)."""
+    with st.expander("Provenance and decisions", icon=":material/fingerprint:"):
+        if recorded is None:
+            st.caption("This run recorded no provenance (runs record it when they start).")
+        else:
+            code = (f"commit {recorded['commit'][:12]}" + (" with uncommitted changes" if recorded.get("dirty") else "")
+                    if recorded.get("commit") else f"version {recorded.get('version')}")
+            device = recorded.get("device") or {}
+            data = recorded.get("data_fingerprint") or {}
+            st.caption(f"Code: {code} · device: {device.get('name')}"
+                       + (f" (compute capability {device['capability']}, CUDA {device.get('cuda')})"
+                          if device.get("capability") else "")
+                       + f" · data: {data.get('dataset')} version {data.get('version')} · "
+                       + ", ".join(f"{name} {version}" for name, version in (recorded.get("packages") or {}).items()))
+            if recorded.get("resumed"):
+                st.caption(f"Resumed {len(recorded['resumed'])} time(s) with other code, libraries or device.")
+        if decisions and (decisions.get("method_report") or decisions.get("step_metrics")):
+            st.json(decisions, expanded=1)
+        else:
+            st.caption("Its method recorded no decisions.")
+
+
 def queue_table(queue: list[dict]) -> None:
     st.dataframe(pd.DataFrame([{
         "position": row["position"], "run": row["id"], "method": row["method"], "model": row["model"],

@@ -4,6 +4,10 @@ After training the recipe scores the test split (the validation split when the d
 no test split, and says so) and stores, in ``runs/<id>/``:
   evaluation.json     split, whether it fell back, metrics, labels, confusion matrix
   predictions.jsonl   one row per example (reference vs prediction), worst first
+
+``item_scores`` reads those rows back as one score per item in item order (word errors and
+reference words for speech, correct answers for labels), what a study's paired per-item
+bootstrap compares (engine/studies.py, engine/significance.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.metrics import confusion_counts, item_speech_errors
+from engine.metrics import confusion_counts, item_speech_errors, speech_item_counts
 from engine.models.base import GENERATION_BATCH_LIMIT_S, GenerationLimit
 
 EVALUATION_FILE = "evaluation.json"
@@ -183,3 +187,20 @@ def read_evaluation(run_dir: Path) -> dict | None:
     summary["rows"] = ([json.loads(line) for line in predictions.read_text().splitlines() if line]
                        if predictions.is_file() else [])
     return summary
+
+
+def item_scores(summary: dict | None) -> dict | None:
+    """A stored evaluation (``read_evaluation``) as one score per item, in item order:
+    ``{"split", "metric", "positions", "scores", "weights"}``. Speech: word errors and
+    reference words (Σ scores / Σ weights is the corpus WER); labels: 1 for a correct answer
+    and a weight of 1 (the accuracy). None without an evaluation or rows."""
+    if not summary or not summary.get("rows"):
+        return None
+    rows = sorted(summary["rows"], key=lambda row: row["position"])
+    if summary.get("task") == "asr":
+        counts = [speech_item_counts(row) for row in rows]
+        scores, weights, metric = [c[0] for c in counts], [c[1] for c in counts], "wer"
+    else:
+        scores, weights, metric = [int(bool(row["correct"])) for row in rows], [1] * len(rows), "accuracy"
+    return {"split": summary["split"], "metric": metric, "positions": [row["position"] for row in rows],
+            "scores": scores, "weights": weights}

@@ -20,6 +20,9 @@ AUDIO_HOURS_PER_HOUR = "train/audio_hours_per_hour"  # the same ratio, as speech
 TFLOPS = "train/tflops"  # achieved model TFLOP/s
 MFU_PERCENT = "train/mfu_percent"  # model-FLOPs utilisation: achieved / the device's peak, in %
 CPU_PERCENT, GPU_MEMORY_MB = "system/cpu_percent", "system/gpu_memory_mb"  # every run / GPU runs
+# Every metric the recipe logs itself starts with one of these (training, machine, validation
+# and test scores); any other name is a method's own (``Method.step_metrics``: mma's router/*).
+RECIPE_METRIC_PREFIXES = ("train/", "system/", "eval/", "test/")
 
 
 def system_sample(device: str) -> dict[str, float]:

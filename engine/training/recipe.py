@@ -48,6 +48,7 @@ from engine.training.evaluation import EvaluationStopped, ItemDataset, evaluate,
 from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
+from engine.training.provenance import collect, record_start
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
 from engine.training.tracking import Tracking
@@ -103,6 +104,11 @@ class FineTuneRecipe:
         self.task_model = task_model_for(model_record["family"], dataset["task"], self.model_dir,
                                          dataset["labels"], **self.settings.task_options())
         self.count_steps()
+        if self.is_main:  # what produced this run's numbers (engine/training/provenance.py)
+            record_start(self.run_dir, collect(
+                self.run, dataset, model_record, {"train": len(self.train_items), "validation": len(
+                    self.eval_items), "test": len(self.test_items)}, self.device,
+                self.parallel.world_size if self.parallel else 1))
         capped = cap_gpu_memory(active_profile(), self.device)  # before the model takes memory
         if capped:
             self.log(capped)

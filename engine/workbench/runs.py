@@ -260,6 +260,28 @@ class RunsMixin:
         path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def run_provenance(self, run_id: int) -> dict | None:
+        """Where the run's numbers came from, as it recorded them when it started: commit (or
+        package version), package versions, device, data fingerprint
+        (engine/training/provenance.py); None for a run that never started, or started before
+        runs recorded it."""
+        from engine.training.provenance import read_provenance
+
+        return read_provenance(self.storage.files.home / "runs" / str(self.get_run(run_id)["id"]))
+
+    def run_decisions(self, run_id: int) -> dict:
+        """What the run's method decided: ``method_report`` (``run_method_report``: cmra's ranks
+        per layer, qass's 16-bit layers, ...; None when it recorded nothing) and
+        ``step_metrics``, a summary (first, last, min, max, mean) of each metric the method
+        logged itself at every step (mma's router/* weights; empty for most methods)."""
+        from engine.training.monitoring import RECIPE_METRIC_PREFIXES
+
+        run = self.get_run(run_id)
+        own = [name for name in self.storage.metric_names(run["id"])
+               if not name.startswith(RECIPE_METRIC_PREFIXES)]
+        return {"method_report": self.run_method_report(run["id"]),
+                "step_metrics": self.storage.metric_summaries(run["id"], own) if own else {}}
+
     def run_clock(self, run_id: int) -> dict:
         """A running or queued run's elapsed time (moving between steps) and ETA from its own
         short and whole-window steps and evaluations (engine/training/clock.py): ``elapsed_s``,
@@ -330,7 +352,8 @@ class RunsMixin:
         return self.storage.events(self.get_run(run_id)["id"], limit)
 
     def run_summary(self, run_id: int) -> dict:
-        """What ``runs show --json`` prints: the contract's fields plus progress."""
+        """What ``runs show --json`` prints: the contract's fields plus progress, the run's
+        ``provenance`` and what its method decided (``decisions``)."""
         run = self.get_run(run_id)
         adapter = self.storage.files.resolve(run["adapter_dir"]) if run["adapter_dir"] else None
         return {
@@ -345,6 +368,7 @@ class RunsMixin:
             "adapter_dir": str(adapter) if adapter else None, "error": run["error"],
             "created_at": run["created_at"], "started_at": run["started_at"],
             "finished_at": run["finished_at"], "queue_position": self._queue_position(run),
+            "provenance": self.run_provenance(run["id"]), "decisions": self.run_decisions(run["id"]),
         }
 
     def _queue_position(self, run: dict) -> int | None:

@@ -1,8 +1,10 @@
 """Studies: launch a grid of runs as one study, watch it, read its table, stop or delete it.
 
 A study's cells are ordinary queued runs (``runs.study_id``, ``runs.study_cell``): the worker,
-the queue, stop and resume treat them like any run. The grid and the statistics are pure
-functions in ``engine/studies.py``.
+the queue, stop and resume treat them like any run. The grid and the table are pure functions
+in ``engine/studies.py``, the comparisons (paired tests, tuning per method) in
+``engine/comparisons.py``; this facade reads each run's results, per-item test scores,
+provenance and decisions and hands them down.
 
 Studies are scoped like runs: visible to their owner, to everybody when shared (sharing a study
 shares its runs, in one transaction), to admins always; only the owner may delete one, and the
@@ -17,13 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import settings as settings_lib
+from engine.comparisons import read_study
 from engine.errors import NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
-from engine.training.settings import TrainingSettings, planned_steps, split_settings
-from engine.studies import (ENDED, Grid, cell_label, differences, grid_cells, run_results,
+from engine.studies import (ENDED, Grid, cell_label, grid_cells, run_results, study_provenance,
                             study_status, study_table)
+from engine.training.evaluation import item_scores, read_evaluation
+from engine.training.settings import TrainingSettings, planned_steps, split_settings
 
 NAME_LIMIT = 80
+TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainingSettings))
 
 
 class StudiesMixin:
@@ -37,10 +42,13 @@ class StudiesMixin:
 
         ``settings``: flat ``key=value`` settings for every run; a method setting goes to every
         method that has it, and a key that no chosen method nor the training settings know is
-        refused. The grid's own axes (``r``, the budget, ``target_modules``, ``seed``) come
-        from the grid, not from ``settings``."""
+        refused. The grid's own axes (``r``, the budget, ``target_modules``, ``seed``, and
+        every ``grid.axes`` key) come from the grid, not from ``settings``. ``grid.axes``
+        values are converted to their setting's type and checked (``grid`` in the answer holds
+        them so: what ``submit_study`` stores)."""
         methods = {name: get_method(name) for name in grid.methods}
-        cells = grid_cells(grid, methods)
+        grid = dataclasses.replace(grid, axes=self._checked_axes(methods, grid.axes))
+        cells = grid_cells(grid, methods, TRAINING_FIELDS)
         settings = dict(settings or {})
         self._check_study_settings(methods, settings, grid)
         plans, seconds, unestimated, warnings = [], 0.0, 0, []
@@ -59,7 +67,7 @@ class StudiesMixin:
                 if warning not in warnings:
                     warnings.append(warning)
         return {"cells": cells, "plans": plans, "runs": len(cells),
-                "cells_without_seeds": len({cell_label(c) for c in cells}),
+                "cells_without_seeds": len({cell_label(c) for c in cells}), "grid": grid,
                 "estimated_seconds": seconds if unestimated < len(cells) else None,
                 "unestimated": unestimated, "warnings": warnings,
                 "steps": sum(plan["steps"] for plan in plans)}
@@ -80,7 +88,7 @@ class StudiesMixin:
             "owner_id": self.owner_id, "name": name,
             "dataset_id": first["dataset"]["id"], "dataset_name": first["dataset"]["name"],
             "model_id": first["model"]["id"], "model_name": first["model"]["name"],
-            "grid": grid.as_dict(), "settings": settings or {}}, runs)
+            "grid": plan["grid"].as_dict(), "settings": settings or {}}, runs)
         if self.worker is not None:
             self.worker.wake()
         return study_id
@@ -101,18 +109,43 @@ class StudiesMixin:
         if unknown:
             raise SettingsError(f"unknown setting {', '.join(unknown)}: not a training setting "
                                 f"nor a setting of {', '.join(methods)}")
-        axes = {"seed": "seeds"}
+        sized = {}  # settings the grid's own lists set
         if any(grid.target_sets):
-            axes["target_modules"] = "target sets"
+            sized["target_modules"] = "target sets"
         if grid.ranks:
-            axes["r"] = "ranks"
+            sized["r"] = "ranks"
         for method in methods.values():
             if grid.budgets and (method.extra or {}).get("budget_setting"):
-                axes[method.extra["budget_setting"]] = "budgets"
+                sized[method.extra["budget_setting"]] = "budgets"
+        for key in grid.axes:
+            if key in sized:
+                raise SettingsError(f"--grid {key}: {key} comes from the study's {sized[key]}; "
+                                    "give its values there, or leave those out")
+        axes = {"seed": "seeds", **sized, **{key: "--grid axes" for key in grid.axes}}
         clashes = sorted(set(settings) & set(axes))
         if clashes:
             raise SettingsError(f"{clashes[0]} comes from the study's {axes[clashes[0]]}; "
                                 "leave it out of the settings")
+
+    @staticmethod
+    def _checked_axes(methods: dict, axes: dict[str, list]) -> dict[str, list]:
+        """Each axis's values converted to its setting's type and checked against that
+        setting's choices and bounds (``settings.convert_field``); a key that is neither a
+        training setting nor a setting of a chosen method is refused, naming it."""
+        checked = {}
+        for key, values in axes.items():
+            owner = TrainingSettings if key in TRAINING_FIELDS else next(
+                (m.settings_cls for m in methods.values()
+                 if key in {f.name for f in dataclasses.fields(m.settings_cls)}), None)
+            if owner is None:
+                raise SettingsError(f"--grid {key}: not a training setting nor a setting of "
+                                    f"{', '.join(methods)}; `python -m engine methods list --json` "
+                                    "lists each method's settings")
+            try:
+                checked[key] = [settings_lib.convert_field(owner, key, value) for value in values]
+            except SettingsError as error:
+                raise SettingsError(f"--grid {key}: {error}") from None
+        return checked
 
     @staticmethod
     def _cell_settings(method: Any, cell: dict, settings: dict) -> tuple[dict, dict]:
@@ -126,6 +159,8 @@ class StudiesMixin:
             method_values[cell["size_setting"]] = cell["size"]
         if cell["targets"]:
             method_values["target_modules"] = cell["targets"]
+        for key, value in (cell.get("axes") or {}).items():
+            (training_values if key in TRAINING_FIELDS else method_values)[key] = value
         training_values["seed"] = cell["seed"]
         return method_values, training_values
 
@@ -178,11 +213,22 @@ class StudiesMixin:
 
     def study_table(self, study_id: int) -> list[dict]:
         """One row per cell: mean and standard deviation over seeds (``engine.studies.study_table``)."""
-        return study_table(*self._study_rows(study_id))
-
-    def _study_rows(self, study_id: int) -> tuple[list[dict], dict[int, dict]]:
         runs = self.study_runs(study_id)
-        return runs, {row["run"]: row for row in self.compare_runs([run["id"] for run in runs])}
+        return study_table(runs, self._study_results(runs))
+
+    def _study_results(self, runs: list[dict]) -> dict[int, dict]:
+        """Run id -> what the study reads from it (``engine.studies.run_results``): its
+        comparison row's measures, its last validation score of its headline metric, and, for
+        a completed run, its per-item test scores."""
+        results = {}
+        for row in self.compare_runs([run["id"] for run in runs]):
+            validation, items = None, None
+            if row["status"] == "completed" and row["metric"]:
+                name = f"eval/{row['metric']}"
+                validation = self.storage.latest_metrics(row["run"], [name]).get(name)
+                items = item_scores(read_evaluation(self.storage.files.home / "runs" / str(row["run"])))
+            results[row["run"]] = run_results(row, validation, items)
+        return results
 
     def study_progress(self, study_id: int) -> dict:
         """The study's status and counts with its runs (id, status, cell, seed, step, error):
@@ -194,21 +240,26 @@ class StudiesMixin:
                           "seed": r["study_cell"]["seed"], "step": r["step"],
                           "total_steps": r["total_steps"], "error": r["error"]} for r in runs]}
 
-    def study_summary(self, study_id: int, reference: str | None = None) -> dict:
-        """What ``study show --json`` prints: ``study_progress`` plus the study's table and
-        every cell against ``reference`` (default: the first cell)."""
+    def study_summary(self, study_id: int, reference: str | None = None, tune: bool | None = None) -> dict:
+        """What ``study show --json`` prints: ``study_progress`` plus the study's table, its
+        comparisons against ``reference`` (a cell, or with the tuned reading a method's label;
+        default: the first), read per cell or tuned per method (``tune``; default: as the
+        study was launched), and the study's ``provenance``."""
         progress = self.study_progress(study_id)
-        runs, rows = self._study_rows(progress["id"])
-        table = study_table(runs, rows)
-        reference = reference or (table[0]["cell"] if table else None)
-        # Each run's own results and cell, so summaries of one grid split over several
-        # machines (or data homes) can be merged afterwards (engine.studies.merge_summaries).
+        runs = self._study_runs(self.get_study(progress["id"]))
+        results = self._study_results(runs)
+        table = study_table(runs, results)
+        tune = bool(progress["grid"].get("tune_per_method")) if tune is None else tune
+        # Each run's own results, cell, provenance and decisions, so summaries of one grid
+        # split over several machines (or data homes) merge afterwards (engine.study_merge).
         own = {run["id"]: run for run in runs}
         for entry in progress["runs"]:
             entry["study_cell"] = own[entry["id"]]["study_cell"]
-            entry["results"] = run_results(rows[entry["id"]])
-        return {**progress, "table": table, "reference": reference,
-                "differences": differences(table, reference) if reference else []}
+            entry["results"] = results[entry["id"]]
+            entry["provenance"] = self.run_provenance(entry["id"])
+            entry["decisions"] = self.run_decisions(entry["id"]) if entry["status"] == "completed" else None
+        return {**progress, "table": table, **read_study(table, results, reference, tune),
+                "provenance": study_provenance(progress["runs"])}
 
     # ------------------------------------------------------------------ act
     def stop_study(self, study_id: int) -> dict[str, int]:

@@ -33,17 +33,20 @@ def test_a_step_count_below_one_is_shown_as_the_one_used(app):
 
 
 def test_the_learning_rate_box_shows_every_digit_used(app):
+    """A text box (several rates make a grid axis): what is typed is what the plan uses, where a
+    number box's "%.0e" once showed 1.5e-3 as 2e-03."""
     open_studies(app)
-    assert app.number_input(key="studies.lr").proto.format == "%g"  # not "%.0e": 1.5e-3 showed as 2e-03
+    app.text_input(key="studies.lr").set_value("1.5e-3").run()
+    assert app.text_input(key="studies.lr").value == "1.5e-3" and not app.error
 
 
 def test_a_finished_study_offers_built_files_and_labels_that_do_not_overprint(app, demo_home, downloads):
     study_id = seed_study(demo_home)
     open_studies(app)
     labels = [b.proto.label for b in assert_built_before_offered(app)]
-    assert labels == ["Table as CSV", "Read-only report (HTML)"]
+    assert labels == ["Table as CSV", "Comparisons as CSV", "Study (JSON)", "Read-only report (HTML)"]
     page = downloads[f"study-{study_id}.html"].decode()
-    assert page.startswith("<!doctype html>") and "Differences against lora · r=2" in page
+    assert page.startswith("<!doctype html>") and "Against lora · r=2 (per cell)" in page
 
     # Quality against trainable parameters: ia3 (500) and lora r=8 (4000) make the front; lora
     # r=2 (1000, no better than ia3) is named on hover only, and the front's labels alternate.

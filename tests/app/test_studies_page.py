@@ -1,5 +1,6 @@
-"""The Studies page through AppTest: empty, launching from the form, a finished study's table,
-differences, exports, and delete with confirmation."""
+"""The Studies page through AppTest: empty, launching from the form (learning rates and grid
+axes, tune per method), a finished study's table, paired comparisons with intervals, tuning,
+provenance, exports, and delete with confirmation."""
 
 from __future__ import annotations
 
@@ -39,13 +40,16 @@ def frame_with(app: AppTest, column: str) -> pd.DataFrame:
 
 
 def seed_study(home, seeds: tuple[int, ...] = (1, 2, 3)) -> int:
-    """A finished 3-cell study (3 seeds unless told) whose runs carry known results (no training)."""
+    """A finished 3-cell study (3 seeds unless told) whose runs carry known results and the
+    provenance a start records (no training)."""
     from engine import Workbench
     from engine.studies import Grid, cell_label
+    from engine.training.provenance import collect, record_start
 
     workbench = Workbench(home)
     study_id = workbench.submit_study("demo-text", "tiny-bert", Grid(["lora", "ia3"], ranks=[2, 8],
                                                                     seeds=list(seeds)), {"max_steps": 10})
+    dataset, model = workbench.get_dataset("demo-text"), workbench.get_model("tiny-bert")
     for run in workbench.study_runs(study_id):
         label = cell_label(run["study_cell"])
         accuracy = ACCURACY[label][run["study_cell"]["seed"] - 1]
@@ -54,6 +58,8 @@ def seed_study(home, seeds: tuple[int, ...] = (1, 2, 3)) -> int:
             run["id"], status="completed", step=10, total_steps=10, wall_time_s=5.0,
             trainable_params=PARAMS[label], total_params=100_000,
             peak_memory_mb=300.0 + run["study_cell"]["seed"], metrics={"accuracy": accuracy})
+        record_start(workbench.storage.files.run_dir(run["id"]),
+                     collect(run, dataset, model, {"train": 200, "validation": 50}, "cpu"))
     workbench.storage.close()
     return study_id
 
@@ -90,7 +96,11 @@ def test_launching_a_study_from_the_form_queues_its_runs(app, demo_home):
     assert {r["status"] for r in workbench.study_runs(study["id"])} == {"cancelled"}
 
 
-def test_a_finished_study_shows_its_cells_differences_and_exports(app, demo_home, downloads):
+def test_a_finished_study_shows_its_cells_comparisons_provenance_and_exports(app, demo_home, downloads):
+    import json
+
+    from engine.training.provenance import code_version
+
     study_id = seed_study(demo_home)
     open_studies(app)
     table = frame_with(app, "seeds done")
@@ -98,31 +108,94 @@ def test_a_finished_study_shows_its_cells_differences_and_exports(app, demo_home
     assert list(table["seeds done"]) == ["3/3"] * 3
     assert table.loc[table["cell"] == "lora · r=8", "accuracy"].item() == "0.81 ± 0.01"
     assert table.loc[table["cell"] == "ia3", "trainable parameters"].item() == "500 ± 0"
-    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
-    assert verdicts["lora · r=8"] == "better, larger than seed noise"
-    assert verdicts["ia3"] == "within seed noise"
-    assert any("Welch's t-test" in caption.value for caption in app.caption)
+    comparisons = frame_with(app, "p (Holm)").set_index("method")
+    # lora r=8 is 0.2 better on every seed: the paired test has no doubt; ia3 goes both ways
+    assert comparisons.loc["lora · r=8", "verdict"].startswith("better (Holm-adjusted p = ")
+    assert comparisons.loc["lora · r=8", "difference"] == "+20.00 points"  # accuracy, in percent
+    assert comparisons.loc["lora · r=8", "95 % interval"] == "[+20.00, +20.00 points]"
+    assert comparisons.loc["ia3", "verdict"].startswith("not shown to differ")
+    assert comparisons.loc["ia3", "seeds"] == "1, 2, 3"
+    # the test is named (these runs kept no per-item scores: the paired t-test over seeds)
+    assert any(c.value.startswith("Test: paired t-test over seeds (seeds 1, 2, 3") for c in app.caption)
+    assert any("Holm's correction" in c.value for c in app.caption)
     # against another reference the verdicts follow
     app.selectbox(key=f"studies.reference.{study_id}").set_value("lora · r=8").run()
-    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
-    assert verdicts["lora · r=2"] == "worse, larger than seed noise"
+    comparisons = frame_with(app, "p (Holm)").set_index("method")
+    assert comparisons.loc["lora · r=2", "verdict"].startswith("worse")
+    # provenance, as the runs recorded it
+    provenance = frame_with(app, "recorded").set_index("what")["recorded"]
+    code = code_version()
+    assert provenance["code"].startswith(code["commit"][:12] if code.get("commit") else f"version {code['version']}")
+    assert provenance["data"].startswith("demo-text version ") and "torch " in provenance["packages"]
 
     csv = pd.read_csv(io.BytesIO(downloads[f"study-{study_id}.csv"]))
     assert list(csv["cell"]) == list(ACCURACY)
     assert csv.set_index("cell").loc["lora · r=8", "final_metric_mean"] == pytest.approx(0.81)
     assert csv.set_index("cell").loc["lora · r=8", "final_metric_std"] == pytest.approx(0.01)
-    assert len(app.get("plotly_chart")) == 2
+    assert set(csv["code"]) == {provenance["code"]} and set(csv["data"]) == {provenance["data"]}
+    shown = pd.read_csv(io.BytesIO(downloads[f"study-{study_id}-comparisons.csv"])).set_index("method")
+    assert shown.loc["lora · r=2", "reference"] == "lora · r=8"  # what the page shows
+    assert shown.loc["lora · r=2", "ci95_low"] == pytest.approx(-0.2)
+    summary = json.loads(downloads[f"study-{study_id}.json"])
+    assert summary["reference"] == "lora · r=8" and summary["provenance"]["recorded"] == 9
+    assert {"commit", "version"} & set(summary["provenance"]) and summary["provenance"]["packages"]["torch"]
+    assert len(app.get("plotly_chart")) == 3  # the differences with their intervals, two Pareto charts
 
     # The HTML report (made when clicked) is Compare's report of the study's runs with the
-    # study's table and differences on top.
+    # study's table, comparisons and provenance on top.
     from engine import Workbench
-    from ui.studies import report
+    from ui.study_results import report
 
     page = report(Workbench(demo_home), Workbench(demo_home).study_summary(study_id))
-    assert "<script src=" not in page and page.count("Plotly.newPlot") == 2  # offline, both charts
-    assert "Differences against lora · r=2" in page and "better, larger than seed noise" in page
-    assert "0.81 ± 0.01" in page and "Welch" in page
+    assert "<script src=" not in page and page.count("Plotly.newPlot") == 3  # offline, every chart
+    assert "Against lora · r=2 (per cell)" in page and "not shown to differ" in page
+    assert "0.81 ± 0.01" in page and "paired t-test over seeds" in page and "Holm" in page
+    assert "<h2>Provenance</h2>" in page or ">Provenance<" in page
+    assert provenance["code"] in page and "demo-text version" in page
     assert "comparison of 9 runs" in page  # Compare's results table of every run
+
+
+def test_tune_per_method_shows_each_methods_chosen_settings(app, demo_home):
+    """A learning-rate grid launched from the form, its runs given made-up validation and test
+    scores: the tuned reading compares each method's validation-best cell, and says so."""
+    from engine import Workbench
+
+    workbench = Workbench(demo_home)
+    hold_worker(workbench)
+    open_studies(app)
+    app.selectbox(key="studies.dataset").set_value("demo-text").run()
+    app.multiselect(key="studies.methods").set_value(["lora", "ia3"]).run()
+    app.text_input(key="studies.ranks").set_value("2").run()
+    app.text_input(key="studies.seeds").set_value("1, 2").run()
+    app.text_input(key="studies.lr").set_value("1e-4, 1e-3").run()
+    app.text_area(key="studies.axes").set_value("warmup_steps=0").run()
+    app.checkbox(key="studies.tune").check().run()
+    assert any(i.value.startswith("8 runs (4 cells × 2 seeds)") for i in app.info)
+    app.button(key="studies.launch").click().run()
+    assert not app.exception, app.exception
+    study = workbench.list_studies()[0]
+    assert study["grid"]["axes"] == {"learning_rate": [1e-4, 1e-3], "warmup_steps": [0]}
+    assert study["grid"]["tune_per_method"] is True
+    # validation: lora is best at 1e-3, ia3 at 1e-4; test scores favour the other rate
+    scores = {("lora", 1e-4): (0.6, 0.9), ("lora", 1e-3): (0.8, 0.7), ("ia3", 1e-4): (0.75, 0.6),
+              ("ia3", 1e-3): (0.7, 0.95)}
+    for run in workbench.study_runs(study["id"]):
+        cell = run["study_cell"]
+        validation, test = scores[(cell["method"], cell["axes"]["learning_rate"])]
+        workbench.storage.add_metrics(run["id"], 10, 5.0, {"eval/accuracy": validation + cell["seed"] / 100})
+        workbench.storage.update_run(run["id"], status="completed", step=10, total_steps=10, wall_time_s=5.0,
+                                     trainable_params=100, total_params=1000, peak_memory_mb=300.0,
+                                     metrics={"accuracy": test + cell["seed"] / 100})
+    app.run()
+    assert not app.exception, app.exception
+    tuning = frame_with(app, "chosen settings").set_index("method")
+    assert tuning.loc["lora · r=2", "chosen settings"] == "learning_rate=0.001, warmup_steps=0"
+    assert tuning.loc["ia3", "chosen settings"] == "learning_rate=0.0001, warmup_steps=0"
+    comparisons = frame_with(app, "p (Holm)").set_index("method")
+    assert comparisons.loc["ia3", "cell"] == "ia3 · learning_rate=0.0001 · warmup_steps=0"
+    assert comparisons.loc["ia3", "difference"] == "-10.00 points"  # 0.6 against lora's chosen 0.7, on test
+    app.toggle(key=f"studies.tuned.{study['id']}").set_value(False).run()  # per cell: every cell
+    assert len(frame_with(app, "p (Holm)")) == 3
 
 
 def test_deleting_a_study_asks_first_then_removes_its_runs(app, demo_home):
@@ -184,17 +257,18 @@ def test_merging_parts_shows_one_study_and_refuses_bad_files_with_their_reason(a
     assert list(table["cell"]) == list(ACCURACY) and list(table["seeds done"]) == ["3/3"] * 3
     assert table.loc[table["cell"] == "lora · r=8", "accuracy"].item() == "0.81 ± 0.01"
     assert table.loc[table["cell"] == "ia3", "runs"].item().count("study-2#") == 1
-    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
-    assert verdicts["lora · r=8"] == "better, larger than seed noise"
-    assert verdicts["ia3"] == "within seed noise"
+    verdicts = frame_with(app, "p (Holm)").set_index("method")["verdict"]
+    assert verdicts["lora · r=8"].startswith("better") and verdicts["ia3"].startswith("not shown to differ")
     app.selectbox(key="studies.merge.reference.merged").set_value("lora · r=8").run()
-    verdicts = frame_with(app, "verdict").set_index("cell")["verdict"]
-    assert verdicts["lora · r=2"] == "worse, larger than seed noise"
+    verdicts = frame_with(app, "p (Holm)").set_index("method")["verdict"]
+    assert verdicts["lora · r=2"].startswith("worse")
     assert any("completed · 9 of 9 runs ended" in m.value for m in app.markdown)
     merged = json.loads(downloads["study-merged.json"])
     assert merged["status"] == "completed" and merged["merged_from"] == ["study", "study-2"]
     assert len(merged["runs"]) == 9 and merged["missing"] == []
-    assert len(app.get("plotly_chart")) == 4  # the merge's two charts and the stored study's two
+    assert merged["reference"] == "lora · r=8" and merged["comparisons"][0]["method"] == "lora · r=2"
+    assert merged["provenance"]["recorded"] == 9
+    assert len(app.get("plotly_chart")) == 6  # the merge's three charts and the stored study's three
     assert (Workbench(demo_home).list_studies(), Workbench(demo_home).list_runs()) == stored  # a view
 
     other = json.loads(second)

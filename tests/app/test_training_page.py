@@ -296,3 +296,9 @@ def test_a_finished_cmra_run_shows_its_rank_allocation(app, demo_home):  # noqa:
     [chart] = [json.loads(c.proto.spec) for c in app.get("plotly_chart") if "ranks" in c.proto.id]
     drawn = {trace["name"]: len(trace["x"]) for trace in chart["data"]}
     assert drawn == {"audio encoder": 4, "cross-attention": 4, "text decoder": 4}
+    # provenance and decisions (the method's report) under the run, as runs show --json has them
+    provenance = Workbench(demo_home).run_provenance(run_id)
+    assert any(c.value.startswith("Code: ") and provenance["data_fingerprint"]["version"] in c.value
+               for c in app.caption)
+    [decisions] = [json.loads(element.proto.body) for element in app.get("json")]
+    assert decisions["method_report"]["used"] == report["used"]

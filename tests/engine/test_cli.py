@@ -64,6 +64,20 @@ def test_train_wait_then_show(cli_home):
                 "trainable_params", "peak_memory_mb", "adapter_dir", "error"):
         assert key in shown
     assert set(shown["metrics"]) == {"wer", "cer"}
+    # provenance, recorded when the run started, and what its method decided
+    provenance = shown["provenance"]
+    assert provenance.get("commit") or provenance.get("version")
+    assert {"python", "torch", "transformers", "peft"} <= set(provenance["packages"])
+    assert provenance["device"]["type"] == "cpu" and provenance["device"]["cores"] >= 1
+    assert provenance["data_fingerprint"] == {
+        "dataset": "demo-speech", "version": shown["dataset_version"],
+        "items": {"train": 120, "validation": 40, "test": 0}}
+    assert shown["decisions"] == {"method_report": None, "step_metrics": {}}  # qlora decides nothing
+    # every example keeps its word errors and reference words: summed, the run's corpus WER
+    rows = [json.loads(line) for line in (cli_home / "runs" / str(summary["id"]) / "predictions.jsonl")
+            .read_text().splitlines()]
+    assert len(rows) == 40
+    assert sum(r["errors"] for r in rows) / sum(r["words"] for r in rows) == pytest.approx(shown["metrics"]["wer"])
     runs = json.loads(cli(cli_home, "runs", "list", "--json").stdout)
     assert summary["id"] in [r["id"] for r in runs]
 
@@ -187,7 +201,17 @@ def test_study_wait_json_then_show_list_and_delete(cli_home, monkeypatch, capsys
     assert study["status"] == "completed" and study["runs_total"] == 4
     assert [row["cell"] for row in study["table"]] == ["lora · r=2", "ia3"]
     assert all(row["completed"] == 2 and row["final_metric_mean"] is not None for row in study["table"])
-    assert [d["cell"] for d in study["differences"]] == ["ia3"] and study["reference"] == "lora · r=2"
+    assert study["reference"] == "lora · r=2" and study["reading"] == "cells"
+    [comparison] = study["comparisons"]  # the contract's fields
+    assert (comparison["method"], comparison["reference"]) == ("ia3", "lora · r=2")
+    assert isinstance(comparison["difference"], float) and len(comparison["ci95"]) == 2
+    assert 0 <= comparison["p"] <= comparison["p_holm"] <= 1
+    assert comparison["test"].startswith("paired bootstrap over test items")
+    provenance = study["provenance"]
+    assert (provenance.get("commit") or provenance.get("version")) and provenance["recorded"] == 4
+    assert {"torch", "transformers"} <= set(provenance["packages"]) and provenance["device"]["type"] == "cpu"
+    assert provenance["data_fingerprint"]["dataset"] == "demo-text"
+    assert all(run["provenance"]["data_fingerprint"] == provenance["data_fingerprint"] for run in study["runs"])
     run_ids = [run["id"] for run in study["runs"]]
 
     # The other sub-commands in this process (each subprocess costs seconds of imports).

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import FAST
 
-from engine.training.evaluation import per_example_rows
-from engine.metrics import confusion_counts
+from engine.training.evaluation import item_scores, per_example_rows
+from engine.metrics import confusion_counts, speech_metrics
 
 
 def test_speech_rows_carry_per_item_error_rates_worst_first():
@@ -22,6 +22,16 @@ def test_speech_rows_carry_per_item_error_rates_worst_first():
     assert [r["position"] for r in rows] == [2, 1, 0]
     assert rows[0]["wer"] == pytest.approx(3 / 2) and rows[1]["wer"] == pytest.approx(1 / 3)
     assert rows[2]["wer"] == 0 and rows[2]["cer"] == 0
+    # word errors and reference words: 3 of 2 ("stop now please" for "play music"), 1 of 3, 0 of 3
+    assert [(r["errors"], r["words"]) for r in rows] == [(3, 2), (1, 3), (0, 3)]
+    scores = item_scores({"task": "asr", "split": "test", "rows": rows})
+    assert scores == {"split": "test", "metric": "wer", "positions": [0, 1, 2], "scores": [0, 1, 3],
+                      "weights": [3, 3, 2]}
+    corpus = speech_metrics([i["text"] for i in items], ["open the door", "turn off", "stop now please"])["wer"]
+    assert sum(scores["scores"]) / sum(scores["weights"]) == pytest.approx(corpus)  # not the mean of item WERs
+    # rows written before errors and words were kept: recovered from the text and the item WER
+    old = [{key: value for key, value in row.items() if key not in ("errors", "words")} for row in rows]
+    assert item_scores({"task": "asr", "split": "test", "rows": old}) == scores
 
 
 def test_classification_rows_put_confident_mistakes_first_and_count_confusions():
@@ -33,6 +43,9 @@ def test_classification_rows_put_confident_mistakes_first_and_count_confusions()
     assert [(r["position"], r["correct"]) for r in rows] == [(2, False), (3, False), (0, True), (1, True)]
     assert rows[0]["prediction"] == "no" and rows[0]["confidence"] == pytest.approx(0.9)
     assert confusion_counts(labels, rows) == [[1, 1], [1, 1]]
+    assert item_scores({"task": "audio-classification", "split": "test", "rows": rows}) == {
+        "split": "test", "metric": "accuracy", "positions": [0, 1, 2, 3], "scores": [1, 1, 0, 0],
+        "weights": [1, 1, 1, 1]}
 
 
 def test_a_dataset_with_a_test_split_is_scored_on_it(workbench, tmp_path):
