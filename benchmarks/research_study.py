@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="benchmarks.research_speech's folder")
     parser.add_argument("--home", type=Path, required=True, help="a fresh data home")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="whisper-base", help="(tiny-whisper: a quick check of the pipeline)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--learning-rates", default="3e-4,1e-3,3e-3")
     parser.add_argument("--seeds", default="1,2,3")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             engine(["datasets", "import", str(args.data), "--name", "research-speech", "--task", "asr",
                     "--splits", "keep"], env, log)
         submitted = json.loads(engine(
-            ["study", "--dataset", "research-speech", "--model", "whisper-base",
+            ["study", "--dataset", "research-speech", "--model", args.model,
              "--name", f"research: {args.methods} x lr {args.learning_rates} x seeds {args.seeds}",
              "--methods", args.methods, "--ranks", args.rank, "--seeds", args.seeds,
              "--grid", f"learning_rate={args.learning_rates}", "--tune-per-method", "--json",
