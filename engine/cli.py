@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(handler=cmd_demo, no_user=True)
 
+    worker = commands.add_parser(
+        "worker", help="train queued runs (everybody's) in this process until the queue is empty; "
+                       "start several for several runs at once (LIM_SLOTS bounds them)")
+    worker.set_defaults(handler=cmd_worker, no_user=True)
+
     datasets = commands.add_parser("datasets", help="list or import datasets").add_subparsers()
     listing = datasets.add_parser("list", help="list datasets")
     listing.add_argument("--json", action="store_true")
@@ -429,6 +434,16 @@ def cmd_train(wb, args) -> int:
         if event["level"] == "warning":
             print(f"warning: {printable(event['message'])}", file=sys.stderr)
     return finish(wb, args, run_id)
+
+
+def cmd_worker(wb, args) -> None:
+    from engine.training.worker import work_until_empty
+
+    def ended(run: dict) -> None:
+        print(f"run {run['id']} ({run['method']}): {run['status']}", flush=True)
+
+    trained = work_until_empty(wb.storage, on_run_end=ended)
+    print(f"queue empty: this worker trained {trained} run(s)")
 
 
 def cmd_runs_list(wb, args) -> None:

@@ -206,6 +206,12 @@ class WorkbenchConfig:
         "", "With auth on, the only folders (separated by ':') under which an admin may import "
         "from a path on the server; empty: nobody may, everybody uploads. Never the data home "
         "(LIM_IMPORT_ROOTS).")
+    slots: int = setting(
+        1, "How many runs one machine trains at once (LIM_SLOTS): the app's worker runs this many "
+        "side by side, and every process on the machine (the app, train --wait, worker) counts "
+        "against it. 1 suits a laptop or one small GPU; on a large GPU a study's small runs "
+        "(whisper-base QLoRA: under 2 GiB each) fit several: docs/studies.md says how to choose.",
+        min=1, max=64)
     device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
                           "cuda or cuda:N (LIM_DEVICE).")
     profile: str = setting("", "Device profile: defaults of new runs and, on a CUDA GPU, a memory "

