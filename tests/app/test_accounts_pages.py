@@ -66,6 +66,16 @@ def log_in(app: AppTest, name: str, password: str | None = None) -> AppTest:
     return click(app, "Log in")
 
 
+def idle(home, seconds: float) -> None:
+    """Every log-in session of the data home was last seen ``seconds`` earlier."""
+    from storage import Storage
+
+    storage = Storage(home)
+    with storage.atomic() as db:
+        db.execute("update login_sessions set last_seen_at = last_seen_at - ?", [seconds])
+    storage.close()
+
+
 def on_log_in_page(app: AppTest) -> bool:
     return any(t.key == "auth.log_in.name" for t in app.text_input)
 
@@ -117,10 +127,10 @@ def test_pages_show_each_session_only_its_own_runs(auth_home):
     assert not carol.exception and not [s for s in carol.selectbox if s.key == "train.watch_select"]
 
 
-def test_an_idle_session_is_logged_out(auth_home):
+def test_an_idle_session_is_logged_out(auth_home, demo_home):
     app = log_in(session(), "bob")
     assert not on_log_in_page(app)
-    app.session_state["auth.last_seen"] = time.time() - 61 * 60  # default timeout: 60 minutes
+    idle(demo_home, 61 * 60)  # default timeout: 60 minutes
     app.run()
     assert on_log_in_page(app)
     assert "logged out after 60 minutes without activity" in app.info[0].value
