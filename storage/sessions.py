@@ -39,8 +39,8 @@ class LoginSessionStore:
                 return None
             session_id, code_until, expected = row
             good = code_until >= now and (expected is None or expected == binding)
-            db.execute("update login_sessions set code_hash = null, token_hash = ? where id = ?",
-                       [token_hash if good else None, session_id])
+            db.execute("update login_sessions set code_hash = null, token_hash = ?, last_seen_at = "
+                       "max(last_seen_at, ?) where id = ?", [token_hash if good else None, now, session_id])
             return session_id if good else None
 
     def login_session(self, session_id: int) -> dict | None:
