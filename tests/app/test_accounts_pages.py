@@ -362,3 +362,6 @@ def test_links_select_the_item_and_another_users_item_is_not_found(auth_home, de
     assert carol.query_params["model"] == other  # a choice in the box is written back
     carol.run()
     assert carol.selectbox(key="models.selected").value == other  # and the old link does not win
+    carol.query_params["study"] = "999"
+    carol.switch_page("pages/studies.py").run()
+    assert not carol.exception and carol.warning[0].value.startswith("Study 999 was not found")

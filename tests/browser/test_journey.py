@@ -2,10 +2,11 @@
 on the real whisper-base: sign up -> a reload and a second tab stay logged in -> home -> listen
 to demo-voices -> the untouched model in the playground -> a short QLoRA run scored before and
 after (only their own runs are listed) -> export -> compare -> playground, base and fine-tuned
-side by side -> studies (launch a tiny grid, watch it finish) -> log out, follow a link to the
-run, log in and land on it. Beside them, in a second browser context, another person signs up:
-no server path to import from, and a link to the first person's run is "not found". Streamlit
-serves the real app (server.py); Playwright drives Debian's chromium."""
+side by side -> studies (launch a tiny grid, watch it finish) -> log out and in. While the run
+trains, another person signs up in a second browser context (no server path to import from; a
+link to the first person's run is "not found"), and the first follows a link to the run from a
+third one: the log-in page, then the run. Streamlit serves the real app (server.py); Playwright
+drives Debian's chromium."""
 
 from __future__ import annotations
 
@@ -79,6 +80,15 @@ def sign_up(page, name: str, password: str) -> None:
     page.get_by_label("Password", exact=True).last.fill(password)
     page.get_by_label("Password again").fill(password)
     page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_text(f"Logged in as {name}")).to_be_visible()
+
+
+def log_in(page, name: str, password: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_label("Username").first.fill(name)
+    page.get_by_label("Password", exact=True).first.fill(password)
+    page.get_by_role("button", name="Log in").click()
     expect(page.get_by_text(f"Logged in as {name}")).to_be_visible()
 
 
@@ -218,8 +228,19 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         other.goto(f"{server}/training?run=2")
         expect(other.get_by_text("Run 2 was not found")).to_be_visible()
         expect(other.get_by_text("No runs yet.")).to_be_visible()
-        expect(other.get_by_text("qlora")).to_have_count(0)
+        expect(other.get_by_role("combobox", name="Watch run")).to_have_count(0)
+        expect(other.get_by_text("#2 qlora")).to_have_count(0)
         others.close()
+        # The student follows a link to the run from another browser: the log-in page stands in
+        # for the Training page, and the log-in lands on the run.
+        elsewhere = browser.new_context(viewport={"width": 1400, "height": 1000})
+        elsewhere.set_default_timeout(60_000)
+        linked = elsewhere.new_page()
+        linked.goto(f"{server}/training?run=2")
+        log_in(linked, "student", "my own long passphrase")
+        expect(linked).to_have_url(f"{server}/training?run=2")
+        expect(linked.get_by_role("combobox", name="Watch run")).to_have_value(re.compile(r"^#2 qlora"))
+        elsewhere.close()
         # The live monitor refreshes by itself until the run completes: about 2 minutes of
         # training and scoring on 2 free cores, longer on a loaded machine.
         expect(page.get_by_text("completed").first).to_be_visible(timeout=900_000)
@@ -279,12 +300,6 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
 
         page.get_by_role("button", name="Log out").click()
         expect(page.get_by_text("You logged out.")).to_be_visible()
-        page.goto(f"{server}/training?run=2")  # a link: the log-in page stands in, then the run
-        page.get_by_label("Username").first.fill("student")
-        page.get_by_label("Password", exact=True).first.fill("my own long passphrase")
-        page.get_by_role("button", name="Log in").click()
-        expect(page.get_by_text("Logged in as student")).to_be_visible()
-        expect(page).to_have_url(f"{server}/training?run=2")
-        expect(page.get_by_role("combobox", name="Watch run")).to_have_value(re.compile(r"^#2 qlora"))
+        log_in(page, "student", "my own long passphrase")
         browser.close()
     reader.storage.close()
