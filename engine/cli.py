@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(handler=cmd_demo, no_user=True)
 
+    worker = commands.add_parser(
+        "worker", help="train queued runs (everybody's) in this process until the queue is empty; "
+                       "start several for several runs at once (LIM_SLOTS bounds them)")
+    worker.set_defaults(handler=cmd_worker, no_user=True)
+
     datasets = commands.add_parser("datasets", help="list or import datasets").add_subparsers()
     listing = datasets.add_parser("list", help="list datasets")
     listing.add_argument("--json", action="store_true")
@@ -420,6 +425,16 @@ def cmd_train(wb, args) -> int:
     return finish(wb, args, run_id)
 
 
+def cmd_worker(wb, args) -> None:
+    from engine.training.worker import work_until_empty
+
+    def ended(run: dict) -> None:
+        print(f"run {run['id']} ({run['method']}): {run['status']}", flush=True)
+
+    trained = work_until_empty(wb.storage, on_run_end=ended)
+    print(f"queue empty: this worker trained {trained} run(s)")
+
+
 def cmd_runs_list(wb, args) -> None:
     rows = wb.list_runs()
     emit(args, rows, table(rows, ["id", "status", "method", "dataset_name", "model_name", "step",
@@ -535,7 +550,7 @@ def finish(wb, args, run_id: int) -> int:
         return 0
     # Progress on stderr: a bar on a terminal, plain lines in a log; none with --json.
     report = None if args.json else ProgressReport(
-        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]))
+        run_id, lambda: wb.latest_metrics(run_id, [LOSS, SAMPLES_PER_S]), clock=lambda: wb.run_clock(run_id))
     try:
         summary = wb.wait_for_run(run_id, on_progress=report.update if report else None)
     finally:  # Ctrl-C too: end the bar's line before the error line

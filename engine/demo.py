@@ -51,11 +51,12 @@ DEMO_RUN = {
 }
 
 
-def demo_story(ready: bool) -> dict:
+def demo_story(ready: bool, here: dict | None = None) -> dict:
     """What Home shows: can the demo run start (``ready``: its dataset and real model are
-    there), and the measured zero-shot and fine-tuned WER with the training minutes, when the
-    benchmark's result is there."""
-    story = {"ready": ready, "run": DEMO_RUN, "measured": None}
+    there), and the measured zero-shot and fine-tuned WER with the training minutes and the
+    machine they were measured on, when the benchmark's result is there; ``here``: what to
+    expect on this machine (``Workbench.demo_story``)."""
+    story = {"ready": ready, "run": DEMO_RUN, "measured": None, "here": here}
     try:
         result = json.loads(DEMO_MEASUREMENT.read_text())
     except (OSError, ValueError):
@@ -66,6 +67,7 @@ def demo_story(ready: bool) -> dict:
             "zero_shot_wer": result["zero_shot"]["wer"], "wer": engine[-1]["wer"],
             "minutes": engine[-1]["wall_s"] / 60, "steps": engine[-1]["step"],
             "threads": result["machine"]["threads"], "test_clips": result["test_clips"],
+            "machine": result["machine"],  # cores, threads, cpu, torch of the measuring machine
             "recipe_wer": result.get("recipe_final_wer"),
             "recipe_minutes": (result["sides"]["recipe-qlora"][-1]["wall_s"] / 60
                                if "recipe-qlora" in result.get("sides", {}) else None),

@@ -5,7 +5,13 @@ The page shows ``str(error)``; the log keeps the traceback. Raise the most speci
 
 
 class WorkbenchError(Exception):
-    """Base class: the message is written for the person using the workbench."""
+    """Base class: the message is written for the person using the workbench. ``fix``: the
+    settings (name -> value) that remove the problem when there is an obvious one, e.g.
+    ``{"per_device_train_batch_size": 4}``; a form offers it as one click."""
+
+    def __init__(self, *args, fix: dict | None = None):
+        super().__init__(*args)
+        self.fix = dict(fix or {})
 
 
 class NotFoundError(WorkbenchError):

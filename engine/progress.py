@@ -59,11 +59,13 @@ def eta_seconds(run: dict) -> float | None:
 class ProgressReport:
     """Shows a run's progress on ``stream``; ``update(run)`` as it goes, ``close(run)`` at the end.
 
-    ``latest()`` returns the newest ``{metric name: value}`` (loss and samples/s)."""
+    ``latest()`` returns the newest ``{metric name: value}`` (loss and samples/s); ``clock()``,
+    when given, the run's clock (``Workbench.run_clock``: an ETA from its own short and
+    whole-window steps and evaluations) for the plain lines' ETA, else the mean step time."""
 
     def __init__(self, run_id: int, latest: Callable[[], dict[str, float]], stream: TextIO | None = None,
-                 line_every_s: float = 10.0):
-        self.run_id, self.latest = run_id, latest
+                 line_every_s: float = 10.0, clock: Callable[[], dict] | None = None):
+        self.run_id, self.latest, self.clock = run_id, latest, clock
         self.stream = stream if stream is not None else sys.stderr
         self.line_every_s = line_every_s
         self.on_terminal = self.stream.isatty()
@@ -108,12 +110,19 @@ class ProgressReport:
         step, total = run["step"] or 0, run["total_steps"]
         loss, speed = self._figures()
         busy = busy_with(run)
-        eta = None if busy else eta_seconds(run)  # the mean step time says nothing then
         parts = [f"run {self.run_id}: step {step}/{total} ({100 * step / total:.0f}%)",
                  None if loss is None else f"loss {loss:.4f}",
-                 None if speed is None else f"{speed:.1f} samples/s",
-                 None if eta is None else f"ETA {format_duration(eta)}", busy]
+                 None if speed is None else f"{speed:.1f} samples/s", self._eta(run, busy), busy]
         return " · ".join(part for part in parts if part)
+
+    def _eta(self, run: dict, busy: str | None) -> str | None:
+        if self.clock is None:
+            eta = None if busy else eta_seconds(run)  # the mean step time says nothing then
+            return None if eta is None else f"ETA {format_duration(eta)}"
+        clock = self.clock() if run["status"] == "running" else {"eta_s": None}
+        if clock["eta_s"] is None:
+            return None
+        return f"ETA {'at least ' if clock['unknown'] else ''}{format_duration(clock['eta_s'])}"
 
     def _line(self, run: dict) -> None:
         self.last_line = self._text(run)

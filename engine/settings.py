@@ -192,6 +192,12 @@ class WorkbenchConfig:
         "", "With auth on, the only folders (separated by ':') under which an admin may import "
         "from a path on the server; empty: nobody may, everybody uploads. Never the data home "
         "(LIM_IMPORT_ROOTS).")
+    slots: int = setting(
+        1, "How many runs one machine trains at once (LIM_SLOTS): the app's worker runs this many "
+        "side by side, and every process on the machine (the app, train --wait, worker) counts "
+        "against it. 1 suits a laptop or one small GPU; on a large GPU a study's small runs "
+        "(whisper-base QLoRA: under 2 GiB each) fit several: docs/studies.md says how to choose.",
+        min=1, max=64)
     device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
                           "cuda or cuda:N (LIM_DEVICE).")
     profile: str = setting("", "Device profile: defaults of new runs and, on a CUDA GPU, a memory "
@@ -203,6 +209,9 @@ class WorkbenchConfig:
     playground_cache_mb: int = setting(2048, "MB of models the Playground keeps loaded, least "
                                        "recently used first out (LIM_PLAYGROUND_CACHE_MB).",
                                        min=0, max=10_000_000)
+    tracking: str = setting(
+        "none", "Experiment tracking of new runs (their `tracking` setting's default): none, "
+        "tensorboard, mlflow or both (LIM_TRACKING).", choices=["none", "tensorboard", "mlflow", "both"])
     distributed_timeout_min: float = setting(
         120.0, "Minutes a GPU process of a multi-GPU run waits for the others; rank 0 evaluates "
         "alone meanwhile, so this bounds an evaluation (LIM_DISTRIBUTED_TIMEOUT_MIN).",

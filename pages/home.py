@@ -11,16 +11,10 @@ st.title("LessIsMore Workbench")
 st.caption("Fine-tune Whisper and BERT-family models with parameter-efficient methods "
            "(QLoRA first) on modest hardware. Less memory, fewer trainable parameters.")
 
-datasets, models, runs = wb.list_datasets(), wb.list_models(), wb.list_runs()
-
 st.subheader("Start here: watch a real Whisper learn")
 views.demo_story(wb)
-
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Datasets", len(datasets))
-c2.metric("Models", len(models))
-c3.metric("Runs", len(runs))
-c4.metric("Training now", sum(r["status"] == "running" for r in runs))
+views.counters(wb)  # read after the demo button, and again every few seconds
+datasets, models = wb.list_datasets(), wb.list_models()
 
 st.subheader("This machine")
 views.machine(wb.system_info())
@@ -36,5 +30,5 @@ with right:
     st.page_link("pages/models.py", label="Open models", icon=":material/neurology:")
 
 st.subheader("Recent runs")
-views.recent_runs(runs)
+views.recent_runs(wb)
 st.page_link("pages/training.py", label="Start a run", icon=":material/model_training:")

@@ -188,7 +188,17 @@ def m009_accounts(db: Database) -> None:
 
 
 @migrations()
-def m010_login_sessions(db: Database) -> None:
+def m010_runs_fair_queue_and_clock(db: Database) -> None:
+    """Issue 27. The fair queue: queued runs take turns by owner (round robin); a run an admin
+    moved is pinned at its place, ahead of the turns (storage/runs.py, ``FAIR_ORDER``). The
+    clock: when ``wall_time_s`` was last written (Unix time), so elapsed keeps moving between
+    steps (engine/training/clock.py)."""
+    db["runs"].add_column("queue_pinned", int, not_null_default=0)
+    db["runs"].add_column("wall_time_at", float)
+
+
+@migrations()
+def m011_login_sessions(db: Database) -> None:
     """Log-in sessions (issue 27): what a browser's cookie stands for. Only digests are stored:
     ``token_hash`` of the cookie's token, ``code_hash`` of the one-time code that turns a log-in
     into that cookie (with ``code_until`` and ``binding``, the digest of the browser's XSRF

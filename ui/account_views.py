@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import WorkbenchError
-from ui.auth import client_address, current_session
+from ui.auth import client_address, current_session, password_rules_text
 
 PLURALS = {"study": "studies"}
 LABELS = {"run": lambda r: f"#{r['id']} {r['method']} · {r['model_name']} on {r['dataset_name']}",
@@ -55,7 +55,8 @@ def add_user_form(wb) -> None:
             name = st.text_input("Username", key="account.users.add.name",
                                  help="2 to 32 letters, digits, dots, dashes or underscores")
             password = st.text_input("First password", type="password", key="account.users.add.password",
-                                     help="Tell it to them in person; they can change it on this page.")
+                                     help="Tell it to them in person; they can change it on this page. "
+                                          + password_rules_text())
             admin = st.checkbox("Admin", key="account.users.add.admin")
             if st.form_submit_button("Add user"):
                 try:
@@ -72,7 +73,7 @@ def add_user_form(wb) -> None:
 def password_form(wb, user: dict) -> None:
     with st.form("account.password", clear_on_submit=True):
         old = st.text_input("Current password", type="password")
-        new = st.text_input("New password", type="password", help="At least 10 characters")
+        new = st.text_input("New password", type="password", help=password_rules_text())
         again = st.text_input("New password again", type="password")
         if st.form_submit_button("Change password"):
             try:
@@ -104,7 +105,7 @@ def users_admin(wb) -> None:
         wb.set_user_disabled(name, not target["disabled"])
         st.rerun()
     with right.form("account.users.reset", clear_on_submit=True):
-        password = st.text_input(f"New password for {name}", type="password")
+        password = st.text_input(f"New password for {name}", type="password", help=password_rules_text())
         if st.form_submit_button("Reset password"):
             try:
                 wb.reset_password(name, password)

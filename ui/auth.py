@@ -18,6 +18,7 @@ import streamlit as st
 
 from engine.errors import AuthError
 from engine.settings import load_config
+from engine.workbench.accounts import password_rules
 from ui.session_cookie import COOKIE, XSRF_COOKIE, cookie_route_served, handoff_url, xsrf_binding
 
 SESSION_KEY = "auth.session"
@@ -102,7 +103,7 @@ def log_in_page(workbench, next_path: str = "/") -> None:
             st.info("Accounts here are made by an admin: ask one for yours. They make it on the "
                     "Account page and tell you your username and first password.")
             return
-        st.caption("At least 10 characters; a few words you will remember make a good password.")
+        st.caption(password_rules_text())  # before sign-up, not after a refusal
         with st.form("auth.sign_up"):
             name = st.text_input("Username", key="auth.sign_up.name",
                                  help="2 to 32 letters, digits, dots, dashes or underscores")
@@ -113,6 +114,11 @@ def log_in_page(workbench, next_path: str = "/") -> None:
                     st.error("The two passwords differ.")
                 else:
                     _enter(workbench, lambda: workbench.sign_up(name, password), next_path)
+
+
+def password_rules_text() -> str:
+    """The password rules sign-up checks (engine/workbench/accounts.py), said before submitting."""
+    return "A password needs " + "; ".join(password_rules()) + "."
 
 
 def _enter(workbench, attempt, next_path: str) -> None:

@@ -13,6 +13,27 @@ METRIC_TITLES = {
 }
 
 
+# WER, CER and accuracy are shown in percent everywhere (tables, metrics, chart axes): one
+# format, so "1.2 %" at the top of a page and "0.012" below it never disagree by their look.
+PERCENT_METRICS = {"wer", "cer", "accuracy"}
+
+
+def metric_label(name: str) -> str:
+    return name.upper() if len(name) <= 3 else name.replace("_", " ")
+
+
+def metric_text(name: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.1%}" if name in PERCENT_METRICS else f"{value:.3f}"
+
+
+def in_percent(names) -> bool:
+    """Whether every metric in ``names`` (bare or ``eval/wer``-style) is shown in percent."""
+    bare = [name.rsplit("/", 1)[-1] for name in names if name]
+    return bool(bare) and all(name in PERCENT_METRICS for name in bare)
+
+
 # ---------------------------------------------------------------------- comparison figures
 BAR_CHARTS = {  # column of engine.compare rows -> (title, axis label)
     "peak_memory_mb": ("Peak memory", "MiB"),
@@ -33,9 +54,9 @@ RATE_SERIES = {
 
 
 def series_figure(series_by_run: dict[str, dict], title: str, x: str = "wall_time",
-                  height: int = 340) -> go.Figure:
+                  height: int = 340, percent: bool = False) -> go.Figure:
     """One line per run from ``{"step": [...], "wall_time": [...], "value": [...]}`` columns
-    (already downsampled by the caller)."""
+    (already downsampled by the caller); ``percent``: the values are fractions shown in percent."""
     figure = go.Figure()
     for label, columns in series_by_run.items():
         if columns["value"]:
@@ -46,6 +67,8 @@ def series_figure(series_by_run: dict[str, dict], title: str, x: str = "wall_tim
         title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
         xaxis_title="wall time (s)" if x == "wall_time" else "step",
         legend=dict(orientation="h", yanchor="bottom", y=-0.35))
+    if percent:
+        figure.update_yaxes(tickformat=".0%")
     return figure
 
 
@@ -53,17 +76,22 @@ def bar_figure(rows: list[dict], column: str, labels: dict[int, str], height: in
     """One bar per run of ``column`` (runs without a value are left out, not drawn as 0)."""
     title, unit = BAR_CHARTS[column]
     present = [row for row in rows if row.get(column) is not None]
-    if column == "final_metric":
+    percent = False
+    if column == "final_metric":  # the run's final score: on its test split (validation without one)
         names = sorted({row["metric"] for row in present if row.get("metric")})
-        title = f"Final validation {' / '.join(n.upper() if len(n) <= 3 else n for n in names)}"
+        title = f"Final {' / '.join(metric_label(n) for n in names)} (test split; validation without one)"
         unit = "lower is better" if names and all(n in ("wer", "cer") for n in names) else ""
+        percent = in_percent(names)
     figure = go.Figure(go.Bar(x=[labels[row["run"]] for row in present],
                               y=[row[column] for row in present],
                               marker_color=[method_colour(row["method"]) for row in present],
-                              text=[compact_number(row[column]) for row in present],
+                              text=[f"{row[column]:.1%}" if percent else compact_number(row[column])
+                                    for row in present],
                               textposition="auto"))
     figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
                          yaxis_title=unit, showlegend=False)
+    if percent:
+        figure.update_yaxes(tickformat=".0%")
     return figure
 
 
@@ -84,7 +112,7 @@ def quality_memory_figure(rows: list[dict], labels: dict[int, str], height: int 
         title="Less is more: quality against peak memory" + spread_note(present), height=height,
         margin=dict(l=10, r=10, t=40, b=10), xaxis=dict(title="peak memory (MiB)", rangemode="tozero"),
         yaxis=dict(title=f"{' / '.join(metrics) or 'metric'} ({'lower' if lower_better else 'higher'} is better)",
-                   rangemode="tozero"))
+                   rangemode="tozero", tickformat=".0%" if in_percent(metrics) else None))
     return figure
 
 
@@ -129,6 +157,8 @@ def run_series_figure(series: dict[str, dict[str, list]], names: dict[str, str],
     figure.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
                          xaxis_title=x.replace("_", " "), showlegend=len(names) > 1,
                          legend=dict(orientation="h", yanchor="bottom", y=-0.4))
+    if in_percent(names) and not right_axis & set(names):
+        figure.update_yaxes(tickformat=".0%")
     right = [label for name, label, xs, _ in lines if name in right_axis and xs]
     if right:  # both axes from zero, so the two lines compare by eye
         figure.update_layout(yaxis={"rangemode": "tozero"},
@@ -184,6 +214,12 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
                if row["final_metric_mean"] is not None and row[f"{cost}_mean"] is not None]
     metrics = sorted({row["metric"] for row in present if row["metric"]})
     higher = all(METRIC_DIRECTION.get(m, True) for m in metrics)
+    front = sorted((present[i] for i in pareto_front(
+        [(row[f"{cost}_mean"], row["final_metric_mean"]) for row in present], higher)),
+        key=lambda row: row[f"{cost}_mean"])
+    # Labels overprinted where cells sit close: only the front's cells are labelled, above and
+    # below in turn along it; every cell names itself on hover.
+    place = {row["cell"]: ("top center", "bottom center")[i % 2] for i, row in enumerate(front)}
     figure = go.Figure()
     for method in dict.fromkeys(row["method"] for row in present):
         mine = [row for row in present if row["method"] == method]
@@ -191,13 +227,12 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
             x=[row[f"{cost}_mean"] for row in mine], y=[row["final_metric_mean"] for row in mine],
             error_y=dict(type="data", array=[row["final_metric_std"] or 0 for row in mine], visible=True),
             error_x=dict(type="data", array=[row[f"{cost}_std"] or 0 for row in mine], visible=True),
-            mode="markers+text", name=method, text=[row["cell"] for row in mine],
-            textposition="top center", marker=dict(size=13, color=method_colour(method)),
+            mode="markers+text", name=method, text=[row["cell"] if row["cell"] in place else "" for row in mine],
+            textposition=[place.get(row["cell"], "top center") for row in mine],
+            hovertext=[row["cell"] for row in mine], marker=dict(size=13, color=method_colour(method)),
             customdata=[[row["completed"]] for row in mine],
-            hovertemplate="%{text}<br>%{x:,.4g} · %{y:.4g} (mean of %{customdata[0]} seeds)<extra></extra>"))
-    front = sorted((present[i] for i in pareto_front(
-        [(row[f"{cost}_mean"], row["final_metric_mean"]) for row in present], higher)),
-        key=lambda row: row[f"{cost}_mean"])
+            hovertemplate="%{hovertext}<br>%{x:,.4g} · %{y:" + (".1%" if in_percent(metrics) else ".4g")
+                          + "} (mean of %{customdata[0]} seeds)<extra></extra>"))
     if len(front) > 1:
         figure.add_trace(go.Scatter(x=[row[f"{cost}_mean"] for row in front],
                                     y=[row["final_metric_mean"] for row in front], mode="lines",
@@ -206,5 +241,5 @@ def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:
         title=f"Quality against {STUDY_COSTS[cost]}", height=height, margin=dict(l=10, r=10, t=40, b=10),
         xaxis=dict(title=f"{STUDY_COSTS[cost]}, mean over seeds", rangemode="tozero"),
         yaxis=dict(title=f"{' / '.join(metrics) or 'final metric'} ({'higher' if higher else 'lower'} "
-                         "is better)", rangemode="tozero"))
+                         "is better)", rangemode="tozero", tickformat=".0%" if in_percent(metrics) else None))
     return figure

@@ -15,7 +15,7 @@ import streamlit as st
 from engine.compare import filter_options, filter_runs, kept_selection
 from engine.errors import WorkbenchError
 from ui.charts import (COST_BARS, METRIC_TITLES, RATE_SERIES, THROUGHPUT_BARS, bar_figure,
-                       quality_memory_figure, series_figure)
+                       in_percent, quality_memory_figure, series_figure)
 from ui.compare_data import display_series, metric_names
 from ui.compare_report import (chart_images_zip, comparison_csv, html_report, results_frame,
                                settings_styler, utilisation_note)
@@ -93,7 +93,7 @@ def curves(c: Comparison) -> None:
         name = right.selectbox("Validation metric", eval_names, index=eval_names.index(primary),
                                key="compare.metric")
         c.figures["validation_metric"] = series_figure(c.series(name), METRIC_TITLES.get(name, name),
-                                                       c.x_axis)
+                                                       c.x_axis, percent=in_percent([name]))
         right.plotly_chart(c.figures["validation_metric"], key="compare.eval")
     else:
         right.info("No validation metric logged yet: runs evaluate every `eval_steps` and at the end.")
@@ -138,18 +138,33 @@ def settings(c: Comparison) -> None:
     only_differing = st.toggle("Only settings that differ", key="compare.only_diff")
     st.dataframe(settings_styler(c.rows, only_differing), width="stretch", key="compare.settings")
     st.caption("Highlighted: settings that differ between the chosen runs.")
-    st.dataframe(results_frame(c.rows), hide_index=True, width="stretch", key="compare.results")
+    st.dataframe(results_frame(c.rows), hide_index=True, width="stretch", key="compare.results",
+                 column_config=percent_columns(c.rows))
+
+
+def percent_columns(rows: list[dict]) -> dict:
+    """The results' WER, CER and accuracy columns shown in percent (the CSV keeps fractions)."""
+    percent = st.column_config.NumberColumn(format="percent")
+    columns = {f"final_{name}" for row in rows for name in ("wer", "cer", "accuracy") if f"final_{name}" in row}
+    if in_percent({row["metric"] for row in rows if row.get("metric")}):
+        columns.add("final_metric")
+    return {column: percent for column in columns}
 
 
 def export(c: Comparison) -> None:
-    """CSV, the HTML report and the chart images of what the other tabs drew."""
+    """CSV, the HTML report and the chart images of what the other tabs drew.
+
+    Each file is built before its button is drawn and handed over as bytes, never as a
+    callable: Streamlit keeps a deferred callable only until the next rerun, so a click
+    soon after another download found it gone ("Deferred file … not found") and nothing
+    came. ``on_click="ignore"``: a download does not rerun the page either."""
     st.download_button("Comparison as CSV", comparison_csv(c.rows), file_name="comparison.csv",
-                       mime="text/csv", icon=":material/table:", key="compare.csv")
+                       mime="text/csv", icon=":material/table:", key="compare.csv", on_click="ignore")
     title = f"Comparison of runs {', '.join(c.labels.values())}"
-    st.download_button("Read-only report (HTML)", lambda: html_report(title, c.figures, c.rows),
+    st.download_button("Read-only report (HTML)", html_report(title, c.figures, c.rows).encode(),
                        file_name="comparison.html", mime="text/html", icon=":material/article:",
-                       key="compare.html", help="One self-contained page with every chart "
-                       "(works offline): for a slide or a lab report.")
+                       key="compare.html", on_click="ignore", help="One self-contained page with "
+                       "every chart (works offline): for a slide or a lab report.")
     if st.button("Render charts as PNG and SVG", icon=":material/image:", key="compare.images"):
         with st.spinner("Rendering the charts with a headless browser…"):
             try:
@@ -161,7 +176,7 @@ def export(c: Comparison) -> None:
     if rendered_for == c.chosen:  # images of another selection would mislead
         st.download_button("Charts (PNG + SVG, zip)", images,
                            file_name="comparison-charts.zip", mime="application/zip",
-                           key="compare.images.download")
+                           key="compare.images.download", on_click="ignore")
 
 
 TABS = {"Curves": curves, "Costs": costs, "Throughput": throughput, "Less is more": tradeoff,

@@ -18,6 +18,7 @@ from engine.errors import WorkbenchError
 from engine.text import safe_name
 from ui import dataset_charts as charts
 from ui.confirm import confirm_by_typing
+from ui.forms import bounded_number
 from ui.state import md_text
 
 PAGE_SIZE = 25
@@ -76,8 +77,8 @@ def item_browser(wb, dataset: dict) -> None:
         st.info("No items match." if query or split != ALL or label != ALL else "This dataset has no items.")
         return
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = st.number_input(f"Page (of {pages}; {total:,} items)", min_value=1, max_value=pages, value=1,
-                           key=f"datasets.page.{name}.{split}.{label}.{query}")
+    page = bounded_number(f"Page (of {pages}; {total:,} items)", 1, pages, 1,
+                          f"datasets.page.{name}.{split}.{label}.{query}")
     rows, _ = wb.find_items(name, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, **filters)
     st.dataframe(pd.DataFrame([_row(item, dataset) for item in rows]), hide_index=True, width="stretch")
     choices = {f"{item['split']} #{item['position']}: {_short(item)}": item for item in rows}
@@ -147,7 +148,7 @@ def manage(wb, dataset: dict) -> None:
     if exported and Path(exported).is_file() and Path(exported).name.startswith(_slug(name)):
         with open(exported, "rb") as handle:
             st.download_button("Download the zip", handle, file_name=Path(exported).name,
-                               mime="application/zip", key="datasets.download")
+                               mime="application/zip", key="datasets.download", on_click="ignore")
         st.caption('Opens with `datasets.load_dataset("audiofolder", data_dir=...)` once unzipped.')
     st.divider()
     if dataset["owner_id"] != wb.owner_id:

@@ -1,8 +1,10 @@
 """Take a finished run home: the export buttons the Playground and the Training page share.
 
-The adapter zip is built when its download is clicked; the merged model, ONNX and CTranslate2
-exports take longer (minutes for big models), so each has a Prepare button that builds it
-with progress, then a download button; a prepared zip is kept for its run only.
+Every format has a Prepare button that builds the zip (with progress), then a download button
+that holds its bytes; a prepared zip is kept for its run only. Never a callable for the
+download: Streamlit keeps a deferred callable only until the next rerun, so a click soon after
+another one found nothing ("Deferred file … not found"). Nor is the adapter zipped on every
+page view: a full fine-tune's "adapter" is the whole model (hundreds of MB).
 """
 
 from __future__ import annotations
@@ -20,13 +22,9 @@ def export_panel(wb, run: dict, family: str | None, key_prefix: str) -> None:
                "onnxruntime" + ("; or as a CTranslate2 folder for faster-whisper (float16), "
                                 "its transcripts checked against the merged model" if ct2 else "")
                + ". `python -m engine runs export` does the same headless.")
-    columns = st.columns(4 if ct2 else 3)
-    columns[0].download_button(
-        "Adapter (zip + model card)", lambda: wb.export_zip(run["id"], "adapter"),
-        file_name=f"run-{run['id']}-adapter.zip", mime="application/zip",
-        icon=":material/download:", key=f"{key_prefix}.adapter")
-    formats = [("merged", "merged model"), ("onnx", "ONNX")] + ([("ct2", "CTranslate2 model")] if ct2 else [])
-    for column, (fmt, title) in zip(columns[1:], formats):
+    formats = ([("adapter", "adapter"), ("merged", "merged model"), ("onnx", "ONNX")]
+               + ([("ct2", "CTranslate2 model")] if ct2 else []))
+    for column, (fmt, title) in zip(st.columns(len(formats)), formats):
         with column:
             prepare_export(wb, run["id"], fmt, title, key_prefix)
 
@@ -43,4 +41,5 @@ def prepare_export(wb, run_id: int, fmt: str, title: str, key_prefix: str) -> No
     ready_for, data = st.session_state.get(f"{key}.zip", (None, None))
     if ready_for == run_id:
         st.download_button(f"Download the {title} (zip)", data, file_name=f"run-{run_id}-{fmt}.zip",
-                           mime="application/zip", icon=":material/download:", key=f"{key}.download")
+                           mime="application/zip", icon=":material/download:", key=f"{key}.download",
+                           on_click="ignore")

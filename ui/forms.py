@@ -36,6 +36,7 @@ PLAIN_LABELS = {
     "generation_max_length": "Longest transcript (tokens)",
     "full_window_every": "Whole-window batch every N batches", "language": "Spoken language",
     "task": "Whisper task", "audio_padding": "Audio padding",
+    "tracking": "Experiment tracking (TensorBoard, MLflow)",
     # methods (peft's names)
     "r": "Rank", "lora_alpha": "Scale (alpha)", "lora_dropout": "Adapter dropout",
     "target_modules": "Layers to adapt", "use_rslora": "Rank-stabilised scaling", "use_dora": "DoRA",
@@ -97,6 +98,49 @@ def settings_form(fields: list[dict], key_prefix: str, columns: int = 2, values:
         if problem:
             problems.append(problem)
     return result, problems
+
+
+def bounded_number(label: str, low: float, high: float, value: float, key: str, where=None,
+                   **options) -> float:
+    """A number box with bounds that shows the number used. Not ``min_value``/``max_value``: the
+    browser would keep a refused entry (a red 0) in the box while the old value is used. An
+    entry outside ``[low, high]`` is replaced in the box by the nearest bound, and a note
+    under the box says so. ``options``: more of ``st.number_input``'s (step, format, help)."""
+    where = where or st
+
+    def to_bounds() -> None:
+        entered = st.session_state[key]
+        used = type(entered)(min(max(entered, low), high))
+        if used != entered:
+            st.session_state[key] = used
+            st.session_state[f"{key}.note"] = (f"{label}: {_number(entered)} is outside "
+                                               f"{_number(low)} to {_number(high)}, so {_number(used)} is used.")
+
+    number = where.number_input(label, value=value, key=key, on_change=to_bounds, **options)
+    if note := st.session_state.pop(f"{key}.note", None):
+        where.caption(f":orange[{note}]")
+    return number
+
+
+def fix_buttons(error: Exception, keys: dict[str, str], key: str) -> None:
+    """The engine's fix for a value that blocks Start (``WorkbenchError.fix``), as one button
+    beside its message: "Set Batch size to 4" puts 4 in that box (``keys``: setting name ->
+    the key of the widget that shows it; a setting without one here is left out)."""
+    fix = {name: value for name, value in getattr(error, "fix", {}).items() if name in keys}
+    if not fix:
+        return
+
+    def apply() -> None:
+        for name, value in fix.items():
+            st.session_state[keys[name]] = value
+
+    label = " and ".join(f"{plain_label(name)} to {value}" for name, value in fix.items())
+    st.button(f"Set {label}", key=key, on_click=apply, icon=":material/build:",
+              help="Change the setting named in the message to the value that lets this run start.")
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _widget(field: dict, key: str, value):

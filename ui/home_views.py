@@ -18,8 +18,9 @@ def demo_story(wb) -> None:
         st.markdown(
             f"OpenAI's pretrained **whisper-base** gets **{measured['zero_shot_wer']:.0%}** of the words "
             f"wrong on `demo-voices` (accented synthetic voices over noise). "
-            f"**{measured['minutes']:.1f} minutes** of QLoRA on {measured['threads']} CPU cores "
-            f"({measured['steps']} steps) bring it to **{measured['wer']:.1%}** on clips it never heard"
+            f"**{measured['minutes']:.1f} minutes** of QLoRA training ({measured['steps']} steps, "
+            f"measured on {machine_words(measured['machine'])}) bring it to **{measured['wer']:.1%}** "
+            "on clips it never heard"
             + (f" (the standard Hugging Face recipe: {measured['recipe_wer']:.1%} after "
                f"{measured['recipe_minutes']:.0f} minutes)." if measured.get("recipe_wer") is not None else "."))
         pairs = list(zip(measured["zero_shot_examples"], measured["examples"]))
@@ -29,6 +30,7 @@ def demo_story(wb) -> None:
                          hide_index=True, width="stretch")
         st.caption("Measured by `python -m benchmarks.time_to_quality` (docs/benchmarks.md); "
                    "WER after Whisper's basic text normaliser, 30 s windows.")
+        demo_time_here(measured, story.get("here"))
     if story["ready"]:
         if st.button("Start the demo run (whisper-base, QLoRA, demo-voices)", type="primary"):
             run_id = wb.start_demo_run()
@@ -40,6 +42,46 @@ def demo_story(wb) -> None:
     else:
         st.info("The demo run needs `demo-voices` and the pretrained `whisper-base`: run "
                 "`python -m engine demo` (or `make run`) with the packages of requirements.txt installed.")
+
+
+@st.fragment(run_every=3)
+def counters(wb) -> None:
+    """What is in the workbench and what trains now; a fragment that reads again every few
+    seconds, so a run started here (the demo button) or elsewhere shows without a reload."""
+    runs = wb.list_runs()
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Datasets", len(wb.list_datasets()))
+    c2.metric("Models", len(wb.list_models()))
+    c3.metric("Runs", len(runs))
+    c4.metric("Training now", sum(r["status"] == "running" for r in runs))
+
+
+def machine_words(machine: dict) -> str:
+    """"a 2-core x86_64 CPU, nothing else running" from a benchmark result's ``machine``."""
+    cores = machine.get("cores") or machine.get("threads")
+    return f"a {cores}-core {machine.get('cpu', '')} CPU".replace("  ", " ") + " with nothing else running"
+
+
+def demo_time_here(measured: dict, here: dict | None) -> None:
+    """The demo's time as measured and what to expect on this machine: its own last demo run,
+    else an estimate from its earlier runs of the model, else what the difference depends on."""
+    if here is None:
+        return
+    said = (f"Timed: {measured['minutes']:.1f} min of training on {machine_words(measured['machine'])}; "
+            "the run started here also scores the validation split before the first step, every "
+            "32 steps and at the end, and the test split at the end, which adds to that. ")
+    if here.get("last_s"):
+        said += (f"On this machine the last demo run (#{here['last_run']}) took "
+                 f"**{format_duration(here['last_s'])}**.")
+    elif here.get("expected_s"):
+        said += (f"On this machine ({here['threads']} logical cores) expect about "
+                 f"**{format_duration(here['expected_s'])}**, from its earlier whisper-base runs.")
+    else:
+        said += (f"This machine ({here['threads']} logical cores) has no finished whisper-base run "
+                 "to estimate from yet; a smaller or busier machine takes longer (a 2-core machine "
+                 "busy with other work took 22 minutes), and the Training page's ETA follows "
+                 "what the run measures.")
+    st.caption(said)
 
 
 def machine(info: dict) -> None:
@@ -74,8 +116,10 @@ def models_table(models: list[dict]) -> None:
         st.info("No models yet. The demo adds the pretrained `whisper-base` and fast untrained presets.")
 
 
-def recent_runs(runs: list[dict]) -> None:
-    """The newest ten runs (``runs`` newest first)."""
+@st.fragment(run_every=3)
+def recent_runs(wb) -> None:
+    """The newest ten runs, read again every few seconds (their status and steps move)."""
+    runs = wb.list_runs()  # newest first
     if runs:
         st.dataframe(pd.DataFrame([{
             "run": r["id"], "status": r["status"],

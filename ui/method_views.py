@@ -8,6 +8,7 @@ import streamlit as st
 
 from engine.models import TASK_NAMES
 from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
+from ui.forms import bounded_number
 
 
 def costs(wb, methods: list[dict], models: list[dict]) -> dict[str, dict | str]:
@@ -17,7 +18,7 @@ def costs(wb, methods: list[dict], models: list[dict]) -> dict[str, dict | str]:
     model = c1.selectbox("On model", [m["name"] for m in models], key="methods.model")
     record = wb.get_model(model)
     task = c2.selectbox("Task", record["tasks"], format_func=TASK_NAMES.get, key="methods.task")
-    batch = c3.number_input("Batch size", 1, 512, 8, key="methods.batch")
+    batch = bounded_number("Batch size", 1, 512, 8, "methods.batch", c3)
     # On request, not on every first visit: the dry run (a child process that imports torch,
     # transformers and peft, then one fake training step per method) took 19 s of the page's
     # first load on a 2-core machine; the methods themselves need none of it.

@@ -12,6 +12,7 @@ from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
 from ui.confirm import delete_button
 from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
+from ui.forms import bounded_number
 from ui.state import md_text
 
 
@@ -60,13 +61,13 @@ def run_needs(model: dict, task: str, methods: tuple[str, ...]) -> None:
     audio = task in ("asr", "audio-classification")
     whisper = model["family"] == "whisper"
     c1, c2, c3, c4 = st.columns(4)
-    batch = c1.number_input("Batch size", 1, 512, 8, key="models.batch")
+    batch = bounded_number("Batch size", 1, 512, 8, "models.batch", c1)
     # Keyed by model and task: seconds of audio and tokens of text are different quantities,
     # and one model's entry must not become the next model's.
-    length = c2.number_input("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
-                             key=f"models.length.{name}.{task}",
-                             help="Whisper pads to its whole window unless audio padding is "
-                                  "'longest'; other models use this length.")
+    length = bounded_number("Audio seconds" if audio else "Tokens", 1, 2048, 5 if audio else 64,
+                            f"models.length.{name}.{task}", c2,
+                            help="Whisper pads to its whole window unless audio padding is "
+                                 "'longest'; other models use this length.")
     precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",
                              help="bf16: autocast as training on a recent GPU does.")
     padding = c4.selectbox("Audio padding", ["30s", "longest"], key="models.padding", disabled=not whisper,

@@ -118,9 +118,11 @@ def choose_demo_item(wb, task: str, datasets: list[dict], run: dict | None) -> N
         return
     grid = st.columns(4)
     for index, item in enumerate(items):
-        caption = item["label"] or (item["text"] or "")[:28] or f"item {item['position']}"
-        if grid[index % 4].button(caption, key=f"play.item.{dataset['id']}.{item['id']}",
-                                  icon=":material/play_arrow:", width="stretch"):
+        # The whole transcript, wrapped (a button in a column truncates by default): it was cut
+        # at 28 characters, so clips that begin alike could not be told apart.
+        caption = item["label"] or item["text"] or f"item {item['position']}"
+        if grid[index % 4].button(md_text(caption), key=f"play.item.{dataset['id']}.{item['id']}",
+                                  icon=":material/play_arrow:", width="stretch", wrap=True):
             path = wb.item_file(dataset, item)
             st.session_state["play.input"] = {
                 "kind": "item", "modality": "audio", "folder": str(path.parent), "item": {"file": path.name},

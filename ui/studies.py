@@ -22,6 +22,7 @@ from engine.studies import differences as differences_against
 from ui.charts import STUDY_COSTS, pareto_figure
 from ui.compare_report import html_report
 from ui.confirm import delete_button, flash
+from ui.forms import bounded_number, fix_buttons
 from ui.state import format_duration, linked_selectbox, md_text
 
 DEFAULT_METHODS = ["qlora", "lora"]
@@ -63,10 +64,9 @@ def launch_form(wb) -> int | None:
                            key="studies.targets", height=68,
                            help="Comma-separated layer names per line, e.g. q_proj,v_proj")
     a, b, c = st.columns(3)
-    steps = a.number_input("Steps per run", 1, 1_000_000, 50, key="studies.steps")
-    learning_rate = b.number_input("Learning rate", 0.0, 1.0, 1e-3, format="%.0e",
-                                   key="studies.lr")
-    batch = c.number_input("Batch size", 1, 1024, 8, key="studies.batch")
+    steps = bounded_number("Steps per run", 1, 1_000_000, 50, "studies.steps", a)
+    learning_rate = bounded_number("Learning rate", 0.0, 1.0, 1e-3, "studies.lr", b, format="%g", step=None)
+    batch = bounded_number("Batch size", 1, 1024, 8, "studies.batch", c)
     extra = st.text_area("More settings for every run (key=value, one per line)", "",
                          key="studies.extra", height=68,
                          help="Any training setting, or a method setting (given to every "
@@ -82,6 +82,8 @@ def launch_form(wb) -> int | None:
         plan = wb.plan_study(dataset, model, grid, settings)
     except WorkbenchError as error:
         st.error(str(error), icon=":material/error:")
+        fix_buttons(error, {"max_steps": "studies.steps", "learning_rate": "studies.lr",
+                            "per_device_train_batch_size": "studies.batch"}, "studies.fix")
         return None
     st.info(estimate_text(plan), icon=":material/calculate:")
     for warning in plan["warnings"]:
@@ -110,7 +112,9 @@ def estimate_text(plan: dict) -> str:
     if plan["estimated_seconds"] is None:
         return text + ("time unknown: none of these methods has trained this model on this "
                        "machine yet (the first run gives the estimate).")
-    text += f"about {format_duration(plan['estimated_seconds'])} one after another"
+    text += (f"about {format_duration(plan['estimated_seconds']).removeprefix('about ')} one after "
+             "another (from earlier runs of these models and methods here: their steps, plus the "
+             "loading, scoring and saving around them)")
     if plan["unestimated"]:
         text += f", not counting {plan['unestimated']} runs of methods not yet timed here"
     return text + "."
@@ -260,12 +264,13 @@ def results(wb, summary: dict) -> None:
     reference, differences = shown
     left, right = st.columns(2)
     left.download_button("Table as CSV", study_csv(summary["table"]), file_name=f"study-{study_id}.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.csv")
+                         mime="text/csv", icon=":material/table:", key="studies.csv", on_click="ignore")
+    # Bytes built now, not a callable: a deferred one expires at the next rerun (ui/compare_views.export).
     right.download_button("Read-only report (HTML)",
-                          lambda: report(wb, {**summary, "differences": differences, "reference": reference}),
+                          report(wb, {**summary, "differences": differences, "reference": reference}).encode(),
                           file_name=f"study-{study_id}.html", mime="text/html", icon=":material/article:",
-                          key="studies.html", help="The Compare page's self-contained report of the "
-                          "study's runs, with this table and its differences on top.")
+                          key="studies.html", on_click="ignore", help="The Compare page's self-contained "
+                          "report of the study's runs, with this table and its differences on top.")
 
 
 def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[str, list[dict]] | None:
@@ -295,7 +300,8 @@ def cells_view(summary: dict, differences_for, key: str = "studies") -> tuple[st
     for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
         tab.plotly_chart(figure, key=f"{key}.{name}")
     st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
-               "joins the cells no other cell beats on both quality and cost. Peak memory on a CPU "
+               "joins the cells no other cell beats on both quality and cost (those are labelled; "
+               "point at any other for its name). Peak memory on a CPU "
                "is the whole process's resident memory: compare memory on a GPU.")
     return reference, differences
 
@@ -343,8 +349,10 @@ def merge_section() -> None:
     reference, differences = shown  # the download says what the page shows
     left, right = st.columns(2)
     left.download_button("Table as CSV", study_csv(merged["table"]), file_name="study-merged.csv",
-                         mime="text/csv", icon=":material/table:", key="studies.merge.csv")
+                         mime="text/csv", icon=":material/table:", key="studies.merge.csv",
+                         on_click="ignore")
     shown_json = json.dumps({**merged, "reference": reference, "differences": differences}, indent=2, default=str)
     right.download_button("Merged study (JSON)", shown_json, file_name="study-merged.json",
                           mime="application/json", icon=":material/download:", key="studies.merge.json",
+                          on_click="ignore",
                           help="What `python -m engine study merge FILES --reference CELL --json` prints.")

@@ -14,7 +14,7 @@ import streamlit as st
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
 from ui.confirm import flash
-from ui.forms import field_widget, settings_form
+from ui.forms import field_widget, fix_buttons, settings_form
 from ui.state import format_duration
 
 RANK_FIELDS = ("r", "init_r")  # the method's rank, where it has one (LoRA family, AdaLoRA)
@@ -71,7 +71,10 @@ def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str
         st.error("Fix these before Start:\n\n" + "\n".join(f"- {p}" for p in problems),
                  icon=":material/block:")
     elif fitting:
-        blocked = not preflight(wb, dataset_name, model_name, method_name, method_values, training_values)
+        keys = ({f["name"]: f"{prefix}.training.{f['name']}" for f in training_fields}
+                | {f["name"]: f"{prefix}.{method_name}.{f['name']}" for f in method_fields})
+        blocked = not preflight(wb, dataset_name, model_name, method_name, method_values, training_values,
+                                keys)
     start, command = st.columns([1, 5])
     if command.button("Show the command", key="train.command", icon=":material/terminal:",
                       help="The command line that queues this same run headless."):
@@ -170,14 +173,17 @@ def gpu_choice(visible: int, training_start: dict, prefix: str) -> dict:
     return launch
 
 
-def preflight(wb, dataset_name, model_name, method_name, method_values, training_values) -> bool:
-    """The engine's checks of the whole configuration: an error (False: Start stays blocked),
-    else warnings, memory and how long it will take."""
+def preflight(wb, dataset_name, model_name, method_name, method_values, training_values,
+              keys: dict[str, str]) -> bool:
+    """The engine's checks of the whole configuration: an error (False: Start stays blocked)
+    with its fix as one click when there is one (``keys``: setting -> widget key), else
+    warnings, memory and how long it will take."""
     try:
         with st.spinner("Checking the configuration and estimating its memory…"):
             plan = wb.check_run(dataset_name, model_name, method_name, method_values, training_values)
     except WorkbenchError as error:
         st.error(f"Cannot start: {error}", icon=":material/block:")
+        fix_buttons(error, keys, "train.fix")
         return False
     for warning in plan["warnings"]:
         st.warning(f"Check before Start (it queues anyway): {warning}.", icon=":material/warning:")

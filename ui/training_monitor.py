@@ -15,6 +15,7 @@ from engine.errors import NotFoundError
 from ui import training_views as views
 from ui.confirm import ask_first, asked, confirm, delete_button
 from ui.exports import export_panel
+from ui.forms import bounded_number
 from ui.state import format_duration, linked_selectbox, run_label, status_badge
 
 
@@ -72,7 +73,11 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
         st.rerun()
     st.markdown(f"### {run_label(run, with_status=False)}")
     status_badge(status)
-    views.progress(run)
+    clock = wb.run_clock(run_id) if status == "running" else None  # (a queued run: the queue's estimate)
+    views.progress(run, clock)
+    views.clock_caption(clock)
+    if status == "running":
+        views.machine_load_line(wb.machine_load(run_id))
     run_buttons(wb, run)
     if status == "queued":
         position = wb.run_summary(run_id)["queue_position"]
@@ -81,26 +86,29 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
         st.error(run["error"])
 
     live = wb.live_metrics(run_id)  # downsampled series + latest values: any run length reads fast
+    result = wb.run_evaluation(run_id) if status == "completed" else None
     if status == "completed":
-        final_scores(run, wb.run_summary(run_id)["adapter_dir"])
+        final_scores(run, wb.run_summary(run_id)["adapter_dir"], result and result["split"])
     elif run["trainable_params"]:
         st.caption(f"{run['trainable_params']:,} of {run['total_params']:,} parameters train · "
                    f"peak memory {run['peak_memory_mb'] or 0:.0f} MiB")
     if live["series"]:
         views.live_charts(run_id, live)
+    views.tracking_commands(wb.run_tracking(run_id))
     views.event_log(wb.run_events(run_id, limit=30))
     if status in views.FINISHED:
         views.method_report(run_id, wb.run_method_report(run_id))
     if status == "completed":
-        views.evaluation(run_id, wb.run_evaluation(run_id))
+        views.evaluation(run_id, result)
 
 
-def final_scores(run: dict, adapter_dir: str | None) -> None:
+def final_scores(run: dict, adapter_dir: str | None, split: str | None) -> None:
+    """The final scores, each labelled with its split, in the page's one format per metric."""
     final = run["metrics"] or {}
     cols = st.columns(max(1, len(final)) + 3)
     for col, (name, value) in zip(cols, final.items()):
-        col.metric(name.replace("_", " ").upper() if len(name) <= 3 else name.replace("_", " "),
-                   "–" if value is None else f"{value:.3f}")
+        col.metric(views.metric_label(name) + (f" ({split} split)" if split else ""),
+                   views.metric_text(name, value))
     cols[-3].metric("trainable params", f"{run['trainable_params']:,}",
                     help=f"of {run['total_params']:,} in total")
     cols[-2].metric("peak memory", f"{run['peak_memory_mb']:.0f} MiB",
@@ -137,8 +145,10 @@ def queue_section(wb) -> None:
         return
     pick, where, move, cancel = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
     chosen = pick.selectbox("Queued run", ids, key="train.queue.run", format_func=lambda i: f"#{i}")
-    position = where.number_input("Move to position", min_value=1, max_value=len(queue), value=1,
-                                  step=1, key="train.queue.position")
+    position = bounded_number("Move to position", 1, len(queue), 1, "train.queue.position", where,
+                              help="Runs take turns by owner (round robin), so your run changes "
+                                   "places with your own runs only and lands on your turn nearest "
+                                   "this position; an admin's move pins a run exactly there.")
     if move.button("Move", key="train.queue.move"):
         wb.move_run(chosen, int(position))
         st.rerun()

@@ -12,7 +12,8 @@ from engine.metrics import METRIC_DIRECTION
 from engine.progress import COMPILING, busy_with, eta_seconds
 from engine.training import monitoring as m
 from engine.training.settings import planned_steps
-from ui.charts import confusion_figure, rank_allocation_figure, run_series_figure
+from ui.charts import (PERCENT_METRICS, confusion_figure, metric_label, metric_text,
+                       rank_allocation_figure, run_series_figure)
 from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
@@ -44,16 +45,48 @@ def default_run(runs: list[dict]) -> int:
     return runs[0]["id"]
 
 
-def progress(run: dict) -> None:
-    """Training steps, and while the run evaluates, that phase with its own examples done / total;
-    while it compiles for a new batch shape, that, and why it takes a while."""
+def eta_text(clock: dict | None) -> str:
+    """" · ETA 4m 10s", " · ETA at least 2m 00s" when parts are not timed yet, or ""."""
+    if not clock or clock["eta_s"] is None:
+        return ""
+    return f" · ETA {'at least ' if clock['unknown'] else ''}{format_duration(clock['eta_s'])}"
+
+
+def clock_caption(clock: dict | None) -> None:
+    """What the ETA is made of (short and whole-window steps, evaluations) and what it is
+    based on, so a presenter can see why the last steps take longer."""
+    if not clock or (not clock["parts"] and not clock["unknown"]):
+        return
+    parts = " + ".join(f"{name} {format_duration(seconds)}" for name, seconds in clock["parts"].items())
+    st.caption("ETA: " + (parts or "–") + (f", timed on {clock['basis']}" if clock["basis"] else "")
+               + (f"; not timed yet, so not counted: {', '.join(clock['unknown'])}" if clock["unknown"] else "")
+               + ".")
+
+
+def machine_load_line(load: dict | None) -> None:
+    """A line when other processes load the machine, so a slow run is not blamed on the run."""
+    if not load or not load["busy"]:
+        return
+    others = load["others_percent"]
+    st.warning("This machine is busy with other work: "
+               + (f"other processes use {others:.0f} % of its {load['cores']} cores, " if others is not None else "")
+               + f"load average {load['load_average']:.1f} on {load['cores']} cores. This run trains "
+               "slower than it would alone, and the ETA follows what it measures.",
+               icon=":material/speed:")
+
+
+def progress(run: dict, clock: dict | None = None) -> None:
+    """Training steps with elapsed time (moving, ``Workbench.run_clock``) and the ETA from the
+    run's own steps and evaluations, and while the run evaluates, that phase with its own
+    examples done / total; while it compiles for a new batch shape, that, and why it takes a while."""
     step, total = run["step"] or 0, run["total_steps"]
     phase, busy = (run.get("phase") if run["status"] == "running" else None), busy_with(run)
-    eta = None if phase else eta_seconds(run)
+    if clock is None:  # no clock given: the mean time per step, hidden while busy
+        eta = None if phase else eta_seconds(run)
+        clock = {"elapsed_s": run["wall_time_s"] or 0, "eta_s": eta, "unknown": [], "parts": {}, "basis": None}
     st.progress(min(1.0, step / total) if total else 0.0,
-                text=f"step {step} / {total or '?'} · elapsed {format_duration(run['wall_time_s'] or 0)}"
-                     + (f" · ETA {format_duration(eta)}" if eta is not None else "")
-                     + (f" · {busy}" if busy else ""))
+                text=f"step {step} / {total or '?'} · elapsed {format_duration(clock['elapsed_s'] or 0)}"
+                     + eta_text(clock) + (f" · {busy}" if busy else ""))
     if phase and run.get("phase_total"):
         done, of = run.get("phase_done") or 0, run.get("phase_total") or 0
         st.progress(min(1.0, done / of) if of else 0.0,
@@ -62,6 +95,25 @@ def progress(run: dict) -> None:
         st.caption("Compiling: the first batch of each new shape compiles the model's layers "
                    "(torch.compile), which takes a while; later runs reuse what was compiled "
                    "(it is kept in the data home).")
+
+
+def tracking_commands(places: dict[str, dict]) -> None:
+    """How to open the run's experiment tracking (its ``tracking`` setting): TensorBoard's and
+    MLflow's exact commands (``Workbench.run_tracking``)."""
+    if not places:
+        return
+    with st.expander("Experiment tracking: open in " + " and ".join(
+            {"tensorboard": "TensorBoard", "mlflow": "MLflow"}[name] for name in places),
+            icon=":material/monitoring:"):
+        if "tensorboard" in places:
+            st.caption("TensorBoard: event files in the run's folder"
+                       + ("" if places["tensorboard"]["exists"] else " (none written yet)") + ".")
+            st.code(places["tensorboard"]["command"], language="bash")
+        if "mlflow" in places:
+            st.caption("MLflow: this data home's tracking store (experiment `lessismore`, the "
+                       "adapter as an artifact). `mlflow ui` comes with the full mlflow package: "
+                       f"`{places['mlflow']['install']}`.")
+            st.code(places["mlflow"]["command"], language="bash")
 
 
 def event_log(events: list[dict]) -> None:
@@ -85,16 +137,22 @@ def trained_on(names) -> str | None:
     return "GPU" if m.GPU_MEMORY_MB in names else "CPU" if m.CPU_PERCENT in names else None
 
 
-def throughput_metrics(latest: dict[str, float]) -> None:
-    """The last step's samples/s, audio-hours per hour and loss, then its utilisation."""
-    speed, tflops, mfu = (latest.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
-    audio = latest.get(m.AUDIO_HOURS_PER_HOUR) or latest.get(m.AUDIO_SECONDS_PER_S)
+def throughput_metrics(latest: dict[str, float], means: dict[str, float] | None = None) -> None:
+    """The run's mean samples/s, audio-hours per hour and utilisation over its steps (the
+    last step's when no means are given), and its last loss."""
+    figures = {**latest, **(means or {})}
+    speed, tflops, mfu = (figures.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
+    audio = figures.get(m.AUDIO_HOURS_PER_HOUR) or figures.get(m.AUDIO_SECONDS_PER_S)
     loss = latest.get("train/loss")
+    last = latest.get(m.SAMPLES_PER_S)
     speed_col, audio_col, loss_col = st.columns(3)
-    speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}")
+    speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}",
+                     help="The run's mean over its steps (the last step: "
+                          + ("–" if last is None else f"{last:.1f}") + "); a step after an "
+                          "evaluation or a whole-window batch is slower than the rest.")
     audio_col.metric("audio-hours per hour", "–" if audio is None else f"{audio:.1f}",
-                     help="Hours of audio trained on per hour of wall time: above 1 trains "
-                          "faster than real time.")
+                     help="Hours of audio trained on per hour of wall time, the run's mean: "
+                          "above 1 trains faster than real time.")
     loss_col.metric("last loss", "–" if loss is None else f"{loss:.4f}")
     mfu_col, tflops_col, _ = st.columns(3)
     device = trained_on(latest) if tflops is not None else None
@@ -110,7 +168,7 @@ def live_charts(run_id: int, live: dict) -> None:
     throughput, utilisation and machine charts, from ``Workbench.live_metrics`` (downsampled
     series and latest values)."""
     series, latest = live["series"], live["latest"]
-    throughput_metrics(latest)
+    throughput_metrics(latest, live.get("means"))
     charts = dict(LIVE_CHARTS)
     evals = sorted(name for name in series if name.startswith("eval/"))
     if evals:
@@ -132,10 +190,17 @@ def live_charts(run_id: int, live: dict) -> None:
 
 
 def evaluation(run_id: int, result: dict | None) -> None:
-    """The final score's split, the per-example table (worst first), the confusion matrix."""
+    """Before and after on the final score's split, the per-example table (worst first), the
+    confusion matrix."""
     if result is None:
         return
-    before_after(result.get("validation_before"))
+    before = result.get(f"{result['split']}_before")
+    if before:
+        before_after(before)
+    elif result.get("validation_before"):  # a run from before the test split was scored at step 0
+        before_after(result["validation_before"])
+        st.caption(f"The untouched model was scored on the validation split only, so the final "
+                   f"{result['split']}-split score has no before.")
     st.markdown(f"#### Evaluation on the {result['split']} split ({result['num_examples']} examples)")
     if result["fell_back_to_validation"]:
         st.info("This dataset has no test split, so the final scores are on the validation "
@@ -146,7 +211,9 @@ def evaluation(run_id: int, result: dict | None) -> None:
         return
     if result["task"] == "asr":
         st.caption("Each example's transcript against the reference, the worst first.")
-        shown = rows[["reference", "prediction", "wer", "cer", "file"]]
+        shown = rows[["reference", "prediction", "wer", "cer", "file"]].assign(
+            wer=lambda f: f["wer"].map(lambda v: metric_text("wer", v)),
+            cer=lambda f: f["cer"].map(lambda v: metric_text("cer", v)))
     else:
         st.caption("Mistakes first, the most confident mistakes at the top.")
         shown = rows[["reference", "prediction", "confidence", "correct", "file"]]
@@ -156,15 +223,13 @@ def evaluation(run_id: int, result: dict | None) -> None:
                         key=f"train.confusion.{run_id}")
 
 
-PERCENT_METRICS = {"wer", "cer", "accuracy"}
-
-
 def before_after(scores: dict | None) -> None:
-    """The presenter's line: each validation score of the untouched model (``eval_on_start``)
-    beside the trained one's, with the change coloured by which way is better."""
+    """The presenter's line: each score of the untouched model (``eval_on_start``) beside the
+    trained one's on the same split, with the change coloured by which way is better."""
     if not scores:
         return
-    st.markdown(f"#### Before and after {scores['steps']} steps (validation split)")
+    split = scores.get("split", "validation")  # runs before the test split was scored had validation only
+    st.markdown(f"#### Before and after {scores['steps']} steps ({split} split)")
     if scores.get("before_window") != scores.get("after_window"):
         st.caption("Before: the model as it ships, on Whisper's standard 30 s window (pretrained "
                    "Whisper knows no other). After: on this run's own windows (`audio_padding="
@@ -172,11 +237,10 @@ def before_after(scores: dict | None) -> None:
     shown = [name for name in scores["after"] if name in scores["before"]]
     for column, name in zip(st.columns(max(len(shown), 1)), shown):
         before, after = scores["before"][name], scores["after"][name]
-        percent = name in PERCENT_METRICS
-        text = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
         change = after - before
-        column.metric(f"{name.upper() if percent else name}: {text(before)} before training",
-                      text(after), delta=(f"{change * 100:+.1f} points" if percent else f"{change:+.3f}"),
+        column.metric(f"{metric_label(name)}: {metric_text(name, before)} before training",
+                      metric_text(name, after),
+                      delta=f"{change * 100:+.1f} points" if name in PERCENT_METRICS else f"{change:+.3f}",
                       delta_color="normal" if METRIC_DIRECTION.get(name, True) else "inverse")
 
 

@@ -104,6 +104,39 @@ def swap_factor(layer: nn.Module, factor: str, module: nn.Module) -> None:
         del layer._peft_forward
 
 
+# ---------------------------------------------------------------------- decisions over training
+HISTORY_ENTRIES = 100  # a report keeps 100 to 200 evenly spaced steps of a method's history
+
+
+def start_history(model: nn.Module, report: dict) -> None:
+    """Give ``model`` the history its method logs every step (``remember_step``), going on from
+    the one its report holds (a resumed run's, written with its last checkpoint)."""
+    saved = report.get("history") or {}
+    model.lim_history = {"step": int(saved.get("step", 0)), "stride": int(saved.get("stride", 1)),
+                         "entries": list(saved.get("entries", []))}
+
+
+def remember_step(model: nn.Module, values: dict) -> None:
+    """Count one training step and keep ``values`` when the step is a multiple of the stride;
+    the stride doubles (and every other entry goes) when the history is full."""
+    history = getattr(model, "lim_history", None)
+    if history is None:
+        return
+    history["step"] += 1
+    if history["step"] % history["stride"]:
+        return
+    history["entries"].append({"step": history["step"], **values})
+    if len(history["entries"]) >= 2 * HISTORY_ENTRIES:
+        history["stride"] *= 2
+        history["entries"] = [e for e in history["entries"] if e["step"] % history["stride"] == 0]
+
+
+def history_of(model: nn.Module) -> dict:
+    """The history as a report keeps it: ``{"step", "stride", "entries": [{"step", ...}]}``."""
+    history = getattr(model, "lim_history", None)
+    return {"history": dict(history)} if history is not None else {}
+
+
 def load_custom_adapter(base: nn.Module, adapter_dir: Path, convert: Callable[[nn.Module], None]) -> nn.Module:
     """An adapter folder loaded onto ``base`` whose LoRA layers ``convert(model)`` rebuilds
     (as the method's ``apply`` did) before the saved weights go in. Every saved tensor must

@@ -20,6 +20,11 @@ only x (shared by q_proj and v_proj, which read the same normalised input), the 
 and the rank-r product ``drop(x) A^T``. Dropout draws come from ``torch.native_dropout``, the
 op ``nn.Dropout`` uses on a GPU, so the masks equal peft's for the same RNG state.
 
+ta-qlora's encoder adapters (a ``lora_A`` that marks itself ``FUSES_TEMPORAL`` and holds a
+depthwise kernel ``temporal``, r x 1 x k) run through the same op with ``temporal_mix`` between
+A and B: it saves the same tensors plus the kernel, and backward recomputes the r-channel
+convolution, so such a layer costs the fused path's memory, not peft's.
+
 The module keeps its peft structure: state dicts, ``save_pretrained`` and adapter loading are
 unchanged, and ``unfuse_lora`` restores peft's forward.
 """
@@ -30,8 +35,10 @@ import types
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["LoraLinearFunction", "fuse_lora", "unfuse_lora", "fused_layers", "base_weight"]
+__all__ = ["LoraLinearFunction", "fuse_lora", "unfuse_lora", "fused_layers", "base_weight",
+           "temporal_mix"]
 
 
 def base_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -48,11 +55,24 @@ def base_weight(layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     return weight.to(dtype)
 
 
+def temporal_mix(h: torch.Tensor, kernel: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    """h (tokens, r), the rank-r bottleneck of an input shaped ``x_shape`` (..., T, in), mixed
+    over time: each channel convolved with its own k taps (``kernel``: r x 1 x k, zero padding
+    at the clip edges), per sequence. Returns (tokens, r)."""
+    r, k = kernel.shape[0], kernel.shape[-1]
+    frames = x_shape[-2] if len(x_shape) >= 3 else h.shape[0]  # a 2-D input is one sequence
+    sequences = h.reshape(-1, frames, r).transpose(1, 2)  # (B, r, T)
+    mixed = F.conv1d(sequences, kernel.to(h.dtype), padding=k // 2, groups=r)
+    return mixed.transpose(1, 2).reshape(-1, r)
+
+
 class LoraLinearFunction(torch.autograd.Function):
-    """y = x W^T + b + scaling · (dropout(x) A^T) B^T with W frozen (plain or 4-bit)."""
+    """y = x W^T + b + scaling · mix(dropout(x) A^T) B^T with W frozen (plain or 4-bit); mix is
+    the identity, or ``temporal_mix`` with a kernel (ta-qlora)."""
 
     @staticmethod
-    def forward(ctx, x, lora_A, lora_B, base_layer, scaling: float, dropout: float, training: bool):
+    def forward(ctx, x, lora_A, lora_B, base_layer, scaling: float, dropout: float, training: bool,
+                temporal=None):
         dtype = x.dtype
         x2 = x.reshape(-1, x.shape[-1])
         weight = base_weight(base_layer, dtype)
@@ -67,22 +87,32 @@ class LoraLinearFunction(torch.autograd.Function):
             xd = x2
         a, b = lora_A.to(dtype), lora_B.to(dtype)
         h = torch.mm(xd, a.t())  # (tokens, r)
+        mixed = h if temporal is None else temporal_mix(h, temporal, x.shape)
         # Out of place: selective activation checkpointing caches op outputs and refuses
         # tensors mutated after they were produced.
-        out = torch.addmm(out, h, b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, mask, h, lora_A, lora_B)
+        out = torch.addmm(out, mixed, b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, mask, h, lora_A, lora_B, temporal)
         ctx.base_layer, ctx.scaling, ctx.dropout = base_layer, scaling, dropout
         ctx.x_shape = x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, mask, h, lora_A, lora_B = ctx.saved_tensors
+        x2, mask, h, lora_A, lora_B, temporal = ctx.saved_tensors
         dtype, scaling = x2.dtype, ctx.scaling
         g = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
         a, b = lora_A.to(dtype), lora_B.to(dtype)
-        gb = torch.mm(g, b)  # (tokens, r)
-        grad_x = grad_A = grad_B = None
+        gb = torch.mm(g, b)  # (tokens, r): the gradient of the mixed bottleneck
+        grad_x = grad_A = grad_B = grad_temporal = None
+        mixed = h
+        if temporal is not None:  # recompute the small convolution, then back through it
+            with torch.enable_grad():
+                h_in = h.detach().requires_grad_(True)
+                kernel = temporal.detach().requires_grad_(True)
+                mixed = temporal_mix(h_in, kernel, ctx.x_shape)
+                gb, grad_temporal = torch.autograd.grad(mixed, (h_in, kernel), gb)
+            mixed = mixed.detach()
+            grad_temporal = grad_temporal.mul_(scaling) if ctx.needs_input_grad[7] else None
         if ctx.needs_input_grad[0]:
             grad_x = torch.mm(g, base_weight(ctx.base_layer, dtype))
             if mask is None:
@@ -94,8 +124,8 @@ class LoraLinearFunction(torch.autograd.Function):
             xd = x2 if mask is None else x2 * mask * (1.0 / (1.0 - ctx.dropout))
             grad_A = torch.mm(gb.t(), xd).mul_(scaling).to(lora_A.dtype)
         if ctx.needs_input_grad[2]:
-            grad_B = torch.mm(g.t(), h).mul_(scaling).to(lora_B.dtype)
-        return grad_x, grad_A, grad_B, None, None, None, None
+            grad_B = torch.mm(g.t(), mixed).mul_(scaling).to(lora_B.dtype)
+        return grad_x, grad_A, grad_B, None, None, None, None, grad_temporal
 
 
 def _fusable(module: nn.Module) -> bool:
@@ -108,9 +138,13 @@ def _fusable(module: nn.Module) -> bool:
     base = module.base_layer
     plain = type(base) is nn.Linear or type(base).__name__ == "Linear4bit"
     # ta-qlora and mma put modules of their own in lora_A / lora_B (a convolution, a router):
-    # only plain linear factors compute what LoraLinearFunction computes.
-    plain = plain and all(type(factors[adapter]) is nn.Linear for adapter in module.active_adapters
-                          for factors in (module.lora_A, module.lora_B) if adapter in factors)
+    # only plain linear factors, and ta-qlora's temporal lora_A, compute what
+    # LoraLinearFunction computes.
+    plain = plain and all(
+        type(factors[adapter]) is nn.Linear
+        or (factors is module.lora_A and getattr(type(factors[adapter]), "FUSES_TEMPORAL", False))
+        for adapter in module.active_adapters for factors in (module.lora_A, module.lora_B)
+        if adapter in factors)
     return (plain and len(module.active_adapters) == 1 and not getattr(module, "lora_variant", {})
             and not getattr(module, "use_dora", {}).get(module.active_adapters[0], False))
 
@@ -124,8 +158,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     p = dropout_module.p if isinstance(dropout_module, nn.Dropout) else 0.0
     if x.dtype != _compute_dtype(self.base_layer, x):
         x = x.to(_compute_dtype(self.base_layer, x))
-    return LoraLinearFunction.apply(x, self.lora_A[name].weight, self.lora_B[name].weight,
-                                    self.base_layer, float(self.scaling[name]), float(p), self.training)
+    lora_A = self.lora_A[name]
+    return LoraLinearFunction.apply(x, lora_A.weight, self.lora_B[name].weight, self.base_layer,
+                                    float(self.scaling[name]), float(p), self.training,
+                                    getattr(lora_A, "temporal", None))
 
 
 def _compute_dtype(base: nn.Module, x: torch.Tensor) -> torch.dtype:

@@ -152,6 +152,7 @@ def measure(settings: QassSettings, context: MethodContext) -> dict:
             torch.cuda.empty_cache()
     if not errors:
         raise MethodError("qass measured no linear layer on the training batches")
+    frames = signal_frames(batches)
     # Kept layers load in the compute dtype, or in fp32 with upcast_frozen (no dtype given).
     kept_dtype = torch.float32 if settings.upcast_frozen else compute_dtype(settings, context)
     width = torch.tensor([], dtype=kept_dtype).element_size()
@@ -164,17 +165,36 @@ def measure(settings: QassSettings, context: MethodContext) -> dict:
     for layer in layers:
         groups.setdefault(layer["group"], []).append(layer["error"])
     all_4bit = sum(four_bit_bytes(n) for n in sizes.values()) / MIB
+    extra = sum(layer["extra_mib"] for layer in layers if layer["kept"])
+    full = sum(sizes.values()) * width / MIB
     return {
         "method": "qass", "keep_16bit": kept, "kept_dtype": str(kept_dtype).split(".")[-1],
         "budget": (f"{settings.keep_mib:g} MiB" if settings.keep_mib > 0
                    else f"{settings.keep_share:.0%} of {len(errors)} layers"),
-        "extra_mib": sum(layer["extra_mib"] for layer in layers if layer["kept"]),
-        "all_4bit_mib": all_4bit, "full_precision_mib": sum(sizes.values()) * width / MIB,
+        # Memory of the measured linear weights: all in 4 bits, all in the kept dtype (a
+        # 16-bit LoRA's), and what qass's choice costs over the one and saves against the other.
+        "extra_mib": extra, "all_4bit_mib": all_4bit, "full_precision_mib": full,
+        "saved_mib_vs_full_precision": full - all_4bit - extra,
+        "layers_kept": len(kept), "layers_measured": len(errors), "signal_frames": frames,
         "mean_error_by_group": {g: sum(v) / len(v) for g, v in groups.items()},
         "error_kept_out": (sum(x["error"] for x in layers if x["kept"])
                            / max(1e-12, sum(x["error"] for x in layers))),
         "signal": signal_options(settings), "layers": layers,
     }
+
+
+def signal_frames(batches: list[dict]) -> dict:
+    """What the encoder gets on the measured batches: mean frames per clip (its own frames, by
+    the attention mask when the batch has one) against the frames a batch is padded to."""
+    features = [b["input_features"] for b in batches if "input_features" in b]
+    if not features:
+        return {}
+    clips = sum(f.shape[0] for f in features)
+    own = sum(float(b["attention_mask"].sum()) if "attention_mask" in b else
+              b["input_features"].shape[0] * b["input_features"].shape[-1] for b in batches
+              if "input_features" in b)
+    padded = sum(f.shape[0] * f.shape[-1] for f in features)
+    return {"clips": clips, "mean_frames": own / clips, "mean_padded_frames": padded / clips}
 
 
 def qass_load_kwargs(settings: QassSettings, context: MethodContext) -> dict:
@@ -193,10 +213,15 @@ def apply_qass(model, settings: QassSettings, context: MethodContext):
     report = context.report
     if report:
         worst = ", ".join(f"{layer['name']} {layer['error']:.3g}" for layer in report["layers"][:3])
+        frames = report.get("signal_frames") or {}
         context.log(f"qass: {len(report['keep_16bit'])} of {len(report['layers'])} linear layers kept "
                     f"in {report['kept_dtype']} (+{report['extra_mib']:.2f} MiB over all-4-bit "
-                    f"{report['all_4bit_mib']:.2f} MiB; budget {report['budget']}); largest "
-                    f"relative 4-bit errors: {worst}; signal: {report['signal']}")
+                    f"{report['all_4bit_mib']:.2f} MiB, "
+                    f"{report.get('saved_mib_vs_full_precision', 0):.2f} MiB saved against all in "
+                    f"{report['kept_dtype']}; budget {report['budget']}); largest relative 4-bit "
+                    f"errors: {worst}; signal: {report['signal']}"
+                    + (f", {frames['mean_frames']:.0f} frames per clip on the measured batches "
+                       f"(padded to {frames['mean_padded_frames']:.0f})" if frames else ""))
     else:
         context.log("qass: no training data at hand, so every layer is 4-bit (an estimate)")
     return apply_qlora(model, settings, context)

@@ -54,8 +54,8 @@ class MethodContext:
     # ``load_base(**kwargs)``: the base model loaded anew (qass measures it in full precision
     # before choosing what to quantise); None where no loader is at hand.
     load_base: Callable[..., Any] | None = None
-    # What the method decided from data (qass's 16-bit layers, cmra's ranks), kept as JSON in
-    # the run's folder and beside its adapter. A resumed run or a reloaded adapter gets the
+    # What the method decided (qass's 16-bit layers, cmra's ranks; ``Method.decisions`` adds
+    # what it decided while training), kept as JSON in the run's folder and beside its adapter. A resumed run or a reloaded adapter gets the
     # recorded report back here, so the same decision is never measured twice.
     report: dict = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda message: None)  # the run's event log
@@ -95,6 +95,10 @@ class Method:
     merge_refusal: str = ""
     # ``step_metrics(model) -> {name: value}``: logged with every training step (mma's router).
     step_metrics: Callable[[Any], dict] | None = None
+    # ``decisions(model) -> dict``: what the method decided while training (mma's routing over
+    # the steps, ta-qlora's kernel drift), merged into its report (METHOD_REPORT) at every
+    # checkpoint and at the end of the run.
+    decisions: Callable[[Any], dict] | None = None
     # ``task_options(settings) -> dict``: options the method sets on the task model, for
     # training and for every later load (qass trims silence and pads to the longest clip).
     task_options: Callable[[Any], dict] | None = None
@@ -114,14 +118,14 @@ def make_method(*, name: str, help: str, settings_cls: type, apply: Callable,
                 on_optimizer_step: Callable | None = None, source: str = "built-in",
                 load_adapter: Callable | None = None, merge_refusal: str = "",
                 step_metrics: Callable | None = None, task_options: Callable | None = None,
-                **extra: Any) -> Method:
+                decisions: Callable | None = None, **extra: Any) -> Method:
     """A ``Method`` from keywords (``extra``: idea, formula, advantages, limitations), not yet
     registered: a method module names it in an entry point, or ``register_method`` adds it."""
     return Method(name=name, help=help, settings_cls=settings_cls, apply=apply,
                   load_kwargs=load_kwargs or no_load_kwargs, is_adapter=is_adapter,
                   on_optimizer_step=on_optimizer_step, source=source, extra=extra,
                   load_adapter=load_adapter, merge_refusal=merge_refusal,
-                  step_metrics=step_metrics, task_options=task_options)
+                  step_metrics=step_metrics, task_options=task_options, decisions=decisions)
 
 
 def register_method(**keywords: Any) -> Method:

@@ -157,13 +157,15 @@ def per_example_rows(task_model, items: list[dict], predictions: list) -> list[d
 
 
 def write_evaluation(run_dir: Path, task_model, split: str, fell_back: bool, metrics: dict,
-                     rows: list[dict], validation_before: dict | None = None) -> dict:
-    """``validation_before``: the validation scores before the first step and at the end
-    (``{"before", "after", "steps"}``), when the run scored the untouched model."""
+                     rows: list[dict], validation_before: dict | None = None,
+                     test_before: dict | None = None) -> dict:
+    """``validation_before`` / ``test_before``: that split's scores before the first step and
+    at the end (``{"split", "before", "after", "steps", ...}``), when the run scored the
+    untouched model (``eval_on_start``); the test split's ``after`` is ``metrics``."""
     summary = {"split": split, "fell_back_to_validation": fell_back, "metrics": metrics,
                "task": task_model.task, "labels": task_model.labels, "num_examples": len(rows),
                "confusion": confusion_counts(task_model.labels, rows) if task_model.task != "asr" else None,
-               "validation_before": validation_before}
+               "validation_before": validation_before, "test_before": test_before}
     with (run_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

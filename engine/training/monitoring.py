@@ -7,6 +7,7 @@ other metrics, so the page only ever reads rows from ``run_metrics``.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psutil
@@ -70,3 +71,45 @@ def utilisation_metrics(samples_per_s: float, train_flops_per_sample: float | No
     if peak_tflops:
         metrics[MFU_PERCENT] = 100 * achieved / peak_tflops
     return metrics
+
+
+class MachineLoad:
+    """How much other processes load this machine: the CPU they used since the last call, as
+    a share of all cores, and the 1-minute load average, so the run page can say when a run is
+    slow because the machine is busy with other work (issue 27: a demo on a shared 2-core
+    machine took 22 minutes where 3.4 were measured). Thread-safe; the first call has no interval
+    yet and reports only the load average."""
+
+    BUSY_PERCENT = 25.0  # other processes using a quarter of every core
+    BUSY_LOAD_PER_CORE = 1.5
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._last: tuple[float, float, dict[int, float]] | None = None  # (time, busy CPU s, {pid: CPU s})
+
+    @staticmethod
+    def _cpu_seconds(pid: int) -> float:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(
+                times, "children_system", 0.0)
+        except (psutil.Error, OSError):
+            return 0.0
+
+    def sample(self, own_pids: set[int], now: float | None = None) -> dict:
+        """``{"cores", "load_average", "others_percent" (None on the first call), "busy"}``;
+        ``own_pids``: the processes whose CPU is the workbench's (the app, a run's trainer)."""
+        now = time.monotonic() if now is None else now
+        cores = psutil.cpu_count() or 1
+        times = psutil.cpu_times()
+        busy_s = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        own = {pid: self._cpu_seconds(pid) for pid in own_pids}
+        with self._lock:
+            last, self._last = self._last, (now, busy_s, own)
+        others = None
+        if last is not None and now > last[0]:
+            own_used = sum(max(0.0, seconds - last[2].get(pid, seconds)) for pid, seconds in own.items())
+            others = max(0.0, 100.0 * (busy_s - last[1] - own_used) / ((now - last[0]) * cores))
+        load = psutil.getloadavg()[0]
+        busy = (others is not None and others >= self.BUSY_PERCENT) or load > self.BUSY_LOAD_PER_CORE * cores
+        return {"cores": cores, "load_average": load, "others_percent": others, "busy": busy}

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = FineTuneRecipe(storage, run, should_stop, parallel=parallel)
         recipe.setup()
         status = recipe.train()
+        recipe.cleanup(status)  # rank 0's experiment tracking (a failed rank's stays open)
         logger.info("run %s", status)
         if parallel.is_main:
             write_json(folder / "result.json", {"status": status, "peak_memory_mb": recipe.memory.peak_mb})

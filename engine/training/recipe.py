@@ -3,8 +3,10 @@
 Protocol (as in torchtune's recipes): ``setup()`` loads data, model and method and restores the
 newest checkpoint when there is one; ``train()`` runs optimizer steps, writing metrics and
 events to storage as it goes, and returns the final status; ``finish()`` scores the test split
-and writes the per-example table; ``save()`` writes the adapter (or full model). The worker
-thread calls these; nothing here knows about threads or pages.
+and writes the per-example table; ``save()`` writes the adapter (or full model); ``cleanup()``
+closes the experiment tracking (engine/training/tracking.py), which gets every metric, the
+settings and the adapter too. The worker thread calls these; nothing here knows about threads
+or pages.
 
 Resuming is exact: the batches of an epoch are a pure function of ``seed`` and the epoch, and
 a checkpoint holds weights, optimizer, scheduler, gradient scaler, callback and RNG state, so
@@ -48,6 +50,7 @@ from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
+from engine.training.tracking import Tracking
 from storage import Storage
 
 __all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
@@ -79,6 +82,7 @@ class FineTuneRecipe:
         self.config, self.method_settings = self.settings.training, self.settings.method_settings
         self.method = get_method(run["method"])
         self.device = parallel.device if parallel else pick_device()
+        self.tracking = Tracking([], self.log)  # nothing until setup opens the run's choice
 
     def log(self, message: str, level: str = "info") -> None:
         self.storage.add_event(self.run_id, message, level)
@@ -127,6 +131,10 @@ class FineTuneRecipe:
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
                                 trainable_params=self.trainable_params, total_params=self.total_params)
+        if self.is_main and cfg.tracking != "none":
+            self.tracking = Tracking.open(cfg.tracking, home=self.storage.files.home, run_dir=self.run_dir,
+                                          run=self.run, settings=self.settings.to_record()["settings"],
+                                          resumed_at=self.step, log=self.log)
         where = (f"{self.parallel.world_size} processes, {self.device} on this one" if self.parallel
                  else self.device)
         self.log(f"{self.method.name} on {model_record['name']} ({where}): "
@@ -193,12 +201,21 @@ class FineTuneRecipe:
                                    gradient_checkpointing=self.config.gradient_checkpointing,
                                    sample_batches=self.sample_batches, report=self.method_report,
                                    log=self.log)
-        if self.method_report:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            partial = report_file.with_suffix(".partial")
-            partial.write_text(json.dumps(self.method_report, indent=2))
-            partial.replace(report_file)  # never half-written
+        self.write_method_report()
         return model
+
+    def write_method_report(self) -> None:
+        """The method's report in the run's folder, with what it decided while training so far
+        (``Method.decisions``: mma's routing, ta-qlora's kernel drift) merged in."""
+        if self.method.decisions is not None and getattr(self, "model", None) is not None:
+            self.method_report.update(self.method.decisions(self.model))
+        if not self.method_report:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        report_file = self.run_dir / METHOD_REPORT
+        partial = report_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.method_report, indent=2))
+        partial.replace(report_file)  # never half-written
 
     def sample_batches(self, count: int) -> list[dict]:
         """The first ``count`` batches of the first epoch, collated (methods measure on them)."""
@@ -304,6 +321,8 @@ class FineTuneRecipe:
         accumulation = cfg.gradient_accumulation_steps
         started = time.perf_counter()
         time_limit, throughput = TimeLimit(cfg.max_time_minutes), Throughput()
+        if self.is_main:  # the clock starts: elapsed moves from here (engine/training/clock.py)
+            self.storage.update_run(self.run_id, wall_time_s=self.wall_offset, wall_time_at=time.time())
         self.model.train()
         self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         if cfg.eval_on_start and self.micro_batches == 0 and self.is_main:
@@ -424,14 +443,16 @@ class FineTuneRecipe:
 
     def record_step(self, wall: float, loss: float, grad_norm: float | None, rates: dict) -> None:
         memory_mb = self.memory.sample()
-        self.storage.add_metrics(self.run_id, self.step, wall, {
+        values = {
             "train/loss": loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
             **utilisation_metrics(rates[SAMPLES_PER_S], self.train_flops_per_sample, self.peak_tflops),
             **system_sample(self.device),
             **(self.method.step_metrics(self.model) if self.method.step_metrics else {}),
-        })
-        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall,
+        }
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
+        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall, wall_time_at=time.time(),
                                 peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
@@ -446,8 +467,9 @@ class FineTuneRecipe:
         folder = save_checkpoint(
             self.run_dir, self.model, self.optimizer, self.scheduler, state,
             scaler=self.scaler, keep=self.config.save_total_limit)
+        self.write_method_report()  # a resumed run goes on from what was decided by now
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
-                                wall_time_s=wall)
+                                wall_time_s=wall, wall_time_at=time.time())
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, items: list[dict], phase: str = "evaluation") -> tuple[dict, list]:
@@ -483,8 +505,9 @@ class FineTuneRecipe:
                              "on the validation split")
         self.last_validation = (metrics, predictions)
         wall = self.wall_offset + time.perf_counter() - wall_start
-        self.storage.add_metrics(self.run_id, self.step, wall,
-                                 {f"eval/{name}": value for name, value in metrics.items()})
+        values = {f"eval/{name}": value for name, value in metrics.items()}
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None)
         self.log(f"step {self.step}: validation {shown}")
         return metrics
@@ -500,23 +523,35 @@ class FineTuneRecipe:
             self.task_model.audio_padding = "30s"
         try:
             self.evaluate_and_record(wall_start=started, label="the untouched model")
+            if self.test_items:  # the final score's split too, so its before and after are one split's
+                self.score_test(started, "evaluation of the untouched model on the test split")
         finally:
             if padding is not None:
                 self.task_model.audio_padding = padding
 
-    def validation_before(self, after: dict) -> dict | None:
-        """The validation scores at step 0 (``eval_on_start``), beside the final ones: what
+    def score_test(self, started: float, phase: str) -> tuple[dict, list]:
+        """Metrics and predictions on the test split, stored as ``test/*`` at this step."""
+        metrics, predictions = self.evaluate(self.test_items, phase)
+        wall = self.wall_offset + time.perf_counter() - started
+        values = {f"test/{name}": value for name, value in metrics.items()}
+        self.storage.add_metrics(self.run_id, self.step, wall, values)
+        self.tracking.scalars(self.step, values)
+        return metrics, predictions
+
+    def scores_before(self, split: str, after: dict) -> dict | None:
+        """``split``'s scores at step 0 (``eval_on_start``), beside the final ones: what
         training changed, on one split. None when the run did not score the untouched model."""
         if not after or self.step == 0:
             return None
-        names = [f"eval/{name}" for name in after]
+        prefix = {"validation": "eval", "test": "test"}[split]
+        names = [f"{prefix}/{name}" for name in after]
         before = {row["name"].split("/", 1)[1]: row["value"]
                   for row in self.storage.metrics(self.run_id, names) if row["step"] == 0}
         if not before:
             return None
         padding = getattr(self.task_model, "audio_padding", None)
         # Windows are a Whisper matter: None for other models.
-        return {"before": before, "after": after, "steps": self.step,
+        return {"split": split, "before": before, "after": after, "steps": self.step,
                 "before_window": "30s" if padding else None, "after_window": padding}
 
     def finish(self, started: float) -> None:
@@ -526,10 +561,7 @@ class FineTuneRecipe:
         validation = self.evaluate_and_record(wall_start=started, final=True)
         if self.test_items:
             split, items, fell_back = "test", self.test_items, False
-            final, predictions = self.evaluate(self.test_items, "final evaluation on the test split")
-            wall = self.wall_offset + time.perf_counter() - started
-            self.storage.add_metrics(self.run_id, self.step, wall,
-                                     {f"test/{name}": value for name, value in final.items()})
+            final, predictions = self.score_test(started, "final evaluation on the test split")
         elif self.eval_items:
             split, items, fell_back = "validation", self.eval_items, True
             final, predictions = validation, self.last_validation[1]
@@ -541,9 +573,12 @@ class FineTuneRecipe:
         if split:
             rows = per_example_rows(self.task_model, items, predictions)
             write_evaluation(self.run_dir, self.task_model, split, fell_back, final, rows,
-                             validation_before=self.validation_before(validation))
+                             validation_before=self.scores_before("validation", validation),
+                             test_before=self.scores_before("test", final) if split == "test" else None)
         self.save()
-        self.storage.update_run(self.run_id, metrics=final)
+        # The run's wall time includes its final scoring (elapsed never jumps back at the end).
+        self.storage.update_run(self.run_id, metrics=final, wall_time_at=time.time(),
+                                wall_time_s=self.wall_offset + time.perf_counter() - started)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> Path:
@@ -562,8 +597,15 @@ class FineTuneRecipe:
             "base_model_path": str(self.model_dir), "labels": self.task_model.labels,
             "settings": self.settings.to_record()["settings"],
         }, indent=2))
+        if hasattr(self, "method_report"):
+            self.write_method_report()
         if getattr(self, "method_report", None):  # reloading the adapter needs what was decided
             (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))
         self.storage.update_run(self.run_id, adapter_dir=self.storage.files.relative(out))
         self.log(f"saved {'adapter' if self.method.is_adapter else 'model'} to {out}")
+        self.tracking.artifact(out)
         return out
+
+    def cleanup(self, status: str) -> None:
+        """After the run, whichever way it ended: close its experiment tracking (never raises)."""
+        self.tracking.close(status)

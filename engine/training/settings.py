@@ -57,9 +57,10 @@ class TrainingSettings:
     eval_steps: int = setting(20, "Evaluate on the validation split every N steps (0: only at the end).", min=0,
                             max=10_000_000)
     eval_on_start: bool = setting(
-        False, "Score the untouched model on the validation split before the first step: the "
-        "validation curve then starts at the zero-shot score, and the finished run shows before "
-        "and after side by side. Costs one evaluation.")
+        False, "Score the untouched model before the first step, on the validation split and on "
+        "the test split when there is one: the validation curve then starts at the zero-shot "
+        "score, and the finished run shows its final score before and after, on one split. "
+        "Costs an evaluation of each split.")
     early_stopping_patience: int = setting(
         0, "Stop when the validation metric (WER for speech, accuracy for labels) has not "
         "improved for this many evaluations in a row (0: never stop early). Needs eval_steps > 0.",
@@ -160,6 +161,15 @@ class TrainingSettings:
                           "(docs/multi-gpu.md).", min=1, max=1024)
     rdzv_endpoint: str = setting("", "host:port where the machines of a multi-machine run meet "
                                  "(torchrun --rdzv-endpoint); empty on one machine.")
+    tracking: str = setting(
+        "none", "Experiment tracking, besides the workbench's own charts: write the loss, "
+        "learning rate, gradient norm, throughput, validation and test scores and the settings "
+        "to TensorBoard event files in the run's folder (open with `tensorboard --logdir "
+        "<data home>/runs/<id>/tensorboard`), to a local MLflow tracking store with the adapter "
+        "as an artifact (`mlflow ui --backend-store-uri sqlite:///<data home>/mlflow/mlflow.db`), "
+        "or both; the run's page shows the exact command. New runs default to LIM_TRACKING. "
+        "Tracking never fails a run: a missing package or a failed write is a warning in its log.",
+        choices=["none", "tensorboard", "mlflow", "both"])
 
     def task_options(self) -> dict:
         """The task model's options these settings choose (prompt, window, generation length):
@@ -182,8 +192,9 @@ class TrainingSettings:
         batches_per_epoch = math.ceil(train_items / (self.per_device_train_batch_size * self.world_size))
         return max(1, math.ceil(self.num_train_epochs * batches_per_epoch / self.gradient_accumulation_steps))
 
-    def warnings(self) -> list[str]:
-        """Legal but probably mistaken values, said at submit (the run is queued anyway)."""
+    def warnings(self, device: str = "cuda") -> list[str]:
+        """Legal but probably mistaken values, said at submit (the run is queued anyway);
+        ``device``: where the run would train ("cuda" or "cpu"), as the warnings name it."""
         found = []
         if self.learning_rate > 0.01:
             found.append(f"learning_rate {self.learning_rate:g} is very high (adapters train at 1e-4 to "
@@ -192,7 +203,8 @@ class TrainingSettings:
             found.append(f"gradient_accumulation_steps {self.gradient_accumulation_steps} makes each optimizer "
                          f"step {self.gradient_accumulation_steps} forward passes; the run will make little progress")
         if self.max_steps > 1_000_000:
-            found.append(f"max_steps {self.max_steps:,} will take weeks on any one GPU; set max_time_minutes "
+            where = "any one GPU" if device.startswith("cuda") else "this machine's CPU (it has no GPU)"
+            found.append(f"max_steps {self.max_steps:,} will take weeks on {where}; set max_time_minutes "
                          "or fewer steps")
         if self.warmup_steps and self.max_steps > 0 and self.warmup_steps >= self.max_steps:
             found.append(f"warmup_steps ({self.warmup_steps}) is not less than max_steps ({self.max_steps}): "

@@ -139,6 +139,26 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     return dtype
 
 
+# A method may give some of its parameters their own learning rate, LoRA+-style (ta-qlora's
+# temporal kernels): ``parameter.lim_lr_factor`` multiplies the run's learning rate (the
+# schedule scales every group alike) and ``parameter.lim_weight_decay`` replaces its decay.
+LR_FACTOR, WEIGHT_DECAY = "lim_lr_factor", "lim_weight_decay"
+
+
+def parameter_groups(parameters: list[torch.nn.Parameter], config: TrainingSettings) -> list[dict]:
+    """AdamW's parameter groups: the parameters at the run's learning rate first (the logged
+    ``train/learning_rate`` is theirs), then one group per factor and decay a method set."""
+    groups: dict[tuple[float, float], list] = {}
+    for parameter in parameters:
+        key = (float(getattr(parameter, LR_FACTOR, 1.0)),
+               float(getattr(parameter, WEIGHT_DECAY, config.weight_decay)))
+        groups.setdefault(key, []).append(parameter)
+    plain = (1.0, float(config.weight_decay))
+    order = sorted(groups, key=lambda key: (key != plain, key))
+    return [{"params": groups[key], "lr": config.learning_rate * key[0], "weight_decay": key[1]}
+            for key in order]
+
+
 class TrainStep:
     def __init__(self, model: torch.nn.Module, config: TrainingSettings, device: str,
                  total_steps: int, *, on_optimizer_step=None, micro_batch: int = 0,
@@ -163,8 +183,8 @@ class TrainStep:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         fused = device.startswith("cuda") and all(p.is_cuda and p.is_floating_point()
                                                   for p in self.parameters)
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate,
-                                           weight_decay=config.weight_decay,
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.parameters, config),
+                                           lr=config.learning_rate, weight_decay=config.weight_decay,
                                            **({"fused": True} if fused else {}))
         self.scheduler = get_scheduler(config.lr_scheduler_type, self.optimizer,
                                        num_warmup_steps=config.warmup_steps,

@@ -1,6 +1,7 @@
 """The job queue's worker: one thread that trains queued runs one at a time, in queue order.
 
-The queue lives in the database (runs with status ``queued``, ordered by ``queue_position``),
+The queue lives in the database (runs with status ``queued``, in the fair order of
+``storage.runs.FAIR_ORDER``: pinned runs, then turns by owner),
 so the app, the command line and a restarted process all see the same queue. Claiming a run
 is one atomic UPDATE, so two workers never train the same run, nor two runs on one host at
 once. Stop requests are stored too: any process may ask, the worker notices at the next step.
@@ -23,6 +24,7 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
+from engine.settings import load_config
 from engine.memory import is_out_of_memory, out_of_memory_message
 from engine.training.distributed import run_distributed, world_size_of
 from engine.training.settings import stored_training
@@ -157,8 +159,13 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                 status, peak_memory_mb = ended["status"], ended["peak_memory_mb"]
             else:
                 recipe = FineTuneRecipe(storage, run, should_stop)
-                recipe.setup()
-                status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                try:
+                    recipe.setup()
+                    status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+                except BaseException as error:
+                    recipe.cleanup("failed" if isinstance(error, Exception) else "interrupted")
+                    raise
+                recipe.cleanup(status)
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=peak_memory_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
@@ -209,7 +216,7 @@ atexit.register(shutdown_all_workers)
 
 
 class Worker:
-    """A background thread taking queued runs in submission order."""
+    """A background thread taking queued runs in the queue's (fair) order."""
 
     def __init__(self, storage: Storage, poll_seconds: float = 1.0):
         self.storage = storage
@@ -217,14 +224,22 @@ class Worker:
         self._wake = threading.Event()
         self._shutdown = threading.Event()
         self._stops: dict[int, threading.Event] = {}
-        self._thread: threading.Thread | None = None
-        self.current_run: int | None = None
+        self._threads: list[threading.Thread] = []
+        self.slots = load_config().slots  # runs side by side (LIM_SLOTS)
+
+    @property
+    def current_runs(self) -> list[int]:
+        return list(self._stops)
 
     def start(self) -> None:
-        if self._thread and self._thread.is_alive():
+        if self.alive:
             return
-        self._thread = threading.Thread(target=self._loop, name="lim-worker", daemon=True)
-        self._thread.start()
+        # One thread a slot: each claims and trains one run at a time, and the claim counts
+        # every running run on this host, so all slots together never exceed ``slots``.
+        self._threads = [threading.Thread(target=self._loop, name=f"lim-worker-{i}", daemon=True)
+                         for i in range(self.slots)]
+        for thread in self._threads:
+            thread.start()
         _started.add(self)
 
     def wake(self) -> None:
@@ -239,17 +254,18 @@ class Worker:
         for event in self._stops.values():
             event.set()
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
+        return any(thread.is_alive() for thread in self._threads)
 
     def _loop(self) -> None:
         name = worker_name()
         while not self._shutdown.is_set():
-            run = self.storage.claim_next_run(name)
+            run = self.storage.claim_next_run(name, slots=self.slots)
             if run is None:
                 # A run left running by a process that died blocks this device's queue.
                 recover_interrupted(self.storage)
@@ -257,11 +273,9 @@ class Worker:
                 self._wake.clear()
                 continue
             self._stops[run["id"]] = threading.Event()
-            self.current_run = run["id"]
             try:
                 execute_run(self.storage, run, self._stops[run["id"]])
             finally:
-                self.current_run = None
                 self._stops.pop(run["id"], None)
         self.storage.close()
 
@@ -270,7 +284,7 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
                    on_progress: Callable[[dict], None] | None = None) -> dict:
     """Be the worker in this process until ``run_id`` ends (``train --wait``).
 
-    Runs queued before it are trained first (the queue is first-in, first-out); if another
+    Runs ahead of it in the queue are trained first (turns by owner); if another
     process already trains it, wait for that one. ``on_progress(run)`` is called every
     ``poll_seconds`` from a thread of its own, whichever process trains the run.
     """
@@ -284,10 +298,31 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
             run = storage.get_run(run_id, owner_id=None)
             if run["status"] not in ("queued", "running"):
                 return run
-            if run["status"] == "queued":
-                recover_interrupted(storage)
-                claimed = storage.claim_next_run(name)
-                if claimed is not None:
-                    execute_run(storage, claimed)
-                    continue
+            # Queued, or trained elsewhere: meanwhile take the next run while a slot is free
+            # (several ``study --wait`` or ``worker`` processes then share a study's runs).
+            recover_interrupted(storage)
+            claimed = storage.claim_next_run(name, slots=load_config().slots)
+            if claimed is not None:
+                execute_run(storage, claimed)
+                continue
             time.sleep(poll_seconds)
+
+
+def work_until_empty(storage: Storage, poll_seconds: float = 2.0,
+                     on_run_end: Callable[[dict], None] | None = None) -> int:
+    """Be one worker in this process (``python -m engine worker``): train queued runs one at a
+    time while a slot is free, until none is queued or running; returns how many it trained.
+    Start several for several runs at once (each counts against ``slots``)."""
+    name, trained = worker_name(), 0
+    while True:
+        recover_interrupted(storage)
+        claimed = storage.claim_next_run(name, slots=load_config().slots)
+        if claimed is not None:
+            execute_run(storage, claimed)
+            trained += 1
+            if on_run_end is not None:
+                on_run_end(storage.get_run(claimed["id"], owner_id=None))
+            continue
+        if not storage.runs_with_status("queued") and not storage.runs_with_status("running"):
+            return trained
+        time.sleep(poll_seconds)

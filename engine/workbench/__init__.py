@@ -19,6 +19,7 @@ from engine.demo import DEMO_ASSETS, DEMO_DATASETS, DEMO_RUN, demo_story, packag
 from engine.errors import RunError
 from engine.series import LiveSeries
 from engine.settings import load_config
+from engine.training.settings import stored_training
 from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
@@ -105,9 +106,34 @@ class Workbench(AccountsMixin, LoginSessionsMixin, DatasetsMixin, ModelsMixin, R
     def demo_story(self) -> dict:
         """The presenter's run (engine/demo.py DEMO_RUN), whether it can start here, and what the
         time-to-quality benchmark measured for it (zero-shot and fine-tuned WER, minutes)."""
-        ready = (self.storage.find_dataset(DEMO_RUN["dataset"], self.owner_id) is not None
-                 and self.storage.find_model(DEMO_RUN["model"], self.owner_id) is not None)
-        return demo_story(ready)
+        dataset = self.storage.find_dataset(DEMO_RUN["dataset"], self.owner_id)
+        model = self.storage.find_model(DEMO_RUN["model"], self.owner_id)
+        ready = dataset is not None and model is not None
+        return demo_story(ready, self._demo_here(dataset, model) if ready else None)
+
+    def _demo_here(self, dataset: dict, model: dict) -> dict:
+        """What the demo run takes on this machine: the newest finished demo run's wall time
+        (any user's: it is about the machine), else an estimate from this machine's earlier runs
+        of the model (engine/training/clock.py), else nothing; with this machine's cores."""
+        import psutil
+
+        from engine.training.clock import run_clock
+
+        here = {"cores": psutil.cpu_count(logical=False) or psutil.cpu_count(),
+                "threads": psutil.cpu_count(), "last_s": None, "expected_s": None}
+        for run in self.storage.finished_runs_of_model(model["id"]):
+            training = stored_training(run)
+            if (run["dataset_id"], run["method"], training.max_steps) == (
+                    dataset["id"], DEMO_RUN["method"], DEMO_RUN["training"]["max_steps"]):
+                here["last_s"], here["last_run"] = run["wall_time_s"], run["id"]
+                return here
+        demo = {"id": None, "status": "queued", "step": 0, "total_steps": None, "method": DEMO_RUN["method"],
+                "model_id": model["id"], "dataset_id": dataset["id"],
+                "settings": {"method": DEMO_RUN["method_settings"], "training": DEMO_RUN["training"]}}
+        clock = run_clock(self.storage, demo)
+        if clock["eta_s"] is not None and not clock["unknown"]:
+            here["expected_s"] = clock["eta_s"]
+        return here
 
     def start_demo_run(self) -> int:
         """Queue the presenter's run: real whisper-base, QLoRA on demo-voices."""

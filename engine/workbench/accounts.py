@@ -45,17 +45,31 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not a real password, only for timing")
 
 
+# Each rule a new password must meet: (the rule as the sign-up form states it before anyone
+# submits, the check, the refusal). ``password_problem`` applies them and ``password_rules``
+# lists them, so what the page promises is what sign-up checks.
+PASSWORD_RULES = (
+    (f"at least {MIN_PASSWORD_CHARS} characters (a few words you will remember make a good one)",
+     lambda password, username: len(password) >= MIN_PASSWORD_CHARS,
+     f"the password needs at least {MIN_PASSWORD_CHARS} characters (a few words make a good one)"),
+    ("not a common password, nor a few characters repeated",
+     lambda password, username: password.lower() not in COMMON_PASSWORDS and len(set(password)) >= 4,
+     "that password is too easy to guess; choose a longer or less common one"),
+    ("not containing the username",
+     lambda password, username: not username or username.lower() not in password.lower(),
+     "the password must not contain the username"),
+)
+
+
+def password_rules() -> list[str]:
+    """The rules of ``password_problem`` in words, for a form to show before it is submitted."""
+    return [rule for rule, _, _ in PASSWORD_RULES]
+
+
 def password_problem(password: str, username: str = "") -> str | None:
-    """What is wrong with a new password, or None: at least 10 characters, not a common
-    password, not the username, not one character repeated."""
-    if len(password) < MIN_PASSWORD_CHARS:
-        return f"the password needs at least {MIN_PASSWORD_CHARS} characters (a few words make a good one)"
-    lowered = password.lower()
-    if lowered in COMMON_PASSWORDS or len(set(password)) < 4:
-        return "that password is too easy to guess; choose a longer or less common one"
-    if username and username.lower() in lowered:
-        return "the password must not contain the username"
-    return None
+    """What is wrong with a new password, or None (``PASSWORD_RULES``): at least 10
+    characters, not a common password, not one character repeated, not the username."""
+    return next((refusal for _, holds, refusal in PASSWORD_RULES if not holds(password, username)), None)
 
 
 def username_problem(name: str) -> str | None:

@@ -11,6 +11,7 @@ from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError
 from engine.methods import all_methods, get_method, plugin_problems
 from engine.text import check_name
+from engine.settings import load_config
 from engine.training.profiles import PROFILES, active_profile, gpu_memory_fraction
 from engine.training.settings import TrainingSettings, split_settings
 
@@ -139,12 +140,18 @@ class ModelsMixin:
         return plugin_problems()
 
     def training_settings_schema(self) -> list[dict]:
-        """``TrainingSettings``' fields; defaults are the active device profile's where it sets one."""
-        chosen = self.profile_defaults()
+        """``TrainingSettings``' fields; defaults are new runs' (``new_run_defaults``)."""
+        chosen = self.new_run_defaults()
         return [{**field, "default": chosen.get(field["name"], field["default"])}
                 for field in settings_lib.describe(TrainingSettings)]
 
     # ------------------------------------------------------------------ device profiles
+    def new_run_defaults(self) -> dict[str, Any]:
+        """Training settings whose default for new runs is not ``TrainingSettings``': the
+        workbench's tracking default (``LIM_TRACKING``), then the device profile's choices."""
+        tracking = load_config().tracking
+        return ({"tracking": tracking} if tracking != "none" else {}) | self.profile_defaults()
+
     def profile_defaults(self) -> dict[str, Any]:
         """The training settings the active device profile chooses for new runs ({}: none)."""
         profile = active_profile()

@@ -12,11 +12,15 @@ from engine import settings as settings_lib
 from engine.errors import ExportError, ModelError, NotFoundError, RunError, SettingsError
 from engine.methods import get_method
 from engine.progress import format_duration
+from engine.training.monitoring import AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, MFU_PERCENT, SAMPLES_PER_S, TFLOPS
 from engine.training.profiles import active_profile
 from engine.training.settings import RunSettings, TrainingSettings, stored_training
+from engine.training.tracking import missing_packages, tracking_places
 from storage import utc_now
 
 LONG_RUN_S = 86_400  # a run estimated past a day gets a warning before it is queued
+# The live monitor's headline figures: means over the run's steps (one GROUP BY on the index).
+MEAN_THROUGHPUT = [SAMPLES_PER_S, AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, TFLOPS, MFU_PERCENT]
 
 
 class RunsMixin:
@@ -63,7 +67,7 @@ class RunsMixin:
             raise RunError(
                 f"{model_record['name']} cannot do {TASK_NAMES.get(dataset_record['task'])}; "
                 f"it supports {', '.join(TASK_NAMES.get(t, t) for t in model_record['tasks'])}")
-        training_settings = self.profile_defaults() | (training_settings or {})  # given values win
+        training_settings = self.new_run_defaults() | (training_settings or {})  # given values win
         run_settings = RunSettings.build(method, dataset_record["task"], method_settings, training_settings)
         training_obj = run_settings.training
         self._check_splits(dataset_record, training_obj)
@@ -77,7 +81,8 @@ class RunsMixin:
         check_target_modules(run_settings.method_settings, outline, task_model_cls)
         steps = training_obj.optimizer_steps(self.storage.count_items(dataset_record["id"])["train"])
         duration = self._estimated_seconds(model_record["id"], method, steps)
-        warnings = training_obj.warnings() + self._check_gpus(training_obj)  # absurd but legal values
+        warnings = (training_obj.warnings(memory.training_device())  # absurd but legal values
+                    + self._check_gpus(training_obj) + missing_packages(training_obj.tracking))
         if duration is not None and duration > LONG_RUN_S:
             warnings.append(f"{steps:,} steps will take {format_duration(duration)} on this machine "
                             "(at the speed of its earlier runs of this model and method); set "
@@ -123,15 +128,21 @@ class RunsMixin:
         return {"sequence_length": len(task_model.encode(text, Path())["input_ids"])}
 
     def _estimated_seconds(self, model_id: int, method: str, steps: int) -> float | None:
+        """A whole run on this machine: ``steps`` at the speed of its earlier completed runs of
+        this model and method, plus what such a run spent outside its steps (loading, final
+        scoring, saving): a 50-step study run of a tiny model took 7 s, its steps 1 s."""
         per_step = self.storage.seconds_per_step(model_id, method)
-        return None if per_step is None else per_step * steps
+        if per_step is None:
+            return None
+        return per_step * steps + (self.storage.seconds_outside_steps(model_id, method) or 0.0)
 
     def _check_gpus(self, training: TrainingSettings) -> list[str]:
         """Refuse more GPUs than this machine has; warnings for a multi-process run on CPUs."""
         visible = self.gpu_count()
         if training.gpus > 1 and visible and training.gpus > visible:
             raise SettingsError(f"gpus={training.gpus}, but this machine has {visible} GPU"
-                                f"{'s' if visible > 1 else ''}; choose at most {visible}")
+                                f"{'s' if visible > 1 else ''}; choose at most {visible}",
+                                fix={"gpus": visible})
         if training.world_size > 1 and not visible:
             return [f"no GPU here: the run trains in {training.world_size} CPU processes (gloo "
                     "backend), which only makes sense on a machine with many cores or to try "
@@ -146,14 +157,18 @@ class RunsMixin:
         batch, processes = training.per_device_train_batch_size, training.world_size
         if batch > counts["train"]:
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
-                                f"is larger than the train split ({counts['train']} items)")
+                                f"is larger than the train split ({counts['train']} items)",
+                                fix={"per_device_train_batch_size": counts["train"]})
         if batch * processes > counts["train"]:
+            fits = counts["train"] // processes  # the largest batch that gives every GPU one
             raise SettingsError(f"per_device_train_batch_size ({batch}) "
                                 f"× {processes} GPUs is larger than the train split ({counts['train']} "
-                                "items): some GPUs would have nothing to train on")
+                                "items): some GPUs would have nothing to train on",
+                                fix={"per_device_train_batch_size": fits} if fits else {"gpus": counts["train"]})
         if training.early_stopping_patience and not counts.get("validation"):
             raise SettingsError(f"early_stopping_patience needs a validation split, and "
-                                f"{dataset_record['name']}'s validation split has no items")
+                                f"{dataset_record['name']}'s validation split has no items",
+                                fix={"early_stopping_patience": 0})
 
     def train_command(self, dataset: str, model: str, method: str, method_settings: dict | None = None,
                       training_settings: dict | None = None) -> str:
@@ -188,14 +203,23 @@ class RunsMixin:
         return queue_rows(self.storage, self.owner_id, see_all=self.see_all)
 
     def move_run(self, run_id: int, position: int) -> list[int]:
-        """Move a queued run to ``position`` (1 = next to train); returns the queue's ids."""
+        """Move a queued run to ``position`` (1 = next to train); returns the queue's ids.
+
+        The queue is fair between users (runs take turns by owner, storage/runs.py
+        ``FAIR_ORDER``): an admin's move pins the run exactly there (with the runs ahead of
+        it); anybody else's run changes places with their own runs only, so it lands on the
+        turn of theirs nearest ``position`` (without accounts, exactly there)."""
         run = self._own_run(run_id, "moved", admin_may=True)
         if run["status"] != "queued":
             raise RunError(f"run {run['id']} is {run['status']}; only queued runs can be moved")
         if position < 1:
             raise SettingsError(f"position must be 1 or more, got {position}")
-        order = self.storage.move_in_queue(run["id"], position)
-        self.storage.add_event(run["id"], f"moved to position {order.index(run['id']) + 1} in the queue")
+        order = self.storage.move_in_queue(run["id"], position, pin=self.see_all)
+        now = order.index(run["id"]) + 1
+        self.storage.add_event(run["id"], f"moved to position {now} in the queue" + (
+            "" if now == min(position, len(order)) else
+            f" (asked for {position}: runs take turns by owner, so a run changes places with "
+            "its owner's own runs only; an admin can pin it anywhere)"))
         return order
 
     def cancel_run(self, run_id: int) -> None:
@@ -235,6 +259,37 @@ class RunsMixin:
         run = self.get_run(run_id)
         path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def run_clock(self, run_id: int) -> dict:
+        """A running or queued run's elapsed time (moving between steps) and ETA from its own
+        short and whole-window steps and evaluations (engine/training/clock.py): ``elapsed_s``,
+        ``eta_s`` (None: nothing timed yet), ``parts``, ``unknown``, ``basis``."""
+        from engine.training.clock import run_clock
+
+        return run_clock(self.storage, self.get_run(run_id))
+
+    def machine_load(self, run_id: int | None = None) -> dict:
+        """How busy other processes keep this machine (``engine.training.monitoring.MachineLoad``):
+        the CPU of this process and of the process training ``run_id`` here is the workbench's."""
+        import os
+        import socket
+
+        from engine.training.monitoring import MachineLoad
+
+        own = {os.getpid()}
+        if run_id is not None:
+            host, _, rest = (self.get_run(run_id).get("worker") or "").partition(":")
+            pid = rest.split(":")[0]
+            if host == socket.gethostname() and pid.isdigit():
+                own.add(int(pid))
+        return self.__dict__.setdefault("_machine_load", MachineLoad()).sample(own)
+
+    def run_tracking(self, run_id: int) -> dict[str, dict]:
+        """Where the run's experiment tracking writes (TensorBoard, MLflow) and the command that
+        opens each: ``{"tensorboard": {"where", "exists", "command"}, "mlflow": {..., "install"}}``;
+        empty when the run tracks nothing."""
+        run = self.get_run(run_id)
+        return tracking_places(stored_training(run).tracking, self.storage.files.home, run["id"])
 
     def list_runs(self, limit: int | None = None) -> list[dict]:
         """The user's runs and runs shared with everybody (an admin's view: all), newest first."""
@@ -432,9 +487,11 @@ class RunsMixin:
             self.live_series.forget(run["id"])
             series = {name: display_series(self.storage, run["id"], name, step)
                       for name in self.run_metric_names(run["id"])}
-        # Downsampling always keeps a series' last point: its latest value.
+        # Downsampling always keeps a series' last point: its latest value. The headline
+        # throughput is the run's mean over its steps (as Compare's), not the last step's.
         return {"series": series,
-                "latest": {name: columns["value"][-1] for name, columns in series.items() if columns["value"]}}
+                "latest": {name: columns["value"][-1] for name, columns in series.items() if columns["value"]},
+                "means": self.storage.metric_means(run["id"], MEAN_THROUGHPUT)}
 
     def display_series(self, run_id: int, name: str) -> dict[str, list]:
         """One metric downsampled for charts; stored when the run ended (engine/series.py)."""

@@ -49,7 +49,7 @@ class StudiesMixin:
             try:
                 plan = self.check_run(dataset, model, cell["method"], method_values, training_values)
             except WorkbenchError as error:  # the same kind of error, naming the cell
-                raise type(error)(f"{cell_label(cell)} (seed {cell['seed']}): {error}") from None
+                raise type(error)(f"{cell_label(cell)} (seed {cell['seed']}): {error}", fix=error.fix) from None
             plans.append(plan)
             if plan["estimated_seconds"] is None:
                 unestimated += 1
@@ -70,8 +70,8 @@ class StudiesMixin:
         with one impossible cell queues nothing). Returns the study's id."""
         plan = self.plan_study(dataset, model, grid, settings)
         first = plan["plans"][0]
-        name = (name or "").strip() or (f"{', '.join(grid.methods)} · {first['model']['name']} "
-                                        f"on {first['dataset']['name']}")
+        name = (name or "").strip() or self._unused_study_name(
+            f"{', '.join(grid.methods)} · {first['model']['name']} on {first['dataset']['name']}")
         if len(name) > NAME_LIMIT:
             raise SettingsError(f"the study's name is longer than {NAME_LIMIT} characters")
         runs = [{**self._run_record(run_plan), "study_cell": cell}
@@ -84,6 +84,15 @@ class StudiesMixin:
         if self.worker is not None:
             self.worker.wake()
         return study_id
+
+    def _unused_study_name(self, name: str) -> str:
+        """``name``, or ``name (2)``, ``(3)``, … when a study you see has it: two studies of
+        one grid must not look the same in the list."""
+        taken = {study["name"] for study in self.storage.list_studies(self.owner_id, see_all=self.see_all)}
+        number, candidate = 2, name
+        while candidate in taken:
+            candidate, number = f"{name} ({number})", number + 1
+        return candidate
 
     def _check_study_settings(self, methods: dict, settings: dict, grid: Grid) -> None:
         training_fields = {f["name"] for f in self.training_settings_schema()}

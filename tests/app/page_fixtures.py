@@ -22,3 +22,25 @@ def downloads(monkeypatch):
 
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
     return seen
+
+
+def assert_built_before_offered(app) -> list:
+    """Every download button on the page holds its file (a media URL), none a deferred callable:
+    Streamlit drops a callable's placeholder at the next rerun, so a click soon after another
+    download found "Deferred file … not found" and nothing came (issue 27). Returns the buttons."""
+    buttons = app.get("download_button")
+    for button in buttons:
+        assert not button.proto.deferred_file_id and button.proto.url, button.proto.label
+        assert button.proto.ignore_rerun, f"{button.proto.label}: a download need not rerun the page"
+    return buttons
+
+
+@pytest.fixture
+def no_memory_estimate(monkeypatch):
+    """``check_run`` without its memory estimate (a dry run in a child process: about a minute
+    on a busy 2-core machine) for tests about something else; every run "fits"."""
+    from engine.workbench.runs import RunsMixin
+
+    monkeypatch.setattr(RunsMixin, "_check_memory", lambda self, *args, **kwargs: {
+        "fits": True, "message": "memory not estimated in this test", "estimate_mb": None,
+        "free_mb": None, "shape": {}})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from seeded_runs import CLIP_SECONDS, SEEDED, THROUGHPUT, seed_runs
-from page_fixtures import downloads  # noqa: F401  (a fixture)
+from page_fixtures import assert_built_before_offered, downloads  # noqa: F401  (a fixture)
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -143,6 +143,31 @@ def test_csv_download_holds_every_chosen_run(compare, downloads):
     assert frame["tags"].tolist() == ["baseline", "baseline"]
 
 
+def test_every_download_is_built_before_it_is_offered(downloads, compare):  # the spy first
+    """The HTML report came from a callable that expired at the next rerun: clicked soon after
+    the CSV, nothing came (MediaFileStorageError: Deferred file … not found)."""
+    app, ids = compare
+    labels = [b.proto.label for b in assert_built_before_offered(app)]
+    assert labels == ["Comparison as CSV", "Read-only report (HTML)"]
+    report = downloads["comparison.html"].decode()
+    assert report.startswith("<!doctype html>") and all(f">{run_id}<" in report for run_id in ids)
+
+
+def test_wer_is_shown_in_percent_with_its_split(compare):
+    """One format for WER everywhere (issue 27): the final scores in percent, named by split."""
+    import json
+
+    app, ids = compare
+    bars = chart_spec(app, "compare.bar.final_metric")
+    assert list(bars["data"][0]["text"]) == ["38.0%", "40.0%", "42.0%"]  # full, lora, qlora
+    assert bars["layout"]["yaxis"]["tickformat"] == ".0%"
+    assert bars["layout"]["title"]["text"] == "Final WER (test split; validation without one)"
+    assert chart_spec(app, "compare.eval")["layout"]["yaxis"]["tickformat"] == ".0%"
+    shown = json.loads(results_table(app).proto.columns)
+    assert {name for name, config in shown.items() if config.get("type_config", {}).get("format") == "percent"} \
+        >= {"final_metric", "final_wer", "final_cer"}
+
+
 def test_html_report_is_self_contained(compare):
     from engine import Workbench
     from ui.charts import bar_figure
@@ -171,6 +196,7 @@ def test_every_chart_renders_to_png_and_svg(compare, downloads):
     app.multiselect(key="compare.runs").set_value(ids[:2]).run()
     app.button(key="compare.images").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
+    assert_built_before_offered(app)
     with zipfile.ZipFile(io.BytesIO(downloads["comparison-charts.zip"])) as archive:
         names = set(archive.namelist())
         charts = {"training_loss", "validation_metric", "peak_memory_mb", "trainable_params",

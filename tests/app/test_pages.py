@@ -66,6 +66,9 @@ def test_home_leads_with_the_real_whisper_demo_run(app, demo_home):
     assert any("plumbing checks" in c.value for c in app.caption)
     app.button[0].click().run()
     assert not app.exception and "queued" in app.success[0].value
+    # The counters are read after the button (they said "Runs 0" next to a queued demo run)
+    # in a fragment that reads them again every few seconds (a run starts training later).
+    assert {m.label: m.value for m in app.metric}["Runs"] == "2"  # the blocker and the demo run
     run = workbench.list_runs()[0]
     assert (run["model_name"], run["dataset_name"], run["method"]) == ("whisper-base", "demo-voices", "qlora")
     assert {k: run["settings"]["training"][k] for k in DEMO_RUN["training"]} == DEMO_RUN["training"]

@@ -119,3 +119,20 @@ def test_a_typed_sentence_goes_through_a_text_model(app, demo_home):
     titles = [h.value for h in app.subheader]
     assert titles == ["Base model", f"Fine-tuned: run #{run_id} (lora)"]
     assert len(app.get("plotly_chart")) == 2  # positive / negative probabilities per model
+
+
+def test_clip_buttons_show_their_whole_transcript(app, demo_home):
+    """Clip buttons were cut at 28 characters: "oliver will visit tokyo next" for a longer
+    sentence, so clips that begin alike looked the same."""
+    from engine import Workbench
+    from ui.state import md_text
+
+    open_playground(app)
+    app.selectbox(key="play.model").select("tiny-whisper").run()
+    app.selectbox(key="play.task").select("asr").run()
+    app.selectbox(key="play.dataset.asr").select("demo-voices").run()
+    assert not app.exception, app.exception
+    texts = [item["text"] for item in Workbench(demo_home).dataset_items("demo-voices", "validation", limit=12)]
+    buttons = [b for b in app.button if b.key and b.key.startswith("play.item.")]
+    assert [b.label for b in buttons] == [md_text(t) for t in texts] and max(map(len, texts)) > 28
+    assert all(b.proto.wrap for b in buttons)  # long ones wrap onto a second line

@@ -3,11 +3,14 @@ many tabs watching a run."""
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
+import zipfile
 
 from conftest import FAST
+from page_fixtures import assert_built_before_offered, downloads  # noqa: F401  (a fixture)
 from seeded_runs import hold_worker, seed_runs
 from streamlit.testing.v1 import AppTest
 from test_pages import APP, app, finished_run, open_page  # noqa: F401  (fixture)
@@ -245,16 +248,20 @@ def test_the_monitor_says_when_a_run_compiles_for_a_new_batch_shape(app, demo_ho
     workbench.storage.update_run(run_id, status="completed", phase=None)
 
 
-def test_a_finished_run_can_be_exported_from_the_training_page(app, demo_home):  # noqa: F811
+def test_a_finished_run_can_be_exported_from_the_training_page(app, demo_home, downloads):  # noqa: F811
     run_id = finished_run(demo_home, "lora")
     open_page(app, "pages/training.py")
     assert any(e.label == f"Take run #{run_id} home" for e in app.expander)
-    assert app.get("download_button")  # the adapter zip
-    for fmt in ("merged", "onnx", "ct2"):  # the Playground's formats, CTranslate2 included
+    for fmt in ("adapter", "merged", "onnx", "ct2"):  # the Playground's formats, CTranslate2 included
         assert app.button(key=f"train.export.{fmt}")
+    assert not app.get("download_button")  # nothing is offered before it is built
+    app.button(key="train.export.adapter").click().run()
     app.button(key="train.export.merged").click().run()
     assert not app.exception, app.exception
-    assert any(b.proto.label == "Download the merged model (zip)" for b in app.get("download_button"))
+    labels = [b.proto.label for b in assert_built_before_offered(app)]
+    assert labels == ["Download the adapter (zip)", "Download the merged model (zip)"]
+    with zipfile.ZipFile(io.BytesIO(downloads[f"run-{run_id}-adapter.zip"])) as archive:
+        assert any(name.endswith("adapter_config.json") for name in archive.namelist())
 
 
 def test_delete_asks_first_then_removes_the_run_with_its_files(app, demo_home):  # noqa: F811

@@ -245,7 +245,7 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         # training and scoring on 2 free cores, longer on a loaded machine.
         expect(page.get_by_text("completed").first).to_be_visible(timeout=900_000)
         expect(page.get_by_text(f"step {STEPS} / {STEPS}").first).to_be_visible()
-        expect(page.get_by_text(f"Before and after {STEPS} steps (validation split)")).to_be_visible()
+        expect(page.get_by_text(f"Before and after {STEPS} steps (test split)")).to_be_visible()
         expect(page.get_by_text("before training").first).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.set_viewport_size({"width": 1400, "height": 3400})  # the whole run page, down to before/after
@@ -257,8 +257,9 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         assert scores["after"]["wer"] < scores["before"]["wer"] - 0.15, scores
 
         page.get_by_text("Take run #2 home").click()  # export from the finished run's page
+        page.get_by_role("button", name="Prepare adapter").click()  # built, then offered
         with page.expect_download() as download:
-            page.get_by_role("button", name="Adapter (zip + model card)").click()
+            page.get_by_role("button", name="Download the adapter (zip)").click()
         archive = tmp_path / "adapter.zip"
         download.value.save_as(archive)
         with zipfile.ZipFile(archive) as zipped:

@@ -460,3 +460,22 @@ def test_queue_shows_another_users_run_only_as_its_place(people):
                        "estimated_duration_s": None, "estimated_start_in_s": None}
     assert rows[1]["id"] == mine and rows[1]["mine"]
     assert [row["id"] for row in ada.queue()] == [theirs, mine]  # the admin sees every run
+
+
+def test_the_queue_is_fair_between_users_and_an_admin_can_pin_a_run(people):
+    ada, bob, carol = people
+    bobs = [bobs_run(bob) for _ in range(3)]
+    carols = carol.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2})
+    # bob's three runs do not starve carol's one: turns alternate owners
+    assert [row["id"] for row in ada.queue()] == [bobs[0], carols, bobs[1], bobs[2]]
+    assert [row["mine"] for row in carol.queue()] == [False, True, False, False]
+    assert carol.run_summary(carols)["queue_position"] == 2
+    # carol asks for position 1: her run keeps its turn (it changes places with her own runs only)
+    carol.move_run(carols, 1)
+    assert [row["id"] for row in ada.queue()] == [bobs[0], carols, bobs[1], bobs[2]]
+    assert "asked for 1: runs take turns by owner" in carol.run_events(carols)[-1]["message"]
+    bob.move_run(bobs[2], 1)  # bob reorders his own runs
+    assert [row["id"] for row in ada.queue()] == [bobs[2], carols, bobs[0], bobs[1]]
+    ada.move_run(carols, 1)  # the admin pins it first
+    assert [row["id"] for row in ada.queue()][:1] == [carols]
+    assert bob.run_summary(bobs[2])["queue_position"] == 2

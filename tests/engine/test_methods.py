@@ -31,9 +31,12 @@ def pruned_by_adalora(name, parameter, changed):
 # The research methods of issue 16 (4-bit base each) run where they mean something, to keep
 # the matrix short: speech recognition has all three parts (encoder, cross-attention, decoder);
 # mma also runs on the text model (one modality).
+# The study baselines of issue 28 (qdora, qlora-all-linear) are qlora with other defaults: speech
+# recognition only.
 RESEARCH = {("ta-qlora", "asr"), ("cmra", "asr"), ("qass", "asr"),
-            ("mma", "asr"), ("mma", "text-classification")}
-FOUR_BIT = {"qlora", "ta-qlora", "cmra", "qass", "mma"}
+            ("mma", "asr"), ("mma", "text-classification"),
+            ("qdora", "asr"), ("qlora-all-linear", "asr")}
+FOUR_BIT = {"qlora", "ta-qlora", "cmra", "qass", "mma", "qdora", "qlora-all-linear"}
 BUILT_IN = [method.name for method in all_methods() if method.source == "built-in"]
 MATRIX = [(method, task) for method in BUILT_IN for task in TASKS
           if method not in {m for m, _ in RESEARCH} or (method, task) in RESEARCH]
@@ -41,7 +44,7 @@ MATRIX = [(method, task) for method in BUILT_IN for task in TASKS
 
 def test_built_in_methods_are_registered():
     assert {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3",
-            "ta-qlora", "cmra", "qass", "mma"} <= set(BUILT_IN)
+            "ta-qlora", "cmra", "qass", "mma", "qdora", "qlora-all-linear"} <= set(BUILT_IN)
     for method in all_methods():
         assert method.help and method.settings_cls
 
@@ -61,8 +64,14 @@ def test_method_trains_every_trainable_parameter_and_reloads(workbench, method, 
                        for name in before)
     elif method != "full":
         assert recipe.trainable_params < recipe.total_params / 2
-    if method in ("lora", "qlora", "qlora-8bit", "adalora", "ta-qlora", "cmra", "qass", "mma"):
+    if method in ("lora", "qlora", "qlora-8bit", "adalora", "ta-qlora", "cmra", "qass", "mma",
+                  "qdora", "qlora-all-linear"):
         assert any("lora_" in name for name in before)
+    if method == "qdora":
+        assert any("lora_magnitude_vector" in name for name in before)
+    if method == "qlora-all-linear":  # feed-forward and every projection, not only q and v
+        assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in before if ".lora_A." in name} >= {
+            "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
     if method == "ia3":
         assert any("ia3_" in name for name in before)
     if task in HEADS:  # the new head trains in full whatever the method

@@ -19,6 +19,7 @@ from engine.errors import WorkbenchError
 from engine.methods import register_method
 from engine.methods.full import FullSettings
 from engine.methods.registry import unregister_method
+from engine.training.clock import plan_of, timings_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,10 +54,14 @@ def test_queue_estimates_from_earlier_runs_and_cli_moves(workbench, demo_home):
     first = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
     second = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, {**FAST, "max_steps": 8})
     rows = workbench.queue()
-    per_step = workbench.get_run(done)["wall_time_s"] / 4
-    assert rows[0]["estimated_duration_s"] == pytest.approx(4 * per_step)
-    assert rows[1]["estimated_duration_s"] == pytest.approx(8 * per_step)
-    assert rows[1]["estimated_start_in_s"] == pytest.approx(4 * per_step)
+    # From the finished run's own steps and final scoring (engine/training/clock.py): the same
+    # scoring for both, and four more steps for the second
+    timed = timings_of(workbench.storage, workbench.get_run(done), plan_of(workbench.storage, workbench.get_run(done)))
+    assert timed.short_s and timed.eval_per_item_s
+    scoring = rows[0]["estimated_duration_s"] - 4 * timed.short_s
+    assert scoring > 0
+    assert rows[1]["estimated_duration_s"] == pytest.approx(8 * timed.short_s + scoring)
+    assert rows[1]["estimated_start_in_s"] == pytest.approx(rows[0]["estimated_duration_s"])
 
     env = {**os.environ, "LIM_HOME": str(demo_home)}
     moved = subprocess.run([sys.executable, "-m", "engine", "runs", "move", str(second), "--to", "1"],

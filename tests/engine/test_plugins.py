@@ -179,7 +179,7 @@ def test_built_in_methods_come_through_the_same_entry_points():
             if e.dist is not None and e.dist.name == registry.DISTRIBUTION}
     declared = {e.name: e.value for e in registry.builtin_entry_points_from_pyproject()}
     assert set(declared) == {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3",
-                             "ta-qlora", "cmra", "qass", "mma"}
+                             "ta-qlora", "cmra", "qass", "mma", "qdora", "qlora-all-linear"}
     for name in declared:  # also those an older editable install lacks (read from pyproject.toml)
         assert registry.get_method(name).source == "built-in"
     for name, entry in ours.items():

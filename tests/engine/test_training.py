@@ -104,6 +104,25 @@ def test_eval_on_start_scores_the_untouched_model_and_the_run_shows_before_and_a
     assert set(scored["before"]) == set(scored["after"]) == {"accuracy", "macro_f1", "roc_auc"}
 
 
+def test_eval_on_start_scores_the_test_split_too_so_the_final_score_has_a_before(workbench):
+    """The final score is on the test split; its before was missing (issue 27: "WER 0.012 (test
+    split)" above "71.9 % → 1.4 %" on validation)."""
+    dataset = workbench.get_dataset("demo-commands")
+    for item in workbench.storage.dataset_items(dataset["id"], "validation")[:6]:  # a test split
+        workbench.storage.change_item(dataset["id"], item["id"], "edit", {"split": "test"}, "with-test")
+    run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {},
+                                  {**FAST, "eval_on_start": True, "learning_rate": 1e-2})
+    summary = workbench.wait_for_run(run_id)
+    assert summary["status"] == "completed", summary["error"]
+    result = workbench.run_evaluation(run_id)
+    points = {m["step"]: m["value"] for m in workbench.run_metrics(run_id, ["test/accuracy"])}
+    assert result["split"] == "test" and sorted(points) == [0, FAST["max_steps"]]
+    scored = result["test_before"]
+    assert scored["split"] == "test" and scored["steps"] == FAST["max_steps"]
+    assert scored["before"]["accuracy"] == points[0] and scored["after"] == result["metrics"]
+    assert result["validation_before"]["split"] == "validation"
+
+
 def test_a_short_window_run_scores_the_untouched_whisper_on_its_whole_window(workbench):
     """Pretrained Whisper knows only its whole window: step 0 is scored on it, the trained
     model on the run's own short windows, and the run says which was which."""

@@ -137,3 +137,45 @@ def test_the_app_process_ends_cleanly_while_its_worker_trains(demo_home, tmp_pat
     [run] = workbench.list_runs()
     assert run["status"] == "stopped" and run["checkpoint_dir"], (run["status"], output[-2000:])
     workbench.storage.close()
+
+
+def test_slots_bound_the_runs_one_host_trains_at_once(workbench, monkeypatch):
+    """LIM_SLOTS (issue 29): the atomic claim counts every running run on the host, whichever
+    process or thread holds it."""
+    ids = [workbench.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2}) for _ in range(3)]
+    storage = workbench.storage
+    assert storage.claim_next_run("host-a:1:1") is not None
+    assert storage.claim_next_run("host-a:2:1") is None  # one slot: the second waits
+    assert storage.claim_next_run("host-b:1:1") is not None  # another machine has its own
+    assert storage.claim_next_run("host-a:2:1", slots=2) is not None
+    assert storage.claim_next_run("host-a:3:1", slots=2) is None
+    assert {r["status"] for r in workbench.list_runs()} == {"running"} and len(ids) == 3
+
+
+def test_two_slots_train_two_runs_side_by_side_and_worker_empties_the_queue(workbench, monkeypatch):
+    import threading
+
+    from engine.training.worker import work_until_empty
+
+    monkeypatch.setenv("LIM_SLOTS", "2")
+    ids = [workbench.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 3}) for _ in range(4)]
+    most, lock = [0], threading.Lock()
+
+    def watch(stop: threading.Event) -> None:
+        while not stop.is_set():
+            with lock:
+                most[0] = max(most[0], len(workbench.storage.runs_with_status("running")))
+            time.sleep(0.05)
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(stop,))
+    watcher.start()
+    workers = [threading.Thread(target=work_until_empty, args=(workbench.storage, 0.1)) for _ in range(3)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(300)
+    stop.set()
+    watcher.join()
+    assert [workbench.get_run(i)["status"] for i in ids] == ["completed"] * 4
+    assert most[0] == 2  # three workers, two slots: never three at once, and two did run together

@@ -369,3 +369,92 @@ def test_rows_written_by_the_old_hand_encoding_still_read(tmp_path):
         assert old.get_run(ids["run"])["settings"] == SETTINGS
     finally:
         old.close()
+
+
+# ---------------------------------------------------------------------------- the fair queue
+def queue_of(storage, owners: list[int]) -> list[int]:
+    """Queue one run per entry of ``owners`` (in that order); returns their ids."""
+    return [storage.create_run({"method": "lora", "settings": {}, "owner_id": owner}) for owner in owners]
+
+
+def claim_all(storage, worker="host:1:1") -> list[int]:
+    """Claim runs one at a time as one worker would, each ending before the next is taken."""
+    taken = []
+    while (run := storage.claim_next_run(worker)) is not None:
+        taken.append(run["id"])
+        storage.update_run(run["id"], status="completed", heartbeat_at=time.time() + len(taken))
+    return taken
+
+
+def test_owners_take_turns_by_submission(storage):
+    alice, bob, carol = LOCAL_USER_ID, add_user(storage, "bob"), add_user(storage, "carol")
+    a1, a2, a3, a4, a5 = queue_of(storage, [alice] * 5)
+    b1, = queue_of(storage, [bob])
+    # alice's five runs do not starve bob's one: turns alternate owners, by submission
+    assert [r["id"] for r in storage.queued_runs()] == [a1, b1, a2, a3, a4, a5]
+    b2, c1 = queue_of(storage, [bob, carol])
+    assert [r["id"] for r in storage.queued_runs()] == [a1, b1, c1, a2, b2, a3, a4, a5]
+    assert [r["id"] for r in storage.queued_runs(owner_id=bob)] == [b1, b2]
+    assert claim_all(storage) == [a1, b1, c1, a2, b2, a3, a4, a5]  # the shown order is the claims'
+
+
+def test_the_owner_served_least_recently_goes_first_in_a_turn(storage):
+    alice, bob = LOCAL_USER_ID, add_user(storage, "bob")
+    a1, a2 = queue_of(storage, [alice, alice])
+    assert storage.claim_next_run("host:1:1")["id"] == a1  # alice trains now
+    b1, = queue_of(storage, [bob])  # submitted later than a2, but bob has not had a turn
+    assert [r["id"] for r in storage.queued_runs()] == [b1, a2]
+    storage.update_run(a1, status="completed")
+    assert claim_all(storage) == [b1, a2]
+
+
+def test_an_admins_move_pins_the_run_and_the_runs_ahead(storage):
+    alice, bob = LOCAL_USER_ID, add_user(storage, "bob")
+    a1, a2, a3 = queue_of(storage, [alice] * 3)
+    b1, b2 = queue_of(storage, [bob] * 2)
+    assert [r["id"] for r in storage.queued_runs()] == [a1, b1, a2, b2, a3]
+    assert storage.move_in_queue(a3, 2, pin=True)[:2] == [a1, a3]
+    assert [(r["id"], r["queue_pinned"]) for r in storage.queued_runs()][:3] == [(a1, 1), (a3, 1), (b1, 0)]
+    # alice's pinned runs used two of her turns: bob's two come before her third
+    assert [r["id"] for r in storage.queued_runs()] == [a1, a3, b1, b2, a2]
+    b3, = queue_of(storage, [bob])  # a later run takes turns behind the pinned ones
+    assert [r["id"] for r in storage.queued_runs()] == [a1, a3, b1, b2, a2, b3]
+    assert storage.move_in_queue(b3, 1, pin=True)[:3] == [b3, a1, a3]
+    assert storage.move_in_queue(a1, 99, pin=True) == [b3, a3, b1, a2, b2, a1]  # the end: all pinned
+    assert claim_all(storage) == [b3, a3, b1, a2, b2, a1]
+
+
+def test_an_owners_move_changes_places_with_their_own_runs_only(storage):
+    alice, bob = LOCAL_USER_ID, add_user(storage, "bob")
+    a1, a2, a3 = queue_of(storage, [alice] * 3)
+    b1, b2 = queue_of(storage, [bob] * 2)
+    # bob asks for position 1: he gets his own first turn (position 2), not alice's
+    assert storage.move_in_queue(b2, 1) == [a1, b2, a2, b1, a3]
+    assert storage.move_in_queue(a3, 1) == [a3, b2, a1, b1, a2]
+    assert storage.move_in_queue(a3, 5) == [a1, b2, a2, b1, a3]
+    storage.requeue_run(b2)  # a resumed run goes to the end of its owner's turns
+    assert [r["id"] for r in storage.queued_runs()] == [a1, b1, a2, b2, a3]
+
+
+def test_two_workers_never_claim_the_same_run_of_a_fair_queue(tmp_path):
+    first, second = Storage(tmp_path / "home"), Storage(tmp_path / "home")  # like two processes
+    owners = [LOCAL_USER_ID] + [add_user(first, f"user{i}") for i in range(3)]
+    ids = queue_of(first, [owners[i % 4] for i in range(12)] + [owners[0]] * 6)
+    claimed, lock = [], threading.Lock()
+
+    def claim(storage, worker):
+        while (run := storage.claim_next_run(worker)) is not None:
+            with lock:
+                claimed.append(run["id"])
+
+    threads = [threading.Thread(target=claim, args=(store, f"host{i}:{i}:1"))
+               for i, store in enumerate([first, second, first, second])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # each host holds one run at a time: four hosts, four claims, each a different run
+    assert len(claimed) == 4 and set(claimed) == set(ids[:4])  # every owner's first turn
+    assert all(first.get_run(i, owner_id=None)["status"] == "running" for i in claimed)
+    for store in (first, second):
+        store.close()
