@@ -9,7 +9,8 @@ ADDRESS ?= localhost
 export LIM_HOME ?= $(CURDIR)/data
 # Streamlit's upload cap follows the engine's (engine/settings.py WorkbenchConfig.max_upload_mb).
 MAX_UPLOAD_MB = $$($(PY) -c 'from engine.settings import load_config; print(load_config().max_upload_mb)')
-STREAMLIT = $(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(ADDRESS) \
+# server.py serves app.py plus the route that sets the log-in cookie (docs/security.md, Sessions).
+STREAMLIT = $(PY) -m streamlit run server.py --server.port $(PORT) --server.address $(ADDRESS) \
   --server.headless true --browser.gatherUsageStats false --server.fileWatcherType none \
   --server.maxUploadSize $(MAX_UPLOAD_MB)
 TLS_DIR ?= $(LIM_HOME)/tls

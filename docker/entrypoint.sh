@@ -12,5 +12,5 @@ if [ "$#" -gt 0 ]; then
     exec "$@"
 fi
 python3 -m engine demo  # idempotent, so it lands in a mounted data volume too
-exec python3 -m streamlit run app.py --server.address=0.0.0.0 --server.port=8501 \
+exec python3 -m streamlit run server.py --server.address=0.0.0.0 --server.port=8501 \
     --server.headless=true --browser.gatherUsageStats=false --server.fileWatcherType=none

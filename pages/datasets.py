@@ -5,7 +5,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from ui import dataset_views as views
-from ui.state import get_workbench
+from ui.state import get_workbench, linked_selectbox
 
 wb = get_workbench()
 st.title("Datasets")
@@ -20,7 +20,8 @@ else:
         "version": d["version"], "shared": "demo (read-only)" if d["is_demo"] else "yours",
     } for d in datasets]), hide_index=True, width="stretch")
 
-    name = st.selectbox("Inspect a dataset", [d["name"] for d in datasets], key="datasets.selected")
+    name = linked_selectbox("dataset", "Inspect a dataset", [d["name"] for d in datasets],
+                            key="datasets.selected", noun="Dataset")
     dataset = wb.get_dataset(name)
     if dataset["description"]:
         st.caption(dataset["description"])

@@ -6,7 +6,7 @@ import streamlit as st
 from engine.models import TASK_NAMES
 from ui import model_views as views
 from ui.confirm import show_flash
-from ui.state import get_workbench
+from ui.state import get_workbench, linked_selectbox
 
 wb = get_workbench()
 st.title("Models")
@@ -17,7 +17,8 @@ if not models:
     st.info("No models yet. `python -m engine demo` adds the presets; register one below.")
 else:
     views.models_table(models)
-    model = wb.get_model(st.selectbox("Inspect a model", [m["name"] for m in models], key="models.selected"))
+    model = wb.get_model(linked_selectbox("model", "Inspect a model", [m["name"] for m in models],
+                                          key="models.selected", noun="Model"))
     st.markdown(model["description"] or "")
     task = st.radio("Task", model["tasks"], horizontal=True, format_func=TASK_NAMES.get,
                     key="models.task")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from ui import studies as views
 from ui.confirm import flash, show_flash
-from ui.state import get_workbench
+from ui.state import get_workbench, link_not_found
 
 wb = get_workbench()
 st.title("Studies")
@@ -27,6 +27,7 @@ with st.expander("Merge parts run elsewhere", icon=":material/merge:"):
     views.merge_section()
 
 if not studies:
+    link_not_found("study", "Study")
     st.info("No studies yet. Pick a dataset, a model, two methods and a few seeds above and "
             "launch one: each combination becomes a run in the queue, and this page fills in "
             "as they finish.", icon=":material/science:")

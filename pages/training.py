@@ -6,7 +6,7 @@ import streamlit as st
 
 from ui import training_monitor as live
 from ui.confirm import show_flash
-from ui.state import get_workbench
+from ui.state import get_workbench, link_not_found
 from ui.training_form import new_run_form
 from ui.training_views import device_profile
 
@@ -19,6 +19,7 @@ methods = {m["name"]: m for m in wb.list_methods()}
 runs = wb.list_runs()
 show_flash("train")
 if not runs:
+    link_not_found("run", "Run")
     st.info("No runs yet. Open **New run** below, keep the defaults and press Start.")
 else:
     watched = live.watch_select(runs)

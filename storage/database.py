@@ -28,11 +28,13 @@ from storage.metrics import MetricStore
 from storage.models import ModelStore
 from storage.rows import VISIBLE, decode_row, is_utf8, utc_now  # noqa: F401 (utc_now: re-exported)
 from storage.runs import RunStore
+from storage.sessions import LoginSessionStore
 from storage.studies import StudyStore
 from storage.users import UserStore
 
 
-class Storage(DatasetStore, ModelStore, RunStore, StudyStore, MetricStore, UserStore):
+class Storage(DatasetStore, ModelStore, RunStore, StudyStore, MetricStore, UserStore,
+              LoginSessionStore):
     """The database and file store under one data home (``LIM_HOME``)."""
 
     def __init__(self, home: str | Path):

@@ -197,5 +197,25 @@ def m010_runs_fair_queue_and_clock(db: Database) -> None:
     db["runs"].add_column("wall_time_at", float)
 
 
+@migrations()
+def m011_login_sessions(db: Database) -> None:
+    """Log-in sessions (issue 27): what a browser's cookie stands for. Only digests are stored:
+    ``token_hash`` of the cookie's token, ``code_hash`` of the one-time code that turns a log-in
+    into that cookie (with ``code_until`` and ``binding``, the digest of the browser's XSRF
+    secret). ``last_seen_at`` slides the idle expiry; ``ended_at`` / ``ended_why`` say why a
+    session ended (logged out, idle, disabled, password changed), for the message on its tabs."""
+    db["login_sessions"].create(
+        {"id": int, "user_id": int, "token_hash": str, "code_hash": str, "code_until": float,
+         "binding": str, "created_at": float, "last_seen_at": float, "ended_at": float,
+         "ended_why": str},
+        pk="id",
+        not_null={"user_id", "created_at", "last_seen_at"},
+        foreign_keys=[("user_id", "users")],
+    )
+    db["login_sessions"].create_index(["token_hash"], unique=True)
+    db["login_sessions"].create_index(["code_hash"], unique=True)
+    db["login_sessions"].create_index(["user_id"])
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.errors import WorkbenchError
-from ui.auth import client_address, password_rules_text
+from ui.auth import client_address, current_session, password_rules_text
 
 PLURALS = {"study": "studies"}
 LABELS = {"run": lambda r: f"#{r['id']} {r['method']} · {r['model_name']} on {r['dataset_name']}",
@@ -81,7 +81,7 @@ def password_form(wb, user: dict) -> None:
                     st.error("The two new passwords differ.")
                 else:
                     wb.log_in(user["name"], old, client=client_address())  # slowed down like a log-in
-                    wb.reset_password(user["name"], new)
+                    wb.reset_password(user["name"], new, keep_session=current_session())  # other tabs end
                     st.success("Password changed.")
             except WorkbenchError as error:
                 st.error(str(error))

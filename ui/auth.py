@@ -1,23 +1,27 @@
-"""Log-in for the app (``LIM_AUTH=on``): the session's user, idle expiry, the log-in page.
+"""Log-in for the app (``LIM_AUTH=on``): the session's user, the log-in page, log-out.
 
-A browser session keeps only its user's id and the time of its last page run in
-``st.session_state`` (held by the Streamlit server, never in a cookie). Every page run checks
-both: a session idle past ``session_timeout_minutes`` is logged out, and so is one whose
-account was disabled or removed since. With ``LIM_AUTH=off`` every session is the local owner.
+A log-in makes a log-in session in the database (engine/workbench/sessions.py). The browser
+tab keeps its id in ``st.session_state``; the browser keeps a token for it in an HttpOnly cookie
+(ui/session_cookie.py), so a reload or a second tab finds it again. Every page run checks it: a
+session idle past ``session_timeout_minutes``, logged out, or whose account was disabled or
+password changed since, ends with a message. With ``LIM_AUTH=off`` every session is the local
+owner.
 """
 
 from __future__ import annotations
 
-import time
+import html
+import json
+from urllib.parse import urlencode
 
 import streamlit as st
 
 from engine.errors import AuthError
 from engine.settings import load_config
 from engine.workbench.accounts import password_rules
+from ui.session_cookie import COOKIE, XSRF_COOKIE, cookie_route_served, handoff_url, xsrf_binding
 
-USER_KEY = "auth.user_id"
-SEEN_KEY = "auth.last_seen"
+SESSION_KEY = "auth.session"
 NOTICE_KEY = "auth.notice"
 
 
@@ -26,30 +30,46 @@ def auth_on() -> bool:
 
 
 def session_user(workbench, now: float | None = None) -> dict | None:
-    """This session's user (the local owner when auth is off); None when nobody is logged in,
-    the session was idle too long, or the account was disabled since."""
+    """This session's user (the local owner when auth is off); None when nobody is logged in
+    here or in this browser (the cookie), or the log-in session has ended."""
     if not auth_on():
         return {"id": workbench.owner_id, "name": "local", "is_admin": 1}
-    now = time.time() if now is None else now
-    user_id = st.session_state.get(USER_KEY)
-    if user_id is None:
-        return None
-    idle_s = now - st.session_state.get(SEEN_KEY, now)
-    timeout_min = load_config().session_timeout_minutes
-    user = workbench.current_user(user_id)
-    if idle_s > timeout_min * 60 or user is None:
-        log_out("You were logged out after "
-                f"{timeout_min} minutes without activity." if user else "Your account was disabled.")
-        return None
-    st.session_state[SEEN_KEY] = now
+    session_id = st.session_state.get(SESSION_KEY)
+    if session_id is None:  # a fresh tab or a reload: the browser's cookie names the session
+        session_id = workbench.login_session_id(browser_cookie(COOKIE) or "")
+        if session_id is None:
+            return None
+        st.session_state[SESSION_KEY] = session_id
+    user, why = workbench.check_login_session(session_id, now=now)
+    if user is None:
+        log_out(why)
     return user
 
 
+def current_session() -> int | None:
+    """This tab's log-in session id (None with auth off or logged out)."""
+    return st.session_state.get(SESSION_KEY)
+
+
 def log_out(notice: str | None = None) -> None:
-    for key in (USER_KEY, SEEN_KEY):
-        st.session_state.pop(key, None)
+    st.session_state.pop(SESSION_KEY, None)
     if notice:
         st.session_state[NOTICE_KEY] = notice
+
+
+def browser_cookie(name: str) -> str | None:
+    """A cookie the browser sent when this tab connected (None in tests without a browser)."""
+    try:
+        value = st.context.cookies.get(name)
+    except Exception:  # no server session (AppTest)
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def page_address(page) -> str:
+    """The page's own address with its query, e.g. ``/training?run=3``: where a log-in lands."""
+    query = urlencode(st.query_params.to_dict())
+    return f"/{page.url_path}" + (f"?{query}" if query else "")
 
 
 def client_address() -> str:
@@ -61,8 +81,9 @@ def client_address() -> str:
     return address if isinstance(address, str) and address else "unknown"  # AppTest: a mock
 
 
-def log_in_page(workbench) -> None:
-    """Log in or sign up; on success the session holds the user and the app reruns."""
+def log_in_page(workbench, next_path: str = "/") -> None:
+    """Log in or sign up; on success the browser gets its cookie and lands on ``next_path``
+    (the page and query the link asked for)."""
     st.title("LessIsMore Workbench")
     if notice := st.session_state.pop(NOTICE_KEY, None):
         st.info(notice)
@@ -75,7 +96,8 @@ def log_in_page(workbench) -> None:
             name = st.text_input("Username", key="auth.log_in.name")
             password = st.text_input("Password", type="password", key="auth.log_in.password")
             if st.form_submit_button("Log in", type="primary"):
-                _enter(lambda: workbench.log_in(name, password, client=client_address()))
+                _enter(workbench, lambda: workbench.log_in(name, password, client=client_address()),
+                       next_path)
     with sign_up_tab:
         if load_config().signup == "admin" and not first:
             st.info("Accounts here are made by an admin: ask one for yours. They make it on the "
@@ -91,7 +113,7 @@ def log_in_page(workbench) -> None:
                 if password != again:
                     st.error("The two passwords differ.")
                 else:
-                    _enter(lambda: workbench.sign_up(name, password))
+                    _enter(workbench, lambda: workbench.sign_up(name, password), next_path)
 
 
 def password_rules_text() -> str:
@@ -99,21 +121,30 @@ def password_rules_text() -> str:
     return "A password needs " + "; ".join(password_rules()) + "."
 
 
-def _enter(attempt) -> None:
+def _enter(workbench, attempt, next_path: str) -> None:
     try:
         user = attempt()
     except AuthError as error:
         st.error(str(error))
         return
-    st.session_state[USER_KEY] = user["id"]
-    st.session_state[SEEN_KEY] = time.time()
+    session_id, code = workbench.start_login_session(
+        user["id"], binding=xsrf_binding(browser_cookie(XSRF_COOKIE)))
+    st.session_state[SESSION_KEY] = session_id  # this tab is in already
+    if cookie_route_served():  # the browser fetches its cookie and comes back to next_path
+        url = handoff_url(code, next_path)
+        st.html(f'<p>Logging you in… <a href="{html.escape(url)}" target="_self">continue</a></p>'
+                f"<script>window.location.replace({json.dumps(url)});</script>",
+                unsafe_allow_javascript=True)  # url: our route, a code and an encoded path
+        st.stop()
     st.rerun()
 
 
-def account_sidebar(user: dict) -> None:
+def account_sidebar(workbench, user: dict) -> None:
     with st.sidebar:
         st.caption(f"Logged in as **{user['name']}**" + (" (admin)" if user["is_admin"] else ""))
-        clicked = st.button("Log out", key="auth.log_out", icon=":material/logout:")
-        if clicked:
+        if st.button("Log out", key="auth.log_out", icon=":material/logout:",
+                     help="Ends this log-in in every tab of this browser."):
+            if (session_id := current_session()) is not None:
+                workbench.end_login_session(session_id)
             log_out("You logged out.")
             st.rerun()

@@ -48,6 +48,38 @@ def get_workbench() -> Workbench:
     return workbench.for_user(user) if user["id"] != workbench.owner_id else workbench
 
 
+def linked_selectbox(param: str, label: str, options: list, *, key: str, noun: str,
+                     parse=str, **selectbox_args):
+    """``st.selectbox`` whose choice is also in the page's address (``?param=``), so a link or a
+    reload opens the same item: a value in the address picks that item when the address
+    changed (a link, back or forward), and a choice in the box writes it back. ``options`` are
+    the items this user can see: another user's item in a link is "not found", as a wrong id."""
+    linked = f"{key}.link"  # the address value this tab last followed or wrote
+    wanted = st.query_params.get(param)
+    if wanted is not None and wanted != st.session_state.get(linked):
+        st.session_state[linked] = wanted
+        try:
+            value = parse(wanted)
+        except ValueError:
+            value = None
+        if value in options:
+            st.session_state[key] = value
+        else:
+            link_not_found(param, noun)
+    chosen = st.selectbox(label, options, key=key, **selectbox_args)
+    if chosen is not None and st.query_params.get(param) != str(chosen):
+        st.query_params[param] = str(chosen)
+    st.session_state[linked] = None if chosen is None else str(chosen)
+    return chosen
+
+
+def link_not_found(param: str, noun: str) -> None:
+    """Say that the item a link named is not here (it does not exist or is not yours)."""
+    if (wanted := st.query_params.get(param)) is not None:
+        st.warning(f"{noun} {md_text(wanted[:80])} was not found: it does not exist, or it is "
+                   "not yours. Showing what you have.", icon=":material/link_off:")
+
+
 # Markdown's punctuation (CommonMark backslash escapes) plus Streamlit's ``:directive[...]``
 # colon; no library escapes Streamlit's dialect, so it is written out here.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")

@@ -21,7 +21,7 @@ from engine.studies import Grid, parse_axes, parse_list
 from engine.study_merge import merge_summaries, part_names, read_summary
 from ui.confirm import delete_button, flash
 from ui.forms import bounded_number, fix_buttons
-from ui.state import format_duration, md_text
+from ui.state import format_duration, linked_selectbox, md_text
 from ui.study_results import cells_view, exports, study_csv
 
 DEFAULT_METHODS = ["qlora", "lora"]
@@ -159,13 +159,15 @@ def progress(summary: dict) -> None:
 
 # ---------------------------------------------------------------------- one study
 def choose_study(wb, studies: list[dict]) -> int:
-    """The study to show (the one just launched, else the one chosen before, else the newest)."""
+    """The study to show (the one just launched, else the one a link names, ``?study=2``, else
+    the one chosen before, else the newest)."""
     by_id = {s["id"]: s for s in studies}
     if st.session_state.get("studies.chosen") not in by_id:
         st.session_state["studies.chosen"] = studies[0]["id"]
-    return st.selectbox("Study", list(by_id), key="studies.chosen",
-                        format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})"
-                        + ("" if by_id[i]["owner_id"] == wb.owner_id else f" · {by_id[i]['owner']}'s"))
+    return linked_selectbox(
+        "study", "Study", list(by_id), key="studies.chosen", noun="Study", parse=int,
+        format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})"
+        + ("" if by_id[i]["owner_id"] == wb.owner_id else f" · {by_id[i]['owner']}'s"))
 
 
 @st.fragment(run_every=2)

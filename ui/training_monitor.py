@@ -16,19 +16,20 @@ from ui import training_views as views
 from ui.confirm import ask_first, asked, confirm, delete_button
 from ui.exports import export_panel
 from ui.forms import bounded_number
-from ui.state import format_duration, run_label, status_badge
+from ui.state import format_duration, linked_selectbox, run_label, status_badge
 
 
 def watch_select(runs: list[dict]) -> dict:
-    """The run this tab watches: the one just started, else the one chosen before, else
-    ``default_run`` (a fresh tab)."""
+    """The run this tab watches: the one just started, else the one a link names
+    (``/training?run=3``), else the one chosen before, else ``default_run`` (a fresh tab)."""
     run_ids = [r["id"] for r in runs]
     if "train.watch_next" in st.session_state:  # a run just started: watch it
         st.session_state["train.watch_select"] = st.session_state.pop("train.watch_next")
     if st.session_state.get("train.watch_select") not in run_ids:  # a fresh tab
         st.session_state["train.watch_select"] = views.default_run(runs)
     labels = {r["id"]: run_label(r, with_status=False) for r in runs}
-    watched = st.selectbox("Watch run", run_ids, format_func=labels.get, key="train.watch_select")
+    watched = linked_selectbox("run", "Watch run", run_ids, key="train.watch_select", noun="Run",
+                               parse=int, format_func=labels.get)
     return next(r for r in runs if r["id"] == watched)
 
 

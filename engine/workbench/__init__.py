@@ -24,6 +24,7 @@ from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
 from engine.workbench.runs import RunsMixin
+from engine.workbench.sessions import LoginSessionsMixin
 from engine.workbench.studies import StudiesMixin
 from storage import LOCAL_USER_ID, Storage, safe_name
 
@@ -32,7 +33,8 @@ def data_home() -> Path:
     return Path(load_config().home)
 
 
-class Workbench(AccountsMixin, DatasetsMixin, ModelsMixin, RunsMixin, StudiesMixin):
+class Workbench(AccountsMixin, LoginSessionsMixin, DatasetsMixin, ModelsMixin, RunsMixin,
+                StudiesMixin):
     """One data home's datasets, models, methods, runs and studies (sections in the mixin
     modules), as one user sees them: the local owner, or ``for_user(...)``'s account
     (engine/workbench/accounts.py)."""

@@ -191,16 +191,20 @@ class AccountsMixin:
         return self.storage.list_users()
 
     def set_user_disabled(self, name: str, disabled: bool = True) -> dict:
-        """Disable (or enable) an account; its sessions end at their next page and its items stay."""
+        """Disable (or enable) an account; its log-in sessions end (every tab says so at its
+        next page run) and its items stay."""
         self._require_admin()
         user = self._user(name)
         if user["id"] == self.owner_id and disabled:
             raise AuthError("you cannot disable your own account")
         self.storage.update_user(user["id"], disabled=int(disabled))
+        if disabled:
+            self._end_user_sessions(user["id"], "disabled")
         return self._public(self.storage.find_user(user["id"]))
 
-    def reset_password(self, name: str, new_password: str) -> None:
-        """Set a user's password (admins; or anyone for their own account)."""
+    def reset_password(self, name: str, new_password: str, *, keep_session: int | None = None) -> None:
+        """Set a user's password (admins; or anyone for their own account). The user's log-in
+        sessions end, but ``keep_session`` (the tab where you changed your own)."""
         user = self._user(name)
         if user["id"] != self.owner_id:
             self._require_admin()
@@ -208,6 +212,7 @@ class AccountsMixin:
         if problem:
             raise AuthError(problem)
         self.storage.update_user(user["id"], password_hash=_hasher.hash(new_password))
+        self._end_user_sessions(user["id"], "password changed", keep=keep_session)
 
     def set_admin(self, name: str, is_admin: bool = True) -> None:
         self._require_admin()

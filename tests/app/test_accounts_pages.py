@@ -3,7 +3,7 @@ AppTest instances on one data home and one engine."""
 
 from __future__ import annotations
 
-import time
+import re
 from pathlib import Path
 
 import markdown_it
@@ -66,6 +66,16 @@ def log_in(app: AppTest, name: str, password: str | None = None) -> AppTest:
     return click(app, "Log in")
 
 
+def idle(home, seconds: float) -> None:
+    """Every log-in session of the data home was last seen ``seconds`` earlier."""
+    from storage import Storage
+
+    storage = Storage(home)
+    with storage.atomic() as db:
+        db.execute("update login_sessions set last_seen_at = last_seen_at - ?", [seconds])
+    storage.close()
+
+
 def on_log_in_page(app: AppTest) -> bool:
     return any(t.key == "auth.log_in.name" for t in app.text_input)
 
@@ -117,10 +127,10 @@ def test_pages_show_each_session_only_its_own_runs(auth_home):
     assert not carol.exception and not [s for s in carol.selectbox if s.key == "train.watch_select"]
 
 
-def test_an_idle_session_is_logged_out(auth_home):
+def test_an_idle_session_is_logged_out(auth_home, demo_home):
     app = log_in(session(), "bob")
     assert not on_log_in_page(app)
-    app.session_state["auth.last_seen"] = time.time() - 61 * 60  # default timeout: 60 minutes
+    idle(demo_home, 61 * 60)  # default timeout: 60 minutes
     app.run()
     assert on_log_in_page(app)
     assert "logged out after 60 minutes without activity" in app.info[0].value
@@ -229,3 +239,129 @@ def test_the_server_path_import_is_offered_only_to_an_admin_with_import_roots(au
         choices[name] = list(source.options)
     assert choices["bob"] == ["Upload a file"]
     assert choices["ada"] == ["Upload a file", "A folder or file on this machine"]
+
+
+# ---------------------------------------------------------------- log-in sessions and links (issue 27)
+def cookie_route(workbench):
+    """The route server.py mounts, as a function of a request's query and cookies."""
+    from starlette.requests import Request
+
+    from ui.session_cookie import routes
+
+    [route] = routes(lambda: workbench)
+
+    def get(query: str, cookies: str = ""):
+        return route.endpoint(Request({
+            "type": "http", "method": "GET", "scheme": "http", "path": route.path, "root_path": "",
+            "query_string": query.encode(), "headers": [(b"cookie", cookies.encode())] if cookies else [],
+            "server": ("127.0.0.1", 8501)}))
+    return get
+
+
+def set_cookie(response) -> dict:
+    """The Set-Cookie header's name=value and flags."""
+    [header] = [v.decode() for k, v in response.raw_headers if k == b"set-cookie"]
+    first, *flags = [part.strip() for part in header.split(";")]
+    return {"value": first.split("=", 1)[1], **{f.split("=")[0].lower(): (f.split("=") + [True])[1] for f in flags}}
+
+
+def xsrf_cookie(secret: bytes, mask: bytes) -> str:
+    """Streamlit's XSRF cookie text: the same secret under a new mask on every page load."""
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(secret))
+    return f"2|{mask.hex()}|{masked.hex()}|1800000000"
+
+
+def test_the_cookie_route_sets_an_http_only_cookie_once_for_the_browser_that_logged_in(auth_home, demo_home):
+    from engine import Workbench
+    from ui.session_cookie import handoff_url, xsrf_binding
+
+    workbench = Workbench(demo_home)
+    get = cookie_route(workbench)
+    bob = auth_home["users"]["bob"]
+    secret = b"sixteen  bytes!!"
+    at_log_in, at_route = xsrf_cookie(secret, b"\x01\x02\x03\x04"), xsrf_cookie(secret, b"\x09\x08\x07\x06")
+    assert at_log_in != at_route and xsrf_binding(at_log_in) == xsrf_binding(at_route)
+
+    session_id, code = workbench.start_login_session(bob["id"], binding=xsrf_binding(at_log_in))
+    url = handoff_url(code, "/training?run=3")
+    response = get(url.split("?", 1)[1], f"_streamlit_xsrf={at_route}")
+    assert response.status_code == 303 and response.headers["location"] == "/training?run=3"
+    cookie = set_cookie(response)
+    assert {"httponly", "samesite", "path"} <= set(cookie) and cookie["samesite"].lower() == "strict"
+    assert "max-age" not in cookie and "expires" not in cookie  # gone when the browser closes
+    assert workbench.login_session_id(cookie["value"]) == session_id
+    again = get(url.split("?", 1)[1], f"_streamlit_xsrf={at_route}")  # spent
+    assert not [k for k, _ in again.raw_headers if k == b"set-cookie"]
+
+    # A code carried to another browser (another XSRF secret), and a "next" off this server.
+    _, code = workbench.start_login_session(bob["id"], binding=xsrf_binding(at_log_in))
+    elsewhere = get(handoff_url(code, "//evil.example/x").split("?", 1)[1],
+                    f"_streamlit_xsrf={xsrf_cookie(b'another browser!', b'1234')}")
+    assert elsewhere.headers["location"] == "/"
+    assert not [k for k, _ in elsewhere.raw_headers if k == b"set-cookie"]
+    workbench.storage.close()
+
+
+def test_a_link_survives_the_log_in_and_a_reload_and_a_second_tab_stay_logged_in(auth_home, demo_home, monkeypatch):
+    """The whole way of a served app: a link to a run, the log-in page in its place, the cookie
+    route, the run; then a reload and a second tab with the cookie; log-out ends both."""
+    from engine import Workbench
+    from ui import auth
+
+    run_id = auth_home["bob_run"]
+    monkeypatch.setattr(auth, "cookie_route_served", lambda: True)
+    app = session()
+    app.query_params["run"] = str(run_id)
+    app.switch_page("pages/training.py").run()
+    assert on_log_in_page(app)
+    log_in(app, "bob")
+    [handoff] = [e.proto.body for e in app.get("html") if "_lim/session" in e.proto.body]
+    url = re.search(r'replace\("([^"]+)"\)', handoff).group(1)
+    assert url.startswith("/_lim/session?code=") and f"next=%2Ftraining%3Frun%3D{run_id}" in url
+    response = cookie_route(Workbench(demo_home))(url.split("?", 1)[1])
+    assert response.headers["location"] == f"/training?run={run_id}"
+    cookies = {"lim_session": set_cookie(response)["value"]}
+    monkeypatch.setattr(auth, "browser_cookie", cookies.get)
+
+    reload = session()  # a new browser session on the address the route sent it to
+    reload.query_params["run"] = str(run_id)
+    reload.switch_page("pages/training.py").run()
+    assert not reload.exception and not on_log_in_page(reload)
+    assert reload.selectbox(key="train.watch_select").value == run_id
+    second_tab = session()
+    second_tab.query_params["dataset"] = "demo-voices"
+    second_tab.switch_page("pages/datasets.py").run()
+    assert not second_tab.exception and not on_log_in_page(second_tab)
+    assert second_tab.selectbox(key="datasets.selected").value == "demo-voices"
+
+    click(second_tab, "Log out")
+    assert on_log_in_page(second_tab)
+    reload.run()
+    assert on_log_in_page(reload) and reload.info[0].value == "You logged out."
+
+
+def test_links_select_the_item_and_another_users_item_is_not_found(auth_home, demo_home):
+    from engine import Workbench
+
+    carols = Workbench(demo_home).for_user(auth_home["users"]["carol"])
+    carols_run = carols.submit_run("demo-text", "tiny-bert", "lora", {}, {"max_steps": 2})
+    carols.cancel_run(carols_run)
+    carol = log_in(session(), "carol")
+    carol.query_params["run"] = str(auth_home["bob_run"])  # bob's, not shared
+    carol.switch_page("pages/training.py").run()
+    assert not carol.exception
+    assert carol.warning[0].value.startswith(f"Run {auth_home['bob_run']} was not found")
+    assert carol.selectbox(key="train.watch_select").value == carols_run
+    assert carol.query_params["run"] == str(carols_run)  # the address follows what is shown
+
+    carol.query_params["model"] = "tiny-bert"
+    carol.switch_page("pages/models.py").run()
+    assert not carol.exception and carol.selectbox(key="models.selected").value == "tiny-bert"
+    other = next(o for o in carol.selectbox(key="models.selected").options if o != "tiny-bert")
+    carol.selectbox(key="models.selected").select(other).run()
+    assert carol.query_params["model"] == other  # a choice in the box is written back
+    carol.run()
+    assert carol.selectbox(key="models.selected").value == other  # and the old link does not win
+    carol.query_params["study"] = "999"
+    carol.switch_page("pages/studies.py").run()
+    assert not carol.exception and carol.warning[0].value.startswith("Study 999 was not found")

@@ -1,9 +1,12 @@
 """A person's first session in a real browser, with accounts on, walking the presenter's story
-on the real whisper-base: sign up -> home -> listen to demo-voices -> the untouched model in the
-playground -> a short QLoRA run scored before and after (only their own runs are listed) ->
-export -> compare -> playground, base and fine-tuned side by side -> studies (launch a tiny grid,
-watch it finish) -> log out and in. Streamlit serves the real app;
-Playwright drives Debian's chromium."""
+on the real whisper-base: sign up -> a reload and a second tab stay logged in -> home -> listen
+to demo-voices -> the untouched model in the playground -> a short QLoRA run scored before and
+after (only their own runs are listed) -> export -> compare -> playground, base and fine-tuned
+side by side -> studies (launch a tiny grid, watch it finish) -> log out and in. While the run
+trains, another person signs up in a second browser context (no server path to import from; a
+link to the first person's run is "not found"), and the first follows a link to the run from a
+third one: the log-in page, then the run. Streamlit serves the real app (server.py); Playwright
+drives Debian's chromium."""
 
 from __future__ import annotations
 
@@ -69,6 +72,26 @@ def settle(page) -> None:
         "data-test-script-state", re.compile("running|rerunRequested"), timeout=180_000)
 
 
+def sign_up(page, name: str, password: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Sign up").click()
+    page.get_by_label("Username").last.fill(name)
+    page.get_by_label("Password", exact=True).last.fill(password)
+    page.get_by_label("Password again").fill(password)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_text(f"Logged in as {name}")).to_be_visible()
+
+
+def log_in(page, name: str, password: str) -> None:
+    from playwright.sync_api import expect
+
+    page.get_by_label("Username").first.fill(name)
+    page.get_by_label("Password", exact=True).first.fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text(f"Logged in as {name}")).to_be_visible()
+
+
 def fill(page, values: list[tuple[str, str]]) -> None:
     for label, value in values:
         field = page.get_by_label(label, exact=True)
@@ -95,7 +118,7 @@ def server(demo_home):
     log = demo_home.parent / "streamlit.log"
     output = log.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", "server.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
@@ -134,15 +157,34 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
     expect.set_options(timeout=60_000)  # a cold start imports torch and transformers first
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(60_000)
+        page = context.new_page()
         page.goto(server)
-        page.get_by_role("tab", name="Sign up").click()
-        page.get_by_label("Username").last.fill("student")
-        page.get_by_label("Password", exact=True).last.fill("my own long passphrase")
-        page.get_by_label("Password again").fill("my own long passphrase")
-        page.get_by_role("button", name="Sign up").click()
+        sign_up(page, "student", "my own long passphrase")
+        # The log-in is a cookie (HttpOnly, SameSite=Strict), not this tab's state: a reload and
+        # a second tab are logged in, and a link's query picks the item.
+        [cookie] = [c for c in context.cookies() if c["name"] == "lim_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        page.reload()
         expect(page.get_by_text("Logged in as student")).to_be_visible()
+        tab = context.new_page()
+        tab.goto(f"{server}/datasets?dataset=demo-text")
+        expect(tab.get_by_text("Logged in as student")).to_be_visible()
+        expect(tab.get_by_role("combobox", name="Inspect a dataset")).to_have_value("demo-text")
+        tab.close()
+
+        # Another person, in a browser of their own: with accounts on, importing from a path on
+        # the server is not offered (it would read everybody's files); uploads are.
+        others = browser.new_context(viewport={"width": 1400, "height": 1000})
+        others.set_default_timeout(60_000)
+        other = others.new_page()
+        other.goto(f"{server}/datasets")
+        sign_up(other, "classmate", "another long passphrase")
+        expect(other.get_by_role("heading", name="Import a dataset")).to_be_visible()
+        expect(other.get_by_text("Upload a file", exact=True)).to_be_visible()
+        expect(other.get_by_text("A folder or file on this machine")).to_have_count(0)
+
         expect(page.get_by_text("LessIsMore Workbench").first).to_be_visible()
         expect(page.get_by_test_id("stDataFrame").first).to_be_visible()  # canvas-drawn table
         expect(page.get_by_test_id("stMetric").first).to_be_visible()
@@ -182,6 +224,23 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         settle(page)
         page.get_by_role("button", name="Start").click()
         expect(page.get_by_text("queued: it starts").first).to_be_visible()
+        # While it trains: the classmate's link to it shows nothing of it.
+        other.goto(f"{server}/training?run=2")
+        expect(other.get_by_text("Run 2 was not found")).to_be_visible()
+        expect(other.get_by_text("No runs yet.")).to_be_visible()
+        expect(other.get_by_role("combobox", name="Watch run")).to_have_count(0)
+        expect(other.get_by_text("#2 qlora")).to_have_count(0)
+        others.close()
+        # The student follows a link to the run from another browser: the log-in page stands in
+        # for the Training page, and the log-in lands on the run.
+        elsewhere = browser.new_context(viewport={"width": 1400, "height": 1000})
+        elsewhere.set_default_timeout(60_000)
+        linked = elsewhere.new_page()
+        linked.goto(f"{server}/training?run=2")
+        log_in(linked, "student", "my own long passphrase")
+        expect(linked).to_have_url(f"{server}/training?run=2")
+        expect(linked.get_by_role("combobox", name="Watch run")).to_have_value(re.compile(r"^#2 qlora"))
+        elsewhere.close()
         # The live monitor refreshes by itself until the run completes: about 2 minutes of
         # training and scoring on 2 free cores, longer on a loaded machine.
         expect(page.get_by_text("completed").first).to_be_visible(timeout=900_000)
@@ -242,9 +301,6 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
 
         page.get_by_role("button", name="Log out").click()
         expect(page.get_by_text("You logged out.")).to_be_visible()
-        page.get_by_label("Username").first.fill("student")
-        page.get_by_label("Password", exact=True).first.fill("my own long passphrase")
-        page.get_by_role("button", name="Log in").click()
-        expect(page.get_by_text("Logged in as student")).to_be_visible()
+        log_in(page, "student", "my own long passphrase")
         browser.close()
     reader.storage.close()
