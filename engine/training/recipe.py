@@ -139,7 +139,7 @@ class FineTuneRecipe:
                                 trainable_params=self.trainable_params, total_params=self.total_params)
         if self.is_main and cfg.tracking != "none":
             self.tracking = Tracking.open(cfg.tracking, home=self.storage.files.home, run_dir=self.run_dir,
-                                          run=self.run, settings=self.settings.to_record()["settings"],
+                                          run=self.run, settings=self.settings,
                                           resumed_at=self.step, log=self.log)
         where = (f"{self.parallel.world_size} processes, {self.device} on this one" if self.parallel
                  else self.device)

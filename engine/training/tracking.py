@@ -30,6 +30,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.training.settings import RunSettings
 
 EXPERIMENT = "lessismore"
 RUN_TAG = "lim.run_id"
@@ -85,12 +89,13 @@ def tracking_places(choice: str, home: Path, run_id: int) -> dict[str, dict]:
     return places
 
 
-def flat_params(run: dict, settings: dict) -> dict[str, str]:
+def flat_params(run: dict, settings: RunSettings) -> dict[str, str]:
     """The run's settings under their ``--set`` names (method and training settings never
     share one), plus what it trains: MLflow's parameters and TensorBoard's settings text."""
+    stored = settings.to_record()["settings"]
     params = {"method": run["method"], "task": run["task"], "model": run.get("model_name"),
               "dataset": run.get("dataset_name"), "dataset_version": run.get("dataset_version"),
-              **settings.get("method", {}), **settings.get("training", {})}
+              **stored["method"], **stored["training"]}
     return {key: value if isinstance(value, str) else json.dumps(value)
             for key, value in params.items() if value is not None}
 
@@ -186,7 +191,7 @@ class Tracking:
         self.writers, self.log = writers, log
 
     @classmethod
-    def open(cls, choice: str, *, home: Path, run_dir: Path, run: dict, settings: dict,
+    def open(cls, choice: str, *, home: Path, run_dir: Path, run: dict, settings: RunSettings,
              resumed_at: int, log: Callable[[str, str], None]) -> Tracking:
         params = flat_params(run, settings)
         openers = {"tensorboard": lambda: TensorBoardWriter(run_dir / "tensorboard", params, resumed_at),
