@@ -206,12 +206,11 @@ class WorkbenchConfig:
         "", "With auth on, the only folders (separated by ':') under which an admin may import "
         "from a path on the server; empty: nobody may, everybody uploads. Never the data home "
         "(LIM_IMPORT_ROOTS).")
-    slots: int = setting(
-        1, "How many runs one machine trains at once (LIM_SLOTS): the app's worker runs this many "
-        "side by side, and every process on the machine (the app, train --wait, worker) counts "
-        "against it. 1 suits a laptop or one small GPU; on a large GPU a study's small runs "
-        "(whisper-base QLoRA: under 2 GiB each) fit several: docs/studies.md says how to choose.",
-        min=1, max=64)
+    slots: str = setting(
+        "auto", "How many runs one machine trains at once (LIM_SLOTS): auto (one on the CPU; on a "
+        "GPU as many as fit by their memory estimates and the memory free) or a number. Every "
+        "process on the machine (the app, train --wait, worker) counts against it "
+        "(engine/training/slots.py; docs/studies.md).")
     device: str = setting("auto", "Where runs train: auto (a CUDA GPU when there is one), cpu, "
                           "cuda or cuda:N (LIM_DEVICE).")
     profile: str = setting("", "Device profile: defaults of new runs and, on a CUDA GPU, a memory "
@@ -232,9 +231,25 @@ class WorkbenchConfig:
         min=1.0, max=60 * 24 * 7)
 
     def validate(self) -> None:
+        parse_slots(self.slots)
         if self.device not in ("auto", "cpu", "cuda") and not (
                 self.device.startswith("cuda:") and self.device[5:].isdigit()):
             raise SettingsError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+SLOTS_AUTO, MAX_SLOTS = "auto", 64
+
+
+def parse_slots(value: str | int) -> int | None:
+    """``slots``: ``auto`` -> None (engine/training/slots.py decides per claim), else the fixed
+    number of runs one machine trains at once."""
+    text = str(value).strip().lower()
+    if text == SLOTS_AUTO:
+        return None
+    number = int(text) if text.isdigit() else 0
+    if not 1 <= number <= MAX_SLOTS:
+        raise SettingsError(f"slots must be auto or a whole number from 1 to {MAX_SLOTS}, got {value!r}")
+    return number
 
 
 def load_config(environ: typing.Mapping[str, str] | None = None) -> WorkbenchConfig:

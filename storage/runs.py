@@ -84,20 +84,34 @@ class RunStore:
         """
         target = "?" if run_id is not None else (
             f"({FAIR_ORDER} select id from fair order by place limit 1)")
-        host = worker.split(":", 1)[0]
+        host = f"{worker.split(':', 1)[0]}:%"
         params: list[Any] = [worker, time.time(), utc_now()]
         if run_id is not None:
             params.append(run_id)
-        params += [f"{host}:%", max(1, int(slots))]
+        params += [host, max(1, int(slots)), host, host]
+        # A ``run_alone`` run (it ran out of memory beside others) starts only on an idle host,
+        # and nothing starts beside it.
+        running_here = "select count(*) from runs where status = 'running' and worker like ?"
         with self.atomic() as db:
             row = db.execute(
                 "update runs set status = 'running', worker = ?, heartbeat_at = ?, "
                 "started_at = coalesce(started_at, ?), error = null, wall_time_at = null "
-                f"where id = {target} and status = 'queued' and ("
-                "select count(*) from runs where status = 'running' and worker like ?) < ? returning id",
+                f"where id = {target} and status = 'queued' and ({running_here}) < ? "
+                f"and (run_alone = 0 or ({running_here}) = 0) "
+                "and not exists (select 1 from runs where status = 'running' and worker like ? "
+                "and run_alone = 1) returning id",
                 params,
             ).fetchone()
         return self.get_run(row[0], owner_id=None) if row else None
+
+    def next_queued_run(self) -> dict | None:
+        """The run a worker claims next (the first of ``FAIR_ORDER``), or None."""
+        return self._one(f"{FAIR_ORDER} select runs.* from fair join runs on runs.id = fair.id "
+                         "order by fair.place limit 1", [])
+
+    def running_on_host(self, host: str) -> list[dict]:
+        """Runs ``running`` on ``host`` (whichever process or thread trains them)."""
+        return self._rows("select * from runs where status = 'running' and worker like ?", [f"{host}:%"])
 
     def beat(self, run_id: int, worker: str | None, at: float) -> bool:
         """Record that ``worker`` still trains ``run_id``; False when it no longer holds the claim."""

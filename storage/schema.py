@@ -217,5 +217,15 @@ def m011_login_sessions(db: Database) -> None:
     db["login_sessions"].create_index(["user_id"])
 
 
+@migrations()
+def m012_runs_slots(db: Database) -> None:
+    """Issue 29, runs side by side (engine/training/slots.py): ``estimate_mb``, the run's memory
+    estimate when it was queued (what ``LIM_SLOTS=auto`` fits runs by), and ``run_alone``, set
+    when a run ran out of memory beside others: it is claimed only when nothing else trains on
+    its host, and nothing else starts beside it."""
+    db["runs"].add_column("estimate_mb", float)
+    db["runs"].add_column("run_alone", int, not_null_default=0)
+
+
 def _now_sql(db: Database) -> str:
     return db.execute("select strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0]

@@ -51,20 +51,11 @@ from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.provenance import collect, record_start
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
+from engine.training.slots import run_device
 from engine.training.tracking import Tracking
 from storage import Storage
 
-__all__ = ["FineTuneRecipe", "ItemDataset", "pick_device"]
-
-
-def pick_device() -> str:
-    """``LIM_DEVICE`` (engine.settings.WorkbenchConfig) when set, else a CUDA GPU when there is one."""
-    from engine.settings import load_config
-
-    device = load_config().device
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+__all__ = ["FineTuneRecipe", "ItemDataset"]
 
 
 # What rank 0 tells every rank after each optimizer step (FineTuneRecipe.decide).
@@ -82,7 +73,7 @@ class FineTuneRecipe:
         self.settings = RunSettings.from_record(run)
         self.config, self.method_settings = self.settings.training, self.settings.method_settings
         self.method = get_method(run["method"])
-        self.device = parallel.device if parallel else pick_device()
+        self.device = parallel.device if parallel else run_device()
         self.tracking = Tracking([], self.log)  # nothing until setup opens the run's choice
 
     def log(self, message: str, level: str = "info") -> None:

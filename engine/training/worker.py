@@ -24,15 +24,18 @@ import psutil
 import torch
 
 from engine.errors import WorkbenchError
-from engine.settings import load_config
+from engine.settings import load_config, parse_slots
 from engine.memory import is_out_of_memory, out_of_memory_message
 from engine.training.distributed import run_distributed, world_size_of
 from engine.training.settings import stored_training
+from engine.training.slots import claim_run, run_device
 from engine.series import LiveSeries
 from storage import Storage, utc_now
 
 logger = logging.getLogger(__name__)
 _started: weakref.WeakSet[Worker] = weakref.WeakSet()  # every Worker started in this process
+# Threads of the app's worker with LIM_SLOTS=auto: idle ones only poll the queue.
+MAX_SLOTS_IN_PROCESS = 8
 
 
 def worker_name() -> str:
@@ -177,6 +180,8 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                           "continue from its last checkpoint", "warning")
         raise
     except Exception as error:  # (MemoryError too) a failing run must never take the worker down
+        if is_out_of_memory(error) and requeue_alone(storage, run):
+            return "queued"
         message = failure_message(run, error, "cuda" if torch.cuda.is_available() else "cpu")
         storage.update_run(run_id, status="failed", error=message, finished_at=utc_now())
         storage.add_event(run_id, message, "error")
@@ -188,6 +193,19 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
         store_display_series(storage, run_id)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def requeue_alone(storage: Storage, run: dict) -> bool:
+    """A run out of memory while others trained beside it on this host is queued again to train
+    alone (``run_alone``), from its last checkpoint, instead of failing; True when it was."""
+    others = [r for r in storage.running_on_host(str(run.get("worker") or "").split(":", 1)[0])
+              if r["id"] != run["id"]]
+    if run.get("run_alone") or not others:
+        return False
+    storage.requeue_run(run["id"], run_alone=1, error=None, finished_at=None)
+    storage.add_event(run["id"], f"ran out of memory beside {len(others)} other run(s) on this "
+                      "machine: queued again to train alone, from its last checkpoint", "warning")
+    return True
 
 
 def store_display_series(storage: Storage, run_id: int) -> None:
@@ -225,7 +243,10 @@ class Worker:
         self._shutdown = threading.Event()
         self._stops: dict[int, threading.Event] = {}
         self._threads: list[threading.Thread] = []
-        self.slots = load_config().slots  # runs side by side (LIM_SLOTS)
+        # One thread a slot (LIM_SLOTS; auto: as many as could fit, each claiming only when the
+        # next run fits beside the others, engine/training/slots.py).
+        self.slots = parse_slots(load_config().slots) or (
+            MAX_SLOTS_IN_PROCESS if run_device().startswith("cuda") else 1)
 
     @property
     def current_runs(self) -> list[int]:
@@ -234,8 +255,8 @@ class Worker:
     def start(self) -> None:
         if self.alive:
             return
-        # One thread a slot: each claims and trains one run at a time, and the claim counts
-        # every running run on this host, so all slots together never exceed ``slots``.
+        # Each thread claims and trains one run at a time; the claim counts every running run
+        # on this host, so all of them together never exceed the slots.
         self._threads = [threading.Thread(target=self._loop, name=f"lim-worker-{i}", daemon=True)
                          for i in range(self.slots)]
         for thread in self._threads:
@@ -265,7 +286,7 @@ class Worker:
     def _loop(self) -> None:
         name = worker_name()
         while not self._shutdown.is_set():
-            run = self.storage.claim_next_run(name, slots=self.slots)
+            run = claim_run(self.storage, name)
             if run is None:
                 # A run left running by a process that died blocks this device's queue.
                 recover_interrupted(self.storage)
@@ -301,7 +322,7 @@ def run_until_done(storage: Storage, run_id: int, poll_seconds: float = 0.5,
             # Queued, or trained elsewhere: meanwhile take the next run while a slot is free
             # (several ``study --wait`` or ``worker`` processes then share a study's runs).
             recover_interrupted(storage)
-            claimed = storage.claim_next_run(name, slots=load_config().slots)
+            claimed = claim_run(storage, name)
             if claimed is not None:
                 execute_run(storage, claimed)
                 continue
@@ -316,7 +337,7 @@ def work_until_empty(storage: Storage, poll_seconds: float = 2.0,
     name, trained = worker_name(), 0
     while True:
         recover_interrupted(storage)
-        claimed = storage.claim_next_run(name, slots=load_config().slots)
+        claimed = claim_run(storage, name)
         if claimed is not None:
             execute_run(storage, claimed)
             trained += 1

@@ -47,7 +47,7 @@ class RunsMixin:
             "owner_id": self.owner_id, **plan["run_settings"].to_record(),
             "dataset_id": dataset_record["id"], "dataset_name": dataset_record["name"],
             "dataset_version": dataset_record["version"], "model_id": model_record["id"],
-            "model_name": model_record["name"],
+            "model_name": model_record["name"], "estimate_mb": plan["memory"].get("estimate_mb"),
             "warnings": ([] if plan["memory"]["fits"] else [plan["memory"]["message"]]) + plan["warnings"],
         }
 

@@ -1,0 +1,109 @@
+"""How many runs one machine trains at once (issue 29): ``LIM_SLOTS`` (WorkbenchConfig ``slots``).
+
+A number is a fixed limit. ``auto`` (the default) decides before each claim whether the next
+queued run fits beside the runs already training on this host:
+
+- nothing running: it starts (a run too large for the device fails with its out-of-memory
+  message, as it always did);
+- on the CPU: one at a time. torch's thread pool belongs to the process, so two runs in one
+  process only split the same cores; several CPU runs at once are separate ``engine worker``
+  processes with a number here and ``OMP_NUM_THREADS`` each (docs/studies.md);
+- on a GPU: the next run's memory estimate (stored with the run when it was queued: the same
+  dry run the New run form shows, within ~10 % of the measured peak) plus ``HEADROOM`` must fit
+  both in the memory free now and, with every running run at its own estimated peak (they may
+  not have reached it yet), in the device's total. A run without an estimate never starts beside
+  others.
+
+A run that still runs out of memory beside others is queued again ``run_alone`` (storage:
+``claim_next_run``) and continues from its checkpoint with the device to itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.settings import MAX_SLOTS, load_config, parse_slots
+
+# Per-run allowance beyond the estimate: the estimate's ~10 % error and the allocator's
+# fragmentation between runs sharing one device.
+HEADROOM = 1.15
+RESERVE_MB = 512.0  # left free on the device for CUDA's own workspaces
+
+
+@dataclass(frozen=True)
+class SlotFacts:
+    """What the decision reads: the device kind, the estimates (MiB, None where unknown) of the
+    runs training on this host and of the next queued run, and the device's memory now."""
+
+    device: str
+    running_estimates_mb: tuple[float | None, ...]
+    next_estimate_mb: float | None
+    free_mb: float | None = None
+    total_mb: float | None = None
+
+
+def may_start_another(slots: int | None, facts: SlotFacts) -> tuple[bool, str]:
+    """Whether one more run may start now, and why (for the log and the docs' table)."""
+    running = len(facts.running_estimates_mb)
+    if slots is not None:
+        return running < slots, f"{running} of {slots} slots in use"
+    if running == 0:
+        return True, "nothing else is training"
+    if running >= MAX_SLOTS:
+        return False, f"{MAX_SLOTS} runs at once at most"
+    if not facts.device.startswith("cuda"):
+        return False, "one run at a time on the CPU (the runs would share its cores)"
+    if facts.next_estimate_mb is None or any(e is None for e in facts.running_estimates_mb):
+        return False, "a run without a memory estimate trains alone"
+    if facts.free_mb is None or facts.total_mb is None:
+        return False, "the device's free memory is unknown"
+    need = facts.next_estimate_mb * HEADROOM
+    planned = sum(e * HEADROOM for e in facts.running_estimates_mb) + need + RESERVE_MB
+    if need + RESERVE_MB > facts.free_mb:
+        return False, f"needs ~{need:,.0f} MiB, {facts.free_mb:,.0f} MiB free"
+    if planned > facts.total_mb:
+        return False, f"{running + 1} runs at their peaks need ~{planned:,.0f} of {facts.total_mb:,.0f} MiB"
+    return True, f"{running + 1} runs fit: ~{planned:,.0f} of {facts.total_mb:,.0f} MiB at their peaks"
+
+
+def device_memory_mb(device: str) -> tuple[float | None, float | None]:
+    """(free, total) MiB of a CUDA device now; (None, None) elsewhere."""
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
+        return None, None
+    index = int(device.split(":", 1)[1]) if ":" in device else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    return free / 2**20, total / 2**20
+
+
+def run_device() -> str:
+    """Where runs train: ``LIM_DEVICE`` when set, else a CUDA GPU when there is one."""
+    device = load_config().device
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def claim_run(storage, worker: str) -> dict | None:
+    """Claim the next queued run for ``worker`` if a slot is free (``LIM_SLOTS``), else None.
+
+    The run checked is the one claimed (by id), so the decision and the claim are about the same
+    run; the claim stays atomic (two processes may both decide yes: the claim's running count
+    still bounds a fixed number, and with ``auto`` a run that then does not fit is re-queued
+    alone, see ``engine.training.worker.execute_run``)."""
+    upcoming = storage.next_queued_run()
+    if upcoming is None:
+        return None
+    limit = parse_slots(load_config().slots)
+    running = storage.running_on_host(worker.split(":", 1)[0])
+    if limit is None:
+        device = run_device()
+        free_mb, total_mb = device_memory_mb(device)
+        facts = SlotFacts(device, tuple(r["estimate_mb"] for r in running), upcoming["estimate_mb"],
+                          free_mb, total_mb)
+        fits, _ = may_start_another(None, facts)
+        if not fits:
+            return None
+        limit = len(running) + 1
+    return storage.claim_next_run(worker, run_id=upcoming["id"], slots=limit)
