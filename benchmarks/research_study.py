@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                     "--splits", "keep"], env, log)
         submitted = json.loads(engine(
             ["study", "--dataset", "research-speech", "--model", args.model,
-             "--name", f"research: {args.methods} x lr {args.learning_rates} x seeds {args.seeds}",
+             "--name", f"research: {len(args.methods.split(','))} methods x lr {args.learning_rates} x seeds {args.seeds}"[:80],
              "--methods", args.methods, "--ranks", args.rank, "--seeds", args.seeds,
              "--grid", f"learning_rate={args.learning_rates}", "--tune-per-method", "--json",
              *[part for key, value in settings.items() for part in ("--set", f"{key}={value}")]],

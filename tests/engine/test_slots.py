@@ -115,3 +115,4 @@ def test_out_of_memory_beside_others_queues_the_run_again_to_train_alone(workben
     assert resumed["id"] == run_id and execute_run(storage, resumed) == "completed"
     done = storage.get_run(run_id, owner_id=None)
     assert done["step"] == 6 and done["error"] is None
+
