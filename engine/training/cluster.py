@@ -40,7 +40,8 @@ from engine.errors import ClusterError
 from engine.settings import load_config
 from engine.training.settings import stored_training
 from engine.training.worker import execute_run, recover_interrupted
-from storage import FileStore, Storage
+from engine.training.remote_storage import RemoteStorage, StorageService
+from storage import Storage
 
 LOCAL = "local"  # --ray local: a Ray of this machine only, started for the command
 # Cores a CPU run takes: the small models a study trains gain little from more threads than
@@ -48,9 +49,6 @@ LOCAL = "local"  # --ray local: a Ray of this machine only, started for the comm
 # half its cores (2 cores: two runs side by side, one thread each).
 CPU_PER_RUN = 4
 STOP_GRACE_S = 120.0  # after Ctrl-C, how long the driver waits for its runs to save and stop
-# Storage calls a task may not make through the service: connections and transactions are the
-# service's own.
-PRIVATE_CALLS = frozenset({"db", "atomic", "close"})
 
 
 def is_ray_available() -> bool:
@@ -93,39 +91,6 @@ def ray_worker_name() -> str:
     """``host:pid:ray``: host and pid first, as ``worker_name()``, so ``worker_is_alive`` can
     tell a Ray worker process that died on this host at once."""
     return f"{socket.gethostname()}:{os.getpid()}:ray"
-
-
-class StorageService:
-    """The data home's database for a cluster's tasks: a Ray actor on the driver's machine
-    that makes each ``Storage`` call a task sends (``RemoteStorage``)."""
-
-    def __init__(self, home: str):
-        self.storage = Storage(home)
-
-    def call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        if name.startswith("_") or name in PRIVATE_CALLS:
-            raise AttributeError(f"Storage.{name} is not served to Ray tasks")
-        return getattr(self.storage, name)(*args, **kwargs)
-
-
-class RemoteStorage:
-    """What the code that trains a run sees as its ``Storage`` on a Ray machine: ``files`` on
-    the shared data home, every other call answered by the ``StorageService``."""
-
-    def __init__(self, service: Any, home: Path):
-        self._service, self.home, self.files = service, home, FileStore(home)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        ray = import_ray()
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return ray.get(self._service.call.remote(name, args, kwargs))
-        return call
-
-    def close(self) -> None:
-        """Nothing to close: the connections are the service's."""
 
 
 def train_on_node(service: Any, home: str, run_id: int) -> dict:
