@@ -317,6 +317,16 @@ class StudiesMixin:
         a user who could name one could send the workbench's jobs anywhere."""
         return not self._accounts_on(settings_lib.load_config()) or self.is_admin
 
+    @staticmethod
+    def ray_available() -> bool:
+        """Whether Ray is installed here (``pip install ray``), without importing it."""
+        return cluster.is_ray_available()
+
+    @staticmethod
+    def check_ray_address(address: str) -> str:
+        """``address`` stripped, when it can be a Ray address (``ClusterError`` otherwise)."""
+        return cluster.check_address(address)
+
     def _check_ray_allowed(self) -> None:
         if not self.ray_allowed():
             raise AuthError("with accounts on, only an admin may send runs to a Ray cluster; "
