@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import SettingsError, WorkbenchError
-from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport
+from engine.progress import LOSS, SAMPLES_PER_S, ProgressReport, StudyProgressReport
 from engine.text import printable
 
 
@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read the study per method: each method's best cell over the grid "
                        "axes, chosen on the validation split, compared on the test split")
     study.add_argument("--wait", action="store_true", help="train its runs in this process until all end")
+    study.add_argument("--ray", metavar="ADDRESS",
+                       help="train its runs on a Ray cluster, one Ray task each, and wait: the "
+                       "head's host:port (`ray start --head`), or local for a Ray of this "
+                       "machine; every machine mounts the data home at the same path")
     study.add_argument("--json", action="store_true")
     study.set_defaults(handler=cmd_study)
     study_commands = study.add_subparsers(title="sub-commands")
@@ -283,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare every cell, or each method's tuned cell (default: as launched)")
     merge.add_argument("--json", action="store_true")
     merge.set_defaults(handler=cmd_study_merge, needs_workbench=False)
+    train = study_commands.add_parser(
+        "run", help="train a study's queued runs: here (as --wait), or on a Ray cluster (--ray)")
+    train.add_argument("id", type=int)
+    train.add_argument("--ray", metavar="ADDRESS", help="as for `study --ray`")
+    train.add_argument("--json", action="store_true")
+    train.set_defaults(handler=cmd_study_run)
     stop = study_commands.add_parser("stop", help="cancel a study's queued runs, stop its running one")
     stop.add_argument("id", type=int)
     stop.set_defaults(handler=cmd_study_stop)
@@ -593,24 +603,54 @@ def cmd_study(wb, args) -> int:
     study_id = wb.submit_study(args.dataset, args.model, grid, parse_assignments(args.set), args.name)
     study = wb.study_summary(study_id)
     print(f"study {study_id} queued: {study['runs_total']} runs", file=sys.stderr)
-    if not args.wait:
+    if not (args.wait or args.ray):
         emit(args, study, f"study {study_id} queued; the app's worker will train its runs "
-             "(or use --wait to train them here)")
+             "(or use --wait to train them here, --ray ADDRESS on a Ray cluster)")
         return 0
+    return train_study(wb, args, study_id)
 
-    def report(run: dict) -> None:
-        if not args.json:
-            done = sum(r["status"] not in ("queued", "running") for r in wb.study_runs(study_id))
-            print(f"study {study_id}: run {run['id']} ({_cell_text(run)}) {run['status']} · "
-                  f"{done}/{study['runs_total']} runs ended", file=sys.stderr)
 
-    summary = wb.wait_for_study(study_id, on_run_end=report)
+def cmd_study_run(wb, args) -> int:
+    return train_study(wb, args, wb.get_study(args.id)["id"])
+
+
+def train_study(wb, args, study_id: int) -> int:
+    """Train the study's runs here (``--wait``) or on Ray (``--ray``) until all have ended,
+    print it, exit 1 unless every run completed."""
+    if args.ray:
+        summary = study_on_ray(wb, args, study_id)
+    else:
+        def report(run: dict) -> None:
+            if not args.json:
+                runs = wb.study_runs(study_id)
+                done = sum(r["status"] not in ("queued", "running") for r in runs)
+                print(f"study {study_id}: run {run['id']} ({_cell_text(run)}) {run['status']} · "
+                      f"{done}/{len(runs)} runs ended", file=sys.stderr)
+
+        summary = wb.wait_for_study(study_id, on_run_end=report)
     emit(args, summary, study_text(summary))
     if summary["status"] != "completed":
         return fail(f"study {study_id} ended with runs "
                     + ", ".join(f"{n} {status}" for status, n in summary["status_counts"].items()
                                 if status != "completed"), args.debug)
     return 0
+
+
+def study_on_ray(wb, args, study_id: int) -> dict:
+    """``Workbench.run_study_on_ray`` with the study's progress on stderr (none with --json);
+    Ctrl-C stops the study's runs at their next step and waits for them."""
+    report = None if args.json else StudyProgressReport(study_id)
+    print(f"study {study_id}: sending its queued runs to Ray at {args.ray}", file=sys.stderr)
+    try:
+        return wb.run_study_on_ray(study_id, args.ray, on_progress=(
+            (lambda: report.update(wb.study_progress(study_id))) if report else None))
+    except KeyboardInterrupt:
+        print(f"study {study_id}: stopped (its stopped runs can be resumed: runs resume ID, "
+              f"then study run {study_id} --ray ADDRESS)", file=sys.stderr)
+        raise
+    finally:
+        if report:
+            report.close(wb.study_progress(study_id))
 
 
 def _cell_text(run: dict) -> str:

@@ -44,3 +44,8 @@ class ExportError(WorkbenchError):
 
 class AuthError(WorkbenchError):
     """A sign-up, log-in or account change that is refused (the message says why)."""
+
+
+class ClusterError(WorkbenchError):
+    """A Ray cluster that cannot be reached or used as asked (not installed, a bad address, a
+    machine without the shared data home)."""

@@ -128,3 +128,42 @@ class ProgressReport:
         self.last_line = self._text(run)
         print(self.last_line, file=self.stream, flush=True)
         self.last_line_at, self.last_line_step = time.monotonic(), run["step"]
+
+
+class StudyProgressReport:
+    """A study's progress on ``stream`` while other processes train its runs (``study --ray``):
+    on a terminal a bar of its steps with the runs ended and running; anywhere else one line
+    per run that ends. ``update(progress)`` / ``close(progress)`` take
+    ``Workbench.study_progress``."""
+
+    def __init__(self, study_id: int, stream: TextIO | None = None):
+        self.study_id = study_id
+        self.stream = stream if stream is not None else sys.stderr
+        self.on_terminal = self.stream.isatty()
+        self.bar: tqdm | None = None
+        self.ended: set[int] = set()
+
+    def update(self, progress: dict) -> None:
+        if self.on_terminal:
+            self._draw(progress)
+            return
+        for run in progress["runs"]:
+            if run["status"] not in ("queued", "running") and run["id"] not in self.ended:
+                self.ended.add(run["id"])
+                print(f"study {self.study_id}: run {run['id']} ({run['cell']}, seed {run['seed']}) "
+                      f"{run['status']} · {len(self.ended)}/{progress['runs_total']} runs ended",
+                      file=self.stream, flush=True)
+
+    def close(self, progress: dict) -> None:
+        self.update(progress)
+        if self.bar is not None:
+            self.bar.close()
+
+    def _draw(self, progress: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=progress["steps_total"] or None, unit="step", desc=f"study {self.study_id}",
+                            file=self.stream, dynamic_ncols=True)
+        running = progress["status_counts"].get("running", 0)
+        self.bar.set_postfix_str(f"{progress['runs_ended']}/{progress['runs_total']} runs ended · "
+                                 f"{running} running", refresh=False)
+        self.bar.update(progress["steps_done"] - self.bar.n)

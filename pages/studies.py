@@ -20,7 +20,8 @@ with st.expander("New study", expanded=not studies, icon=":material/add:"):
     launched = views.launch_form(wb)
     if launched is not None:
         st.session_state["studies.chosen"] = launched
-        flash("studies", f"Study {launched} queued.")
+        if "studies.flash" not in st.session_state:  # sent to Ray: the form said where
+            flash("studies", f"Study {launched} queued.")
         st.rerun()
 
 with st.expander("Merge parts run elsewhere", icon=":material/merge:"):

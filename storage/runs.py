@@ -72,7 +72,7 @@ class RunStore:
         with self.atomic() as db:
             db["runs"].update(run_id, fields)
 
-    def claim_next_run(self, worker: str, run_id: int | None = None, slots: int = 1) -> dict | None:
+    def claim_next_run(self, worker: str, run_id: int | None = None, slots: int | None = 1) -> dict | None:
         """Atomically move the next queued run (or ``run_id``) to ``running`` for ``worker``.
 
         The next run is the first of ``FAIR_ORDER`` (pinned runs, then turns by owner). One
@@ -80,7 +80,9 @@ class RunStore:
         line) can never both claim the same run; it also refuses while ``slots`` runs are
         ``running`` on the same host (whichever processes train them: the app, ``train --wait``,
         ``worker``), so one device never trains more runs at once than the workbench's ``slots``
-        setting allows. The clock of the claimed run stops until it trains (``wall_time_at``).
+        setting allows; ``slots=None`` leaves that count to the caller (a Ray task: Ray's own
+        resources decide how many runs a machine of its cluster trains). The clock of the claimed
+        run stops until it trains (``wall_time_at``).
         """
         target = "?" if run_id is not None else (
             f"({FAIR_ORDER} select id from fair order by place limit 1)")
@@ -88,18 +90,20 @@ class RunStore:
         params: list[Any] = [worker, time.time(), utc_now()]
         if run_id is not None:
             params.append(run_id)
-        params += [host, max(1, int(slots)), host, host]
-        # A ``run_alone`` run (it ran out of memory beside others) starts only on an idle host,
-        # and nothing starts beside it.
-        running_here = "select count(*) from runs where status = 'running' and worker like ?"
+        room = ""
+        if slots is not None:  # None: no cap on this host (a Ray cluster decides, engine/training/cluster.py)
+            # A ``run_alone`` run (it ran out of memory beside others) starts only on an idle
+            # host, and nothing starts beside it.
+            running_here = "select count(*) from runs where status = 'running' and worker like ?"
+            room = (f" and ({running_here}) < ? and (run_alone = 0 or ({running_here}) = 0) "
+                    "and not exists (select 1 from runs where status = 'running' and worker like ? "
+                    "and run_alone = 1)")
+            params += [host, max(1, int(slots)), host, host]
         with self.atomic() as db:
             row = db.execute(
                 "update runs set status = 'running', worker = ?, heartbeat_at = ?, "
                 "started_at = coalesce(started_at, ?), error = null, wall_time_at = null "
-                f"where id = {target} and status = 'queued' and ({running_here}) < ? "
-                f"and (run_alone = 0 or ({running_here}) = 0) "
-                "and not exists (select 1 from runs where status = 'running' and worker like ? "
-                "and run_alone = 1) returning id",
+                f"where id = {target} and status = 'queued'{room} returning id",
                 params,
             ).fetchone()
         return self.get_run(row[0], owner_id=None) if row else None

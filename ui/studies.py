@@ -79,6 +79,7 @@ def launch_form(wb) -> int | None:
                          help="Any training setting, or a method setting (given to every "
                               "method that has it), e.g. lora_alpha=16")
     name = st.text_input("Name (optional)", "", key="studies.name", max_chars=80)
+    ray_address = ray_choice(wb)
     try:
         rates = parse_list(learning_rates, "learning rates", float)
         axes = grid_axes(rates, axes_text)
@@ -100,10 +101,35 @@ def launch_form(wb) -> int | None:
         st.warning(warning)
     if st.button("Launch study", type="primary", icon=":material/play_arrow:", key="studies.launch"):
         try:
-            return wb.submit_study(dataset, model, grid, settings, name)
+            if ray_address:
+                wb.check_ray_address(ray_address)  # before anything is queued
+            study_id = wb.submit_study(dataset, model, grid, settings, name)
+            if ray_address:  # the driver is a process of its own: the page returns at once
+                log = wb.launch_study_on_ray(study_id, ray_address)
+                flash("studies", f"Study {study_id}: its runs go to the Ray cluster at "
+                      f"{ray_address}; the driver's log is {log}.")
+            return study_id
         except WorkbenchError as error:
             st.error(str(error))
     return None
+
+
+def ray_choice(wb) -> str:
+    """Where the study's runs train: this machine (the queue), or a Ray cluster's address.
+    Only shown to those who may (with accounts on: admins; an address reaches other machines)."""
+    if not wb.ray_allowed():
+        return ""
+    where = st.radio("Run on", ["this machine", "a Ray cluster"], horizontal=True, key="studies.where",
+                     help="A Ray cluster trains the runs side by side on its machines, each run one "
+                          "Ray task; every machine must mount this data home at the same path "
+                          "(docs/multi-gpu.md).")
+    if where == "this machine":
+        return ""
+    if not wb.ray_available():
+        st.warning("Ray is not installed here: pip install ray==2.60.0", icon=":material/warning:")
+    return st.text_input("Ray address", "", key="studies.ray", max_chars=200, placeholder="node0:6379 or local",
+                         help="The cluster's head, host:port (`ray start --head` prints it), or "
+                              "local for a Ray of this machine. Empty: this machine.").strip()
 
 
 def grid_axes(learning_rates: list[float], text: str) -> dict[str, list]:

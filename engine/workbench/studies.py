@@ -9,21 +9,31 @@ provenance and decisions and hands them down.
 Studies are scoped like runs: visible to their owner, to everybody when shared (sharing a study
 shares its runs, in one transaction), to admins always; only the owner may delete one, and the
 owner or an admin (the device is everybody's) may stop one.
+
+A study's queued runs can also go to a Ray cluster (``run_study_on_ray``: each run a Ray task,
+engine/training/cluster.py); with accounts on only an admin may send them (an address reaches
+other machines).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engine import settings as settings_lib
 from engine.comparisons import read_study
-from engine.errors import NotFoundError, RunError, SettingsError, WorkbenchError
+from engine.errors import AuthError, ClusterError, NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
 from engine.studies import (ENDED, Grid, cell_label, grid_cells, run_results, study_provenance,
                             study_status, study_table)
+from engine.training import cluster
 from engine.training.evaluation import item_scores, read_evaluation
 from engine.training.settings import TrainingSettings, planned_steps, split_settings
 
@@ -299,3 +309,73 @@ class StudiesMixin:
                 if on_run_end is not None:
                     on_run_end(ended)
         return self.study_summary(study_id)
+
+    # ------------------------------------------------------------------ Ray
+    def ray_allowed(self) -> bool:
+        """Whether this user may send runs to a Ray cluster: always with accounts off (one
+        person on their own machine), else admins only: an address reaches other machines, and
+        a user who could name one could send the workbench's jobs anywhere."""
+        return not self._accounts_on(settings_lib.load_config()) or self.is_admin
+
+    @staticmethod
+    def ray_available() -> bool:
+        """Whether Ray is installed here (``pip install ray``), without importing it."""
+        return cluster.is_ray_available()
+
+    @staticmethod
+    def check_ray_address(address: str) -> str:
+        """``address`` stripped, when it can be a Ray address (``ClusterError`` otherwise)."""
+        return cluster.check_address(address)
+
+    def _check_ray_allowed(self) -> None:
+        if not self.ray_allowed():
+            raise AuthError("with accounts on, only an admin may send runs to a Ray cluster; "
+                            "launch the study on this machine")
+
+    def run_study_on_ray(self, study_id: int, address: str,
+                         on_progress: Callable[[], None] | None = None) -> dict:
+        """Train the study's queued runs on the Ray cluster at ``address`` (``local``: a Ray of
+        this machine), each run one Ray task, and wait until every task has ended
+        (``on_progress()`` meanwhile); returns ``study_summary``. The data home must be mounted
+        at the same path on every machine (docs/multi-gpu.md). A run another worker claims first
+        is trained there, not twice. Ctrl-C stops the study (queued runs cancelled, running ones
+        stopped at their next step with a checkpoint) and waits for its tasks to end.
+        ``ClusterError`` when a task could not train its run (it stays queued)."""
+        study = self._own_study(study_id, "sent to a Ray cluster", admin_may=True)
+        self._check_ray_allowed()
+        runs = [run for run in self._study_runs(study) if run["status"] == "queued"]
+        with cluster.ray_cluster(address) as ray:
+            jobs = cluster.submit_runs(ray, self.storage, runs)
+            try:
+                jobs.wait(on_progress)
+            except (KeyboardInterrupt, SystemExit):
+                self.stop_study(study["id"])
+                jobs.wait(timeout=cluster.STOP_GRACE_S)
+                raise
+            finally:
+                jobs.end(self.storage)
+        if jobs.failures:
+            first = jobs.failures[0]
+            raise ClusterError(f"{len(jobs.failures)} of the study's runs could not train on Ray "
+                               f"(they stay queued): run {first['run']}: {first['error']}")
+        return self.study_summary(study["id"])
+
+    def launch_study_on_ray(self, study_id: int, address: str) -> Path:
+        """``run_study_on_ray`` in a process of its own (``python -m engine study run ID
+        --ray ADDRESS`` as this user), for the app: the page returns at once, and the driver
+        outlives a closed tab. Returns its log file (under the data home's ``logs/``)."""
+        study = self._own_study(study_id, "sent to a Ray cluster", admin_may=True)
+        self._check_ray_allowed()
+        address = cluster.check_address(address)
+        log = self.home / "logs" / f"study-{study['id']}-ray.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "LIM_HOME": str(self.home)}
+        env.pop("LIM_USER", None)
+        if self.user is not None:
+            env["LIM_USER"] = self.user["name"]
+        with open(log, "ab") as out:
+            driver = subprocess.Popen([sys.executable, "-m", "engine", "study", "run", str(study["id"]),
+                              f"--ray={address}"], env=env, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=driver.wait, name=f"lim-ray-study-{study['id']}", daemon=True).start()
+        return log

@@ -365,3 +365,13 @@ def test_links_select_the_item_and_another_users_item_is_not_found(auth_home, de
     carol.query_params["study"] = "999"
     carol.switch_page("pages/studies.py").run()
     assert not carol.exception and carol.warning[0].value.startswith("Study 999 was not found")
+
+
+def test_only_an_admin_is_offered_a_ray_cluster_for_a_study(auth_home):
+    """A Ray address reaches other machines: with accounts on, the Studies page offers *Run on
+    a Ray cluster* to admins only (the engine refuses the others too: tests/engine/test_ray.py)."""
+    for name, offered in (("bob", False), ("ada", True)):
+        page = log_in(session(), name)
+        page.switch_page("pages/studies.py").run()
+        assert not page.exception, page.exception
+        assert any(r.key == "studies.where" for r in page.radio) is offered, name

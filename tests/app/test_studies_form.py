@@ -89,3 +89,20 @@ def test_studies_of_the_same_grid_get_different_names(demo_home):
     named = workbench.submit_study("demo-text", "tiny-bert", grid, {"max_steps": 2}, name="mine")
     names = [workbench.get_study(i)["name"] for i in (first, second, named)]
     assert names == ["lora · tiny-bert on demo-text", "lora · tiny-bert on demo-text (2)", "mine"]
+
+
+def test_a_ray_address_is_checked_before_anything_is_queued(app, demo_home):
+    """Run on: this machine (the queue) or a Ray cluster's address (with accounts on, admins
+    only: test_accounts_pages.py)."""
+    from engine import Workbench
+
+    open_studies(app)  # accounts off: one person on their own machine may
+    assert app.radio(key="studies.where").value == "this machine"
+    assert not any(t.key == "studies.ray" for t in app.text_input)
+    app.radio(key="studies.where").set_value("a Ray cluster").run()
+    app.text_input(key="studies.ray").input("--help").run()
+    [launch] = [b for b in app.button if b.key == "studies.launch"]
+    launch.click().run()
+    assert any("is not a Ray address" in e.value for e in app.error)
+    assert Workbench(demo_home).list_studies() == []  # refused before anything was queued
+
