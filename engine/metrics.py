@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 # name -> True when a larger value is better
-METRIC_DIRECTION = {"wer": False, "cer": False, "accuracy": True, "macro_f1": True, "roc_auc": True}
+METRIC_DIRECTION = {"wer": False, "cer": False, "accuracy": True, "macro_f1": True, "roc_auc": True,
+                    "loss": False}
 
 
 def normalize_transcript(text: str) -> str:
@@ -30,7 +31,7 @@ def speech_metrics(references: list[str], hypotheses: list[str]) -> dict[str, fl
 
 def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict[str, float | None]:
     """``probabilities``: (N, C) class probabilities; ``labels``: N true class indices."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     labels_array = np.asarray(labels)
     predicted = probabilities.argmax(axis=1)
@@ -40,6 +41,8 @@ def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict
         "macro_f1": float(f1_score(labels_array, predicted, average="macro",
                                    labels=list(range(num_classes)), zero_division=0)),
         "roc_auc": None,
+        # cross-entropy of the predicted probabilities: what training minimises, on held-out items
+        "loss": float(log_loss(labels_array, probabilities, labels=list(range(num_classes)))),
     }
     try:  # undefined when a class is missing from the references
         if num_classes == 2:

@@ -9,7 +9,7 @@ METRIC_TITLES = {
     "train/grad_norm": "gradient norm", "system/memory_mb": "memory in use (MiB)",
     "eval/wer": "validation WER", "eval/cer": "validation CER",
     "eval/accuracy": "validation accuracy", "eval/macro_f1": "validation macro-F1",
-    "eval/roc_auc": "validation ROC-AUC",
+    "eval/roc_auc": "validation ROC-AUC", "eval/loss": "validation loss",
 }
 
 
@@ -200,7 +200,8 @@ def rank_allocation_figure(layers: list[dict], height: int = 360) -> go.Figure:
 
 
 # ---------------------------------------------------------------------- studies
-STUDY_COSTS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak memory (MiB)"}
+STUDY_COSTS = {"trainable_params": "trainable parameters", "peak_memory_mb": "peak memory (MiB)",
+               "wall_time_s": "training time (s)"}
 
 
 def pareto_figure(table: list[dict], cost: str, height: int = 420) -> go.Figure:

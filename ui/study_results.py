@@ -280,12 +280,13 @@ def cells_view(summary: dict, reading_for: ReadingFor, key: str = "studies") -> 
     if "differences" in charts:
         st.plotly_chart(charts.pop("differences"), key=f"{key}.differences.chart")
     st.markdown("#### Quality against cost")
-    for tab, (name, figure) in zip(st.tabs(["vs trainable parameters", "vs peak memory"]), charts.items()):
+    for tab, (name, figure) in zip(st.tabs([f"vs {name.split(' (')[0]}" for name in STUDY_COSTS.values()]), charts.items()):
         tab.plotly_chart(figure, key=f"{key}.{name}")
     st.caption("One point per cell at its mean, bars of one standard deviation; the dashed line "
                "joins the cells no other cell beats on both quality and cost (those are labelled; "
                "point at any other for its name). Peak memory on a CPU "
-               "is the whole process's resident memory: compare memory on a GPU.")
+               "is the whole process's resident memory: compare memory on a GPU. Training time is "
+               "each run's wall clock, scoring included; runs that shared a device ran slower.")
     provenance_view(summary.get("provenance"), key)
     decisions_view(summary, key)
     return {**summary, **reading}

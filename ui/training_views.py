@@ -180,7 +180,7 @@ def live_charts(run_id: int, live: dict) -> None:
             if m.AUDIO_HOURS_PER_HOUR in present:
                 present.pop(m.AUDIO_SECONDS_PER_S, None)  # the same line twice
             if present:
-                st.plotly_chart(run_series_figure(series, present, title, right_axis={m.MFU_PERCENT}),
+                st.plotly_chart(run_series_figure(series, present, title, right_axis={m.MFU_PERCENT, "eval/loss"}),
                                 key=f"train.chart.{run_id}.{label}")
             else:
                 st.caption("Nothing logged yet for this chart.")

@@ -78,7 +78,7 @@ def test_finished_run_reports_what_a_student_needs(workbench):
     run_id = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {}, FAST)
     summary = workbench.wait_for_run(run_id)
     assert summary["status"] == "completed", summary["error"]
-    assert set(summary["metrics"]) == {"accuracy", "macro_f1", "roc_auc"}
+    assert set(summary["metrics"]) == {"accuracy", "macro_f1", "roc_auc", "loss"}
     assert 0 < summary["trainable_params"] < summary["total_params"]
     assert summary["peak_memory_mb"] > 0 and summary["wall_time_s"] > 0
     assert summary["step"] == summary["total_steps"] == FAST["max_steps"]
@@ -101,7 +101,7 @@ def test_eval_on_start_scores_the_untouched_model_and_the_run_shows_before_and_a
     assert sorted(points) == [0, FAST["max_steps"]]  # the zero-shot point, then the final one
     assert scored["steps"] == FAST["max_steps"]
     assert scored["before"]["accuracy"] == points[0] and scored["after"]["accuracy"] == points[FAST["max_steps"]]
-    assert set(scored["before"]) == set(scored["after"]) == {"accuracy", "macro_f1", "roc_auc"}
+    assert set(scored["before"]) == set(scored["after"]) == {"accuracy", "macro_f1", "roc_auc", "loss"}
 
 
 def test_eval_on_start_scores_the_test_split_too_so_the_final_score_has_a_before(workbench):
