@@ -102,7 +102,7 @@ def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
     assert json.loads(cli(cli_home, "runs", "show", str(run_id), "--json").stdout)["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("args, reason", [
+ERROR_CASES = [
     (["train", "--dataset", "nope", "--model", "tiny-whisper", "--method", "qlora"], "no dataset 'nope'"),
     (["train", "--dataset", "demo-speech", "--model", "tiny-whisper", "--method", "magic"], "unknown method"),
     (["train", "--dataset", "demo-speech", "--model", "tiny-whisper", "--method", "qlora",
@@ -114,12 +114,47 @@ def test_queued_run_can_be_cancelled_from_the_command_line(cli_home):
     (["runs", "resume", "424242"], "no run 424242"),
     (["models", "register", "/definitely/not/here", "--name", "x"], "not a folder, an installed model package"),
     (["datasets", "import", "/definitely/not/here", "--name", "x"], "is not a folder"),
-])
-def test_errors_exit_non_zero_with_one_line(cli_home, args, reason):
+]
+# Every case through engine.cli.main in one fresh process (each alone cost ~20 s of importing
+# torch and transformers); the first case also runs as its own command, end to end.
+ERROR_DRIVER = """
+import contextlib, io, json, sys
+from engine.cli import main
+results = []
+for args in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def error_results(cli_home) -> list:
+    env = {**os.environ, "LIM_HOME": str(cli_home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", ERROR_DRIVER], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, input=json.dumps([args for args, _ in ERROR_CASES]))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", range(len(ERROR_CASES)), ids=[reason for _, reason in ERROR_CASES])
+def test_errors_exit_non_zero_with_one_line(error_results, case):
+    code, stderr = error_results[case]
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert ERROR_CASES[case][1] in lines[0], stderr
+
+
+def test_an_error_is_one_line_from_the_command_itself(cli_home):
+    args, reason = ERROR_CASES[0]
     result = cli(cli_home, *args)
-    assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], result.stderr
+    assert result.returncode != 0 and len(lines) == 1 and reason in lines[0], result.stderr
 
 
 def fails_with_an_unexpected_error(model, settings, context):
