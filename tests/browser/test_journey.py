@@ -216,6 +216,7 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         # The student's own recordings, uploaded: checked (the import report), then stored.
         items = sum(MY_VOICES.values())
         page.locator("input[type=file]").first.set_input_files(str(my_voices_zip(demo_home, tmp_path)))
+        expect(page.get_by_text("my-voices.zip")).to_be_visible()  # uploaded before it is checked
         page.get_by_role("button", name="Check").click()
         page.get_by_role("button", name=f"Import {items} items").click()
         expect(page.get_by_text(f"Imported my-voices: {items} items")).to_be_visible()
