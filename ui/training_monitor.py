@@ -81,7 +81,8 @@ def monitor(wb, run_id: int, shown_status: str) -> None:
     run_buttons(wb, run)
     if status == "queued":
         position = wb.run_summary(run_id)["queue_position"]
-        st.info(f"Waiting in the queue at position {position}: one run trains at a time.")
+        if position is not None:  # None: a worker took it a moment ago
+            st.info(f"Waiting in the queue at position {position}.")
     if run["error"]:
         st.error(run["error"])
 

@@ -374,7 +374,9 @@ class RunsMixin:
     def _queue_position(self, run: dict) -> int | None:
         if run["status"] != "queued":
             return None
-        return [r["id"] for r in self.storage.queued_runs()].index(run["id"]) + 1
+        queued = [r["id"] for r in self.storage.queued_runs()]
+        # A worker may claim the run between the two reads: then it is no longer queued.
+        return queued.index(run["id"]) + 1 if run["id"] in queued else None
 
     def stop_run(self, run_id: int) -> str:
         """Queued: cancelled at once. Running: stops at the next step with a checkpoint."""

@@ -139,7 +139,7 @@ def test_a_finished_study_shows_its_cells_comparisons_provenance_and_exports(app
     summary = json.loads(downloads[f"study-{study_id}.json"])
     assert summary["reference"] == "lora · r=8" and summary["provenance"]["recorded"] == 9
     assert {"commit", "version"} & set(summary["provenance"]) and summary["provenance"]["packages"]["torch"]
-    assert len(app.get("plotly_chart")) == 3  # the differences with their intervals, two Pareto charts
+    assert len(app.get("plotly_chart")) == 4  # the differences with their intervals, three Pareto charts
 
     # The HTML report (made when clicked) is Compare's report of the study's runs with the
     # study's table, comparisons and provenance on top.
@@ -268,7 +268,7 @@ def test_merging_parts_shows_one_study_and_refuses_bad_files_with_their_reason(a
     assert len(merged["runs"]) == 9 and merged["missing"] == []
     assert merged["reference"] == "lora · r=8" and merged["comparisons"][0]["method"] == "lora · r=2"
     assert merged["provenance"]["recorded"] == 9
-    assert len(app.get("plotly_chart")) == 6  # the merge's three charts and the stored study's three
+    assert len(app.get("plotly_chart")) == 8  # the merge's four charts and the stored study's four
     assert (Workbench(demo_home).list_studies(), Workbench(demo_home).list_runs()) == stored  # a view
 
     other = json.loads(second)

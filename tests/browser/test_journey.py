@@ -216,9 +216,15 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         # The student's own recordings, uploaded: checked (the import report), then stored.
         items = sum(MY_VOICES.values())
         page.locator("input[type=file]").first.set_input_files(str(my_voices_zip(demo_home, tmp_path)))
-        expect(page.get_by_text("my-voices.zip")).to_be_visible()  # uploaded before it is checked
+        expect(page.get_by_text("my-voices.zip")).to_be_visible()
         page.get_by_role("button", name="Check").click()
-        page.get_by_role("button", name=f"Import {items} items").click()
+        import_button = page.get_by_role("button", name=f"Import {items} items")
+        hurried = page.get_by_text("Choose a file to upload or type a path first.")
+        expect(import_button.or_(hurried)).to_be_visible(timeout=120_000)
+        if hurried.is_visible():  # the uploader names the file before its upload has landed
+            page.wait_for_timeout(2000)
+            page.get_by_role("button", name="Check").click()
+        import_button.click(timeout=120_000)
         expect(page.get_by_text(f"Imported my-voices: {items} items")).to_be_visible()
         choose(page, "Inspect a dataset", "demo-voices")
         page.get_by_role("tab", name="Items").click()
