@@ -147,7 +147,7 @@ def test_a_finished_study_shows_its_cells_comparisons_provenance_and_exports(app
     from ui.study_results import report
 
     page = report(Workbench(demo_home), Workbench(demo_home).study_summary(study_id))
-    assert "<script src=" not in page and page.count("Plotly.newPlot") == 3  # offline, every chart
+    assert "<script src=" not in page and page.count("Plotly.newPlot") == 4  # offline, every chart
     assert "Against lora · r=2 (per cell)" in page and "not shown to differ" in page
     assert "0.81 ± 0.01" in page and "paired t-test over seeds" in page and "Holm" in page
     assert "<h2>Provenance</h2>" in page or ">Provenance<" in page
