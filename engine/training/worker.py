@@ -147,8 +147,6 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
 
     A run on more than one GPU trains in a torchrun child (engine/training/distributed.py)
     while this thread keeps its heartbeat and live series, and records how it ended."""
-    from engine.training.recipe import FineTuneRecipe
-
     run_id = run["id"]
     stop = local_stop or threading.Event()
 
@@ -162,14 +160,7 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
                 ended = run_distributed(storage, run, stop)
                 status, peak_memory_mb = ended["status"], ended["peak_memory_mb"]
             else:
-                recipe = FineTuneRecipe(storage, run, should_stop)
-                try:
-                    recipe.setup()
-                    status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
-                except BaseException as error:
-                    recipe.cleanup("failed" if isinstance(error, Exception) else "interrupted")
-                    raise
-                recipe.cleanup(status)
+                status, peak_memory_mb = train_here(storage, run, should_stop)
         storage.update_run(run_id, status=status, finished_at=utc_now(),
                            peak_memory_mb=peak_memory_mb, stop_requested=0)
         storage.add_event(run_id, f"run {status}")
@@ -195,12 +186,30 @@ def execute_run(storage: Storage, run: dict, local_stop: threading.Event | None 
         release_device_memory()
 
 
+def train_here(storage: Storage, run: dict, should_stop: Callable[[], bool]) -> tuple[str, float]:
+    """Train ``run`` in this process: (status, peak memory MiB). The recipe lives in this frame
+    only, so once this returns, ``release_device_memory`` can collect it (a local of
+    ``execute_run`` would still hold it, and its GPU memory, when the run has ended)."""
+    from engine.training.recipe import FineTuneRecipe
+
+    recipe = FineTuneRecipe(storage, run, should_stop)
+    try:
+        recipe.setup()
+        status, peak_memory_mb = recipe.train(), recipe.memory.peak_mb
+    except BaseException as error:
+        recipe.cleanup("failed" if isinstance(error, Exception) else "interrupted")
+        raise
+    recipe.cleanup(status)
+    return status, peak_memory_mb
+
+
 def release_device_memory() -> None:
     """Give the ended run's GPU memory back to the device, not only to this process's cache: the
     run's objects hold each other in cycles (and its CUDA graphs keep private memory pools while
     they live), so collect them first. A worker process between runs then holds next to nothing:
     on the research study's H100 (12 ``engine worker`` processes, issue 28), idle processes held
-    4-11 GiB each, and a run re-queued to train alone still ran out of memory."""
+    4-11 GiB each, and a run re-queued to train alone still ran out of memory: the ended run's
+    recipe was still a local of ``execute_run`` when the cache was emptied (``train_here``)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
