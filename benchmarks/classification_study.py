@@ -4,7 +4,7 @@ its own tuned learning rate, seeds paired; training time against validation AUC 
 
     python -m benchmarks.classification_study --home /tmp/cls-home --out benchmarks/results/<date>-classification
 
-Everything goes through the command line a user has (``engine demo``, ``study ... --wait``,
+Everything goes through the command line a user has (``engine demo``, ``study``, ``engine worker``,
 ``study show``, ``runs show``). demo-commands has no test split, so the tuned cells are chosen
 and reported on the validation split (the runner says so: optimistic). Writes
 ``study-tuned.json``, ``study-cells.json``, ``runs.json`` (each run's final metrics) and
@@ -21,7 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.research_study import engine
+from benchmarks.research_study import engine, train_with_workers
 
 TRAINING = {"max_steps": 45, "per_device_train_batch_size": 8, "warmup_steps": 4, "eval_steps": 0,
             "save_steps": 0, "audio_padding": "longest"}
@@ -59,11 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="lora,full,frozen-encoder")
     parser.add_argument("--learning-rates", default="3e-5,3e-4,3e-3")
     parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (LIM_SLOTS; one GPU holds several)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LIM_HOME": str(args.home), "LIM_AUTH": "off"}
+    env = {**os.environ, "LIM_HOME": str(args.home), "LIM_AUTH": "off", "LIM_SLOTS": str(args.workers)}
     settings = {**TRAINING, **dict(item.split("=", 1) for item in args.set)}
     started = time.time()
     with open(args.out / "log.txt", "a") as log:
@@ -71,10 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         shown = json.loads(engine(
             ["study", "--dataset", "demo-commands", "--model", args.model, "--name", "seed 003: lora vs full vs frozen encoder",
              "--methods", args.methods, "--ranks", "8", "--seeds", args.seeds,
-             "--grid", f"learning_rate={args.learning_rates}", "--tune-per-method", "--wait", "--json",
+             "--grid", f"learning_rate={args.learning_rates}", "--tune-per-method", "--json",
              *[part for key, value in settings.items() for part in ("--set", f"{key}={value}")]],
             env, log, capture=True))
         study_id = shown["id"]
+        train_with_workers(args.workers, env, log)
         for reading in ("tuned", "cells"):
             text = engine(["study", "show", str(study_id), "--json", "--reading", reading], env, log, capture=True)
             (args.out / f"study-{reading}.json").write_text(text)

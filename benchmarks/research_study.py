@@ -38,6 +38,15 @@ def engine(args: list[str], env: dict, log, capture: bool = False) -> str:
     return done.stdout if capture else ""
 
 
+def train_with_workers(workers: int, env: dict, log) -> None:
+    """``workers`` processes of ``engine worker`` until the queue is empty (one GPU holds several
+    whisper-base runs; ``LIM_SLOTS`` in ``env`` bounds them together)."""
+    started = [subprocess.Popen([sys.executable, "-m", "engine", "worker"], env=env, stdout=log, stderr=log)
+               for _ in range(workers)]
+    for worker in started:
+        worker.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="benchmarks.research_speech's folder")
@@ -73,10 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         study_id = submitted["id"]
         log.write(f"study {study_id}: {len(submitted.get('runs', []))} runs, {args.workers} workers\n")
         log.flush()
-        workers = [subprocess.Popen([sys.executable, "-m", "engine", "worker"], env=env, stdout=log,
-                                    stderr=log) for _ in range(args.workers)]
-        for worker in workers:
-            worker.wait()
+        train_with_workers(args.workers, env, log)
         for reading in ("tuned", "cells"):
             shown = engine(["study", "show", str(study_id), "--json", "--reading", reading], env, log,
                            capture=True)

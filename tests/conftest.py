@@ -13,7 +13,8 @@ import torch
 # helpers shared by several test folders (audio_files.py) sit beside this file, whose folder
 # pytest puts on sys.path (the root conftest's folder).
 os.environ["HF_HUB_OFFLINE"] = "1"
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs two workers) each worker gets its share of the cores.
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def pytest_collection_modifyitems(config, items):

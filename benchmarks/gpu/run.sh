@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
-# On the GPU machine: put the kit together, install its wheels, start the research study in the
-# background (setsid: it outlives this call while the machine stays warm), wait, copy results.
+# On the lent GPU machine, once per device call, back to back (it stays warm 30 s between calls):
+#   carry [".gpu/c1"] command "bash benchmarks/gpu/run.sh" ... carry [".gpu/cN"] the same,
+#   then calls without carry until plan.sh has ended.
+# Each call moves its kit part aside (a carried folder replaces .gpu there), puts the kit together
+# once every part is there, starts benchmarks/gpu/plan.sh in the background (setsid: it outlives
+# the call while the machine stays warm), waits up to WAIT_S and returns what has come out.
+# SOURCE_COMMIT (set it in the call): the commit this tree is, recorded in every run's provenance
+# (the copy here carries no history of its own).
 set -u
-cd "$(git rev-parse --show-toplevel 2>/dev/null || echo "$(dirname "$0")/../..")"
+cd "$(dirname "$0")/../.."
+mkdir -p /tmp/kitparts
+mv .gpu/c*/lim-kit.part.* .gpu/c*/kit.sha256 /tmp/kitparts/ 2>/dev/null
+ls /tmp/kitparts
 if [ ! -d /tmp/kit ]; then
-  cat $(ls .gpu/c*/lim-kit.part.* | sort -V) > /tmp/kit.tar
-  echo "$(cat .gpu/c*/kit.sha256 | head -1)  /tmp/kit.tar" | sha256sum -c - || exit 3
+  [ -f /tmp/kitparts/kit.sha256 ] || { echo "waiting for the kit's last part"; exit 0; }
+  cat $(ls /tmp/kitparts/lim-kit.part.* | sort -V) > /tmp/kit.tar
+  echo "$(cat /tmp/kitparts/kit.sha256)  /tmp/kit.tar" | sha256sum -c - || { echo "kit incomplete"; exit 0; }
   mkdir -p /tmp/kit && tar xf /tmp/kit.tar -C /tmp/kit && rm /tmp/kit.tar
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     /tmp/kit/deps/*.whl /tmp/kit/model/*.whl 2>&1 | tail -3
 fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2
-python3 -c "import peft, bitsandbytes, sqlite_utils, argon2, jiwer, soundfile; print('imports ok')" || exit 4
-METHODS=qlora,ta-qlora,cmra,mma,lora,qdora,qlora-all-linear
-python3 -c "import librosa" 2>/dev/null && METHODS=$METHODS,qass
-echo "methods: $METHODS"
-if [ ! -f /tmp/study.pid ]; then
-  setsid nohup python3 -m benchmarks.research_study --data /tmp/kit/research-speech --home /tmp/rs-home \
-    --out /tmp/rs-out --methods $METHODS --workers ${WORKERS:-8} > /tmp/rs-out.log 2>&1 &
-  echo $! > /tmp/study.pid
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 LIM_SOURCE_COMMIT=${SOURCE_COMMIT:-}
+if [ ! -f /tmp/plan.pid ]; then
+  rm -rf /tmp/repo && cp -a . /tmp/repo && rm -rf /tmp/repo/.gpu  # later calls re-copy this tree
+  (cd /tmp/repo && python3 -c "import peft, bitsandbytes, sqlite_utils, argon2, jiwer, soundfile; print('imports ok')") || exit 4
+  (cd /tmp/repo && setsid nohup bash benchmarks/gpu/plan.sh > /tmp/plan.log 2>&1 & echo $! > /tmp/plan.pid)
 fi
 end=$(( $(date +%s) + ${WAIT_S:-540} ))
-while kill -0 "$(cat /tmp/study.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
+while kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && echo "plan still running" || echo "plan ended"
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
-tail -5 /tmp/rs-out.log; tail -3 /tmp/rs-out/log.txt 2>/dev/null
-LIM_HOME=/tmp/rs-home python3 -m engine runs list --json 2>/dev/null | python3 -c "
-import json, sys, collections; runs = json.load(sys.stdin); print(collections.Counter(r['status'] for r in runs))" || true
-cp /tmp/rs-out/*.json /tmp/rs-out/log.txt /tmp/rs-out.log "$OUT"/ 2>/dev/null || true
+tail -25 /tmp/plan.log
+cat /tmp/out/slots/summary.md /tmp/out/cls/summary.md 2>/dev/null
+tar czf "$OUT/results.tgz" -C /tmp out 2>/dev/null
+cp /tmp/plan.log "$OUT"/ 2>/dev/null || true

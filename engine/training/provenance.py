@@ -42,7 +42,27 @@ COMPARED = ("commit", "dirty", "version", "packages", "device")
 def code_version() -> dict:
     """``{"commit", "dirty"}`` of the git checkout the code runs from, else ``{"version"}``
     of the installed package (a wheel, a container without .git). Read once per process: the
-    code a process runs is the code it imported, whatever the checkout says later."""
+    code a process runs is the code it imported, whatever the checkout says later.
+
+    ``LIM_SOURCE_COMMIT`` names the commit a copied working tree came from where the copy
+    carries no history of its own (the lent GPU machine gets the tree, not the repository): it is
+    recorded as ``commit``, with ``commit_from: "LIM_SOURCE_COMMIT"`` and what the copy's own
+    git says under ``checkout``, so a reader sees the commit was declared, not read."""
+    declared = os.environ.get("LIM_SOURCE_COMMIT", "").strip()
+    if declared:
+        found = _git_checkout()
+        return {"commit": declared, "commit_from": "LIM_SOURCE_COMMIT",
+                **({"checkout": found} if found else {})}
+    found = _git_checkout()
+    if found:
+        return found
+    try:
+        return {"version": version(DISTRIBUTION)}
+    except PackageNotFoundError:
+        return {"version": None}
+
+
+def _git_checkout() -> dict | None:
     try:
         commit = subprocess.run(["git", "-C", str(CODE_ROOT), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
@@ -51,11 +71,7 @@ def code_version() -> dict:
                                  timeout=30, check=True).stdout.strip()
         return {"commit": commit, "dirty": bool(changed)}
     except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        return {"version": version(DISTRIBUTION)}
-    except PackageNotFoundError:
-        return {"version": None}
+        return None
 
 
 def package_versions() -> dict:

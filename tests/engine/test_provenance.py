@@ -44,3 +44,15 @@ def test_a_runs_decisions_are_its_method_report_and_the_metrics_its_method_logs(
         "first_step": 1, "last_step": 3, "first": 0.5, "last": 0.6, "min": 0.5, "max": 0.7,
         "mean": 0.6, "steps": 3}}
     assert workbench.run_summary(run_id)["provenance"] is None  # never started: nothing recorded
+
+
+def test_a_copied_tree_without_history_records_the_declared_commit_and_what_its_git_says(monkeypatch):
+    """The lent GPU machine gets a copy of the tree whose git names an older base commit: the
+    commit declared in LIM_SOURCE_COMMIT is recorded, marked as declared, beside the checkout's."""
+    read = code_version.__wrapped__()
+    monkeypatch.setenv("LIM_SOURCE_COMMIT", "0123abc")
+    declared = code_version.__wrapped__()
+    assert declared["commit"] == "0123abc" and declared["commit_from"] == "LIM_SOURCE_COMMIT"
+    assert declared["checkout"] == read and read["commit"] != "0123abc"  # the suite runs in a git checkout
+    monkeypatch.delenv("LIM_SOURCE_COMMIT")
+    assert code_version.__wrapped__() == read and "commit_from" not in read

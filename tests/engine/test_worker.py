@@ -36,7 +36,7 @@ def claimed_run(storage, worker: str, heartbeat_age_s: float) -> int:
 @pytest.mark.parametrize("worker", [
     "a-container-that-is-gone:1:1",  # every `docker run` gets a new hostname
     f"{socket.gethostname()}:{os.getpid()}:1",  # a restarted container: same hostname, same pid
-])
+], ids=["another-host", "this-host-this-pid"])  # ids without the pid: xdist's workers collect alike
 def test_a_run_whose_heartbeat_went_stale_is_interrupted_on_any_host(storage, worker):
     run_id = claimed_run(storage, worker, heartbeat_age_s=STALE + 1)
     assert recover_interrupted(storage) == [run_id]
