@@ -72,7 +72,8 @@ class RunStore:
         with self.atomic() as db:
             db["runs"].update(run_id, fields)
 
-    def claim_next_run(self, worker: str, run_id: int | None = None, slots: int | None = 1) -> dict | None:
+    def claim_next_run(self, worker: str, run_id: int | None = None, slots: int | None = 1,
+                       scope: str | None = None) -> dict | None:
         """Atomically move the next queued run (or ``run_id``) to ``running`` for ``worker``.
 
         The next run is the first of ``FAIR_ORDER`` (pinned runs, then turns by owner). One
@@ -82,11 +83,13 @@ class RunStore:
         ``worker``), so one device never trains more runs at once than the workbench's ``slots``
         setting allows; ``slots=None`` leaves that count to the caller (a Ray task: Ray's own
         resources decide how many runs a machine of its cluster trains). The clock of the claimed
-        run stops until it trains (``wall_time_at``).
+        run stops until it trains (``wall_time_at``). ``scope``: the ``LIKE`` pattern of the
+        workers whose runs count against ``slots`` (default: this host's, ``host:%``; one GPU of
+        several: ``host:%@cuda:1``, engine/training/slots.py).
         """
         target = "?" if run_id is not None else (
             f"({FAIR_ORDER} select id from fair order by place limit 1)")
-        host = f"{worker.split(':', 1)[0]}:%"
+        host = scope or f"{worker.split(':', 1)[0]}:%"
         params: list[Any] = [worker, time.time(), utc_now()]
         if run_id is not None:
             params.append(run_id)

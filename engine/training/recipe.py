@@ -51,7 +51,7 @@ from engine.training.profiles import active_profile, cap_gpu_memory
 from engine.training.provenance import collect, record_start
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
-from engine.training.slots import run_device
+from engine.training.slots import claimed_device
 from engine.training.tracking import Tracking
 from storage import Storage
 
@@ -73,7 +73,9 @@ class FineTuneRecipe:
         self.settings = RunSettings.from_record(run)
         self.config, self.method_settings = self.settings.training, self.settings.method_settings
         self.method = get_method(run["method"])
-        self.device = parallel.device if parallel else run_device()
+        self.device = parallel.device if parallel else claimed_device(run)
+        if self.device.startswith("cuda:"):  # one GPU of several: this thread's current device too
+            torch.cuda.set_device(self.device)
         self.tracking = Tracking([], self.log)  # nothing until setup opens the run's choice
 
     def log(self, message: str, level: str = "info") -> None:

@@ -16,6 +16,12 @@ queued run fits beside the runs already training on this host:
 
 A run that still runs out of memory beside others is queued again ``run_alone`` (storage:
 ``claim_next_run``) and continues from its checkpoint with the device to itself.
+
+On a host with several GPUs (``LIM_DEVICE=auto``) each GPU has its own slots: a claim goes to
+the GPU with the fewest runs, then the most free memory, where the run fits (so one run per GPU
+first, then several per GPU where they fit), and the claim names it: the worker field reads
+``host:pid:thread@cuda:1`` and the run trains there (``claimed_device``; the recipe makes it the
+thread's current CUDA device). A ``run_alone`` run waits for its GPU to be idle, not the host.
 """
 
 from __future__ import annotations
@@ -85,6 +91,23 @@ def run_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEVICE_MARK = "@"  # host:pid:thread@cuda:1: the GPU a claim placed its run on
+
+
+def host_devices() -> list[str]:
+    """The devices this host's runs are placed on: each GPU (``cuda:0``, ``cuda:1``, ...) where
+    there are several and ``LIM_DEVICE`` is ``auto`` (or ``cuda``), else the one ``run_device``."""
+    device = run_device()
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{index}" for index in range(count)] if count > 1 else [device]
+
+
+def claimed_device(run: dict) -> str:
+    """Where a claimed run trains: the GPU its claim names, else ``run_device()``."""
+    worker = run.get("worker") or ""
+    return worker.rpartition(DEVICE_MARK)[2] if DEVICE_MARK in worker else run_device()
+
+
 def claim_run(storage, worker: str) -> dict | None:
     """Claim the next queued run for ``worker`` if a slot is free (``LIM_SLOTS``), else None.
 
@@ -96,14 +119,27 @@ def claim_run(storage, worker: str) -> dict | None:
     if upcoming is None:
         return None
     limit = parse_slots(load_config().slots)
-    running = storage.running_on_host(worker.split(":", 1)[0])
-    if limit is None:
-        device = run_device()
-        free_mb, total_mb = device_memory_mb(device)
-        facts = SlotFacts(device, tuple(r["estimate_mb"] for r in running), upcoming["estimate_mb"],
+    host = worker.split(":", 1)[0]
+    running = storage.running_on_host(host)
+    devices = host_devices()
+    several = len(devices) > 1
+    choices = []  # (runs on it, -free MiB, device, slots for the claim)
+    for device in devices:
+        mine = [r for r in running if claimed_device(r) == device] if several else running
+        free_mb, total_mb = device_memory_mb(device) if limit is None or several else (None, None)
+        if limit is not None:
+            if len(mine) < limit:
+                choices.append((len(mine), -(free_mb or 0.0), device, limit))
+            continue
+        facts = SlotFacts(device, tuple(r["estimate_mb"] for r in mine), upcoming["estimate_mb"],
                           free_mb, total_mb)
-        fits, _ = may_start_another(None, facts)
-        if not fits:
-            return None
-        limit = len(running) + 1
-    return storage.claim_next_run(worker, run_id=upcoming["id"], slots=limit)
+        if may_start_another(None, facts)[0]:
+            choices.append((len(mine), -(free_mb or 0.0), device, len(mine) + 1))
+    if not several:
+        return storage.claim_next_run(worker, run_id=upcoming["id"], slots=choices[0][3]) if choices else None
+    for _, _, device, cap in sorted(choices):  # the claim may still refuse (a run_alone on that GPU)
+        claimed = storage.claim_next_run(f"{worker}{DEVICE_MARK}{device}", run_id=upcoming["id"], slots=cap,
+                                         scope=f"{host}:%{DEVICE_MARK}{device}")
+        if claimed is not None:
+            return claimed
+    return None

@@ -138,3 +138,57 @@ def test_an_ended_run_leaves_nothing_of_itself_in_the_worker_process(workbench, 
     run = claim_run(workbench.storage, "host-a:1:1")
     assert execute_run(workbench.storage, run) == "completed"
     assert made and made[0]() is None  # collected by the worker itself, before it returned
+
+
+def fake_gpus(monkeypatch, free_mb: dict[str, float], total_mb: float = GPU) -> None:
+    """A host with several GPUs (this machine has none): each one's memory free now."""
+    monkeypatch.setattr(slots_lib, "run_device", lambda: "cuda")
+    monkeypatch.setattr(slots_lib, "host_devices", lambda: list(free_mb))
+    monkeypatch.setattr(slots_lib, "device_memory_mb", lambda device: (free_mb[device], total_mb))
+
+
+def test_several_gpus_get_one_run_each_first_then_more_where_they_fit(workbench, monkeypatch):
+    storage = workbench.storage
+    ids = [workbench.submit_run("demo-text", "tiny-bert", "lora", {}, FAST) for _ in range(6)]
+    for run_id in ids:
+        storage.update_run(run_id, estimate_mb=10_000.0)
+    free = {"cuda:0": 70_000.0, "cuda:1": 75_000.0}
+    fake_gpus(monkeypatch, free, total_mb=24_000.0)  # two runs fit on each card, not three
+    placed = [slots_lib.claimed_device(claim_run(storage, f"host-a:1:{n}")) for n in range(4)]
+    assert placed == ["cuda:1", "cuda:0", "cuda:1", "cuda:0"]  # one per GPU first, most free first
+    assert storage.get_run(ids[0], owner_id=None)["worker"] == "host-a:1:0@cuda:1"
+    assert claim_run(storage, "host-a:1:9") is None  # both cards are full at their peaks
+    storage.update_run(ids[1], status="completed")  # cuda:0 has room again
+    assert slots_lib.claimed_device(claim_run(storage, "host-a:1:9")) == "cuda:0"
+    monkeypatch.setenv("LIM_SLOTS", "3")  # a number counts per GPU
+    assert [slots_lib.claimed_device(claim_run(storage, "host-a:1:10"))] == ["cuda:1"]
+    assert [r["status"] for r in workbench.list_runs()].count("running") == 5
+
+
+def test_a_run_alone_waits_for_its_gpu_not_the_whole_host(workbench, monkeypatch):
+    storage = workbench.storage
+    monkeypatch.setenv("LIM_SLOTS", "2")
+    fake_gpus(monkeypatch, {"cuda:0": 70_000.0, "cuda:1": 60_000.0})
+    first, alone, third, fourth = (workbench.submit_run("demo-text", "tiny-bert", "lora", {}, FAST)
+                                   for _ in range(4))
+    storage.update_run(alone, run_alone=1)
+    assert slots_lib.claimed_device(claim_run(storage, "host-a:1:1")) == "cuda:0"
+    assert slots_lib.claimed_device(claim_run(storage, "host-a:1:2")) == "cuda:1"  # the idle GPU
+    assert slots_lib.claimed_device(claim_run(storage, "host-a:1:3")) == "cuda:0"
+    # cuda:0 is full; cuda:1 has a free slot, but nothing starts beside the run alone
+    assert claim_run(storage, "host-a:1:4") is None
+    storage.update_run(alone, status="completed")
+    assert slots_lib.claimed_device(claim_run(storage, "host-a:1:4")) == "cuda:1"
+    assert [storage.get_run(i, owner_id=None)["status"] for i in (third, fourth)] == ["running"] * 2
+
+
+def test_a_claimed_run_trains_on_the_gpu_its_claim_names(monkeypatch):
+    assert slots_lib.claimed_device({"worker": "host:1:2@cuda:3"}) == "cuda:3"
+    monkeypatch.setattr(slots_lib, "run_device", lambda: "cpu")
+    assert slots_lib.claimed_device({"worker": "host:1:2"}) == "cpu"
+    assert slots_lib.claimed_device({"worker": None}) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(slots_lib, "run_device", lambda: "cuda")
+    assert slots_lib.host_devices() == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    monkeypatch.setattr(slots_lib, "run_device", lambda: "cuda:2")  # LIM_DEVICE names one
+    assert slots_lib.host_devices() == ["cuda:2"]
