@@ -96,6 +96,32 @@ def test_launching_a_study_from_the_form_queues_its_runs(app, demo_home):
     assert {r["status"] for r in workbench.study_runs(study["id"])} == {"cancelled"}
 
 
+def test_a_study_training_several_cells_at_once_shows_each_of_them_moving(app, demo_home):
+    """Slots (issue 29): two of a study's runs train at once; the page counts both as running
+    and lists each with its own step."""
+    import os
+    import socket
+    import time
+
+    from engine import Workbench
+    from engine.studies import Grid
+
+    workbench = Workbench(demo_home)
+    study_id = workbench.submit_study("demo-text", "tiny-bert", Grid(["lora"], ranks=[2, 8], seeds=[1, 2]),
+                                      {"max_steps": 10})
+    first, second = (r["id"] for r in workbench.study_runs(study_id)[:2])
+    for thread, (run_id, step) in enumerate(((first, 3), (second, 7))):  # two threads of one worker
+        workbench.storage.claim_next_run(f"{socket.gethostname()}:{os.getpid()}:{thread}", run_id=run_id, slots=None)
+        workbench.storage.update_run(run_id, heartbeat_at=time.time() + 3600, step=step, total_steps=10)
+    open_studies(app)
+    assert app.get("progress")[0].proto.text.startswith("0 of 4 runs ended (2 running, 2 queued) · 10 of 40 steps")
+    runs = frame_with(app, "status").set_index("run")
+    assert runs.loc[f"#{first}", ["status", "step"]].tolist() == ["running", "3/10"]
+    assert runs.loc[f"#{second}", ["status", "step"]].tolist() == ["running", "7/10"]
+    assert (runs["status"] == "queued").sum() == 2
+    workbench.stop_study(study_id)
+
+
 def test_a_finished_study_shows_its_cells_comparisons_provenance_and_exports(app, demo_home, downloads):
     import json
 
