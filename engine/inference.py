@@ -27,6 +27,7 @@ import torch
 from engine.methods import MethodContext, get_method
 from engine.methods.registry import METHOD_REPORT
 from engine.models import TaskModel, task_model_for
+from engine.models.base import MODEL_BUILD_LOCK
 from engine.training.settings import RunSettings
 
 DEFAULT_CACHE_BUDGET = 2 * 2**30  # bytes of weights kept loaded (playground)
@@ -88,7 +89,8 @@ def load_base(family: str, task: str, model_dir: Path, labels: list[str] | None 
 def load_adapter(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, adapter_dir)
+    with MODEL_BUILD_LOCK:  # see engine/models/base.py
+        return PeftModel.from_pretrained(base, adapter_dir)
 
 
 # ---------------------------------------------------------------------- predictions

@@ -29,6 +29,7 @@ from engine.data.audio import load_audio
 from engine.errors import ExportError
 from engine.export.artifacts import Progress, RunArtifacts
 from engine.export.merged import write_merged
+from engine.models.base import MODEL_BUILD_LOCK
 from engine.training.settings import stored_training
 from storage import Storage
 
@@ -110,7 +111,8 @@ def parity_report(merged: Path, ct2_folder: Path, files: list[Path],
 
     extractor = WhisperFeatureExtractor.from_pretrained(merged)
     tokenizer = WhisperTokenizer.from_pretrained(merged)
-    model = WhisperForConditionalGeneration.from_pretrained(merged).eval()
+    with MODEL_BUILD_LOCK:  # see engine/models/base.py
+        model = WhisperForConditionalGeneration.from_pretrained(merged).eval()
     # Whole 30 s window, as faster-whisper and Whisper itself pad.
     features = np.stack([extractor(load_audio(f), sampling_rate=extractor.sampling_rate,
                                    return_tensors="np").input_features[0] for f in files])

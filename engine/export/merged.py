@@ -20,6 +20,7 @@ from engine.errors import ExportError
 from engine.inference import method_load_kwargs, method_report
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
+from engine.models.base import MODEL_BUILD_LOCK
 from engine.training.settings import RunSettings
 
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
@@ -50,7 +51,8 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
     from peft import PeftModel
 
     say("merging the adapter into the base model")
-    model = PeftModel.from_pretrained(base, artifacts.adapter_dir).merge_and_unload()
+    with MODEL_BUILD_LOCK:  # see engine/models/base.py
+        model = PeftModel.from_pretrained(base, artifacts.adapter_dir).merge_and_unload()
     return task_model, model.eval()
 
 

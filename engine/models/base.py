@@ -7,6 +7,8 @@ is one new subclass.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,33 @@ class GenerationLimit(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.reached(), dtype=torch.bool, device=input_ids.device)
 
 
+# transformers' ``from_pretrained`` swaps ``torch.nn.init``'s functions (and ``init_weights``) for
+# no-ops process-wide while it loads (``transformers.initialization.no_init_weights``), then puts
+# back what it found. Two threads loading at once (the app's worker slots, a page's Playground
+# beside a training run) interleave: one restores the other's no-ops, so torch's initialisers
+# stay no-ops for good and every model built afterwards keeps uninitialised memory as weights
+# (garbage transcripts, or parameters left on the meta device). Every load and build from a config
+# in this process takes this lock; ``intact_initialisers`` checks the patch never outlives one.
+MODEL_BUILD_LOCK = threading.RLock()
+
+
+def serialised(function: Callable) -> Callable:
+    """``function`` under ``MODEL_BUILD_LOCK``."""
+    @functools.wraps(function)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with MODEL_BUILD_LOCK:
+            return function(*args, **kwargs)
+
+    locked.__wrapped_by_lock__ = True
+    return locked
+
+
+def intact_initialisers() -> bool:
+    """Whether ``torch.nn.init``'s initialisers are torch's own (not a loader's no-ops)."""
+    return all(getattr(nn.init, name).__module__ == "torch.nn.init"
+               for name in ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_"))
+
+
 class TaskModel:
     task: str = ""
     family: str = ""
@@ -65,6 +94,14 @@ class TaskModel:
         self.model_dir = Path(model_dir)
         self.labels = list(labels or [])
         self.options = options  # task-specific knobs, e.g. generation_max_length
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each family's ``load`` and ``build_from_config`` run under ``MODEL_BUILD_LOCK``."""
+        super().__init_subclass__(**kwargs)
+        for name in ("load", "build_from_config"):
+            own = cls.__dict__.get(name)
+            if own is not None and not getattr(own, "__wrapped_by_lock__", False):
+                setattr(cls, name, serialised(own))
 
     def load(self, **load_kwargs: Any) -> nn.Module:
         raise NotImplementedError

@@ -38,6 +38,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from engine.errors import ModelError
+from engine.models.base import MODEL_BUILD_LOCK
 
 FORMAT_VERSION = 6
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
@@ -627,7 +628,7 @@ def check_fits(state: dict[str, np.ndarray], config, label: str) -> None:
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    with torch.device("meta"):
+    with torch.device("meta"), MODEL_BUILD_LOCK:  # the lock: engine/models/base.py
         expected = {name: tuple(t.shape) for name, t in WhisperForConditionalGeneration(config).state_dict().items()
                     if name != "proj_out.weight"}  # tied to the token embeddings
     got = {name: tuple(array.shape) for name, array in state.items()}

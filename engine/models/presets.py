@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from engine.models.base import MODEL_BUILD_LOCK, intact_initialisers
+
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "presets"
 
 
@@ -75,7 +77,11 @@ def build_preset(preset: Preset, dest: Path, seed: int = 0) -> int:
     builders = {"whisper": _build_whisper, "bert": _build_bert, "wav2vec2": _build_wav2vec2}
     if preset.family not in builders:
         raise ValueError(f"no builder for family {preset.family}")
-    return builders[preset.family](preset, dest, seed)
+    with MODEL_BUILD_LOCK:  # engine/models/base.py: a preset's weights come from torch's initialisers
+        if not intact_initialisers():
+            raise RuntimeError("torch.nn.init's initialisers are not torch's own (a model loader in "
+                               "another thread left its no-ops in place); not writing untrained garbage")
+        return builders[preset.family](preset, dest, seed)
 
 
 def _save(model, preset: Preset, dest: Path) -> int:

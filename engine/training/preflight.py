@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.methods.registry import MethodContext
+from engine.models.base import MODEL_BUILD_LOCK
 
 
 
@@ -50,7 +51,7 @@ def model_outline(model_dir: str, task: str, num_labels: int = 2) -> ModelOutlin
     # Not accelerate.init_empty_weights(): it patches nn.Module for the whole process, so a
     # model the worker thread loads meanwhile gets meta weights and its run fails. The
     # torch.device context is a torch-function mode, which is per thread.
-    with torch.device("meta"):
+    with torch.device("meta"), MODEL_BUILD_LOCK:  # the lock: engine/models/base.py
         model = auto_class(task).from_config(config)
     linear = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
               if isinstance(m, nn.Linear)}
