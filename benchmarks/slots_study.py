@@ -49,6 +49,24 @@ wb.shutdown()
 """
 
 
+# Every run of the study with its events' times (where setup, evaluation and training went), read
+# in one process: a command line per run costs its imports each time (~20 s on the GPU machine).
+COLLECT = """
+import json, sys
+from engine import Workbench
+wb = Workbench(sys.argv[1])
+runs = []
+for run in wb.study_runs(int(sys.argv[2])):
+    record = wb.run_summary(run["id"])
+    runs.append({"id": run["id"], "cell": run["study_cell"], "seed": run["study_cell"]["seed"],
+                 "status": record["status"], "wall_time_s": record["wall_time_s"],
+                 "peak_memory_mb": record["peak_memory_mb"], "started_at": record["started_at"],
+                 "finished_at": record["finished_at"], "metrics": record["metrics"],
+                 "events": [(e["time"], e["message"][:120]) for e in wb.run_events(run["id"])]})
+print(json.dumps(runs))
+"""
+
+
 def side_command(side: str) -> tuple[list[list[str]], str]:
     """The processes a side starts and its ``LIM_SLOTS``."""
     worker = [sys.executable, "-m", "engine", "worker"]
@@ -76,6 +94,7 @@ def run_side(side: str, base: Path, args, settings: dict, log) -> dict:
          *[part for key, value in settings.items() for part in ("--set", f"{key}={value}")]],
         env, log, capture=True))
     study_id = submitted["id"]
+    submit_s = time.time() - started  # the same for every side: checking and queueing the cells
     processes = [subprocess.Popen([part.format(home=home) for part in command], env=env, stdout=log,
                                   stderr=log) for command in commands]
     deadline = started + args.deadline_s
@@ -88,21 +107,16 @@ def run_side(side: str, base: Path, args, settings: dict, log) -> dict:
     for process in processes:
         process.wait()
     wall = time.time() - started
-    cells = json.loads(engine(["study", "show", str(study_id), "--json", "--reading", "cells"], env, log,
-                              capture=True))
-    runs = []
-    for run in cells["runs"]:
-        record = json.loads(engine(["runs", "show", str(run["id"]), "--json"], env, log, capture=True))
-        runs.append({"cell": run["cell"], "seed": run["seed"], "status": record["status"],
-                     "wall_time_s": record["wall_time_s"], "peak_memory_mb": record["peak_memory_mb"],
-                     "started_at": record["started_at"], "finished_at": record["finished_at"],
-                     "metrics": record["metrics"]})
+    train_s = wall - submit_s
+    runs = json.loads(subprocess.run([sys.executable, "-c", COLLECT, str(home), str(study_id)], env=env,
+                                     check=True, text=True, stdout=subprocess.PIPE, stderr=log).stdout)
     done = sum(r["status"] == "completed" for r in runs)
-    projected = wall * len(runs) / done if cut and done else None
+    projected = submit_s + train_s * len(runs) / done if cut and done else None
     log.write(f"side {side}: {done}/{len(runs)} completed in {wall:.0f} s"
               + (f" (cut at the deadline; projected {projected:.0f} s)" if projected else "") + "\n")
     log.flush()
     return {"side": side, "slots": slots, "processes": len(commands), "wall_s": round(wall, 1),
+            "submit_s": round(submit_s, 1), "train_s": round(train_s, 1),
             "cut_at_deadline": cut, "projected_wall_s": round(projected, 1) if projected else None,
             "completed": done, "runs": runs}
 
@@ -112,8 +126,8 @@ def summary(sides: list[dict]) -> str:
     cell's metrics to the sequential side's (same cell, same seed)."""
     reference = next((s for s in sides if s["side"] == "sequential"), None)
 
-    def key(run: dict) -> tuple:
-        return run["cell"], run["seed"]
+    def key(run: dict) -> str:
+        return json.dumps(run["cell"], sort_keys=True)
 
     base = {key(r): r for r in reference["runs"] if r["status"] == "completed"} if reference else {}
     base_wall = reference and (reference["projected_wall_s"] or reference["wall_s"])

@@ -5,7 +5,7 @@
 # Each call moves its kit part aside (a carried folder replaces .gpu there), puts the kit together
 # once every part is there, starts benchmarks/gpu/plan.sh in the background (setsid: it outlives
 # the call while the machine stays warm), waits up to WAIT_S and returns what has come out.
-# SOURCE_COMMIT (set it in the call): the commit this tree is, recorded in every run's provenance
+# PLAN (plan.sh: slots or research) and SOURCE_COMMIT (set them in the call): the commit this tree is, recorded in every run's provenance
 # (the copy here carries no history of its own).
 set -u
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,7 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=
 if [ ! -f /tmp/plan.pid ]; then
   rm -rf /tmp/repo && cp -a . /tmp/repo && rm -rf /tmp/repo/.gpu  # later calls re-copy this tree
   (cd /tmp/repo && python3 -c "import peft, bitsandbytes, sqlite_utils, argon2, jiwer, soundfile; print('imports ok')") || exit 4
-  (cd /tmp/repo && setsid nohup bash benchmarks/gpu/plan.sh > /tmp/plan.log 2>&1 & echo $! > /tmp/plan.pid)
+  (cd /tmp/repo && PLAN=${PLAN:-slots} setsid nohup bash benchmarks/gpu/plan.sh > /tmp/plan.log 2>&1 & echo $! > /tmp/plan.pid)
 fi
 end=$(( $(date +%s) + ${WAIT_S:-540} ))
 while kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
