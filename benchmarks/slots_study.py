@@ -62,6 +62,7 @@ for run in wb.study_runs(int(sys.argv[2])):
                  "status": record["status"], "wall_time_s": record["wall_time_s"],
                  "peak_memory_mb": record["peak_memory_mb"], "started_at": record["started_at"],
                  "finished_at": record["finished_at"], "metrics": record["metrics"],
+                 "estimate_mb": run["estimate_mb"], "worker": run["worker"],
                  "events": [(e["time"], e["message"][:120]) for e in wb.run_events(run["id"])]})
 print(json.dumps(runs))
 """

@@ -108,11 +108,11 @@ def claimed_device(run: dict) -> str:
     return worker.rpartition(DEVICE_MARK)[2] if DEVICE_MARK in worker else run_device()
 
 
-def claim_run(storage, worker: str) -> dict | None:
+def claim_run(storage, worker: str, why: list[str] | None = None) -> dict | None:
     """Claim the next queued run for ``worker`` if a slot is free (``LIM_SLOTS``), else None.
 
     The run checked is the one claimed (by id), so the decision and the claim are about the same
-    run; the claim stays atomic (two processes may both decide yes: the claim's running count
+    run; ``why`` (a list) gets the reason a run that does not fit waits. The claim stays atomic (two processes may both decide yes: the claim's running count
     still bounds a fixed number, and with ``auto`` a run that then does not fit is re-queued
     alone, see ``engine.training.worker.execute_run``)."""
     upcoming = storage.next_queued_run()
@@ -133,8 +133,11 @@ def claim_run(storage, worker: str) -> dict | None:
             continue
         facts = SlotFacts(device, tuple(r["estimate_mb"] for r in mine), upcoming["estimate_mb"],
                           free_mb, total_mb)
-        if may_start_another(None, facts)[0]:
+        fits, reason = may_start_another(None, facts)
+        if fits:
             choices.append((len(mine), -(free_mb or 0.0), device, len(mine) + 1))
+        elif why is not None:  # what a waiting worker says (python -m engine worker prints it)
+            why.append(f"run {upcoming['id']} waits{f' for {device}' if several else ''}: {reason}")
     if not several:
         return storage.claim_next_run(worker, run_id=upcoming["id"], slots=choices[0][3]) if choices else None
     for _, _, device, cap in sorted(choices):  # the claim may still refuse (a run_alone on that GPU)

@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -354,10 +355,15 @@ def work_until_empty(storage: Storage, poll_seconds: float = 2.0,
     """Be one worker in this process (``python -m engine worker``): train queued runs one at a
     time while a slot is free, until none is queued or running; returns how many it trained.
     Start several for several runs at once (each counts against ``slots``)."""
-    name, trained = worker_name(), 0
+    name, trained, said = worker_name(), 0, ""
     while True:
         recover_interrupted(storage)
-        claimed = claim_run(storage, name)
+        why: list[str] = []
+        claimed = claim_run(storage, name, why)
+        if why and why[-1] != said:  # why the next run waits (LIM_SLOTS=auto), once per change
+            said = why[-1]
+            logger.info(said)
+            print(said, file=sys.stderr, flush=True)
         if claimed is not None:
             execute_run(storage, claimed)
             trained += 1

@@ -65,9 +65,11 @@ def test_auto_claims_the_next_run_only_while_it_fits(workbench, monkeypatch):
     assert claim_run(storage, "host-a:1:2") is None
     fake_gpu(monkeypatch, free_mb=60_000.0, total_mb=24_000.0)  # two fit in 24 GiB, three do not
     assert claim_run(storage, "host-a:1:2")["id"] == ids[1]
-    assert claim_run(storage, "host-a:1:3") is None
+    why: list[str] = []
+    assert claim_run(storage, "host-a:1:3", why) is None
+    assert why == [f"run {ids[2]} waits: 3 runs at their peaks need ~35,012 of 24,000 MiB"]
     fake_gpu(monkeypatch, free_mb=5_000.0)  # room in total, not free now
-    assert claim_run(storage, "host-a:1:3") is None
+    assert claim_run(storage, "host-a:1:3", why) is None and why[-1].endswith("needs ~11,500 MiB, 5,000 MiB free")
     monkeypatch.setenv("LIM_SLOTS", "3")  # a number overrides the estimates
     assert claim_run(storage, "host-a:1:3")["id"] == ids[2]
     assert [r["status"] for r in workbench.list_runs()] == ["running"] * 3
