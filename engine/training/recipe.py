@@ -44,11 +44,12 @@ from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.batches import Prefetcher
 from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
                                         set_rng_state)
-from engine.training.evaluation import EvaluationStopped, ItemDataset, evaluate, per_example_rows, write_evaluation
+from engine.training.evaluation import (EvaluationStopped, ItemDataset, evaluate, per_example_rows, read_untouched,
+                                        untouched_key, write_evaluation, write_untouched)
 from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
 from engine.training.parallel import DataParallel
 from engine.training.profiles import active_profile, cap_gpu_memory
-from engine.training.provenance import collect, record_start
+from engine.training.provenance import code_version, collect, device_description, package_versions, record_start
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
 from engine.training.slots import claimed_device
@@ -517,16 +518,45 @@ class FineTuneRecipe:
         on demo-voices, 136 % WER against 78 % on 30 s), so a run on short windows
         (``audio_padding=longest``) scores the untouched model the standard way; its later
         points use the run's own window, as its Playground and final score do."""
+        home, key = self.storage.files.home, self.untouched_key()
+        kept = read_untouched(home, key)
+        if kept is not None and (kept.get("test") is not None) == bool(self.test_items):
+            self.record_untouched(started, kept)
+            return
         padding = getattr(self.task_model, "audio_padding", None)
         if padding == "longest":
             self.task_model.audio_padding = "30s"
         try:
-            self.evaluate_and_record(wall_start=started, label="the untouched model")
+            validation = self.evaluate_and_record(wall_start=started, label="the untouched model")
+            test = None
             if self.test_items:  # the final score's split too, so its before and after are one split's
-                self.score_test(started, "evaluation of the untouched model on the test split")
+                test, _ = self.score_test(started, "evaluation of the untouched model on the test split")
         finally:
             if padding is not None:
                 self.task_model.audio_padding = padding
+        write_untouched(home, key, {"run_id": self.run_id, "validation": validation, "test": test})
+
+    def untouched_key(self) -> str:
+        """What decides the untouched model's scores besides the run's settings (evaluation.py)."""
+        model = self.model_record
+        return untouched_key(self.run, {
+            "model": {k: model.get(k) for k in ("id", "name", "source", "path", "created_at")},
+            "dataset": {"id": self.run["dataset_id"], "version": self.run["dataset_version"]},
+            "items": [len(self.eval_items), len(self.test_items)],
+            "code": code_version(), "packages": package_versions(),
+            "device": device_description(self.device)})
+
+    def record_untouched(self, started: float, kept: dict) -> None:
+        """Step 0 from an earlier run's identical scoring (``evaluate_untouched``)."""
+        wall = self.wall_offset + time.perf_counter() - started
+        for prefix, metrics in (("eval", kept["validation"]), ("test", kept.get("test"))):
+            if metrics:
+                values = {f"{prefix}/{name}": value for name, value in metrics.items()}
+                self.storage.add_metrics(self.run_id, self.step, wall, values)
+                self.tracking.scalars(self.step, values)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in (kept["validation"] or {}).items() if v is not None)
+        self.log(f"step 0: validation {shown} (the untouched model's scores from run {kept.get('run_id')}: "
+                 "same model, data and settings that decide them, so not generated again)")
 
     def score_test(self, started: float, phase: str) -> tuple[dict, list]:
         """Metrics and predictions on the test split, stored as ``test/*`` at this step."""

@@ -220,7 +220,7 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         page.get_by_role("button", name="Check").click()
         import_button = page.get_by_role("button", name=f"Import {items} items")
         hurried = page.get_by_text("Choose a file to upload or type a path first.")
-        expect(import_button.or_(hurried)).to_be_visible(timeout=120_000)
+        expect(import_button.or_(hurried)).to_be_visible(timeout=300_000)
         if hurried.is_visible():  # the uploader names the file before its upload has landed
             page.wait_for_timeout(2000)
             page.get_by_role("button", name="Check").click()

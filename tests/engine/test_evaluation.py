@@ -263,3 +263,51 @@ def test_stop_during_the_final_test_evaluation_keeps_a_checkpoint_to_finish_from
     workbench.resume_run(run_id)
     done = workbench.wait_for_run(run_id)
     assert done["status"] == "completed" and done["step"] == 2 and "wer" in done["metrics"]
+
+
+# ------------------------------------------- the untouched model's scores, kept (issue 31, whole run)
+def step0(workbench, run_id: int) -> dict:
+    return {row["name"]: row["value"] for row in workbench.storage.metrics(run_id, ["eval/wer", "eval/cer", "test/wer",
+                                                                                    "test/cer"]) if row["step"] == 0}
+
+
+def test_a_run_that_trains_differently_reuses_the_untouched_models_scores(workbench):
+    """Step 0 is the same work for runs that differ only in how they train (a study's learning
+    rates): the second run records the first's scores, which equal what it would have computed."""
+    from engine.training.evaluation import UNTOUCHED_DIR
+
+    settings = {**FAST, "eval_on_start": True, "max_steps": 2}
+    first = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, settings)
+    assert workbench.wait_for_run(first)["status"] == "completed"
+    second = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, {**settings, "learning_rate": 3e-3})
+    assert workbench.wait_for_run(second)["status"] == "completed"
+    reused = [e["message"] for e in workbench.run_events(second) if "untouched model's scores from run" in e["message"]]
+    assert reused and f"from run {first}" in reused[0]
+    assert step0(workbench, second) == step0(workbench, first) and set(step0(workbench, first)) == {
+        "eval/wer", "eval/cer", "test/wer", "test/cer"}
+    # without the kept scores it computes the same numbers itself
+    shutil.rmtree(workbench.storage.files.home / UNTOUCHED_DIR)
+    third = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, {**settings, "learning_rate": 3e-3})
+    assert workbench.wait_for_run(third)["status"] == "completed"
+    assert not any("untouched model's scores from run" in e["message"] for e in workbench.run_events(third))
+    assert step0(workbench, third) == step0(workbench, first)
+    # a setting that decides the scores (the seed: a new head's weights; here a different key) scores anew
+    fourth = workbench.submit_run("demo-speech", "tiny-whisper", "lora", {}, {**settings, "seed": 7})
+    assert workbench.wait_for_run(fourth)["status"] == "completed"
+    assert not any("untouched model's scores from run" in e["message"] for e in workbench.run_events(fourth))
+
+
+def test_a_damaged_kept_score_is_ignored(tmp_path):
+    from engine.training.evaluation import UNTOUCHED_DIR, read_untouched, untouched_key, write_untouched
+
+    run = {"method": "lora", "task": "asr", "settings": {"method": {"r": 8}, "training": {"learning_rate": 1e-3,
+                                                                                         "seed": 1}}}
+    key = untouched_key(run, {"model": 1})
+    other_lr = untouched_key({**run, "settings": {**run["settings"], "training": {"learning_rate": 3e-3, "seed": 1}}},
+                             {"model": 1})
+    assert other_lr == key and untouched_key(run, {"model": 2}) != key
+    write_untouched(tmp_path, key, {"run_id": 3, "validation": {"wer": 0.5}, "test": None})
+    assert read_untouched(tmp_path, key)["validation"] == {"wer": 0.5}
+    (tmp_path / UNTOUCHED_DIR / f"{key}.json").write_text("{not json")
+    assert read_untouched(tmp_path, key) is None
+    assert list((tmp_path / UNTOUCHED_DIR).glob("*.tmp")) == []
