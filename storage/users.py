@@ -1,6 +1,6 @@
 """Users and failed log-ins (the accounts of issue 17); mixed into ``Storage``.
 
-Passwords arrive here already hashed (engine/accounts.py hashes with argon2); this module only
+Passwords arrive here already hashed (engine/workbench/accounts.py hashes with argon2); this module only
 stores rows. Usernames are compared case-insensitively, so "Ada" and "ada" are one account.
 """
 

@@ -1,8 +1,8 @@
 """Memory estimates and the figure that shows them (shared by Models and Methods).
 
-The engine caches the dry runs (engine/memory/estimator.py), so this asks it every time: the
-number includes what the process holds now, as the New run form's does for the same
-configuration."""
+The engine caches the dry runs (engine/memory/estimator.py), so this asks it on every rerun
+and caches nothing itself: the number includes what the process holds now, as the New run
+form's does for the same configuration (a page cache would keep an old "process" part)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,6 @@ WHAT_IT_INCLUDES = ("The peak a run will measure: a dry run of one training step
 def estimates_for(model: str, methods: tuple[str, ...], task: str, batch_size: int, seconds: float,
                   sequence_length: int, precision: str, audio_padding: str = "30s") -> dict[str, dict | str]:
     """method -> estimate, or the reason there is none."""
-    # Cached per user: a model name means the user's own model (two users may both have an "m").
-    return _estimates_for(get_workbench().owner_id, model, methods, task, batch_size, seconds,
-                          sequence_length, precision, audio_padding)
-
-
-@st.cache_data(show_spinner="Dry-running one training step per method…", max_entries=64)
-def _estimates_for(owner_id: int, model: str, methods: tuple[str, ...], task: str, batch_size: int,
-                   seconds: float, sequence_length: int, precision: str, audio_padding: str) -> dict[str, dict | str]:
     try:
         with st.spinner("Dry-running one training step per method…"):
             return get_workbench().estimate_memory(model, list(methods), task=task, batch_size=batch_size,

@@ -9,7 +9,7 @@ the highest estimated throughput whose estimated peak fits the budget, and says 
 The estimate is analytic, per token and per layer, for the engine's fast LoRA path (bf16 base,
 fused LoRA, SDPA attention), and its constants are checked against measured peaks on a GPU
 (docs/benchmarks.md, "The memory planner against measured peaks") and on the CPU
-(tests/engine/memory/test_plan.py, ``test_planner_choices_fit_the_budget``). Where a
+(tests/engine/memory/test_memory_plan.py, ``test_planner_choices_fit_the_budget``). Where a
 device profile sets the budget (``memory_budget_gb``), ``plan_for_budget`` is the one call
 from budget to plan; the recipe makes it with a batch of the longest training items. The
 estimate before launch is the dry run (engine/memory/dryrun.py), which needs no weights;
