@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.metrics import confusion_counts, item_speech_errors, speech_item_counts
 from engine.models.base import GENERATION_BATCH_LIMIT_S, GenerationLimit
+from engine.training.settings import RunSettings
 
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -223,15 +224,16 @@ TRAINING_ONLY = frozenset({
     "dataloader_num_workers", "feature_cache_mb"})
 
 
-def untouched_key(run: dict, inputs: dict) -> str:
+def untouched_key(settings: RunSettings, inputs: dict) -> str:
     """The key of a run's untouched scores: its method, task, method settings and every training
     setting outside ``TRAINING_ONLY`` (the seed stays: a new head's weights come from it), plus
     ``inputs`` (model, dataset version, items per split, code, libraries, device)."""
     import hashlib
 
-    settings = run.get("settings") or {}
-    decided = {"method": run["method"], "task": run["task"], "method_settings": settings.get("method") or {},
-               "training": {k: v for k, v in (settings.get("training") or {}).items() if k not in TRAINING_ONLY},
+    record = settings.to_record()
+    decided = {"method": record["method"], "task": record["task"],
+               "method_settings": record["settings"]["method"],
+               "training": {k: v for k, v in record["settings"]["training"].items() if k not in TRAINING_ONLY},
                **inputs}
     return hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -539,7 +539,7 @@ class FineTuneRecipe:
     def untouched_key(self) -> str:
         """What decides the untouched model's scores besides the run's settings (evaluation.py)."""
         model = self.model_record
-        return untouched_key(self.run, {
+        return untouched_key(self.settings, {
             "model": {k: model.get(k) for k in ("id", "name", "source", "path", "created_at")},
             "dataset": {"id": self.run["dataset_id"], "version": self.run["dataset_version"]},
             "items": [len(self.eval_items), len(self.test_items)],

@@ -217,9 +217,18 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         items = sum(MY_VOICES.values())
         page.locator("input[type=file]").first.set_input_files(str(my_voices_zip(demo_home, tmp_path)))
         expect(page.get_by_text("my-voices.zip")).to_be_visible()
-        page.get_by_role("button", name="Check").click()
         import_button = page.get_by_role("button", name=f"Import {items} items")
         hurried = page.get_by_text("Choose a file to upload or type a path first.")
+        checking = page.get_by_text("Reading and checking every item")
+        for _ in range(5):
+            # A click that lands while the upload's own rerun runs is dropped by Streamlit (seen
+            # on a loaded machine): nothing starts. Click again until the check shows itself.
+            page.get_by_role("button", name="Check").click()
+            try:
+                expect(import_button.or_(hurried).or_(checking)).to_be_visible(timeout=20_000)
+                break
+            except AssertionError:
+                continue
         expect(import_button.or_(hurried)).to_be_visible(timeout=300_000)
         if hurried.is_visible():  # the uploader names the file before its upload has landed
             page.wait_for_timeout(2000)
