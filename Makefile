@@ -52,10 +52,13 @@ browser-deps:
 # tests/engine/test_ct2.py checks the rebuilt Whisper tokenizer against OpenAI's BPE ranks in the
 # openai-whisper sdist; fetch it into the pytest cache once (the test fetches it itself otherwise).
 WHISPER_SDIST := .pytest_cache/d/openai-whisper-sdist
+# Two pytest-xdist workers, whole files to each (module fixtures build once): much of the suite
+# waits on subprocesses, a browser and the app, so two share 2 cores well (28 min, not 40).
+TEST_WORKERS ?= 2
 test: venv browser-deps
 	@ls $(WHISPER_SDIST)/openai_whisper-*.tar.gz >/dev/null 2>&1 || $(PY) -m pip download --quiet \
 	  --no-deps --no-binary :all: openai-whisper==20250625 -d $(WHISPER_SDIST) || true
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # What tests/test_architecture.py checks, on its own: ruff and the import contracts.
 lint: venv
