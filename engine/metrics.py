@@ -34,6 +34,10 @@ def classification_metrics(labels: list[int], probabilities: np.ndarray) -> dict
     from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
     labels_array = np.asarray(labels)
+    # float64 rows summing to 1: a float32 softmax sums to 1 within ~1e-7, which scikit-learn's
+    # log_loss finds "not summing to one" (a warning per evaluation, and its own renormalising)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(axis=1)
     num_classes = probabilities.shape[1]
     result = {
