@@ -70,11 +70,13 @@ def compare_cells(row: dict, reference: dict, results: dict) -> dict:
                          [results[theirs[s]].get("items") for s in seeds], metric)
     if items is not None:
         found = paired_bootstrap(*items)
+        split_name = results[mine[seeds[0]]]["items"]["split"]
         out.update(difference=found["difference"], ci95=found["ci95"], p=found["p"],
                    standard_error=found["standard_error"], detectable=found["detectable"],
-                   items=found["items"], split=results[mine[seeds[0]]]["items"]["split"],
-                   test=f"{BOOTSTRAP_TEST} ({found['items']} items; seeds {_seed_list(seeds)} paired "
-                        f"and pooled; {found['resamples']:,} resamples)")
+                   items=found["items"], split=split_name,
+                   # the split scored: "test items", or "validation items" where there is no test split
+                   test=f"{BOOTSTRAP_TEST.replace('test items', f'{split_name} items')} ({found['items']} "
+                        f"items; seeds {_seed_list(seeds)} paired and pooled; {found['resamples']:,} resamples)")
     elif by_seed is not None:
         out.update(difference=by_seed["difference"], ci95=by_seed["ci95"], p=by_seed["p"],
                    test=f"{SEED_TEST} (seeds {_seed_list(seeds)}; no per-item scores)")

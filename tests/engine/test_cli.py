@@ -241,7 +241,7 @@ def test_study_wait_json_then_show_list_and_delete(cli_home, monkeypatch, capsys
     assert (comparison["method"], comparison["reference"]) == ("ia3", "lora · r=2")
     assert isinstance(comparison["difference"], float) and len(comparison["ci95"]) == 2
     assert 0 <= comparison["p"] <= comparison["p_holm"] <= 1
-    assert comparison["test"].startswith("paired bootstrap over test items")
+    assert comparison["test"].startswith("paired bootstrap over validation items")  # demo-text: no test split
     provenance = study["provenance"]
     assert (provenance.get("commit") or provenance.get("version")) and provenance["recorded"] == 4
     assert {"torch", "transformers"} <= set(provenance["packages"]) and provenance["device"]["type"] == "cpu"

@@ -309,7 +309,7 @@ def test_a_2x2x2_study_completes_through_the_queue_and_its_table_matches_its_run
     # every run kept its per-item scores (demo-text has no test split: its validation split)
     for comparison in summary["comparisons"]:
         assert set(comparison) >= {"method", "reference", "difference", "ci95", "p", "p_holm", "test"}
-        assert comparison["test"].startswith("paired bootstrap over test items (50 items; seeds 1, 2")
+        assert comparison["test"].startswith("paired bootstrap over validation items (50 items; seeds 1, 2")
         assert len(comparison["ci95"]) == 2 and comparison["ci95"][0] <= comparison["difference"] <= comparison["ci95"][1]
     for run in summary["runs"]:
         assert run["results"]["items"]["split"] == "validation" and len(run["results"]["items"]["scores"]) == 50
