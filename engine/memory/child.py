@@ -34,7 +34,26 @@ def estimate_one(request: dict) -> dict | str:
         return f"no estimate: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
+def end_with_parent(poll_seconds: float = 2.0) -> None:
+    """End this process once the one that started it is gone (reparented): the app or command
+    that asked for estimates was killed, and a dry run may still be working. Polling the parent
+    id, not Linux's parent-death signal: that fires when the *thread* that started the child
+    ends, and a Streamlit script thread ends after every rerun."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def serve() -> None:
+    end_with_parent()
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints (Python or C) go to stderr, never between the answers
     sys.stdout = sys.stderr

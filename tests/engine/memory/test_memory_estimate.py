@@ -142,3 +142,44 @@ def test_a_stuck_or_dead_estimator_costs_one_estimate_and_the_next_one_works(wor
     while estimator._process is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert estimator._process is None  # idle: stopped, its memory given back
+
+
+def test_the_estimator_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """A killed app must not leave its estimator running a dry run on its own (seen after the
+    browser journey: an orphan for ~5 minutes)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'engine.memory.child'], stdin=subprocess.PIPE,\n"
+        "                         stdout=subprocess.PIPE)\n"
+        "child.stdin.write(b'{\"method\": {\"name\": \"lora\"}}\\n'); child.stdin.flush()\n"
+        "assert child.stdout.readline().startswith(b'\"no estimate')  # it serves: imports done\n"
+        # another process holds the request pipe open (as a busy dry run would not read it):
+        # the child sees no end of its input, only its parent gone
+        "keeper = subprocess.Popen(['sleep', '600'], pass_fds=[child.stdin.fileno()])\n"
+        "print(child.pid, keeper.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    child, keeper = map(int, parent.stdout.readline().split())
+    assert psutil.pid_exists(child)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(child, signal.SIGKILL)
+        os.kill(keeper, signal.SIGKILL)
+        raise AssertionError("the estimator outlived its parent by a minute")
+    os.kill(keeper, signal.SIGKILL)
