@@ -534,7 +534,8 @@ class FineTuneRecipe:
         finally:
             if padding is not None:
                 self.task_model.audio_padding = padding
-        write_untouched(home, key, {"run_id": self.run_id, "validation": validation, "test": test})
+        write_untouched(home, key, {"run_id": self.run_id, "owner_id": self.run["owner_id"],
+                                    "validation": validation, "test": test})
 
     def untouched_key(self) -> str:
         """What decides the untouched model's scores besides the run's settings (evaluation.py)."""
@@ -555,7 +556,10 @@ class FineTuneRecipe:
                 self.storage.add_metrics(self.run_id, self.step, wall, values)
                 self.tracking.scalars(self.step, values)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in (kept["validation"] or {}).items() if v is not None)
-        self.log(f"step 0: validation {shown} (the untouched model's scores from run {kept.get('run_id')}: "
+        # another user's run is not named to this one (a shared model and dataset: same key)
+        source = (f"run {kept.get('run_id')}" if kept.get("owner_id") == self.run["owner_id"]
+                  else "an earlier run")
+        self.log(f"step 0: validation {shown} (the untouched model's scores from {source}: "
                  "same model, data and settings that decide them, so not generated again)")
 
     def score_test(self, started: float, phase: str) -> tuple[dict, list]:
