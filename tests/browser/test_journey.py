@@ -336,7 +336,7 @@ def test_first_session_trains_and_compares(server, demo_home, tmp_path):
         # the progress refreshes by itself; the page redraws whole when the study ends
         expect(page.get_by_text("4 of 4 runs ended (4 completed)")).to_be_visible(timeout=300_000)
         expect(page.get_by_text("Every cell (mean ± standard deviation over its seeds)")).to_be_visible()
-        expect(page.get_by_text("Test: paired bootstrap over test items").first).to_be_visible()
+        expect(page.get_by_text("Test: paired bootstrap over validation items").first).to_be_visible()  # demo-text has no test split
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "studies.png"), full_page=True)
 
