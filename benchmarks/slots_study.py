@@ -11,6 +11,8 @@ in its own copy of that home, from the study's submission to its last run's end:
 - ``sequential``: one ``engine worker`` with ``LIM_SLOTS=1`` (the workbench before slots);
 - ``processes:N``: N ``engine worker`` processes with ``LIM_SLOTS=auto`` (each claims a run
   only when the memory estimator says it fits beside the others);
+- ``processes:N:fixed``: the same N processes with ``LIM_SLOTS=N`` (no memory decision: what
+  the device gives when every process trains at once);
 - ``threads``: the app's in-process worker (``Workbench.start_worker``) with ``LIM_SLOTS=auto``.
 
 Sides run one after another, never together (each is a timing); a later call with the same
@@ -73,8 +75,10 @@ def side_command(side: str) -> tuple[list[list[str]], str]:
     worker = [sys.executable, "-m", "engine", "worker"]
     if side == "sequential":
         return [worker], "1"
-    if side.startswith("processes:"):
-        return [worker] * int(side.split(":", 1)[1]), "auto"
+    if side.startswith("processes:"):  # processes:N (LIM_SLOTS=auto) or processes:N:fixed (LIM_SLOTS=N)
+        parts = side.split(":")
+        count = parts[1]
+        return [worker] * int(count), (count if parts[2:] == ["fixed"] else "auto")
     if side == "threads":
         return [[sys.executable, "-c", THREADS, "{home}"]], "auto"
     raise SystemExit(f"unknown side {side!r}: sequential, processes:N or threads")

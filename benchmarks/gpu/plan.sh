@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What one GPU lease measures (benchmarks/gpu/run.sh starts it; results under /tmp/out).
-# PLAN=slots (default): issue 29's goal, the 24-cell slots study, 12 worker processes against one
-#   run at a time (timings: nothing else runs meanwhile; each side cut at its deadline and
+# PLAN=slots (default): issue 29's goal, the 24-cell slots study, 12 worker processes (LIM_SLOTS=auto,
+#   then 12) against one run at a time (timings: nothing else runs meanwhile; each side cut at its deadline and
 #   projected from its finished cells).
 # PLAN=research: issue 28's research study (methods x learning rates x seeds on the research
 #   speech set) and seed 003's classification study beside it (no timings read from these).
@@ -9,11 +9,16 @@ set -u
 echo "plan ${PLAN:-slots} start $(date -u +%T) commit ${LIM_SOURCE_COMMIT:-?}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if [ "${PLAN:-slots}" = slots ]; then
+  # auto first (why each run waits: the worker's "run N waits: ..." lines), then a fixed 12 (what
+  # the device gives with every process training), then one run at a time.
   python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides processes:12 \
-    --deadline-s "${SLOTS_DEADLINE_S:-180}"
-  echo "slots processes done $(date -u +%T)"
+    --deadline-s "${AUTO_DEADLINE_S:-120}"
+  echo "slots auto done $(date -u +%T)"; grep -a "waits" /tmp/out/slots/log.txt | sed -E "s/run [0-9]+/run N/" | sort | uniq -c | head -8
+  python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides processes:12:fixed \
+    --deadline-s "${SLOTS_DEADLINE_S:-150}"
+  echo "slots fixed done $(date -u +%T)"
   python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides sequential \
-    --deadline-s "${SEQUENTIAL_DEADLINE_S:-150}"
+    --deadline-s "${SEQUENTIAL_DEADLINE_S:-120}"
   echo "slots sequential done $(date -u +%T)"
 else
   METHODS=qlora,ta-qlora,cmra,mma,lora,qdora,qlora-all-linear
