@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import socket
 import time
@@ -37,8 +38,9 @@ from typing import Any
 import torch
 
 from engine.errors import ClusterError
-from engine.settings import load_config
+from engine.settings import MAX_SLOTS, load_config
 from engine.training.settings import stored_training
+from engine.training.slots import HEADROOM, RESERVE_MB
 from engine.training.worker import execute_run, recover_interrupted
 from engine.training.remote_storage import RemoteStorage, StorageService
 from storage import Storage
@@ -109,19 +111,47 @@ def train_on_node(service: Any, home: str, run_id: int) -> dict:
     return {"run": run_id, "status": execute_run(storage, run), "worker": name}
 
 
-def task_resources(run: dict, cluster_gpus: float, node_cpus: float) -> dict:
-    """What one run's task asks Ray for: its GPUs (``gpus``, default 1) when the cluster has
-    GPUs and runs may use them (``LIM_DEVICE`` not ``cpu``), else ``CPU_PER_RUN`` cores or
-    half the smallest machine's, whichever is fewer (at least one per process)."""
+def task_resources(run: dict, cluster_gpus: float, node_cpus: float, gpu_mb: float | None = None,
+                   node_memory: float | None = None) -> dict:
+    """What one run's task asks Ray for.
+
+    With GPUs (the cluster has them and ``LIM_DEVICE`` is not ``cpu``): one GPU per process of
+    a multi-process run; a one-process run with a memory estimate (``estimate_mb``, stored when
+    it was queued) asks for the share of a GPU of ``gpu_mb`` MiB that its estimate needs, with
+    the slots' headroom (``engine.training.slots``), so Ray packs several small runs onto one
+    GPU as ``LIM_SLOTS=auto`` does on one machine (Ray's fractional GPUs: it counts, it does not
+    enforce); without an estimate or a known GPU size, a whole GPU.
+    On CPUs: ``CPU_PER_RUN`` cores or half the smallest machine's, whichever is fewer (at least
+    one per process), and the estimate as Ray's ``memory`` (bytes), so a machine is not given
+    more runs than its RAM holds (at most ``node_memory``, the smallest machine's: a larger ask
+    would wait forever; it then trains alone there)."""
     training = stored_training(run)
     if training.nnodes > 1:
         raise ClusterError(f"run {run['id']} trains over {training.nnodes} machines with torchrun; "
                            "Ray sends whole runs to machines: set nnodes=1")
     processes = training.world_size
+    estimate = run.get("estimate_mb")
     if cluster_gpus >= 1 and load_config().device != "cpu":
-        return {"num_gpus": processes, "num_cpus": processes}
+        if processes > 1 or not estimate or not gpu_mb:
+            return {"num_gpus": processes, "num_cpus": processes}
+        need = (estimate * HEADROOM + RESERVE_MB) / gpu_mb
+        share = max(1 / MAX_SLOTS, min(1.0, math.ceil(need * 100) / 100))  # Ray's GPU shares: two decimals suffice
+        return {"num_gpus": share, "num_cpus": 1}
     cores = max(1, min(CPU_PER_RUN, int(node_cpus // 2)))
-    return {"num_cpus": max(cores, processes)}
+    resources: dict = {"num_cpus": max(cores, processes)}
+    if estimate:
+        ask = estimate * HEADROOM * 2**20
+        resources["memory"] = int(min(ask, node_memory) if node_memory else ask)
+    return resources
+
+
+def local_gpu_mb() -> float | None:
+    """The memory of this machine's smallest GPU (MiB), taken as the cluster's GPU size (the
+    driver cannot see other machines' cards; a cluster of unlike GPUs: the smallest one here
+    should be the smallest there); None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / 2**20
 
 
 @contextlib.contextmanager
@@ -203,8 +233,10 @@ def submit_runs(ray: Any, storage: Storage, runs: list[dict]) -> RayRuns:
         num_cpus=0, max_concurrency=8, scheduling_strategy=here).remote(str(storage.home))
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     node_cpus = min((resources.get("CPU", 0) for resources in nodes if resources.get("CPU")), default=1)
+    node_memory = min((resources["memory"] for resources in nodes if resources.get("memory")), default=None)
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     train = ray.remote(train_on_node)
-    tasks = {train.options(max_retries=0, **task_resources(run, cluster_gpus, node_cpus))
+    gpu_mb = local_gpu_mb() if cluster_gpus else None
+    tasks = {train.options(max_retries=0, **task_resources(run, cluster_gpus, node_cpus, gpu_mb, node_memory))
              .remote(service, str(storage.home), run["id"]): run["id"] for run in runs}
     return RayRuns(ray, service, tasks)

@@ -92,6 +92,33 @@ def test_a_run_another_worker_claimed_is_not_trained_twice(local_ray, workbench)
     assert workbench.storage.metrics(run["id"]) == []
 
 
+def test_a_task_asks_ray_for_its_estimated_share_of_a_gpu_or_of_a_machines_memory(monkeypatch):
+    """Ray packs runs by what they ask for: a one-process run with an estimate asks for its
+    share of a GPU (the slots' headroom included, rounded up to hundredths); a multi-process
+    run or one without an estimate asks for whole GPUs; on CPUs the estimate is Ray's
+    ``memory``, never more than the smallest machine has (the task would wait forever)."""
+    from engine.training.slots import HEADROOM, RESERVE_MB
+
+    def run(estimate, gpus=1):
+        return {"id": 1, "estimate_mb": estimate, "settings": {"training": {"gpus": gpus}}}
+
+    monkeypatch.setenv("LIM_DEVICE", "auto")
+    share = cluster.task_resources(run(1500.0), 1, 16, gpu_mb=81559.0)
+    assert share == {"num_gpus": 0.03, "num_cpus": 1}
+    assert share["num_gpus"] >= (1500 * HEADROOM + RESERVE_MB) / 81559
+    assert cluster.task_resources(run(60000.0), 1, 16, gpu_mb=81559.0)["num_gpus"] == 0.86  # 0.8523 up
+    assert cluster.task_resources(run(90000.0), 1, 16, gpu_mb=81559.0)["num_gpus"] == 1.0
+    assert cluster.task_resources(run(None), 1, 16, gpu_mb=81559.0) == {"num_gpus": 1, "num_cpus": 1}
+    assert cluster.task_resources(run(1500.0), 1, 16, gpu_mb=None) == {"num_gpus": 1, "num_cpus": 1}
+    assert cluster.task_resources(run(1500.0, gpus=2), 2, 16, gpu_mb=81559.0) == {"num_gpus": 2, "num_cpus": 2}
+    on_cpus = cluster.task_resources(run(1000.0), 0, 2, node_memory=8 * 2**30)
+    assert on_cpus == {"num_cpus": 1, "memory": int(1000 * HEADROOM * 2**20)}
+    assert cluster.task_resources(run(1000.0), 0, 2, node_memory=2**29)["memory"] == 2**29
+    assert "memory" not in cluster.task_resources(run(None), 0, 2, node_memory=2**30)
+    monkeypatch.setenv("LIM_DEVICE", "cpu")  # runs kept off the GPUs: a CPU task
+    assert "num_gpus" not in cluster.task_resources(run(1500.0), 1, 16, gpu_mb=81559.0)
+
+
 def test_a_machine_without_the_data_home_says_so_and_leaves_the_run_queued(local_ray, workbench, tmp_path):
     study_id = workbench.submit_study("demo-text", "tiny-bert", Grid(["lora"], seeds=[1]), {"max_steps": 2})
     [run] = workbench.study_runs(study_id)
