@@ -7,6 +7,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+from command_line import engine_command
 import soundfile
 from audio_files import class_folder, speech_folder, write_audio, write_csv, workbench_empty  # noqa: F401 (fixture)
 
@@ -181,18 +182,14 @@ def test_staged_files_left_by_abandoned_checks_are_cleaned_after_a_day(workbench
 
 
 def test_the_command_line_imports_a_zip_with_new_seeded_splits(home, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
 
     folder = class_folder(tmp_path / "zipped" / "words", per_class=10)
     archive = tmp_path / "words.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
         for path in folder.rglob("*"):
             bundle.write(path, path.relative_to(folder.parent).as_posix())
-    done = subprocess.run([sys.executable, "-m", "engine", "datasets", "import", str(archive), "--name", "words",
-                           "--splits", "new", "--seed", "3", "--json"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = engine_command("datasets", "import", str(archive), "--name", "words", "--splits", "new",
+                          "--seed", "3", "--json")
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout[done.stdout.index("{"):])
     assert printed["task"] == "audio-classification" and printed["num_items"] == 20

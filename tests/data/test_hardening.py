@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import engine_command
 import soundfile
 from audio_files import speech_folder, write_audio, write_csv, workbench_empty  # noqa: F401 (fixture)
 
@@ -159,10 +160,8 @@ def test_looking_up_a_name_that_is_not_utf8_finds_nothing(workbench_empty):
 
 
 def test_terminal_escapes_are_never_echoed_by_the_command_line(tmp_path):
-    env = {**os.environ, "LIM_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "engine", "datasets", "import",
-                             str(tmp_path / "nowhere\x1b]0;owned\x07"), "--name", "x\x1b[2J"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = engine_command("datasets", "import", str(tmp_path / "nowhere\x1b]0;owned\x07"), "--name",
+                            "x\x1b[2J", home=tmp_path / "home")
     assert result.returncode == 1
     assert "\x1b" not in result.stderr + result.stdout and "\\x1b" in result.stderr
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -79,9 +77,10 @@ def test_skipping_bad_items_imports_only_the_good_ones(workbench_empty, broken_c
 
 
 def test_the_command_line_prints_the_report_and_refuses_or_skips(home, broken_corpus):
+    from command_line import engine_command
+
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "engine", "datasets", "import", str(broken_corpus),
-                               "--name", "cli-set", *args], capture_output=True, text=True, cwd=ROOT)
+        return engine_command("datasets", "import", str(broken_corpus), "--name", "cli-set", *args)
 
     refused = cli()
     assert refused.returncode == 1 and "error: nothing was imported" in refused.stderr

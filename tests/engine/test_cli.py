@@ -1,4 +1,7 @@
-"""The command-line contract, through subprocess, on a real data home."""
+"""The command-line contract on a real data home: through ``engine.cli.main`` in this process
+(tests/command_line.py: a subprocess costs ~10 s of imports on 2 cores), and as its own
+process where the process is the point (a run trained by ``train --wait``, an error's one line
+from the command itself, every error case in one fresh process)."""
 
 from __future__ import annotations
 
@@ -10,14 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from command_line import engine_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(home: Path, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LIM_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, input=input_text,
-                          capture_output=True, text=True, timeout=600)
+def cli(home: Path, *args: str, input_text: str | None = None,
+        process: bool = False) -> subprocess.CompletedProcess:
+    return engine_command(*args, home=home, input_text=input_text, process=process)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def test_list_commands(cli_home):
 def test_train_wait_then_show(cli_home):
     result = cli(cli_home, "train", "--dataset", "demo-speech", "--model", "tiny-whisper",
                  "--method", "qlora", "--set", "max_steps=3", "--set", "r=4",
-                 "--set", "generation_max_length=8", "--wait", "--json")
+                 "--set", "generation_max_length=8", "--wait", "--json", process=True)
     assert result.returncode == 0, result.stderr
     assert "samples/s" not in result.stderr  # --json: no progress lines
     summary = json.loads(result.stdout)
@@ -152,7 +155,7 @@ def test_errors_exit_non_zero_with_one_line(error_results, case):
 
 def test_an_error_is_one_line_from_the_command_itself(cli_home):
     args, reason = ERROR_CASES[0]
-    result = cli(cli_home, *args)
+    result = cli(cli_home, *args, process=True)
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and reason in lines[0], result.stderr
 

@@ -178,8 +178,9 @@ def test_exports_refuse_what_they_cannot_do(trained, tmp_path):
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, env={**os.environ, "LIM_HOME": str(home)})
+    from command_line import engine_command
+
+    return engine_command(*args, home=home)
 
 
 def test_cli_exports_a_run_and_fails_with_one_line(trained, tmp_path):

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from command_line import engine_command
 import torch
 from conftest import FAST
 from test_training import wait_until
@@ -63,9 +64,7 @@ def test_queue_estimates_from_earlier_runs_and_cli_moves(workbench, demo_home):
     assert rows[1]["estimated_duration_s"] == pytest.approx(8 * timed.short_s + scoring)
     assert rows[1]["estimated_start_in_s"] == pytest.approx(rows[0]["estimated_duration_s"])
 
-    env = {**os.environ, "LIM_HOME": str(demo_home)}
-    moved = subprocess.run([sys.executable, "-m", "engine", "runs", "move", str(second), "--to", "1"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    moved = engine_command("runs", "move", str(second), "--to", "1", home=demo_home)
     assert moved.returncode == 0, moved.stderr
     assert [row["id"] for row in workbench.queue()] == [second, first]
 
@@ -249,11 +248,8 @@ def test_queue_commands_on_the_command_line(workbench, demo_home):
     import json
 
     first = workbench.submit_run("demo-commands", "tiny-whisper", "qlora", {"r": 4}, FAST)
-    env = {**os.environ, "LIM_HOME": str(demo_home)}
-
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=180)
+        return engine_command(*args, home=demo_home)
 
     cloned = cli("runs", "clone", str(first), "--set", "r=16", "--json")
     assert cloned.returncode == 0, cloned.stderr

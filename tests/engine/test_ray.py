@@ -1,5 +1,5 @@
 """A study's runs on a Ray cluster (engine/training/cluster.py): a local Ray of two CPUs trains a
-4-cell study through the command line to the same table and losses as the same study trained
+2-cell study through the command line to the same table and losses as the same study trained
 here one run after another; a run another worker claimed is not trained twice; owners and
 admins stay as they are. Skipped where Ray is not installed."""
 
@@ -21,7 +21,7 @@ from engine.training import cluster  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 STUDY = ["study", "--dataset", "demo-text", "--model", "tiny-bert", "--methods", "lora",
-         "--ranks", "2,4", "--seeds", "1,2", "--set", "max_steps=3", "--set", "eval_steps=0",
+         "--ranks", "2,4", "--seeds", "1", "--set", "max_steps=3", "--set", "eval_steps=0",
          "--set", "save_steps=0", "--set", "per_device_train_batch_size=4", "--json"]
 LOSS = "train/loss"
 
@@ -47,7 +47,7 @@ def losses(home, summary: dict) -> dict[tuple, list[float]]:
 
 def test_a_study_on_a_local_ray_equals_the_same_study_trained_here(local_ray, demo_template, tmp_path,
                                                                    monkeypatch, capsys):
-    """Each cell a Ray task (two at once on two CPUs), claimed through the queue and trained
+    """Each cell a Ray task (both at once on two CPUs), claimed through the queue and trained
     by the worker's own code: the same table and the same losses step by step as `--wait`."""
     results = {}
     for way in ("--wait", "--ray=local"):
@@ -57,10 +57,10 @@ def test_a_study_on_a_local_ray_equals_the_same_study_trained_here(local_ray, de
         assert main([*STUDY, way]) == 0
         results[way] = (home, json.loads(capsys.readouterr().out))
     (here_home, here), (ray_home, on_ray) = results["--wait"], results["--ray=local"]
-    assert on_ray["status"] == "completed" and on_ray["runs_ended"] == 4
+    assert on_ray["status"] == "completed" and on_ray["runs_ended"] == 2
     workbench, stranger = Workbench(ray_home), Workbench(ray_home, owner_id=2)
     workers = {run["worker"] for run in workbench.list_runs()}
-    assert len(workbench.list_runs()) == 4 and all(worker.endswith(":ray") for worker in workers)
+    assert len(workbench.list_runs()) == 2 and all(worker.endswith(":ray") for worker in workers)
     # the owner's runs stay the owner's, wherever they trained
     assert stranger.list_studies() == [] and stranger.list_runs() == []
     with pytest.raises(NotFoundError):
@@ -68,7 +68,7 @@ def test_a_study_on_a_local_ray_equals_the_same_study_trained_here(local_ray, de
     workbench.storage.close()
     assert [row["cell"] for row in on_ray["table"]] == [row["cell"] for row in here["table"]]
     for ray_row, here_row in zip(on_ray["table"], here["table"]):
-        assert ray_row["completed"] == here_row["completed"] == 2
+        assert ray_row["completed"] == here_row["completed"] == 1
         assert ray_row["values"] == pytest.approx(here_row["values"])
         assert ray_row["trainable_params_mean"] == here_row["trainable_params_mean"]
     ray_losses, here_losses = losses(ray_home, on_ray), losses(here_home, here)
@@ -85,7 +85,7 @@ def test_a_run_another_worker_claimed_is_not_trained_twice(local_ray, workbench)
     assert workbench.storage.claim_next_run(other, run_id=run["id"]) is not None
     with cluster.ray_cluster("local") as connected:
         jobs = cluster.submit_runs(connected, workbench.storage, [run])
-        assert jobs.wait(timeout=60)
+        assert jobs.wait(timeout=180)  # ~11 s alone; minutes on a loaded machine
     assert jobs.results == [{"run": run["id"], "status": "skipped", "worker": jobs.results[0]["worker"]}]
     after = workbench.get_run(run["id"])
     assert (after["status"], after["worker"], after["step"]) == ("running", other, 0)
