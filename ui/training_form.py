@@ -41,10 +41,13 @@ def new_run_form(wb, datasets: list[dict], models: list[dict], methods: dict[str
     method_fields = methods[method_name]["settings"]
     training_fields = wb.training_settings_schema()
     same_method = source is not None and source["method"] == method_name
+    # A clone starts from what clone_run would queue (Workbench.clone_settings: a setting an
+    # older run did not store at its default, as on the command line), new runs from the
+    # form's defaults (the device profile's).
+    cloned = wb.clone_settings(clone_id).to_record()["settings"] if source else None
     method_start = {f["name"]: f["default"] for f in method_fields} | (
-        source["settings"]["method"] if same_method else {})
-    training_start = {f["name"]: f["default"] for f in training_fields} | (
-        source["settings"]["training"] if source else {})
+        cloned["method"] if same_method else {})
+    training_start = {f["name"]: f["default"] for f in training_fields} | (cloned["training"] if cloned else {})
 
     method_values, training_values, problems = basic_settings(
         method_fields, training_fields, method_start, training_start, prefix, method_name)

@@ -186,12 +186,19 @@ class RunsMixin:
                  *(part for pair in pairs for part in ("--set", pair))]
         return " ".join(shlex.quote(str(word)) for word in words)
 
+    def clone_settings(self, run_id: int, changes: dict[str, Any] | None = None) -> RunSettings:
+        """What a copy of run ``run_id`` starts from: its own settings plus ``changes`` (flat
+        ``key=value`` settings, e.g. ``{"r": 16}``); a setting the run did not store (an older
+        run) gets its default, as when the run itself resumes, not a new run's default (the
+        device profile's, ``LIM_TRACKING``). The one clone path: ``clone_run`` (the command
+        line) and the New run form's Clone both start here, so both give the same run."""
+        return RunSettings.from_record(self.get_run(run_id)).with_changes(changes)
+
     def clone_run(self, run_id: int, changes: dict[str, Any] | None = None) -> int:
         """Queue a new run with this run's dataset, model, method and settings, plus ``changes``
-        (flat ``key=value`` settings, e.g. ``{"r": 16}``). A setting the run did not store
-        (an older run) gets its default, as when the run itself resumes."""
+        (``clone_settings``)."""
         run = self.get_run(run_id)
-        settings = RunSettings.from_record(run).with_changes(changes).to_record()["settings"]
+        settings = self.clone_settings(run_id, changes).to_record()["settings"]
         return self.submit_run(run["dataset_id"], run["model_id"], run["method"],
                                settings["method"], settings["training"])
 
