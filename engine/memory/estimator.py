@@ -7,8 +7,9 @@ the estimator costs one method's estimate, never the app or a run. The estimator
 and kept, so only the first estimate pays for importing torch, transformers and peft
 (seconds); one that crashes or takes too long is stopped and the next request starts a fresh
 one. It holds about a gigabyte (torch, transformers, peft), so it stops after
-``IDLE_S`` without a request. Results are cached by request (the model folder's config time is part of it), so the
-form, the pages and the submit check share one dry run per configuration.
+``IDLE_S`` without a request. Results are cached by request, the model by its config's content
+(not its folder: a copied data home or a second registration of one model asks the same), so
+the form, the pages and the submit check share one dry run per configuration.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _last_used = 0.0
 
 
 def estimate_in_child(request: dict, timeout: float = 300) -> dict[str, dict | str]:
-    """``request``: family, task, model_dir, model_mtime (cache key only), labels, methods
+    """``request``: family, task, model_dir, model_config (the config's digest), labels, methods
     [{name, settings}], batch_size, seconds, sequence_length, precision, gradient_checkpointing,
     audio_padding ("30s" or "longest": Whisper's window is then ``seconds`` long). Returns
     method -> ``MemoryEstimate.as_dict()`` (``process_mb`` 0) or the reason there is none.
@@ -44,10 +45,11 @@ def estimate_in_child(request: dict, timeout: float = 300) -> dict[str, dict | s
     crashes were seen only beside other threads, and the estimator's start-up (seconds of
     imports) would double a ``train`` command's wait."""
     common = {key: value for key, value in request.items() if key != "methods"}
+    keyed = {key: value for key, value in common.items() if key != "model_dir"}  # the config's digest stands for it
     results: dict[str, dict | str] = {}
     with _lock:
         for method in request["methods"]:
-            key = json.dumps({**common, "method": method}, sort_keys=True, default=str)
+            key = json.dumps({**keyed, "method": method}, sort_keys=True, default=str)
             if key not in _cache:
                 one = {**common, "method": method}
                 alone = threading.active_count() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ class ModelsMixin:
         folder = self.storage.files.resolve(record["path"])
         return memory.estimate({
             "family": record["family"], "task": task or record["tasks"][0],
-            "model_dir": str(folder), "model_mtime": (folder / "config.json").stat().st_mtime,
+            # the cache key is the configuration's content, not the folder: two data homes (or
+            # two registrations) of one model share their dry runs
+            "model_dir": str(folder), "model_config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
             "labels": [f"class-{i}" for i in range(max(2, labels))],
             "methods": [{"name": m, "settings": (method_settings or {}).get(m, {})} for m in methods],
             "batch_size": batch_size, "seconds": seconds, "sequence_length": sequence_length,

@@ -38,6 +38,27 @@ def test_clone_opens_the_form_filled_with_the_runs_settings(app, demo_home):  # 
     assert clone["settings"]["training"] == settings["training"]
 
 
+def test_the_pages_clone_of_an_older_run_is_the_command_lines(app, demo_home, monkeypatch):  # noqa: F811
+    """One clone path: a run stored before some settings existed gets, in the form's clone,
+    the defaults its own resume and ``runs clone`` give it, not a new run's (LIM_TRACKING,
+    the device profile): the page and the command line queue the same run."""
+    from engine import Workbench
+
+    source = finished_run(demo_home, "qlora")
+    workbench = Workbench(demo_home)
+    workbench.storage.update_run(source, settings={"method": {"r": 4}, "training": {"max_steps": 3, "seed": 11}})
+    monkeypatch.setenv("LIM_TRACKING", "tensorboard")  # new runs would track; this older run did not
+    open_page(app, "pages/training.py")
+    app.button(key=f"train.clone.{source}").click().run()
+    app.button(key="train.start").click().run()
+    assert not app.exception and "queued" in app.toast[0].value
+    from_page = workbench.list_runs()[0]
+    from_command_line = workbench.get_run(workbench.clone_run(source))
+    assert from_page["id"] != source and from_page["settings"] == from_command_line["settings"]
+    assert from_page["settings"]["training"]["tracking"] == "none"
+    assert (from_page["settings"]["method"]["r"], from_page["settings"]["training"]["seed"]) == (4, 11)
+
+
 def test_queue_can_be_reordered_and_cancelled_with_a_confirmation(app, demo_home):  # noqa: F811
     from engine import Workbench
 

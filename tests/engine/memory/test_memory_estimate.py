@@ -119,12 +119,35 @@ def test_the_check_warns_when_a_configuration_will_not_fit(workbench, monkeypatc
     assert any(f"about {tight['estimate_mb']:,.0f} MiB at peak" in w for w in warnings), warnings
 
 
+def test_one_model_in_two_data_homes_shares_its_dry_run(workbench, demo_template, tmp_path):
+    """Estimates are cached by the model's configuration, not its folder: a copied data home
+    (or a second registration of one model) asks the same and gets the first dry run's answer."""
+    from conftest import copy_home
+
+    from engine import Workbench
+    from engine.memory import estimator
+
+    settings = {"task": "text-classification", "batch_size": 3, "sequence_length": 8}
+    first = workbench.estimate_memory("tiny-bert", ["lora"], **settings)
+    cached = len(estimator._cache)
+    copy_home(demo_template, tmp_path / "copy")
+    other = Workbench(tmp_path / "copy")
+    try:
+        again = other.estimate_memory("tiny-bert", ["lora"], **settings)["lora"]
+        assert again["training_mb"] == first["lora"]["training_mb"]  # process_mb is measured now
+        assert len(estimator._cache) == cached  # no second dry run
+        larger = other.estimate_memory("tiny-bert", ["lora"], **{**settings, "batch_size": 5})["lora"]
+        assert larger["activations_mb"] > first["lora"]["activations_mb"] and len(estimator._cache) == cached + 1
+    finally:
+        other.storage.close()
+
+
 def test_a_stuck_or_dead_estimator_costs_one_estimate_and_the_next_one_works(workbench, monkeypatch):
     from engine.memory import estimator
 
     monkeypatch.setattr(estimator.threading, "active_count", lambda: 2)  # as in the app: a child
     monkeypatch.setattr(estimator, "IDLE_S", 5.0)
-    request = {"family": "bert", "task": "text-classification", "model_mtime": 0,
+    request = {"family": "bert", "task": "text-classification", "model_config": "this test's own",
                "model_dir": str(workbench.home / workbench.get_model("tiny-bert")["path"]),
                "labels": ["a", "b"], "methods": [{"name": "lora", "settings": {}}], "batch_size": 3,
                "seconds": 1.0, "sequence_length": 8, "precision": "fp32", "audio_padding": "30s",
