@@ -23,6 +23,8 @@ from engine.training.settings import stored_training
 from engine.workbench.accounts import AccountsMixin
 from engine.workbench.datasets import DatasetsMixin
 from engine.workbench.models import ModelsMixin
+from engine.workbench.run_planning import RunPlanningMixin
+from engine.workbench.run_results import RunResultsMixin
 from engine.workbench.runs import RunsMixin
 from engine.workbench.sessions import LoginSessionsMixin
 from engine.workbench.studies import StudiesMixin
@@ -34,7 +36,7 @@ def data_home() -> Path:
 
 
 class Workbench(AccountsMixin, LoginSessionsMixin, DatasetsMixin, ModelsMixin, RunsMixin,
-                StudiesMixin):
+                RunPlanningMixin, RunResultsMixin, StudiesMixin):
     """One data home's datasets, models, methods, runs and studies (sections in the mixin
     modules), as one user sees them: the local owner, or ``for_user(...)``'s account
     (engine/workbench/accounts.py)."""

@@ -39,8 +39,8 @@ def assert_built_before_offered(app) -> list:
 def no_memory_estimate(monkeypatch):
     """``check_run`` without its memory estimate (a dry run in a child process: about a minute
     on a busy 2-core machine) for tests about something else; every run "fits"."""
-    from engine.workbench.runs import RunsMixin
+    from engine.workbench.run_planning import RunPlanningMixin
 
-    monkeypatch.setattr(RunsMixin, "_check_memory", lambda self, *args, **kwargs: {
+    monkeypatch.setattr(RunPlanningMixin, "_check_memory", lambda self, *args, **kwargs: {
         "fits": True, "message": "memory not estimated in this test", "estimate_mb": None,
         "free_mb": None, "shape": {}})
