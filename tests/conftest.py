@@ -17,7 +17,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
+# The longest files first (minutes each on 2 cores): xdist hands files to its workers in the
+# order collected, so a long one started last would leave the other worker idle at the end.
+LONGEST_FIRST = ("tests/browser/test_journey.py", "tests/engine/test_real_whisper.py",
+                 "tests/engine/test_distributed.py", "tests/engine/test_resume.py",
+                 "tests/engine/test_export.py", "tests/engine/test_ray.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    def place(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=place)  # stable: the order within a file and among the others stays
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
