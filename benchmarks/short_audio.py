@@ -74,7 +74,7 @@ def model_step_rate(recipe, steps: int = 15) -> float:
     for index, batch in enumerate(batches):
         if index == 1:
             started = time.perf_counter()
-        with recipe.autocast():
+        with recipe.trainer.autocast():
             loss = recipe.model(**{k: v.to(recipe.device) for k, v in batch.items()}).loss
         loss.backward()
         recipe.optimizer.step()

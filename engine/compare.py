@@ -16,16 +16,17 @@ from pathlib import Path
 
 from engine import settings as settings_lib
 from engine.errors import SettingsError
-from engine.training import monitoring
+from engine import names
 from engine.training.settings import stored_training
 from engine.metrics import METRIC_DIRECTION
 
-# Row column -> the per-step metric (engine/training/monitoring.py) whose mean it shows.
-MEAN_RATES = {"samples_per_second": monitoring.SAMPLES_PER_S,
-              "audio_hours_per_hour": monitoring.AUDIO_HOURS_PER_HOUR,
-              "achieved_tflops": monitoring.TFLOPS, "mfu_percent": monitoring.MFU_PERCENT}
+# Row column -> the per-step metric (engine/names.py; logged by engine/training/monitoring.py)
+# whose mean it shows.
+MEAN_RATES = {"samples_per_second": names.SAMPLES_PER_S,
+              "audio_hours_per_hour": names.AUDIO_HOURS_PER_HOUR,
+              "achieved_tflops": names.TFLOPS, "mfu_percent": names.MFU_PERCENT}
 # Every metric whose mean a row needs (the machine metrics tell where the run trained).
-MEANS_READ = [*MEAN_RATES.values(), monitoring.GPU_MEMORY_MB, monitoring.CPU_PERCENT]
+MEANS_READ = [*MEAN_RATES.values(), names.GPU_MEMORY_MB, names.CPU_PERCENT]
 _TAG = re.compile(r"^[\w][\w .:+-]{0,39}$")
 
 
@@ -56,7 +57,7 @@ def rates(run: dict, means: dict[str, float]) -> dict:
     falls back to steps x batch size x gradient accumulation / wall time for a run that did
     not log it; utilisation stays None where it was not logged (a CPU, an unknown GPU: no
     peak to divide by)."""
-    gpu, cpu = monitoring.GPU_MEMORY_MB, monitoring.CPU_PERCENT  # every run logs CPU %, GPU runs both
+    gpu, cpu = names.GPU_MEMORY_MB, names.CPU_PERCENT  # every run logs CPU %, GPU runs both
     row = {column: means.get(name) for column, name in MEAN_RATES.items()}
     row["device"] = "GPU" if gpu in means else "CPU" if cpu in means else None
     if row["samples_per_second"] is None:

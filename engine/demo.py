@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.names import LONGEST
+
 
 DEMO_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 # The time-to-quality benchmark's committed result (benchmarks/time_to_quality.py) that Home
@@ -44,7 +46,7 @@ DEMO_RUN = {
     # steps with every 16th batch on the whole 30 s window reach the recipe's final WER in
     # about a seventh of its time and end far below it under standard 30 s inference.
     "training": {"max_steps": 96, "learning_rate": 1e-3, "warmup_steps": 5,
-                 "per_device_train_batch_size": 8, "audio_padding": "longest",
+                 "per_device_train_batch_size": 8, "audio_padding": LONGEST,
                  "full_window_every": 16, "language": "en", "task": "transcribe",
                  "eval_steps": 32, "save_steps": 32,
                  "eval_on_start": True},  # the validation curve starts at the zero-shot score

@@ -14,7 +14,6 @@ recipe's evaluation, so the playground shows what the validation metrics measure
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -25,9 +24,9 @@ from pathlib import Path
 import torch
 
 from engine.methods import MethodContext, get_method
-from engine.methods.registry import METHOD_REPORT
 from engine.models import TaskModel, task_model_for
 from engine.models.base import MODEL_BUILD_LOCK
+from engine.training.run_meta import RunMeta, read_method_report
 from engine.training.settings import RunSettings
 
 DEFAULT_CACHE_BUDGET = 2 * 2**30  # bytes of weights kept loaded (playground)
@@ -45,7 +44,7 @@ def load_trained(run: dict, family: str, base_dir: Path, adapter_dir: Path, labe
         task_model = task_model_for(family, settings.task, adapter_dir, labels, **options)
         return task_model, task_model.load().to(device).eval()
     task_model = task_model_for(family, settings.task, base_dir, labels, **options)
-    report = method_report(adapter_dir)
+    report = read_method_report(adapter_dir)  # what the method decided from data, saved beside it
     load_kwargs = method_load_kwargs(settings, task_model, device, report)
     base = task_model.load(**load_kwargs)
     if "device_map" not in load_kwargs:
@@ -54,12 +53,6 @@ def load_trained(run: dict, family: str, base_dir: Path, adapter_dir: Path, labe
         context = MethodContext.for_task_model(task_model, device=device, report=report)
         return task_model, method.load_adapter(base, adapter_dir, settings.method_settings, context).eval()
     return task_model, load_adapter(base, adapter_dir).eval()
-
-
-def method_report(adapter_dir: Path) -> dict:
-    """What the run's method decided from data (MethodContext.report), saved beside its adapter."""
-    path = Path(adapter_dir) / METHOD_REPORT
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def method_load_kwargs(settings: RunSettings, task_model: TaskModel, device: str = "cpu",
@@ -72,10 +65,8 @@ def method_load_kwargs(settings: RunSettings, task_model: TaskModel, device: str
 
 def adapter_labels(adapter_dir: Path) -> list[str] | None:
     """The labels a run saved beside its adapter (None when it saved no ``workbench.json``)."""
-    meta = adapter_dir / "workbench.json"
-    if meta.is_file():
-        return json.loads(meta.read_text()).get("labels") or []
-    return None
+    meta = RunMeta.read(adapter_dir)
+    return None if meta is None else meta.labels or []
 
 
 def load_base(family: str, task: str, model_dir: Path, labels: list[str] | None = None,

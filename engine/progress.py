@@ -16,7 +16,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-LOSS, SAMPLES_PER_S = "train/loss", "train/samples_per_s"
+from engine.names import LOSS, SAMPLES_PER_S
+
 # The phase a run stores while its first batch of a new shape compiles the layers
 # (engine/training/step.py); evaluation phases name their split and count examples.
 COMPILING = "compiling the layers for a new batch shape"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from engine.names import (AUDIO_HOURS_PER_HOUR, EVAL_PREFIX, GRAD_NORM, LEARNING_RATE, LOSS, MEMORY_MB, MFU_PERCENT,
+                          SAMPLES_PER_S, TFLOPS)
+
 METRIC_TITLES = {
-    "train/loss": "training loss", "train/learning_rate": "learning rate",
-    "train/grad_norm": "gradient norm", "system/memory_mb": "memory in use (MiB)",
-    "eval/wer": "validation WER", "eval/cer": "validation CER",
-    "eval/accuracy": "validation accuracy", "eval/macro_f1": "validation macro-F1",
-    "eval/roc_auc": "validation ROC-AUC", "eval/loss": "validation loss",
+    LOSS: "training loss", LEARNING_RATE: "learning rate",
+    GRAD_NORM: "gradient norm", MEMORY_MB: "memory in use (MiB)",
+    f"{EVAL_PREFIX}wer": "validation WER", f"{EVAL_PREFIX}cer": "validation CER",
+    f"{EVAL_PREFIX}accuracy": "validation accuracy", f"{EVAL_PREFIX}macro_f1": "validation macro-F1",
+    f"{EVAL_PREFIX}roc_auc": "validation ROC-AUC", f"{EVAL_PREFIX}loss": "validation loss",
 }
 
 
@@ -48,8 +51,8 @@ COST_BARS = ["peak_memory_mb", "trainable_params", "adapter_bytes", "final_metri
 THROUGHPUT_BARS = ["samples_per_second", "achieved_tflops", "mfu_percent"]
 # Per-step throughput metrics the Compare page can plot -> chart title
 RATE_SERIES = {
-    "train/samples_per_s": "training samples / s", "train/audio_hours_per_hour": "audio-hours per hour",
-    "train/tflops": "achieved model TFLOP/s", "train/mfu_percent": "model-FLOPs utilisation (%)",
+    SAMPLES_PER_S: "training samples / s", AUDIO_HOURS_PER_HOUR: "audio-hours per hour",
+    TFLOPS: "achieved model TFLOP/s", MFU_PERCENT: "model-FLOPs utilisation (%)",
 }
 
 

@@ -14,6 +14,7 @@ import streamlit as st
 
 from engine.compare import filter_options, filter_runs, kept_selection
 from engine.errors import WorkbenchError
+from engine.names import EVAL_PREFIX, LOSS
 from ui.charts import (COST_BARS, METRIC_TITLES, RATE_SERIES, THROUGHPUT_BARS, bar_figure,
                        in_percent, quality_memory_figure, series_figure)
 from ui.compare_data import display_series, metric_names
@@ -84,12 +85,12 @@ class Comparison:
 
 
 def curves(c: Comparison) -> None:
-    eval_names = sorted({n for i in c.chosen for n in c.names(i) if n.startswith("eval/")})
+    eval_names = sorted({n for i in c.chosen for n in c.names(i) if n.startswith(EVAL_PREFIX)})
     left, right = st.columns(2)
-    c.figures["training_loss"] = series_figure(c.series("train/loss"), "training loss", c.x_axis)
+    c.figures["training_loss"] = series_figure(c.series(LOSS), "training loss", c.x_axis)
     left.plotly_chart(c.figures["training_loss"], key="compare.loss")
     if eval_names:
-        primary = next((n for n in ("eval/wer", "eval/accuracy") if n in eval_names), eval_names[0])
+        primary = next((n for n in (f"{EVAL_PREFIX}wer", f"{EVAL_PREFIX}accuracy") if n in eval_names), eval_names[0])
         name = right.selectbox("Validation metric", eval_names, index=eval_names.index(primary),
                                key="compare.metric")
         c.figures["validation_metric"] = series_figure(c.series(name), METRIC_TITLES.get(name, name),

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from engine.errors import WorkbenchError
+from engine.names import WHOLE_WINDOW
 from ui.state import get_workbench
 
 PARTS = [("process_mb", "process (Python, torch, the app)"), ("weights_mb", "base weights"),
@@ -23,7 +24,7 @@ WHAT_IT_INCLUDES = ("The peak a run will measure: a dry run of one training step
 
 
 def estimates_for(model: str, methods: tuple[str, ...], task: str, batch_size: int, seconds: float,
-                  sequence_length: int, precision: str, audio_padding: str = "30s") -> dict[str, dict | str]:
+                  sequence_length: int, precision: str, audio_padding: str = WHOLE_WINDOW) -> dict[str, dict | str]:
     """method -> estimate, or the reason there is none."""
     try:
         with st.spinner("Dry-running one training step per method…"):

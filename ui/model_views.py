@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine.errors import WorkbenchError
 from engine.models import TASK_NAMES
+from engine.names import AUDIO_PADDINGS, WHOLE_WINDOW
 from ui.confirm import delete_button
 from ui.estimates import WHAT_IT_INCLUDES, estimates_for, memory_figure
 from ui.forms import bounded_number
@@ -70,13 +71,13 @@ def run_needs(model: dict, task: str, methods: tuple[str, ...]) -> None:
                                  "'longest'; other models use this length.")
     precision = c3.selectbox("Precision", ["fp32", "bf16"], key="models.precision",
                              help="bf16: autocast as training on a recent GPU does.")
-    padding = c4.selectbox("Audio padding", ["30s", "longest"], key="models.padding", disabled=not whisper,
+    padding = c4.selectbox("Audio padding", list(AUDIO_PADDINGS), key="models.padding", disabled=not whisper,
                            help="Whisper only. longest: the encoder runs on the clip's seconds "
                                 "instead of its whole window (the training setting audio_padding).")
     if st.button("Estimate memory for every method", key="models.estimate"):
         st.session_state["models.estimates"] = (name, task, estimates_for(
             name, methods, task, int(batch), float(length), int(length), precision,
-            padding if whisper else "30s"))
+            padding if whisper else WHOLE_WINDOW))
     saved = st.session_state.get("models.estimates")
     if saved and saved[:2] == (name, task):
         results = saved[2]

@@ -10,24 +10,24 @@ import streamlit as st
 
 from engine.metrics import METRIC_DIRECTION
 from engine.progress import COMPILING, busy_with, eta_seconds
-from engine.training import monitoring as m
+from engine import names as m
 from engine.training.settings import planned_steps
 from ui.charts import (PERCENT_METRICS, confusion_figure, metric_label, metric_text,
                        rank_allocation_figure, run_series_figure)
 from ui.state import MFU_HELP, format_duration, mfu_text
 
 LIVE_CHARTS = {
-    "Loss": ({"train/loss": "training loss"}, "training loss"),
-    "Learning rate": ({"train/learning_rate": "learning rate"}, "learning rate"),
-    "Gradient norm": ({"train/grad_norm": "gradient norm (before clipping)"}, "gradient norm"),
+    "Loss": ({m.LOSS: "training loss"}, "training loss"),
+    "Learning rate": ({m.LEARNING_RATE: "learning rate"}, "learning rate"),
+    "Gradient norm": ({m.GRAD_NORM: "gradient norm (before clipping)"}, "gradient norm"),
     # Audio-hours per hour and audio-seconds per second are one ratio; runs logged before the
     # former existed have only the latter, so either draws the line.
     "Throughput": ({m.SAMPLES_PER_S: "samples / s", m.AUDIO_HOURS_PER_HOUR: "audio-hours per hour",
                     m.AUDIO_SECONDS_PER_S: "audio-hours per hour"}, "throughput"),
     "Utilisation": ({m.TFLOPS: "achieved TFLOP/s", m.MFU_PERCENT: "MFU %"},
                     "model-FLOPs utilisation"),
-    "Machine": ({"system/cpu_percent": "CPU %", "system/ram_used_mb": "RAM used (MiB)",
-                 "system/memory_mb": "this process (MiB)", "system/gpu_memory_mb": "GPU memory (MiB)"},
+    "Machine": ({m.CPU_PERCENT: "CPU %", m.RAM_USED_MB: "RAM used (MiB)",
+                 m.MEMORY_MB: "this process (MiB)", m.GPU_MEMORY_MB: "GPU memory (MiB)"},
                 "CPU, RAM and GPU memory"),
 }
 
@@ -143,7 +143,7 @@ def throughput_metrics(latest: dict[str, float], means: dict[str, float] | None 
     figures = {**latest, **(means or {})}
     speed, tflops, mfu = (figures.get(name) for name in (m.SAMPLES_PER_S, m.TFLOPS, m.MFU_PERCENT))
     audio = figures.get(m.AUDIO_HOURS_PER_HOUR) or figures.get(m.AUDIO_SECONDS_PER_S)
-    loss = latest.get("train/loss")
+    loss = latest.get(m.LOSS)
     last = latest.get(m.SAMPLES_PER_S)
     speed_col, audio_col, loss_col = st.columns(3)
     speed_col.metric("samples / s", "–" if speed is None else f"{speed:.1f}",
@@ -170,7 +170,7 @@ def live_charts(run_id: int, live: dict) -> None:
     series, latest = live["series"], live["latest"]
     throughput_metrics(latest, live.get("means"))
     charts = dict(LIVE_CHARTS)
-    evals = sorted(name for name in series if name.startswith("eval/"))
+    evals = sorted(name for name in series if name.startswith(m.EVAL_PREFIX))
     if evals:
         charts["Validation"] = ({name: name.split("/", 1)[1] for name in evals}, "validation metrics")
     tabs = st.tabs(list(charts))
@@ -180,7 +180,7 @@ def live_charts(run_id: int, live: dict) -> None:
             if m.AUDIO_HOURS_PER_HOUR in present:
                 present.pop(m.AUDIO_SECONDS_PER_S, None)  # the same line twice
             if present:
-                st.plotly_chart(run_series_figure(series, present, title, right_axis={m.MFU_PERCENT, "eval/loss"}),
+                st.plotly_chart(run_series_figure(series, present, title, right_axis={m.MFU_PERCENT, f"{m.EVAL_PREFIX}loss"}),
                                 key=f"train.chart.{run_id}.{label}")
             else:
                 st.caption("Nothing logged yet for this chart.")

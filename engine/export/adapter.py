@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 from engine.errors import ExportError
-from engine.export.artifacts import RunArtifacts, read_meta, zip_folder_bytes
-from engine.inference import method_report
+from engine.export.artifacts import RunArtifacts, zip_folder_bytes
 from engine.methods import get_method
 from engine.models import TASK_MODELS, TaskModel
+from engine.names import ADAPTER_DIR, RUN_META_FILE
+from engine.training.run_meta import RunMeta, read_method_report
 from engine.training.settings import RunSettings
 
 
@@ -35,7 +36,7 @@ def write_adapter_zip(artifacts: RunArtifacts, path: Path) -> Path:
 def adapter_zip_bytes(artifacts: RunArtifacts) -> bytes:
     """The adapter folder and a model card, zipped under one top folder (``adapter/``), with
     the base model named portably in its config files."""
-    return zip_folder_bytes(artifacts.adapter_dir, "adapter",
+    return zip_folder_bytes(artifacts.adapter_dir, ADAPTER_DIR,
                             {"README.md": model_card(artifacts), **portable_adapter_files(artifacts)})
 
 
@@ -75,13 +76,12 @@ def portable_adapter_files(artifacts: RunArtifacts) -> dict[str, str]:
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base
         files["adapter_config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    meta = read_meta(artifacts.adapter_dir)
-    if meta:
-        meta.pop("base_model_path", None)
+    meta = RunMeta.read(artifacts.adapter_dir)
+    if meta is not None:
         kind = artifacts.base_source.partition(":")[0]
-        meta.update(base_model=base, base_model_registered_as=artifacts.summary["model"],
-                    base_model_source="local" if kind == "local" else artifacts.base_source or None)
-        files["workbench.json"] = json.dumps(meta, indent=2)
+        files[RUN_META_FILE] = meta.exported(
+            base, registered_as=artifacts.summary["model"],
+            source="local" if kind == "local" else artifacts.base_source or None)
     return files
 
 
@@ -155,7 +155,7 @@ def loading_snippet(artifacts: RunArtifacts, merged: bool) -> str:
     method = RunSettings.from_record(s).to_record()["settings"]["method"]
     if "bnb_4bit_quant_type" in method:  # qlora and the methods on its 4-bit base
         # qass keeps the layers it measured as most sensitive out of 4 bits (its report)
-        kept = method_report(artifacts.adapter_dir).get("keep_16bit", [])
+        kept = read_method_report(artifacts.adapter_dir).get("keep_16bit", [])
         quantization = (
             ",\n    device_map=\"cpu\",  # or \"cuda\"\n    quantization_config=BitsAndBytesConfig(\n"
             f"        load_in_4bit=True, bnb_4bit_quant_type=\"{method['bnb_4bit_quant_type']}\",\n"

@@ -7,7 +7,6 @@ The facade (``Workbench.export_run``) looks the run up and fills ``RunArtifacts`
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +30,6 @@ class RunArtifacts:
     base_source: str = ""  # the model record's source: hub:<id>, package:<name>, preset:<name>, local:<path>
     # (split, audio files) the ct2 export transcribes to check parity (engine/export/ct2.py)
     parity_clips: tuple[str, list[Path]] = field(default_factory=lambda: ("none", []))
-
-
-def read_meta(adapter_dir: Path) -> dict:
-    path = adapter_dir / "workbench.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def fresh_folder(out: Path) -> Path:

@@ -17,10 +17,12 @@ import torch
 from engine.export.adapter import model_card
 from engine.export.artifacts import Progress, RunArtifacts
 from engine.errors import ExportError
-from engine.inference import method_load_kwargs, method_report
+from engine.inference import method_load_kwargs
 from engine.methods import get_method
 from engine.models import TaskModel, task_model_for
 from engine.models.base import MODEL_BUILD_LOCK
+from engine.names import RUN_META_FILE, WHOLE_WINDOW
+from engine.training.run_meta import read_method_report
 from engine.training.settings import RunSettings
 
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx"}
@@ -32,7 +34,7 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
     settings = RunSettings.from_record(s)
     # The run's Whisper prompt (language, task) goes into the exported generation config; the
     # export itself is a stock whole-window model whatever window the run trained on.
-    options = {**settings.training.task_options(), "audio_padding": "30s"}
+    options = {**settings.training.task_options(), "audio_padding": WHOLE_WINDOW}
     if not artifacts.is_adapter:  # a full fine-tune already is a plain model
         task_model = task_model_for(artifacts.family, s["task"], artifacts.adapter_dir, artifacts.labels,
                                     **options)
@@ -44,7 +46,7 @@ def merged_model(artifacts: RunArtifacts, say: Progress) -> tuple[TaskModel, tor
                           f"{method.merge_refusal}; export the adapter instead")
     say("loading the base model in full precision")
     base = task_model.load()
-    load_kwargs = method_load_kwargs(settings, task_model, report=method_report(artifacts.adapter_dir))
+    load_kwargs = method_load_kwargs(settings, task_model, report=read_method_report(artifacts.adapter_dir))
     if "quantization_config" in load_kwargs:
         say("dequantising the 4-bit base the adapter was trained on")
         copy_dequantized_weights(task_model.load(**load_kwargs), base)
@@ -86,7 +88,7 @@ def copy_processor_files(artifacts: RunArtifacts, folder: Path) -> None:
     source = artifacts.adapter_dir if not artifacts.is_adapter else artifacts.base_dir
     for file in source.iterdir():
         if (file.is_file() and file.suffix not in WEIGHT_SUFFIXES
-                and file.name not in {"config.json", "generation_config.json", "workbench.json",
+                and file.name not in {"config.json", "generation_config.json", RUN_META_FILE,
                                       "README.md", "adapter_config.json",
                                       "conversion.json"}):  # how the base was converted (models/ct2/)
             shutil.copy2(file, folder / file.name)

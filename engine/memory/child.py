@@ -15,6 +15,7 @@ from engine import settings as settings_lib
 from engine.memory.dryrun import estimate_training_memory
 from engine.methods import get_method
 from engine.models import task_model_for
+from engine.names import WHOLE_WINDOW
 
 
 def estimate_one(request: dict) -> dict | str:
@@ -22,7 +23,7 @@ def estimate_one(request: dict) -> dict | str:
     entry = request["method"]
     try:
         task_model = task_model_for(request["family"], request["task"], Path(request["model_dir"]),
-                                    request["labels"], audio_padding=request.get("audio_padding", "30s"))
+                                    request["labels"], audio_padding=request.get("audio_padding", WHOLE_WINDOW))
         method = get_method(entry["name"])
         settings = settings_lib.build(method.settings_cls, entry.get("settings"), section=method.name)
         return estimate_training_memory(

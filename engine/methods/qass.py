@@ -26,6 +26,7 @@ from engine.errors import MethodError, SettingsError
 from engine.methods.custom_lora import group_of
 from engine.methods.qlora import QLoraSettings, apply_qlora, compute_dtype, quantization_kwargs
 from engine.methods.registry import MethodContext, make_method
+from engine.names import LONGEST
 from engine.settings import setting
 
 MIB = 2**20
@@ -57,7 +58,7 @@ class QassSettings(QLoraSettings):
 def signal_options(settings: QassSettings) -> dict:
     options = {"trim_silence_db": settings.trim_silence_db}
     if settings.pad_to_longest:
-        options["audio_padding"] = "longest"
+        options["audio_padding"] = LONGEST
     return options
 
 

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import MethodError
+# What a method decided from data (MethodContext.report), as JSON in runs/<id>/ and its adapter/
+# (named in engine/names.py; plugins import it from here, as docs/methods.md says).
+from engine.names import METHOD_REPORT  # noqa: F401
 
 ENTRY_POINT_GROUP = "lessismore.methods"
 DISTRIBUTION = "lessismore-workbench"  # this project (pyproject.toml), whose methods are built in
 _NAME = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
-# What a method decided from data (MethodContext.report), as JSON in runs/<id>/ and its adapter/.
-METHOD_REPORT = "method_report.json"
 
 
 @dataclass

@@ -22,12 +22,12 @@ from engine.data.audio import load_audio, trim_silence
 from engine.errors import ModelError
 from engine.models.base import GenerationLimit, TaskModel, pad_to_multiple, tie_like_pretrained
 from engine.models.whisper_window import (
-    PADDINGS,
     install_window,
     pad_batch,
     window_frames,
 )
 from engine.metrics import classification_metrics, speech_metrics
+from engine.names import AUDIO_PADDINGS, LONGEST, WHOLE_WINDOW
 
 
 def quiet_transformers():
@@ -79,15 +79,15 @@ class WhisperBase(TaskModel):
         from transformers import WhisperFeatureExtractor
 
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(self.model_dir)
-        self.audio_padding = options.get("audio_padding", "30s")
+        self.audio_padding = options.get("audio_padding", WHOLE_WINDOW)
         self.feature_device: str | None = None  # set by extract_features_on()
-        if self.audio_padding not in PADDINGS:
-            raise ModelError(f"audio_padding must be one of {', '.join(PADDINGS)}, "
+        if self.audio_padding not in AUDIO_PADDINGS:
+            raise ModelError(f"audio_padding must be one of {', '.join(AUDIO_PADDINGS)}, "
                              f"got {self.audio_padding!r}")
 
     @property
     def windowed(self) -> bool:
-        return self.audio_padding == "longest"
+        return self.audio_padding == LONGEST
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         """Log-mel features (n_mels, frames): the model's whole window, or with "longest" the
@@ -301,7 +301,7 @@ class WhisperSpeechRecognition(WhisperBase):
     # about 2 % to a large-v3 step by the layer shapes' FLOPs, against 1,500 encoder frames;
     # whisper-small's step measured no slower at 128-token labels), so wide buckets cost little and
     # most sentence-level sets fit one; with short windows the decoder weighs more: narrow ones.
-    LABEL_BUCKET_TOKENS = {"30s": 64, "longest": 16}
+    LABEL_BUCKET_TOKENS = {WHOLE_WINDOW: 64, LONGEST: 16}
 
     def bucket(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Label width to a multiple of 64 tokens with 30 s windows, 16 with "longest" (-100:
@@ -309,7 +309,7 @@ class WhisperSpeechRecognition(WhisperBase):
         with "longest", the window to whole seconds."""
         batch = dict(self.bucket_features(batch))
         if "labels" in batch:
-            step = self.LABEL_BUCKET_TOKENS["longest" if self.windowed else "30s"]
+            step = self.LABEL_BUCKET_TOKENS[LONGEST if self.windowed else WHOLE_WINDOW]
             # never wider than the decoder's positions (only -100 padding is sliced off)
             batch["labels"] = pad_to_multiple(batch["labels"], 1, step, value=-100)[:, :self.max_label_tokens]
         return batch

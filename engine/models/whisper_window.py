@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from torch import nn
 
-PADDINGS = ("30s", "longest")
 # Silent frames kept after a clip's last audio frame. An encoder position k sees mel frames
 # 2k-2 .. 2k+2 (conv1 kernel 3, conv2 kernel 3 stride 2); the last position of a T-frame
 # window also sees conv zero padding where 30 s padding has silence. With 5 silent frames

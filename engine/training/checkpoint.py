@@ -17,6 +17,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.errors import RunError
+from engine.names import CHECKPOINTS_DIR
 
-CHECKPOINTS = "checkpoints"
 LEGACY_CHECKPOINT = "checkpoint"  # the single folder of the walking skeleton
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -34,7 +35,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, state: dict, scaler=None, keep: int = 0) -> Path:
     """Write ``checkpoint-<state['step']>`` and drop all but the newest ``keep`` (0: keep all)."""
-    root = run_dir / CHECKPOINTS
+    root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{state['step']}"
     staging = root / f"{final.name}.partial"
@@ -63,7 +64,7 @@ def prune(root: Path, keep: int) -> None:
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = run_dir / CHECKPOINTS
+    root = run_dir / CHECKPOINTS_DIR
     found = [(int(m.group(1)), path) for path in root.glob("checkpoint-*")
              if (m := _NAME.match(path.name)) and (path / "state.json").is_file()] if root.is_dir() else []
     return [path for _, path in sorted(found)]
@@ -124,6 +125,16 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+def restore_rank_rng(states: list[dict], rank: int, seed: int, step: int, log: Callable[..., None]) -> None:
+    """Every rank continues its own random stream (rank 0's is the checkpoint's ``rng``):
+    ``states`` are every rank's, as the checkpoint of a multi-GPU run holds them."""
+    if rank < len(states):
+        set_rng_state(states[rank])
+    else:  # resumed with more processes than the checkpoint saw
+        torch.manual_seed(seed * 1000 + rank + 7919 * step)
+        log(f"the checkpoint has no random state for rank {rank}; it draws a fresh one", "warning")
 
 
 def _jsonable(value):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from engine.names import EVAL_PREFIX, LONGEST, LOSS
 from engine.training.settings import planned_steps, stored_training
 from storage import Storage
 
@@ -159,7 +160,7 @@ def plan_of(storage: Storage, run: dict) -> Plan | None:
     training = stored_training(run)
     counts = storage.count_items(run["dataset_id"])
     return Plan(total_steps=total, accumulation=training.gradient_accumulation_steps,
-                full_window_every=training.full_window_every if training.audio_padding == "longest" else 0,
+                full_window_every=training.full_window_every if training.audio_padding == LONGEST else 0,
                 eval_steps=training.eval_steps, eval_on_start=training.eval_on_start,
                 validation_items=counts.get("validation", 0), test_items=counts.get("test", 0))
 
@@ -167,9 +168,9 @@ def plan_of(storage: Storage, run: dict) -> Plan | None:
 def timings_of(storage: Storage, run: dict, plan: Plan) -> Timings:
     """``measure`` on a stored run's walls (its latest ``RECENT_STEPS`` steps)."""
     since = max(0, (run.get("step") or 0) - RECENT_STEPS)
-    steps = storage.metric_series(run["id"], "train/loss", from_step=since)
+    steps = storage.metric_series(run["id"], LOSS, from_step=since)
     step_walls = dict(zip(steps["step"], steps["wall_time"]))
-    evaluated = next((name for name in storage.metric_names(run["id"]) if name.startswith("eval/")), None)
+    evaluated = next((name for name in storage.metric_names(run["id"]) if name.startswith(EVAL_PREFIX)), None)
     eval_walls = {}
     if evaluated:
         evals = storage.metric_series(run["id"], evaluated)

@@ -1,5 +1,6 @@
 """Checks made at submit, before anything trains: target modules against the model's layers
-(the memory estimate is engine/memory's).
+(the memory estimate is engine/memory's); and when a run starts, that its dataset and model
+are still there (``run_inputs``).
 
 The model is built on the meta device from its config (``with torch.device("meta")``): no
 weights are read or allocated, so listing its linear layers and counting parameters takes well
@@ -11,9 +12,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from engine.errors import DatasetError, ModelError, NotFoundError
 from engine.methods.registry import MethodContext
 from engine.models.base import MODEL_BUILD_LOCK
+
+if TYPE_CHECKING:
+    from storage.files import FileStore
 
 
 
@@ -71,3 +77,23 @@ def check_target_modules(method_settings, outline: ModelOutline, task_model_cls)
 
 def outline_for(model_dir: Path, task: str, labels: list[str] | None) -> ModelOutline:
     return model_outline(str(model_dir), task, len(labels or []))
+
+
+def run_inputs(files: FileStore, run: dict, dataset: dict | None, model_record: dict | None) -> tuple[Path, Path]:
+    """The dataset's and the model's folders, or a typed error naming what went missing
+    since the run was submitted (the run keeps the names it was made with)."""
+    if dataset is None:
+        raise NotFoundError(f"dataset {run['dataset_name']!r} of this run was deleted; "
+                            "import it again and start a new run")
+    if model_record is None:
+        raise NotFoundError(f"model {run['model_name']!r} of this run was deleted; "
+                            "register it again and start a new run")
+    dataset_dir = files.resolve(dataset["path"])
+    model_dir = files.resolve(model_record["path"])
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"the files of dataset {dataset['name']!r} are gone ({dataset_dir}); "
+                           "delete it and import it again")
+    if not model_dir.is_dir():
+        raise ModelError(f"the files of model {model_record['name']!r} are gone ({model_dir}); "
+                         "delete it and register it again")
+    return dataset_dir, model_dir

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import SettingsError
+from engine.names import LONGEST, WHOLE_WINDOW
 
 GIB = 2**30
 PROFILE_ENV = "LIM_PROFILE"
@@ -68,16 +69,16 @@ PROFILES = {profile.name: profile for profile in (
     # (Python, torch, the CUDA context, Streamlit) about 1.7 GiB: 4.5 GiB for training, which
     # is the range QLoRA of 1-4B language models peaks at on this board (3.5-4.4 GB reported).
     DeviceProfile("jetson-orin-nano-8gb", "Jetson Orin Nano 8GB (JetPack 6): 8 GB shared by CPU "
-                  "and GPU, 1024 CUDA cores (sm_87)", 7.4, 1.2, 1.7, 4, 8, "longest", 0),
+                  "and GPU, 1024 CUDA cores (sm_87)", 7.4, 1.2, 1.7, 4, 8, LONGEST, 0),
     DeviceProfile("jetson-orin-nx-16gb", "Jetson Orin NX 16GB (JetPack 6): 16 GB shared by CPU "
-                  "and GPU, 1024 CUDA cores (sm_87)", 15.3, 1.5, 1.8, 8, 16, "longest", 2),
+                  "and GPU, 1024 CUDA cores (sm_87)", 15.3, 1.5, 1.8, 8, 16, LONGEST, 2),
     DeviceProfile("jetson-agx-orin-64gb", "Jetson AGX Orin 64GB (JetPack 6): 64 GB shared by CPU "
-                  "and GPU, 2048 CUDA cores (sm_87)", 61.3, 2.0, 2.3, 16, 32, "30s", 4),
+                  "and GPU, 2048 CUDA cores (sm_87)", 61.3, 2.0, 2.3, 16, 32, WHOLE_WINDOW, 4),
     DeviceProfile("laptop-cpu", "A laptop without a CUDA GPU (16 GB of RAM): short-audio windows "
                   "for speed, no worker processes beside the training threads", 15.5, 3.0, 2.5,
-                  4, 8, "longest", 0),
+                  4, 8, LONGEST, 0),
     DeviceProfile("server-gpu", "An x86-64 server with a CUDA GPU of its own: the whole GPU, no "
-                  "cap, Whisper's standard 30 s window", None, 0.0, 0.0, 16, 32, "30s", 4),
+                  "cap, Whisper's standard 30 s window", None, 0.0, 0.0, 16, 32, WHOLE_WINDOW, 4),
 )}
 
 

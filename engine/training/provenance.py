@@ -26,9 +26,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from engine.names import PROVENANCE_FILE
 from storage import utc_now
 
-PROVENANCE_FILE = "provenance.json"
 DISTRIBUTION = "lessismore-workbench"
 # The libraries a result depends on (absent ones are left out).
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers", "numpy",

@@ -2,11 +2,13 @@
 
 Protocol (as in torchtune's recipes): ``setup()`` loads data, model and method and restores the
 newest checkpoint when there is one; ``train()`` runs optimizer steps, writing metrics and
-events to storage as it goes, and returns the final status; ``finish()`` scores the test split
-and writes the per-example table; ``save()`` writes the adapter (or full model); ``cleanup()``
-closes the experiment tracking (engine/training/tracking.py), which gets every metric, the
-settings and the adapter too. The worker thread calls these; nothing here knows about threads
-or pages.
+events to storage as it goes (``RunRecorder``, engine/training/monitoring.py), and returns the
+final status; ``finish()`` scores the test split and writes the per-example table (``RunScoring``,
+engine/training/evaluation.py, which also scores every validation point); ``save()`` writes the
+adapter (or full model) with ``workbench.json`` beside it (engine/training/run_meta.py);
+``cleanup()`` closes the experiment tracking (engine/training/tracking.py), which gets every
+metric, the settings and the adapter too. The worker thread calls these; nothing here knows
+about threads or pages.
 
 Resuming is exact: the batches of an epoch are a pure function of ``seed`` and the epoch, and
 a checkpoint holds weights, optimizer, scheduler, gradient scaler, callback and RNG state, so
@@ -20,7 +22,6 @@ when to stop; the other ranks' ``storage`` only logs (engine/training/rank.py).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -31,25 +32,24 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from engine.errors import DatasetError, MethodError, ModelError, NotFoundError
-from engine.flops import forward_flops_per_sample, peak_tflops, training_flops_per_sample
+from engine.errors import DatasetError, MethodError
 from engine.memory import MemoryMeter
 from engine.methods import get_method
 from engine.methods.build import build_method_model
-from engine.methods.registry import METHOD_REPORT
 from engine.models import count_parameters, task_model_for
-from engine.models.base import GENERATION_BATCH_LIMIT_S
+from engine.names import ADAPTER_DIR
 from engine.training.augment import SpecAugment
 from engine.training.callbacks import EarlyStopping, TimeLimit
 from engine.training.batches import Prefetcher
-from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                                        set_rng_state)
-from engine.training.evaluation import (EvaluationStopped, ItemDataset, evaluate, per_example_rows, read_untouched,
-                                        untouched_key, write_evaluation, write_untouched)
-from engine.training.monitoring import SAMPLES_PER_S, Throughput, system_sample, utilisation_metrics
+from engine.training.checkpoint import (latest_checkpoint, load_checkpoint, restore_rank_rng, rng_state,
+                                        save_checkpoint)
+from engine.training.evaluation import EvaluationStopped, ItemDataset, RunScoring
+from engine.training.monitoring import RunRecorder, Throughput, count_flops
 from engine.training.parallel import DataParallel
+from engine.training.preflight import run_inputs
 from engine.training.profiles import active_profile, cap_gpu_memory
-from engine.training.provenance import code_version, collect, device_description, package_versions, record_start
+from engine.training.provenance import collect, record_start
+from engine.training.run_meta import RunMeta, read_method_report, write_adapter_files, write_method_report
 from engine.training.settings import RunSettings
 from engine.training.step import prepare_training
 from engine.training.slots import claimed_device
@@ -87,7 +87,7 @@ class FineTuneRecipe:
         cfg = self.config
         dataset = self.storage.find_dataset(self.run["dataset_id"], owner_id=self.run["owner_id"])
         model_record = self.storage.find_model(self.run["model_id"], owner_id=self.run["owner_id"])
-        self.dataset_dir, self.model_dir = self.find_inputs(dataset, model_record)
+        self.dataset_dir, self.model_dir = run_inputs(self.storage.files, self.run, dataset, model_record)
         self.model_record = model_record
         self.train_items = self.storage.dataset_items(dataset["id"], "train")
         self.eval_items = self.storage.dataset_items(dataset["id"], "validation")
@@ -127,7 +127,9 @@ class FineTuneRecipe:
             self.log("log-mel features are computed per batch on the GPU")
         self.train_data = ItemDataset(self.train_items, self.task_model, self.dataset_dir,
                                       cache_mb=cfg.feature_cache_mb)
-        self.train_flops_per_sample, self.peak_tflops = self.count_flops()
+        self.train_flops_per_sample, self.peak_tflops = count_flops(  # for the utilisation metrics
+            self.task_model, lambda: self.task_model.collate([self.train_data[i] for i in self.epoch_batches(0)[0]]),
+            not self.method.is_adapter, self.device, self.parallel.world_size if self.parallel else 1, self.log)
         self.memory = MemoryMeter(self.device)
         self.storage.update_run(self.run_id, total_steps=self.total_steps, step=self.step,
                                 trainable_params=self.trainable_params, total_params=self.total_params)
@@ -135,6 +137,14 @@ class FineTuneRecipe:
             self.tracking = Tracking.open(cfg.tracking, home=self.storage.files.home, run_dir=self.run_dir,
                                           run=self.run, settings=self.settings,
                                           resumed_at=self.step, log=self.log)
+        self.recorder = RunRecorder(  # each step's metrics and each evaluation's, to storage and tracking
+            self.storage, self.run_id, self.tracking, self.device, self.memory, self.train_flops_per_sample,
+            self.peak_tflops, (lambda: self.method.step_metrics(self.model)) if self.method.step_metrics else None)
+        self.scoring = RunScoring(  # the evaluations, on rank 0 (engine/training/evaluation.py)
+            self.storage, self.run, self.settings, model_record=model_record, task_model=self.task_model,
+            model=self.model, dataset_dir=self.dataset_dir, run_dir=self.run_dir, device=self.device,
+            autocast=self.trainer.autocast, should_stop=self.should_stop, recorder=self.recorder, log=self.log,
+            wall_offset=self.wall_offset)
         where = (f"{self.parallel.world_size} processes, {self.device} on this one" if self.parallel
                  else self.device)
         self.log(f"{self.method.name} on {model_record['name']} ({where}): "
@@ -142,59 +152,16 @@ class FineTuneRecipe:
                  f"{len(self.train_items)} train / {len(self.eval_items)} validation / "
                  f"{len(self.test_items)} test items; {self.total_steps} steps")
 
-    def find_inputs(self, dataset: dict | None, model_record: dict | None) -> tuple[Path, Path]:
-        """The dataset's and the model's folders, or a typed error naming what went missing
-        since the run was submitted (the run keeps the names it was made with)."""
-        if dataset is None:
-            raise NotFoundError(f"dataset {self.run['dataset_name']!r} of this run was deleted; "
-                                "import it again and start a new run")
-        if model_record is None:
-            raise NotFoundError(f"model {self.run['model_name']!r} of this run was deleted; "
-                                "register it again and start a new run")
-        dataset_dir = self.storage.files.resolve(dataset["path"])
-        model_dir = self.storage.files.resolve(model_record["path"])
-        if not dataset_dir.is_dir():
-            raise DatasetError(f"the files of dataset {dataset['name']!r} are gone ({dataset_dir}); "
-                               "delete it and import it again")
-        if not model_dir.is_dir():
-            raise ModelError(f"the files of model {model_record['name']!r} are gone ({model_dir}); "
-                             "delete it and register it again")
-        return dataset_dir, model_dir
-
     def count_steps(self) -> None:
         """Optimizer steps of the whole run (methods like AdaLoRA schedule with it)."""
         cfg = self.config
         self.batches_per_epoch = math.ceil(len(self.train_items) / self.global_batch_size)
         self.total_steps = cfg.optimizer_steps(len(self.train_items))
 
-    def count_flops(self) -> tuple[float | None, float | None]:
-        """Model FLOPs of one training example (on the first batch's padded shapes, counted on
-        the meta device) and the device's peak TFLOP/s, for the utilisation metrics
-        (engine/flops.py). Never fails a run: what cannot be worked out is not logged."""
-        base_trains = not self.method.is_adapter
-        try:
-            first = self.task_model.collate([self.train_data[i] for i in self.epoch_batches(0)[0]])
-            flops = training_flops_per_sample(forward_flops_per_sample(self.task_model, batch=first),
-                                              trains_base_weights=base_trains)
-        except Exception as error:  # noqa: BLE001 (a run trains without these figures)
-            self.log(f"no utilisation figures: counting the model's FLOPs failed ({error!r})", "warning")
-            return None, None
-        try:
-            peak = peak_tflops(self.device)
-        except ValueError as error:
-            self.log(f"no utilisation %: {error}", "warning")
-            peak = None
-        if peak and self.parallel:  # samples/s count every rank's examples: so does the peak
-            peak *= self.parallel.world_size
-        self.log(f"{flops / 1e9:.3g} GFLOP per training example ({3 if base_trains else 2} x forward); "
-                 + (f"peak {peak:g} TFLOP/s" if peak else f"no known peak on {self.device}: no utilisation %"))
-        return flops, peak
-
     def build_model(self) -> torch.nn.Module:
         # A resumed run reuses what its method decided the first time (the same 16-bit layers,
         # the same ranks), so its checkpoint fits the model.
-        report_file = self.run_dir / METHOD_REPORT
-        self.method_report = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        self.method_report = read_method_report(self.run_dir)
         model = build_method_model(self.task_model, self.method, self.method_settings,
                                    family=self.model_record["family"], device=self.device,
                                    seed=self.config.seed, total_steps=self.total_steps,
@@ -209,13 +176,8 @@ class FineTuneRecipe:
         (``Method.decisions``: mma's routing, ta-qlora's kernel drift) merged in."""
         if self.method.decisions is not None and getattr(self, "model", None) is not None:
             self.method_report.update(self.method.decisions(self.model))
-        if not self.method_report:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        report_file = self.run_dir / METHOD_REPORT
-        partial = report_file.with_suffix(".partial")
-        partial.write_text(json.dumps(self.method_report, indent=2))
-        partial.replace(report_file)  # never half-written
+        if self.method_report:
+            write_method_report(self.run_dir, self.method_report)
 
     def sample_batches(self, count: int) -> list[dict]:
         """The first ``count`` batches of the first epoch, collated (methods measure on them)."""
@@ -255,7 +217,7 @@ class FineTuneRecipe:
             return
         state = load_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.scaler)
         if self.parallel:
-            self.restore_rank_rng(state.get("rng_ranks") or [])
+            restore_rank_rng(state.get("rng_ranks") or [], self.parallel.rank, self.config.seed, self.step, self.log)
         self.step, self.micro_batches = state["step"], state["micro_batches"]
         self.wall_offset = state["wall_time"]
         self.early_stopping.load_state_dict(state.get("early_stopping") or {})
@@ -263,23 +225,11 @@ class FineTuneRecipe:
         self.storage.delete_metrics_after(self.run_id, self.step)
         self.log(f"resumed from the checkpoint at step {self.step}")
 
-    def restore_rank_rng(self, states: list[dict]) -> None:
-        """Every rank continues its own random stream (rank 0's is the checkpoint's ``rng``)."""
-        rank = self.parallel.rank
-        if rank < len(states):
-            set_rng_state(states[rank])
-        else:  # resumed with more processes than the checkpoint saw
-            torch.manual_seed(self.config.seed * 1000 + rank + 7919 * self.step)
-            self.log(f"the checkpoint has no random state for rank {rank}; it draws a fresh one", "warning")
-
     # ------------------------------------------------------------------ training
     @property
     def global_batch_size(self) -> int:
         """Examples of one micro-batch over every rank (one per_device batch per rank)."""
         return self.config.per_device_train_batch_size * (self.parallel.world_size if self.parallel else 1)
-
-    def autocast(self):
-        return self.trainer.autocast()
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The shuffled batches of one epoch: a pure function of seed and epoch, so a resumed
@@ -327,7 +277,7 @@ class FineTuneRecipe:
         self.running_loss, self.seen_in_step = 0.0, 0  # a step's micro-batches may span epochs
         if cfg.eval_on_start and self.micro_batches == 0 and self.is_main:
             try:
-                self.evaluate_untouched(started)
+                self.scoring.evaluate_untouched(started, self.eval_items, self.test_items, self.step)
             except EvaluationStopped:  # nothing trained yet: no checkpoint, resume starts afresh
                 self.log("stopped while scoring the untouched model, before the first step")
                 return "stopped"
@@ -384,7 +334,8 @@ class FineTuneRecipe:
             grad_norm = self.optimizer_step()
             self.step += 1
             wall = self.wall_offset + time.perf_counter() - started
-            self.record_step(wall, float(self.running_loss) / self.seen_in_step, grad_norm, throughput.take())
+            self.recorder.step(self.step, wall, float(self.running_loss) / self.seen_in_step, grad_norm,
+                               throughput.take(), self.scheduler.get_last_lr()[0])
             self.running_loss, self.seen_in_step = 0.0, 0
             outcome = self.after_step(started, time_limit)
             if outcome is not None:
@@ -426,7 +377,8 @@ class FineTuneRecipe:
             early = False
             if cfg.eval_steps and self.step % cfg.eval_steps == 0 and self.step < self.total_steps:
                 try:
-                    early = self.early_stopping.update(self.evaluate_and_record(wall_start=started))
+                    early = self.early_stopping.update(
+                        self.scoring.evaluate_and_record(self.eval_items, self.step, started))
                 except EvaluationStopped:  # Stop during the evaluation: the run stops at this step
                     self.log(f"stop requested during the evaluation at step {self.step}; it was dropped")
                     return self.parallel.decide(STOP) if self.parallel else STOP
@@ -440,20 +392,6 @@ class FineTuneRecipe:
 
     def optimizer_step(self) -> float | None:
         return self.trainer.optimizer_step(self.step + 1)
-
-    def record_step(self, wall: float, loss: float, grad_norm: float | None, rates: dict) -> None:
-        memory_mb = self.memory.sample()
-        values = {
-            "train/loss": loss, "train/learning_rate": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": grad_norm, "system/memory_mb": memory_mb, **rates,
-            **utilisation_metrics(rates[SAMPLES_PER_S], self.train_flops_per_sample, self.peak_tflops),
-            **system_sample(self.device),
-            **(self.method.step_metrics(self.model) if self.method.step_metrics else {}),
-        }
-        self.storage.add_metrics(self.run_id, self.step, wall, values)
-        self.tracking.scalars(self.step, values)
-        self.storage.update_run(self.run_id, step=self.step, wall_time_s=wall, wall_time_at=time.time(),
-                                peak_memory_mb=self.memory.peak_mb)
 
     def checkpoint(self, wall: float) -> None:
         """Rank 0 writes the checkpoint, with every rank's RNG state (all ranks call this)."""
@@ -471,143 +409,11 @@ class FineTuneRecipe:
         self.storage.update_run(self.run_id, checkpoint_dir=self.storage.files.relative(folder),
                                 wall_time_s=wall, wall_time_at=time.time())
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, items: list[dict], phase: str = "evaluation") -> tuple[dict, list]:
-        """Metrics and predictions of the current model on ``items``; the run's ``phase``
-        (e.g. "evaluating on the validation split") and examples done / total go to storage
-        as it goes, at most twice a second, so the page shows the evaluation moving."""
-        last_write = [float("-inf")]
-
-        def report(done: int, total: int) -> None:
-            if done < total and time.monotonic() - last_write[0] < 0.5:
-                return
-            last_write[0] = time.monotonic()
-            self.storage.update_run(self.run_id, phase_done=done, phase_total=total)
-
-        def slow(batch: int, seconds: float) -> None:
-            self.log(f"{phase}: batch {batch} generated for {seconds:.0f} s and was cut there (the "
-                     f"limit is {GENERATION_BATCH_LIMIT_S:.0f} s a batch); its transcripts may be "
-                     "incomplete. A model that never ends its transcripts does this", "warning")
-
-        self.storage.update_run(self.run_id, phase=phase, phase_done=0, phase_total=len(items))
-        try:
-            return evaluate(self.model, self.task_model, items, self.dataset_dir,
-                            self.config.per_device_eval_batch_size, self.autocast(), on_progress=report,
-                            should_stop=self.should_stop, on_slow_batch=slow)
-        finally:
-            self.storage.update_run(self.run_id, phase=None, phase_done=None, phase_total=None)
-
-    def evaluate_and_record(self, wall_start: float, final: bool = False, label: str = "") -> dict:
-        if not self.eval_items:
-            return {}
-        metrics, predictions = self.evaluate(
-            self.eval_items, f"{'final ' if final else ''}evaluation{' of ' + label if label else ''} "
-                             "on the validation split")
-        self.last_validation = (metrics, predictions)
-        wall = self.wall_offset + time.perf_counter() - wall_start
-        values = {f"eval/{name}": value for name, value in metrics.items()}
-        self.storage.add_metrics(self.run_id, self.step, wall, values)
-        self.tracking.scalars(self.step, values)
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None)
-        self.log(f"step {self.step}: validation {shown}")
-        return metrics
-
-    def evaluate_untouched(self, started: float) -> None:
-        """Step 0 of the validation curve: the model as it ships, before any step. Pretrained
-        Whisper only knows its whole 30 s window (on short ones it repeats itself: whisper-base
-        on demo-voices, 136 % WER against 78 % on 30 s), so a run on short windows
-        (``audio_padding=longest``) scores the untouched model the standard way; its later
-        points use the run's own window, as its Playground and final score do."""
-        home, key = self.storage.files.home, self.untouched_key()
-        kept = read_untouched(home, key)
-        if kept is not None and (kept.get("test") is not None) == bool(self.test_items):
-            self.record_untouched(started, kept)
-            return
-        padding = getattr(self.task_model, "audio_padding", None)
-        if padding == "longest":
-            self.task_model.audio_padding = "30s"
-        try:
-            validation = self.evaluate_and_record(wall_start=started, label="the untouched model")
-            test = None
-            if self.test_items:  # the final score's split too, so its before and after are one split's
-                test, _ = self.score_test(started, "evaluation of the untouched model on the test split")
-        finally:
-            if padding is not None:
-                self.task_model.audio_padding = padding
-        write_untouched(home, key, {"run_id": self.run_id, "owner_id": self.run["owner_id"],
-                                    "validation": validation, "test": test})
-
-    def untouched_key(self) -> str:
-        """What decides the untouched model's scores besides the run's settings (evaluation.py)."""
-        model = self.model_record
-        return untouched_key(self.settings, {
-            "model": {k: model.get(k) for k in ("id", "name", "source", "path", "created_at")},
-            "dataset": {"id": self.run["dataset_id"], "version": self.run["dataset_version"]},
-            "items": [len(self.eval_items), len(self.test_items)],
-            "code": code_version(), "packages": package_versions(),
-            "device": device_description(self.device)})
-
-    def record_untouched(self, started: float, kept: dict) -> None:
-        """Step 0 from an earlier run's identical scoring (``evaluate_untouched``)."""
-        wall = self.wall_offset + time.perf_counter() - started
-        for prefix, metrics in (("eval", kept["validation"]), ("test", kept.get("test"))):
-            if metrics:
-                values = {f"{prefix}/{name}": value for name, value in metrics.items()}
-                self.storage.add_metrics(self.run_id, self.step, wall, values)
-                self.tracking.scalars(self.step, values)
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in (kept["validation"] or {}).items() if v is not None)
-        # another user's run is not named to this one (a shared model and dataset: same key)
-        source = (f"run {kept.get('run_id')}" if kept.get("owner_id") == self.run["owner_id"]
-                  else "an earlier run")
-        self.log(f"step 0: validation {shown} (the untouched model's scores from {source}: "
-                 "same model, data and settings that decide them, so not generated again)")
-
-    def score_test(self, started: float, phase: str) -> tuple[dict, list]:
-        """Metrics and predictions on the test split, stored as ``test/*`` at this step."""
-        metrics, predictions = self.evaluate(self.test_items, phase)
-        wall = self.wall_offset + time.perf_counter() - started
-        values = {f"test/{name}": value for name, value in metrics.items()}
-        self.storage.add_metrics(self.run_id, self.step, wall, values)
-        self.tracking.scalars(self.step, values)
-        return metrics, predictions
-
-    def scores_before(self, split: str, after: dict) -> dict | None:
-        """``split``'s scores at step 0 (``eval_on_start``), beside the final ones: what
-        training changed, on one split. None when the run did not score the untouched model."""
-        if not after or self.step == 0:
-            return None
-        prefix = {"validation": "eval", "test": "test"}[split]
-        names = [f"{prefix}/{name}" for name in after]
-        before = {row["name"].split("/", 1)[1]: row["value"]
-                  for row in self.storage.metrics(self.run_id, names) if row["step"] == 0}
-        if not before:
-            return None
-        padding = getattr(self.task_model, "audio_padding", None)
-        # Windows are a Whisper matter: None for other models.
-        return {"split": split, "before": before, "after": after, "steps": self.step,
-                "before_window": "30s" if padding else None, "after_window": padding}
-
     def finish(self, started: float) -> None:
         """The last validation point, the final score on the test split, the adapter (rank 0)."""
         if not self.is_main:
             return
-        validation = self.evaluate_and_record(wall_start=started, final=True)
-        if self.test_items:
-            split, items, fell_back = "test", self.test_items, False
-            final, predictions = self.score_test(started, "final evaluation on the test split")
-        elif self.eval_items:
-            split, items, fell_back = "validation", self.eval_items, True
-            final, predictions = validation, self.last_validation[1]
-            self.log("this dataset has no test split: the final scores are on the validation "
-                     "split, which also guided training (early stopping); treat them as optimistic")
-        else:
-            split, items, fell_back, final, predictions = None, [], True, {}, []
-            self.log("no test or validation split: the run has no final score", "warning")
-        if split:
-            rows = per_example_rows(self.task_model, items, predictions)
-            write_evaluation(self.run_dir, self.task_model, split, fell_back, final, rows,
-                             validation_before=self.scores_before("validation", validation),
-                             test_before=self.scores_before("test", final) if split == "test" else None)
+        final = self.scoring.final(started, self.step, self.eval_items, self.test_items)
         self.save()
         # The run's wall time includes its final scoring (elapsed never jumps back at the end).
         self.storage.update_run(self.run_id, metrics=final, wall_time_at=time.time(),
@@ -616,24 +422,18 @@ class FineTuneRecipe:
     # ------------------------------------------------------------------ saving
     def save(self) -> Path:
         """The adapter (a PEFT folder) or, for full fine-tuning, a transformers model folder."""
-        out = self.run_dir / "adapter"
+        out = self.run_dir / ADAPTER_DIR
         shutil.rmtree(out, ignore_errors=True)
         self.model.save_pretrained(out)
-        if not self.method.is_adapter:  # a full model also needs its tokenizer / processor files
-            for source in self.model_dir.iterdir():
-                if source.is_file() and not (out / source.name).exists() and source.suffix not in {
-                        ".safetensors", ".bin", ".pt", ".pth"}:
-                    shutil.copy2(source, out / source.name)
-        (out / "workbench.json").write_text(json.dumps({
-            "run_id": self.run_id, "method": self.method.name, "task": self.task_model.task,
-            "family": self.task_model.family, "base_model": self.run["model_name"],
-            "base_model_path": str(self.model_dir), "labels": self.task_model.labels,
-            "settings": self.settings.to_record()["settings"],
-        }, indent=2))
         if hasattr(self, "method_report"):
             self.write_method_report()
-        if getattr(self, "method_report", None):  # reloading the adapter needs what was decided
-            (out / METHOD_REPORT).write_text(json.dumps(self.method_report, indent=2))
+        # Beside it: processor files (a full model), workbench.json, the method's report.
+        write_adapter_files(out, RunMeta(
+            run_id=self.run_id, method=self.method.name, task=self.task_model.task,
+            family=self.task_model.family, base_model=self.run["model_name"],
+            base_model_path=str(self.model_dir), labels=self.task_model.labels,
+            settings=self.settings.to_record()["settings"]), getattr(self, "method_report", None),
+            model_dir=None if self.method.is_adapter else self.model_dir)
         self.storage.update_run(self.run_id, adapter_dir=self.storage.files.relative(out))
         self.log(f"saved {'adapter' if self.method.is_adapter else 'model'} to {out}")
         self.tracking.artifact(out)

@@ -29,6 +29,7 @@ from engine import settings as settings_lib
 from engine.errors import SettingsError
 from engine.methods import get_method
 from engine.models import TASK_NAMES
+from engine.names import AUDIO_PADDINGS, WHOLE_WINDOW
 from engine.settings import setting
 
 _ENDPOINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*:\d{1,5}")  # host:port, nothing else on a command line
@@ -142,13 +143,13 @@ class TrainingSettings:
         "English). Used alike for labels, evaluation, the Playground and exports.",
         choices=["transcribe", "translate"])
     audio_padding: str = setting(
-        "30s", "Whisper input length. 30s: every clip padded to the model's whole window (30 s; "
+        WHOLE_WINDOW, "Whisper input length. 30s: every clip padded to the model's whole window (30 s; "
         "5 s for tiny-whisper), as Whisper was pretrained. longest: each batch padded to its "
         "longest clip (plus a few silent frames, rounded to an even frame count for the "
         "encoder's stride-2 convolution), and the encoder runs on that window only, its "
         "positional embedding sliced to match: several times faster for 1-5 s clips; the model "
         "has to adapt to the shorter context. Evaluation and the Playground use the run's choice.",
-        choices=["30s", "longest"])
+        choices=list(AUDIO_PADDINGS))
     gpus: int = setting(
         1, "GPUs to train on (data parallel: every GPU holds the model and trains on its share "
         "of each batch, gradients are averaged). Above 1 the run starts torchrun as a child "

@@ -11,6 +11,7 @@ from engine import memory
 from engine import settings as settings_lib
 from engine.errors import ModelError, NotFoundError
 from engine.methods import all_methods, get_method, plugin_problems
+from engine.names import WHOLE_WINDOW
 from engine.text import check_name
 from engine.settings import load_config
 from engine.training.profiles import PROFILES, active_profile, gpu_memory_fraction
@@ -103,7 +104,7 @@ class ModelsMixin:
     def estimate_memory(self, model: str | int, methods: list[str], *, task: str | None = None,
                         method_settings: dict[str, dict] | None = None, batch_size: int = 8,
                         seconds: float = 5.0, sequence_length: int | None = 64, labels: int = 2,
-                        precision: str = "fp32", audio_padding: str = "30s",
+                        precision: str = "fp32", audio_padding: str = WHOLE_WINDOW,
                         gradient_checkpointing: bool = False) -> dict[str, dict | str]:
         """The one memory estimate (engine.memory.estimate): per method, MiB by part and
         ``total_mb``, the number a run's ``peak_memory_mb`` is measured against; a method

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from engine.errors import ExportError
 from engine.methods import get_method
-from engine.training.monitoring import AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, MFU_PERCENT, SAMPLES_PER_S, TFLOPS
+from engine.names import (AUDIO_HOURS_PER_HOUR, AUDIO_SECONDS_PER_S, METHOD_REPORT, MFU_PERCENT,
+                          RECIPE_METRIC_PREFIXES, SAMPLES_PER_S, TFLOPS)
 from engine.training.settings import stored_training
 from engine.training.tracking import tracking_places
 
@@ -31,8 +32,6 @@ class RunResultsMixin:
         nothing (every other method)."""
         import json
 
-        from engine.methods.registry import METHOD_REPORT
-
         run = self.get_run(run_id)
         path = self.storage.files.home / "runs" / str(run["id"]) / METHOD_REPORT
         return json.loads(path.read_text()) if path.is_file() else None
@@ -51,8 +50,6 @@ class RunResultsMixin:
         per layer, qass's 16-bit layers, ...; None when it recorded nothing) and
         ``step_metrics``, a summary (first, last, min, max, mean) of each metric the method
         logged itself at every step (mma's router/* weights; empty for most methods)."""
-        from engine.training.monitoring import RECIPE_METRIC_PREFIXES
-
         run = self.get_run(run_id)
         own = [name for name in self.storage.metric_names(run["id"])
                if not name.startswith(RECIPE_METRIC_PREFIXES)]
@@ -178,8 +175,8 @@ class RunResultsMixin:
         summary, folders, base model, labels (and, for ``ct2``, the clips its parity check
         transcribes)."""
         from engine.export import RunArtifacts
-        from engine.export.artifacts import read_meta
         from engine.export.ct2 import parity_clips
+        from engine.inference import adapter_labels
 
         summary = self.run_summary(run_id)
         if summary["status"] != "completed" or not summary["adapter_dir"]:
@@ -195,7 +192,7 @@ class RunResultsMixin:
                               "register it again to merge or export this run")
         artifacts = RunArtifacts(
             summary=summary, adapter_dir=adapter_dir, base_dir=self.storage.files.resolve(model["path"]),
-            family=model["family"], labels=read_meta(adapter_dir).get("labels") or [],
+            family=model["family"], labels=adapter_labels(adapter_dir) or [],
             is_adapter=get_method(run["method"]).is_adapter, base_source=model.get("source") or "")
         if format == "ct2":
             dataset = self.storage.find_dataset(run["dataset_id"], run["owner_id"])

@@ -31,6 +31,7 @@ from engine import settings as settings_lib
 from engine.comparisons import read_study
 from engine.errors import AuthError, ClusterError, NotFoundError, RunError, SettingsError, WorkbenchError
 from engine.methods import get_method
+from engine.names import EVAL_PREFIX
 from engine.studies import (ENDED, Grid, cell_label, grid_cells, run_results, study_provenance,
                             study_status, study_table)
 from engine.training import cluster
@@ -234,7 +235,7 @@ class StudiesMixin:
         for row in self.compare_runs([run["id"] for run in runs]):
             validation, items = None, None
             if row["status"] == "completed" and row["metric"]:
-                name = f"eval/{row['metric']}"
+                name = f"{EVAL_PREFIX}{row['metric']}"
                 validation = self.storage.latest_metrics(row["run"], [name]).get(name)
                 items = item_scores(read_evaluation(self.storage.files.home / "runs" / str(row["run"])))
             results[row["run"]] = run_results(row, validation, items)

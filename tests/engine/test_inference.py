@@ -97,7 +97,7 @@ def test_a_text_model_predicts_a_typed_sentence_like_evaluation_did(workbench):
     recipe.setup()
     assert recipe.train() == "completed"
     items = recipe.eval_items[:4]
-    _, expected = recipe.evaluate(items)
+    _, expected = recipe.scoring.evaluate(items)
     cache = ModelCache()
     for item, probabilities in zip(items, expected):
         got = workbench.predict({"text": item["text"]}, model="tiny-bert", task="text-classification",

@@ -176,19 +176,19 @@ def test_a_run_logs_throughput_and_utilisation_and_compare_reads_them(workbench,
 
 
 def test_a_model_whose_flops_cannot_be_counted_still_trains(workbench, monkeypatch):
-    from engine.training import recipe as recipe_module
+    from engine.training import monitoring
 
     def broken(*args, **kwargs):
         raise RuntimeError("no meta kernel for this op")
 
-    monkeypatch.setattr(recipe_module, "forward_flops_per_sample", broken)
+    monkeypatch.setattr(monitoring, "forward_flops_per_sample", broken)
     run_id = workbench.submit_run("demo-commands", "tiny-whisper", "lora", {}, FAST)
     recipe = claimed_recipe(workbench, run_id)
     assert recipe.train_flops_per_sample is None
     assert any(e["level"] == "warning" and "no meta kernel" in e["message"]
                for e in workbench.run_events(run_id))
-    recipe.step = 1
-    recipe.record_step(0.5, 2.0, 1.0, {"train/samples_per_s": 8.0})  # what train() does per step
+    # what train() does per step
+    recipe.recorder.step(1, 0.5, 2.0, 1.0, {"train/samples_per_s": 8.0}, recipe.scheduler.get_last_lr()[0])
     assert [row["name"] for row in workbench.run_metrics(run_id) if row["name"].startswith("train/")] == [
         "train/grad_norm", "train/learning_rate", "train/loss", "train/samples_per_s"]
 

@@ -20,7 +20,7 @@ def train_with_recipe(workbench, dataset: str, method: str) -> dict:
     recipe.setup()
     assert recipe.train() == "completed"
     items = recipe.eval_items[:EVAL_ITEMS]
-    _, predictions = recipe.evaluate(items)
+    _, predictions = recipe.scoring.evaluate(items)
     # What the worker's execute_run does once the recipe returns.
     workbench.storage.update_run(run_id, status="completed", finished_at=utc_now())
     return {"run_id": run_id, "items": items, "predictions": predictions,
