@@ -5,7 +5,7 @@
 #                                         #   python -m benchmarks.research_speech --out .gpu/research-speech)
 # Then one device call per part, back to back (the machine stays warm 30 s between calls):
 #   carry [".gpu/c1"] command "bash benchmarks/gpu/run.sh" ... the same with .gpu/c5 (run.sh says more). Not in the kit: librosa (numba and
-# llvmlite are 64 MB), so qass joins the study only where the machine has librosa.
+# llvmlite are 64 MB): qass trims silence with engine.data.audio.silence_edges, librosa's cut in numpy.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx "/.gpu/" .git/info/exclude || echo "/.gpu/" >> .git/info/exclude

@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
 # What one GPU lease measures (benchmarks/gpu/run.sh starts it; results under /tmp/out).
-# PLAN=slots (default): issue 29's goal, the 24-cell slots study, 12 worker processes (LIM_SLOTS=auto,
-#   then 12) against one run at a time (timings: nothing else runs meanwhile; each side cut at its deadline and
-#   projected from its finished cells).
-# PLAN=research: issue 28's research study (methods x learning rates x seeds on the research
-#   speech set) and seed 003's classification study beside it (no timings read from these).
+# PLAN is a comma list, run in its order:
+#   research: issue 28's research study (methods x learning rates x seeds on the research speech
+#     set) and seed 003's classification study beside it (no timings read from these);
+#   slots: issue 29's goal, the 24-cell slots study, 12 worker processes (LIM_SLOTS=auto, then 12)
+#     against one run at a time (timings: nothing else runs meanwhile; each side cut at its
+#     deadline and projected from its finished cells).
 set -u
-echo "plan ${PLAN:-slots} start $(date -u +%T) commit ${LIM_SOURCE_COMMIT:-?}"
+echo "plan ${PLAN:-research,slots} start $(date -u +%T) commit ${LIM_SOURCE_COMMIT:-?}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-if [ "${PLAN:-slots}" = slots ]; then
+research() {
+  python3 -m benchmarks.research_study --data /tmp/kit/research-speech --home /tmp/rs-home --out /tmp/out/research \
+    --methods qlora,ta-qlora,cmra,mma,qass,lora,qdora,qlora-all-linear --learning-rates 1e-3,3e-3,1e-2 --workers 12 &
+  python3 -m benchmarks.classification_study --home /tmp/cls-home --out /tmp/out/cls --workers 3 &
+  wait
+  echo "research done $(date -u +%T)"
+}
+slots() {
   # auto first (why each run waits: the worker's "run N waits: ..." lines), then a fixed 12 (what
   # the device gives with every process training), then one run at a time.
   python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides processes:12 \
     --deadline-s "${AUTO_DEADLINE_S:-120}"
   echo "slots auto done $(date -u +%T)"; grep -a "waits" /tmp/out/slots/log.txt | sed -E "s/run [0-9]+/run N/" | sort | uniq -c | head -8
   python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides processes:12:fixed \
-    --deadline-s "${SLOTS_DEADLINE_S:-150}"
+    --deadline-s "${SLOTS_DEADLINE_S:-100}"
   echo "slots fixed done $(date -u +%T)"
   python3 -m benchmarks.slots_study --home /tmp/slots --out /tmp/out/slots --sides sequential \
-    --deadline-s "${SEQUENTIAL_DEADLINE_S:-120}"
+    --deadline-s "${SEQUENTIAL_DEADLINE_S:-100}"
   echo "slots sequential done $(date -u +%T)"
-else
-  METHODS=qlora,ta-qlora,cmra,mma,lora,qdora,qlora-all-linear
-  python3 -c "import librosa" 2>/dev/null && METHODS=$METHODS,qass
-  python3 -m benchmarks.research_study --data /tmp/kit/research-speech --home /tmp/rs-home --out /tmp/out/research \
-    --methods $METHODS --learning-rates 1e-3,3e-3,1e-2 --workers 12 &
-  python3 -m benchmarks.classification_study --home /tmp/cls-home --out /tmp/out/cls --workers 3 &
-  wait
-fi
+}
+for part in $(echo "${PLAN:-research,slots}" | tr , " "); do
+  case "$part" in research) research ;; slots) slots ;; *) echo "unknown plan part $part" ;; esac
+done
 echo "plan end $(date -u +%T)"

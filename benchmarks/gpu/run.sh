@@ -5,7 +5,7 @@
 # Each call moves its kit part aside (a carried folder replaces .gpu there), puts the kit together
 # once every part is there, starts benchmarks/gpu/plan.sh in the background (setsid: it outlives
 # the call while the machine stays warm), waits up to WAIT_S and returns what has come out.
-# PLAN (plan.sh: slots or research) and SOURCE_COMMIT (set them in the call): the commit this tree is, recorded in every run's provenance
+# PLAN (plan.sh: a comma list of research and slots) and SOURCE_COMMIT (set them in the call): the commit this tree is, recorded in every run's provenance
 # (the copy here carries no history of its own).
 set -u
 cd "$(dirname "$0")/../.."
@@ -24,13 +24,13 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=
 if [ ! -f /tmp/plan.pid ]; then
   rm -rf /tmp/repo && cp -a . /tmp/repo && rm -rf /tmp/repo/.gpu  # later calls re-copy this tree
   (cd /tmp/repo && python3 -c "import peft, bitsandbytes, sqlite_utils, argon2, jiwer, soundfile; print('imports ok')") || exit 4
-  (cd /tmp/repo && PLAN=${PLAN:-slots} setsid nohup bash benchmarks/gpu/plan.sh > /tmp/plan.log 2>&1 & echo $! > /tmp/plan.pid)
+  (cd /tmp/repo && PLAN=${PLAN:-research,slots} setsid nohup bash benchmarks/gpu/plan.sh > /tmp/plan.log 2>&1 & echo $! > /tmp/plan.pid)
 fi
 end=$(( $(date +%s) + ${WAIT_S:-540} ))
 while kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
 kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && echo "plan still running" || echo "plan ended"
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
 tail -25 /tmp/plan.log
-cat /tmp/out/slots/summary.md /tmp/out/cls/summary.md 2>/dev/null
+cat /tmp/out/slots/summary.md /tmp/out/cls/summary.md 2>/dev/null; grep -a -c "run completed" /tmp/rs-home/*.log 2>/dev/null | tail -1
 tar czf "$OUT/results.tgz" -C /tmp out 2>/dev/null
 cp /tmp/plan.log "$OUT"/ 2>/dev/null || true

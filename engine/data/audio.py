@@ -34,7 +34,23 @@ def trim_silence(audio: np.ndarray, top_db: float) -> np.ndarray:
     back unchanged; one that is silence throughout is kept whole (nothing to select)."""
     if top_db <= 0 or audio.size == 0:
         return audio
-    import librosa
+    start, end = silence_edges(audio, top_db)
+    return np.ascontiguousarray(audio[start:end]) if end > start else audio
 
-    trimmed, _ = librosa.effects.trim(audio, top_db=top_db)
-    return np.ascontiguousarray(trimmed) if trimmed.size else audio
+
+def silence_edges(audio: np.ndarray, top_db: float, frame_length: int = 2048,
+                  hop_length: int = 512) -> tuple[int, int]:
+    """(start, end) samples of ``audio`` between its leading and trailing silence, exactly as
+    ``librosa.effects.trim`` computes them (0.11: centred RMS frames, zero-padded, in dB below the
+    loudest frame; tests/engine/test_audio_trim.py compares the two). Written out because
+    librosa's import pulls numba, llvmlite and scikit-learn (~60 MB) for these few lines, which
+    the GPU kit and the Jetson image would otherwise have to carry."""
+    padded = np.pad(np.asarray(audio, dtype=np.float64), frame_length // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, frame_length)[::hop_length]
+    rms = np.sqrt(np.mean(frames**2, axis=-1))
+    amin = 1e-10  # librosa's amplitude_to_db: amin 1e-5, in power
+    db = 10 * np.log10(np.maximum(amin, rms**2)) - 10 * np.log10(max(amin, float(rms.max()) ** 2))
+    loud = np.flatnonzero(db > -top_db)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0] * hop_length), min(audio.shape[-1], int((loud[-1] + 1) * hop_length))

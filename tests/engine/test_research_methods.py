@@ -503,3 +503,24 @@ def test_a_qass_run_merges_onto_its_kept_and_quantised_layers(workbench, tmp_pat
     for name in recipe.method_report["keep_16bit"]:
         module = trained.base_model.model.get_submodule(name)
         assert type(getattr(module, "base_layer", module)) is nn.Linear, name
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_silence_edges_equal_librosa_trim(seed):
+    """qass's trimming (engine.data.audio.silence_edges, written out to keep librosa's ~60 MB of
+    numba and scikit-learn off the GPU kit) cuts where librosa.effects.trim cuts."""
+    librosa = pytest.importorskip("librosa")
+    from engine.data.audio import silence_edges, trim_silence
+
+    rng = np.random.default_rng(seed)
+    lead, body, tail = (int(n) for n in rng.integers(0, 20_000, size=3))
+    body = max(body, 1)
+    clip = np.concatenate([rng.normal(0, 1e-4, lead), rng.normal(0, 0.3, body) * np.hanning(body),
+                           rng.normal(0, 1e-4, tail)]).astype(np.float32)
+    for top_db in (20.0, 40.0, 60.0):
+        expected = librosa.effects.trim(clip, top_db=top_db)[1]
+        assert silence_edges(clip, top_db) == tuple(int(i) for i in expected), (seed, top_db)
+        np.testing.assert_array_equal(trim_silence(clip, top_db), librosa.effects.trim(clip, top_db=top_db)[0])
+    silent = np.zeros(5_000, np.float32)
+    assert silence_edges(silent, 40.0) == tuple(int(i) for i in librosa.effects.trim(silent, top_db=40.0)[1])
+    assert trim_silence(silent, 40.0).size == 5_000  # all silence: kept whole
