@@ -94,5 +94,68 @@ def main(argv: list[str] | None = None) -> None:
               f"[{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}] p_holm {row['p_holm']}")
 
 
+def _spread(mean: float | None, sd: float | None, scale: float = 100.0) -> str:
+    return "–" if mean is None else f"{mean * scale:.2f} ± {(sd or 0.0) * scale:.2f}"
+
+
+def _decided(runs: list[dict], cell: str) -> str:
+    """What the cell's method decided, from its first completed run's report (issue 28 item 3)."""
+    for run in runs:
+        report = (run.get("decisions") or {}).get("method_report") or {}
+        if run.get("cell") != cell or not report:
+            continue
+        summary = report.get("summary") or {}
+        if report.get("method") == "ta-qlora":
+            return f"kernel drift {summary.get('kernel_drift', 0):.3f} (max {summary.get('kernel_drift_max', 0):.3f})"
+        if report.get("method") == "mma":
+            router = report.get("router") or {}
+            return ", ".join(f"{name} router {[round(w, 2) for w in value['weights']]}"
+                             for name, value in router.items())
+        if report.get("method") == "cmra":
+            ranks = [layer["rank"] for layer in report.get("layers", [])]
+            return f"{report.get('used_strategy')}: ranks {min(ranks)}-{max(ranks)}" if ranks else ""
+        if report.get("method") == "qass":
+            return (f"{report.get('layers_kept')} of {report.get('layers_measured')} layers 16-bit, "
+                    f"{report.get('saved_mib_vs_full_precision', 0):.0f} MiB saved vs 16-bit")
+    return ""
+
+
+def report(out: Path) -> str:
+    """The markdown tables docs/results.md shows, from ``--out``'s two study readings: every
+    cell (validation and test metric, seeds, peak memory, time, what the method decided), then
+    each tuned method against tuned plain QLoRA (paired bootstrap interval, p, Holm's p), then
+    the power line."""
+    cells = json.loads((out / "study-cells.json").read_text())
+    tuned = json.loads((out / "study-tuned.json").read_text())
+    chosen = {entry["cell"] for entry in tuned.get("tuning", [])}
+    lines = ["| cell | seeds done | validation % (mean ± sd) | test % (mean ± sd) | peak MiB | s per run | decided |",
+             "|---|---|---|---|---|---|---|"]
+    for row in cells["table"]:
+        status = ", ".join(f"{n} {s}" for s, n in row["status"].items() if s != "completed")
+        done = f"{row['completed']} of {row['seeds']}" + (f" ({status})" if status else "")
+        name = f"**{row['cell']} (chosen)**" if row["cell"] in chosen else row["cell"]
+        peak = row.get("peak_memory_mb_mean")
+        wall = row.get("wall_time_s_mean")
+        lines.append(f"| {name} | {done} | {_spread(row.get('validation_metric_mean'), row.get('validation_metric_std'))} "
+                     f"| {_spread(row.get('final_metric_mean'), row.get('final_metric_std'))} "
+                     f"| {'–' if peak is None else f'{peak:,.0f}'} | {'–' if wall is None else f'{wall:.0f}'} "
+                     f"| {_decided(cells['runs'], row['cell'])} |")
+    lines += ["", "| tuned method vs tuned reference | seeds paired | difference, points [95 % interval] | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|"]
+    for row in tuned.get("comparisons", []):
+        low, high = row["ci95"]
+        lines.append(f"| {row['method']} vs {row['reference']} | {', '.join(map(str, row['seeds']))} "
+                     f"| {row['difference'] * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}] | {row['p']:.3g} "
+                     f"| {row['p_holm']:.3g} | {row['verdict']} |")
+    if tuned.get("comparisons"):
+        lines += ["", f"Test: {tuned['comparisons'][0]['test']}."]
+    if tuned.get("power"):
+        lines += ["", tuned["power"]["text"]]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--report"]:  # python -m benchmarks.research_study --report OUT
+        print(report(Path(sys.argv[2])))
+    else:
+        main()
