@@ -4,6 +4,7 @@ test, Holm, tuning per method), a real study through the queue, provenance, stop
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -517,3 +518,24 @@ def test_a_merged_status_says_what_the_merged_grid_holds(demo_template, tmp_path
     broken = dict(ia3, runs=[dict(run, study_cell="ia3") for run in ia3["runs"]])
     with pytest.raises(SettingsError, match="broken: not a study summary"):
         merge_summaries([first, broken], ["first", "broken"])
+
+
+def test_the_research_report_renders_a_stored_study(tmp_path):
+    """benchmarks.research_study --report: docs/results.md's tables from a study's two readings
+    (here the stored GPU study of 2026-12-07): one row per cell, the tuned cells marked, what each
+    method decided, and every comparison with its interval and Holm's p."""
+    import gzip
+
+    from benchmarks.research_study import report
+
+    stored = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "2026-12-07-research"
+    for reading in ("cells", "tuned"):
+        (tmp_path / f"study-{reading}.json").write_bytes(gzip.decompress((stored / f"study-{reading}.json.gz").read_bytes()))
+    lines = report(tmp_path).splitlines()
+    cells = [line for line in lines if line.startswith("| ") and "r=8 · learning_rate=" in line]
+    assert len(cells) == 21 and sum("(chosen)" in line for line in cells) == 7
+    assert any("kernel drift" in line for line in cells if line.startswith("| ta-qlora"))
+    assert any("router" in line for line in cells if line.startswith("| mma"))
+    comparisons = [line for line in lines if " vs qlora · r=8 |" in line]
+    assert len(comparisons) == 6 and all("Holm-adjusted p" in line and "[" in line for line in comparisons)
+    assert any(line.startswith("Test: paired bootstrap over test items") for line in lines)
