@@ -117,9 +117,15 @@ def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
     says so (its transcripts end there; the rest go on)."""
     was_training = model.training
     model.eval()
+    # Longest first (issue 31): a batch of similar lengths pads less (audio_padding=longest) and
+    # its transcripts end together, so greedy decoding stops sooner; the longest batch comes first,
+    # so a batch too large for the device fails at once, not at the end. Predictions come back
+    # in the items' order.
+    order = length_order(items)
+    ordered = [items[i] for i in order]
     # Its own generator: a loader draws a seed when iterated, which must not move the global
     # RNG that dropout and masking use (evaluation happens at different points of a resume).
-    loader = DataLoader(ItemDataset(items, task_model, dataset_dir), batch_size=batch_size,
+    loader = DataLoader(ItemDataset(ordered, task_model, dataset_dir), batch_size=batch_size,
                         collate_fn=task_model.collate, generator=torch.Generator())
     limit = GenerationLimit(should_stop, seconds=batch_limit_s)
     predictions = []
@@ -140,8 +146,21 @@ def evaluate(model: nn.Module, task_model, items: list[dict], dataset_dir: Path,
                     on_progress(len(predictions), len(items))
     finally:
         model.train(was_training)
+    in_place = [None] * len(items)
+    for position, prediction in zip(order, predictions):
+        in_place[position] = prediction
     references = [task_model.reference(item) for item in items]
-    return task_model.score(predictions, references), predictions
+    return task_model.score(in_place, references), in_place
+
+
+def length_order(items: list[dict]) -> list[int]:
+    """Positions of ``items``, longest first: by the clip's seconds (``duration_s``), else the
+    text's length; ties keep their order (a stable sort)."""
+    def length(position: int) -> float:
+        item = items[position]
+        return float(item.get("duration_s") or len(item.get("text") or ""))
+
+    return sorted(range(len(items)), key=lambda position: -length(position))
 
 
 def per_example_rows(task_model, items: list[dict], predictions: list) -> list[dict]:

@@ -288,3 +288,45 @@ def test_a_damaged_kept_score_is_ignored(tmp_path):
     (tmp_path / UNTOUCHED_DIR / f"{key}.json").write_text("{not json")
     assert read_untouched(tmp_path, key) is None
     assert list((tmp_path / UNTOUCHED_DIR).glob("*.tmp")) == []
+
+
+def test_evaluation_runs_longest_first_and_answers_in_the_items_order(workbench):
+    """Issue 31: batches of similar lengths, longest first; the predictions and the scores are
+    the items' own, in their order (the same as one item at a time)."""
+    from engine.training.evaluation import evaluate, length_order
+
+    clips = [{"duration_s": 1.0}, {"duration_s": 3.5}, {"duration_s": 2.0}, {"duration_s": 3.5}]
+    assert length_order(clips) == [1, 3, 2, 0]  # by seconds, longest first; ties in their order
+    items = [{"text": "ab"}, {"text": "abcdef"}, {"text": "x"}, {"text": ""}, {"text": "abc"}]
+    assert length_order(items) == [1, 4, 0, 2, 3]  # text without seconds: by its length
+    seen = []
+
+    class Echo:  # predicts each item's own text, records the batches it was given
+        def encode(self, item, folder):
+            return {"text": item["text"]}
+
+        def collate(self, examples):
+            return [e["text"] for e in examples]
+
+        def predict(self, model, batch, limit=None):
+            seen.append(batch)
+            return list(batch)
+
+        def reference(self, item):
+            return item["text"]
+
+        def score(self, predictions, references):
+            return {"equal": predictions == references}
+
+    model = torch.nn.Linear(1, 1)
+    metrics, predictions = evaluate(model, Echo(), items, workbench.home, 2, torch.autocast("cpu", enabled=False))
+    assert predictions == [item["text"] for item in items] and metrics == {"equal": True}
+    assert seen == [["abcdef", "abc"], ["ab", "x"], [""]]
+
+    recipe = _speech_setup(workbench)  # a real model: batched, sorted transcripts = one at a time
+    task, items = recipe.task_model, recipe.eval_items[:5]
+    task.generation_max_length = 8
+    autocast = torch.autocast("cpu", enabled=False)
+    batched = evaluate(recipe.model, task, items, recipe.dataset_dir, 4, autocast)
+    alone = evaluate(recipe.model, task, items, recipe.dataset_dir, 1, autocast)
+    assert batched == alone
