@@ -19,11 +19,13 @@ TLS_DIR ?= $(LIM_HOME)/tls
 
 # The project itself goes in editable (pyproject.toml): the `lim` script, the methods' entry
 # points, its packages importable from anywhere. Offline: setuptools comes from requirements-dev.txt.
+# --no-compile: no bytecode for all of torch, transformers and ray at install (minutes on 2 cores);
+# Python writes it for the modules actually imported, on first import.
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=python3 to use another)"; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
