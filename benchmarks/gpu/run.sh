@@ -30,6 +30,14 @@ end=$(( $(date +%s) + ${WAIT_S:-540} ))
 while kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
 kill -0 "$(cat /tmp/plan.pid)" 2>/dev/null && echo "plan still running" || echo "plan ended"
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv
+# The research study so far (both readings), should the lease end before it does: the last
+# call's results are all that comes back.
+if [ -f /tmp/rs-home/workbench.db ] && [ ! -f /tmp/out/research/study-tuned.json ]; then
+  for reading in tuned cells; do
+    (cd /tmp/repo && LIM_HOME=/tmp/rs-home LIM_AUTH=off timeout 120 python3 -m engine study show 1 --json \
+      --reading $reading > /tmp/out/research/partial-study-$reading.json 2>/dev/null)
+  done
+fi
 tail -25 /tmp/plan.log
 cat /tmp/out/slots/summary.md /tmp/out/cls/summary.md 2>/dev/null; grep -a -c "run completed" /tmp/rs-home/*.log 2>/dev/null | tail -1
 tar czf "$OUT/results.tgz" -C /tmp out 2>/dev/null
