@@ -11,7 +11,7 @@ echo "plan ${PLAN:-research,slots} start $(date -u +%T) commit ${LIM_SOURCE_COMM
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 research() {
   python3 -m benchmarks.research_study --data /tmp/kit/research-speech --home /tmp/rs-home --out /tmp/out/research \
-    --methods qlora,ta-qlora,cmra,mma,qass,lora,qdora,qlora-all-linear --learning-rates 1e-3,3e-3,1e-2 --workers 12 &
+    --methods qlora,ta-qlora,cmra,mma,qass,lora,qdora,qlora-all-linear --learning-rates "${RESEARCH_LRS:-1e-3,3e-3,1e-2}" --workers 12 &
   python3 -m benchmarks.classification_study --home /tmp/cls-home --out /tmp/out/cls --workers 3 \
     --learning-rates 1e-4,3e-4,1e-3 --seeds 1,2,3 &
   wait
