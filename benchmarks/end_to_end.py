@@ -21,7 +21,8 @@ of it, each in processes of its own, one after the other:
 Both train the same LoRA (r, alpha, dropout on q_proj/v_proj; QLoRA: 4-bit NF4 with double
 quantisation) with the same learning rate, warmup, batch, steps and seed, and both score WER
 after Whisper's basic normaliser (engine/metrics.py). The recipe's process imports the
-engine's audio decoder and WER, so its start-up carries the engine's imports too (seconds).
+engine's audio decoder and WER, so its start-up carries the engine's imports too (a second or
+two on 2 CPU cores; torch, transformers' Trainer and peft are most of its start-up).
 The engine keeps its other defaults, as a user would (checkpoints every ``save_steps``).
 
 The audio comes from files: ``--data FOLDER`` (an audiofolder: train/, validation/, test/,
@@ -32,7 +33,7 @@ random-weight model of a real size registered from benchmarks/train_speed.py) is
 clocks.
 
     python -m benchmarks.end_to_end --device cpu --clips 40 --validation 20 --test 20 \\
-        --steps 20 --eval-steps 10 --json out.json                    # real whisper-base, 2 cores
+        --steps 10 --eval-steps 5 --json out.json      # real whisper-base, 2 cores (docs/benchmarks.md)
     python -m benchmarks.end_to_end --device cuda --model whisper-small --clips 1000 \\
         --validation 200 --test 200 --steps 250 --batch 16 --json out.json
 
