@@ -38,9 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from benchmarks.hf_recipe import RecipeClips, recipe_collator, recipe_model
 from engine import Workbench
 from engine.methods import get_method
 from engine.models import task_model_for
@@ -55,8 +55,9 @@ SETTINGS = {"r": 32, "lora_alpha": 64, "learning_rate": 1e-3, "per_device_train_
 SIDES = ("engine-qlora", "engine-lora", "engine-qlora-30s", "recipe-qlora", "recipe-lora")
 
 
-def read_split(split: str) -> list[dict]:
-    with open(DATASET / split / "metadata.csv", newline="") as handle:
+def read_split(split: str, folder: Path = DATASET) -> list[dict]:
+    """An audiofolder split's items: ``file`` relative to ``folder``, ``text`` its transcript."""
+    with open(folder / split / "metadata.csv", newline="") as handle:
         return [{"file": f"{split}/{row['file_name']}", "text": row["transcription"]}
                 for row in csv.DictReader(handle)]
 
@@ -68,13 +69,13 @@ def standard_task_model(model_dir: Path):
                           speech_task="transcribe", generation_max_length=48)
 
 
-def score(model, task_model, items: list[dict], batch_size: int = 16) -> dict:
+def score(model, task_model, items: list[dict], batch_size: int = 16, folder: Path = DATASET) -> dict:
     model.eval()
     predictions = []
     with torch.inference_mode():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            batch = task_model.collate([task_model.encode(item, DATASET) for item in chunk])
+            batch = task_model.collate([task_model.encode(item, folder) for item in chunk])
             predictions += task_model.predict(model, batch)
     metrics = task_model.score(predictions, [item["text"] for item in items])
     return {**metrics, "examples": [[item["text"], p] for item, p in zip(items[:3], predictions)]}
@@ -161,49 +162,12 @@ def score_engine(result: dict, test: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------------- recipe
 def run_recipe(method: str, model_dir: Path, steps: int, snapshots: list[int], train: list[dict]) -> dict:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (BitsAndBytesConfig, Seq2SeqTrainer, Seq2SeqTrainingArguments,
-                              TrainerCallback, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperTokenizer)
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
 
-    from engine.data.audio import load_audio
-
-    torch.manual_seed(SETTINGS["seed"])
-    extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
-    tokenizer = WhisperTokenizer.from_pretrained(model_dir, language="en", task="transcribe")
     started = time.perf_counter()
-    if method == "qlora":
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
-        model = WhisperForConditionalGeneration.from_pretrained(
-            model_dir, quantization_config=quant, device_map={"": "cpu"})
-        model = prepare_model_for_kbit_training(model)
-    else:
-        model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    model.generation_config.language, model.generation_config.task = "en", "transcribe"
-    model = get_peft_model(model, LoraConfig(r=SETTINGS["r"], lora_alpha=SETTINGS["lora_alpha"],
-                                             target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    model, extractor, tokenizer = recipe_model(method, model_dir, r=SETTINGS["r"],
+                                               lora_alpha=SETTINGS["lora_alpha"], seed=SETTINGS["seed"])
     load_s = time.perf_counter() - started
-
-    class Clips(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(train)
-
-        def __getitem__(self, index):
-            item = train[index]
-            audio = load_audio(DATASET / item["file"])
-            return {"input_features": extractor(audio, sampling_rate=16000).input_features[0],
-                    "labels": tokenizer(item["text"]).input_ids}
-
-    def collate(rows):
-        features = torch.from_numpy(np.stack([row["input_features"] for row in rows]))
-        labels = tokenizer.pad({"input_ids": [row["labels"] for row in rows]}, return_tensors="pt")
-        ids = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
-        if (ids[:, 0] == model.config.decoder_start_token_id).all():
-            ids = ids[:, 1:]  # the model prepends the start token when it shifts labels
-        return {"input_features": features, "labels": ids}
 
     found: list[dict] = []
     clock = {}
@@ -227,8 +191,8 @@ def run_recipe(method: str, model_dir: Path, steps: int, snapshots: list[int], t
         lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[],
         remove_unused_columns=False, dataloader_num_workers=0, seed=SETTINGS["seed"],
         disable_tqdm=True, use_cpu=True, label_names=["labels"])
-    Seq2SeqTrainer(model=model, args=args, train_dataset=Clips(), data_collator=collate,
-                   callbacks=[Snapshots()]).train()
+    Seq2SeqTrainer(model=model, args=args, train_dataset=RecipeClips(train, DATASET, extractor, tokenizer),
+                   data_collator=recipe_collator(tokenizer, model), callbacks=[Snapshots()]).train()
     shutil.rmtree(output, ignore_errors=True)
     return {"snapshots": found, "model": model, "load_s": load_s}
 
