@@ -17,6 +17,7 @@ download() {
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$1" "${@:2}"
 }
+if [ -z "${SKIP_DOWNLOAD:-}" ]; then
 # What the engine needs beyond the GPU image's torch/transformers/numpy/scipy (docs/benchmarks.md)
 download .gpu/deps bitsandbytes==0.50.2 peft==0.21.2 sqlite-utils==4.2.1 sqlite-fts4 \
   click-default-group tabulate click pluggy argon2-cffi==25.1.0 argon2-cffi-bindings jiwer==4.0.0 \
@@ -27,13 +28,18 @@ wheel=$(ls .gpu/deps/bitsandbytes-*.whl); work=$(mktemp -d)
 (cd "$work" && unzip -q "$OLDPWD/$wheel" && rm -f bitsandbytes/libbitsandbytes_{cuda1[12]*,cuda132,rocm*,xpu*}.so \
   && record=$(ls -d *.dist-info)/RECORD && grep -v "libbitsandbytes_\(cuda1[12]\|cuda132\|rocm\|xpu\)" "$record" > r \
   && mv r "$record" && rm "$OLDPWD/$wheel" && zip -q -r "$OLDPWD/$wheel" .)
-rm -rf "$work" .gpu/c[0-9]*
-tar cf /tmp/lim-kit.tar -C .gpu deps model research-speech
+rm -rf "$work"
+fi
+# KIT_PREFIX=s KIT_DIRS="deps model" SKIP_DOWNLOAD=1: a smaller kit beside this one (.gpu/s1..s3)
+# for a lease that runs only the slots study (demo-voices comes with the tree).
+prefix=${KIT_PREFIX:-c}
+rm -rf .gpu/"$prefix"[0-9]*
+tar cf /tmp/lim-kit.tar -C .gpu ${KIT_DIRS:-deps model research-speech}
 sha256sum /tmp/lim-kit.tar | cut -c1-64 > .gpu/kit.sha256
 # 46 MB a part: with the working tree (~19 MB) a call stays under its 64 MiB
 split -b 46000000 -d -a 1 /tmp/lim-kit.tar /tmp/lim-kit.part.
-for part in /tmp/lim-kit.part.*; do n=$(( ${part##*.} + 1 )); mkdir -p .gpu/c$n; mv "$part" .gpu/c$n/; done
-last=$(ls -d .gpu/c[0-9]* | sort -V | tail -1)
+for part in /tmp/lim-kit.part.*; do n=$(( ${part##*.} + 1 )); mkdir -p .gpu/$prefix$n; mv "$part" .gpu/$prefix$n/; done
+last=$(ls -d .gpu/"$prefix"[0-9]* | sort -V | tail -1)
 cp .gpu/kit.sha256 "$last"/  # run.sh assembles the kit once this has come
 rm /tmp/lim-kit.tar
-du -sh .gpu/c[0-9]*
+du -sh .gpu/"$prefix"[0-9]*

@@ -10,7 +10,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 mkdir -p /tmp/kitparts
-mv .gpu/c*/lim-kit.part.* .gpu/c*/kit.sha256 /tmp/kitparts/ 2>/dev/null
+mv .gpu/*/lim-kit.part.* .gpu/*/kit.sha256 /tmp/kitparts/ 2>/dev/null
 ls /tmp/kitparts
 if [ ! -d /tmp/kit ]; then
   [ -f /tmp/kitparts/kit.sha256 ] || { echo "waiting for the kit's last part"; exit 0; }
