@@ -279,3 +279,19 @@ def test_study_wait_json_then_show_list_and_delete(cli_home, monkeypatch, capsys
     code, _, err = run("study", "--dataset", "demo-text")
     assert code == 1 and err.strip() == ("error: study needs --model, --methods (or a sub-command: "
                                          "list, show, stop, delete)")
+
+
+def test_help_answers_without_importing_torch():
+    """``python -m engine --help`` (and each command's) in a fresh process: the parser is
+    built from the command modules alone; torch and transformers load only when a command
+    needs the workbench (engine/__init__.py's lazy ``Workbench``)."""
+    check = ("import sys, contextlib, io\n"
+             "from engine.cli import main\n"
+             "for argv in (['--help'], ['train', '--help'], ['study', '--help']):\n"
+             "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+             "        main(argv)\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
