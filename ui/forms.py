@@ -33,7 +33,7 @@ PLAIN_LABELS = {
     "cuda_graphs": "CUDA graphs", "feature_cache_mb": "Feature cache (MiB)",
     "spec_augment": "SpecAugment (mask bits of audio)", "freq_mask_param": "SpecAugment: widest frequency mask",
     "time_mask_param": "SpecAugment: longest time mask", "max_time_minutes": "Time limit (minutes)",
-    "generation_max_length": "Longest transcript (tokens)",
+    "generation_max_length": "Longest transcript (tokens)", "generation_cache": "Decoder cache at evaluation",
     "full_window_every": "Whole-window batch every N batches", "language": "Spoken language",
     "task": "Whisper task", "audio_padding": "Audio padding",
     "tracking": "Experiment tracking (TensorBoard, MLflow)",

@@ -219,6 +219,7 @@ class WhisperSpeechRecognition(WhisperBase):
 
         self.tokenizer = WhisperTokenizer.from_pretrained(self.model_dir)
         self.generation_max_length = int(options.get("generation_max_length", 48))
+        self.generation_cache = options.get("generation_cache") or "dynamic"
         self.max_label_tokens = self.config().max_target_positions
         self.language = options.get("language") or "en"
         self.speech_task = options.get("speech_task") or "transcribe"  # the setting "task"
@@ -335,7 +336,8 @@ class WhisperSpeechRecognition(WhisperBase):
         # is all evaluation needs; the same prompt and suppressed tokens, so the same greedy result.
         generated = GenerationMixin.generate(
             base, **inputs, decoder_input_ids=prompt, max_new_tokens=self.generation_max_length,
-            do_sample=False, num_beams=1, stopping_criteria=StoppingCriteriaList([limit or GenerationLimit()]))
+            do_sample=False, num_beams=1, stopping_criteria=StoppingCriteriaList([limit or GenerationLimit()]),
+            **({"cache_implementation": "static"} if self.generation_cache == "static" else {}))
         return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def reference(self, item: dict) -> str:

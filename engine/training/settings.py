@@ -126,6 +126,12 @@ class TrainingSettings:
                                       max=60 * 24 * 365.0)
     generation_max_length: int = setting(48, "Longest transcript generated at evaluation (speech recognition).",
                                          min=1, max=448)
+    generation_cache: str = setting(
+        "dynamic", "The decoder's key/value cache while transcribing at evaluation (speech "
+        "recognition): dynamic grows with each token; static is allocated once for "
+        "generation_max_length tokens, and on a GPU transformers then compiles the decoder "
+        "step (the first evaluation pays the compiling). The same greedy transcripts either way.",
+        choices=["dynamic", "static"])
     full_window_every: int = setting(
         8, "With audio_padding=longest: every Nth batch is padded to the model's whole window "
         "(30 s), the rest to their longest clip (0: never). A model trained on short windows "
@@ -175,7 +181,7 @@ class TrainingSettings:
     def task_options(self) -> dict:
         """The task model's options these settings choose (prompt, window, generation length):
         the same for training, evaluation, the Playground and exports."""
-        return {"generation_max_length": self.generation_max_length,
+        return {"generation_max_length": self.generation_max_length, "generation_cache": self.generation_cache,
                 "audio_padding": self.audio_padding, "language": self.language,
                 "speech_task": self.task}
 

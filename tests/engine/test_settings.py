@@ -135,7 +135,7 @@ def test_a_record_missing_keys_gets_the_dataclass_defaults():
     assert settings.task_options() == {"generation_max_length": TrainingSettings().generation_max_length,
                                        "audio_padding": TrainingSettings().audio_padding,
                                        "language": TrainingSettings().language,
-                                       "speech_task": TrainingSettings().task}
+                                       "speech_task": TrainingSettings().task, "generation_cache": "dynamic"}
     bare = RunSettings.from_record({"method": "lora", "task": "text-classification", "settings": None})
     assert bare.training == TrainingSettings() and bare.method_settings == LoraSettings()
     assert stored_training({"settings": {}}) == TrainingSettings()
