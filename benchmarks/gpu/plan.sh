@@ -3,6 +3,7 @@
 # PLAN is a comma list, run in its order:
 #   research: issue 28's research study (methods x learning rates x seeds on the research speech
 #     set) and seed 003's classification study beside it (no timings read from these);
+#   generation: issue 31's goal 2 (benchmarks/generation_speed.py on the real whisper-base);
 #   slots: issue 29's goal, the 24-cell slots study, 12 worker processes (LIM_SLOTS=auto, then 12)
 #     against one run at a time (timings: nothing else runs meanwhile; each side cut at its
 #     deadline and projected from its finished cells).
@@ -34,7 +35,12 @@ slots() {
     echo "slots sequential done $(date -u +%T)"
   fi
 }
+generation() {  # issue 31 goal 2: the recipe's generate against evaluation's decoding (both caches)
+  python3 -m benchmarks.generation_speed --home /tmp/gen-home --clips 400 --batch 16 --device cuda \
+    --json /tmp/out/generation.json
+  echo "generation done $(date -u +%T)"
+}
 for part in $(echo "${PLAN:-research,slots}" | tr , " "); do
-  case "$part" in research) research ;; slots) slots ;; *) echo "unknown plan part $part" ;; esac
+  case "$part" in research) research ;; slots) slots ;; generation) generation ;; *) echo "unknown plan part $part" ;; esac
 done
 echo "plan end $(date -u +%T)"
