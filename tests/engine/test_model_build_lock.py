@@ -45,11 +45,17 @@ def test_loads_in_several_threads_leave_torchs_initialisers_intact(workbench):
 
 def test_unserialised_loads_are_what_broke_them(workbench, monkeypatch):
     """The same loads without the lock do leave the no-ops behind (so the test above can fail)."""
-    import torch.nn.init as init
-    from transformers import PreTrainedModel
+    import sys
 
-    init_weights = PreTrainedModel.init_weights
-    originals = {name: getattr(init, name) for name in dir(init) if callable(getattr(init, name))}
+    from transformers import PreTrainedModel
+    from transformers.initialization import TORCH_MODULES_TO_PATCH
+
+    # Everything a racing loader patches, to put back after: torch's initialisers in every module
+    # transformers patches, torch's creation functions, and PreTrainedModel's init_weights and
+    # tie_weights (left a no-op, a later load keeps its tied output layer on the meta device).
+    modules = [sys.modules[name] for name in (*TORCH_MODULES_TO_PATCH, "torch") if name in sys.modules]
+    originals = {module: dict(vars(module)) for module in modules}
+    methods = {name: PreTrainedModel.__dict__[name] for name in ("init_weights", "tie_weights")}
     record = workbench.get_model("tiny-whisper")
     task_model = task_model_for("whisper", "asr", workbench.storage.files.resolve(record["path"]))
     unlocked = type(task_model).load.__wrapped__
@@ -60,7 +66,13 @@ def test_unserialised_loads_are_what_broke_them(workbench, monkeypatch):
                 break
         assert not intact_initialisers()
     finally:
-        for name, function in originals.items():
-            setattr(init, name, function)
-        PreTrainedModel.init_weights = init_weights
+        for module, names in originals.items():
+            for name, value in names.items():
+                if vars(module).get(name) is not value:
+                    setattr(module, name, value)
+        for name, method in methods.items():
+            setattr(PreTrainedModel, name, method)
     assert intact_initialisers()
+    # nothing of the race outlives this test: a load now ties and fills every parameter (a
+    # missed tie_weights once left later tests' proj_out on the meta device)
+    assert not [name for name, p in task_model.load().named_parameters() if p.is_meta]
