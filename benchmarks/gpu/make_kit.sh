@@ -30,7 +30,7 @@ wheel=$(ls .gpu/deps/bitsandbytes-*.whl); work=$(mktemp -d)
   && mv r "$record" && rm "$OLDPWD/$wheel" && zip -q -r "$OLDPWD/$wheel" .)
 rm -rf "$work"
 fi
-# KIT_PREFIX=s KIT_DIRS="deps model" SKIP_DOWNLOAD=1: a smaller kit beside this one (.gpu/s1..s3)
+# KIT_PREFIX=s KIT_DIRS="deps model" SKIP_DOWNLOAD=1: a smaller kit beside this one (.gpu/s1..s4)
 # for a lease that runs only the slots study (demo-voices comes with the tree).
 prefix=${KIT_PREFIX:-c}
 rm -rf .gpu/"$prefix"[0-9]*
